@@ -1,0 +1,112 @@
+"""Read side of a cache: one API over Zarr and HDF5 that returns numpy arrays or torch
+tensors. Stage 2 loads whole arrays once (a VAAR-sized cache is ~170 MB in fp32), so
+reads are per array, never per clip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .schema import ARRAY_BY_NAME, STATUS_ERROR, STATUS_OK, STATUS_PENDING, CacheConfig, CacheSchemaError
+from .storage import open_backend
+
+FEATURE_FIELDS = ("video", "audio", "video_mask", "audio_mask", "label")
+
+
+class CacheReader:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.backend = open_backend(self.path, "r")
+        self.attrs: dict[str, Any] = self.backend.get_attrs()
+        if not self.attrs:
+            self.backend.close()
+            raise CacheSchemaError(f"{self.path} has no cache attributes; is it an AVAR feature cache?")
+        self.config = CacheConfig.from_attrs(self.attrs)
+        self.format = self.backend.format
+
+    @property
+    def n(self) -> int:
+        return self.backend.shape("key")[0]
+
+    def read(self, name: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        if name not in ARRAY_BY_NAME:
+            raise KeyError(f"unknown cache array {name!r}; arrays are {sorted(ARRAY_BY_NAME)}")
+        return self.backend.read(name, rows)
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.read("key")
+
+    @property
+    def status(self) -> np.ndarray:
+        return self.read("status")
+
+    def ok_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.status == STATUS_OK)
+
+    def load(
+        self,
+        fields: Sequence[str] = FEATURE_FIELDS,
+        rows: np.ndarray | None = None,
+        only_ok: bool = True,
+        as_torch: bool = False,
+        float32: bool = True,
+    ) -> dict[str, Any]:
+        """Arrays for ``rows`` (default: every clip, or every ``ok`` clip), plus ``row``
+        and ``key``. Features come back as float32 unless ``float32`` is false."""
+        if rows is None:
+            rows = self.ok_rows() if only_ok else np.arange(self.n)
+        rows = np.asarray(rows, dtype=np.int64)
+        out: dict[str, Any] = {"row": rows}
+        for name in dict.fromkeys(("key", *fields)):
+            full = self.read(name)
+            a = full[rows]
+            if float32 and ARRAY_BY_NAME[name].feature:
+                a = a.astype(np.float32)
+            out[name] = a
+        if as_torch:
+            import torch
+
+            for name, a in out.items():
+                if isinstance(a, np.ndarray) and a.dtype != object:
+                    out[name] = torch.from_numpy(np.ascontiguousarray(a))
+        return out
+
+    def clips(self) -> list[dict[str, Any]]:
+        """One summary dict per clip, as ``cache info --json`` lists them."""
+        d = {n: self.read(n) for n in ("key", "status", "error", "video_mask", "audio_mask", "duration")}
+        return [
+            {
+                "key": str(d["key"][i]),
+                "status": "pending" if d["status"][i] == STATUS_PENDING else str(d["status"][i]),
+                "error": str(d["error"][i]),
+                "has_video": bool(d["video_mask"][i].any()),
+                "has_audio": bool(d["audio_mask"][i].any()),
+                "duration": float(d["duration"][i]),
+            }
+            for i in range(self.n)
+        ]
+
+    def counts(self) -> dict[str, int]:
+        s = self.status
+        return {
+            "total": int(len(s)),
+            "ok": int(np.sum(s == STATUS_OK)),
+            "error": int(np.sum(s == STATUS_ERROR)),
+            "pending": int(np.sum(s == STATUS_PENDING)),
+        }
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "CacheReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_cache(path: str | Path) -> CacheReader:
+    return CacheReader(path)

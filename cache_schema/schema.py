@@ -1,0 +1,238 @@
+"""The feature cache's contract: which arrays exist, their shapes and dtypes, and the
+attributes that identify the configuration that produced them.
+
+Both stages import this module and nothing else from each other, so a change here is a
+change of the contract: bump ``SCHEMA_VERSION`` whenever an array or a required
+attribute changes meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# Per-clip status. A clip is "pending" until its features and its status were written;
+# the status is always written last, so a clip whose write was interrupted stays pending.
+STATUS_PENDING = ""
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+STATUSES = (STATUS_PENDING, STATUS_OK, STATUS_ERROR)
+
+UNLABELLED = -1
+FEATURE_DTYPES = ("float16", "float32")
+
+
+class CacheError(Exception):
+    """Base class of cache problems a user can act on."""
+
+
+class CacheConfigMismatch(CacheError):
+    """The cache on disk was made with another configuration than the one requested."""
+
+
+class CacheSchemaError(CacheError):
+    """The file is not a cache of this schema (or of another schema version)."""
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What identifies a frozen backbone's features: two caches whose backbones differ in
+    any of these fields hold features that must never be mixed."""
+
+    name: str
+    arch: str
+    checksum: str
+    pretrained: bool
+    dim: int
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "BackboneInfo":
+        return BackboneInfo(
+            name=str(d["name"]),
+            arch=str(d["arch"]),
+            checksum=str(d["checksum"]),
+            pretrained=bool(d["pretrained"]),
+            dim=int(d["dim"]),
+            preprocessing=dict(d.get("preprocessing", {})),
+        )
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Everything that must match for features to be comparable across clips."""
+
+    steps: int
+    sample_rate: int
+    video: BackboneInfo
+    audio: BackboneInfo
+    class_names: tuple[str, ...]
+    feature_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}")
+
+    def identity(self) -> dict[str, Any]:
+        """The JSON-comparable form used to refuse mixing configurations."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "steps": self.steps,
+            "sample_rate": self.sample_rate,
+            "feature_dtype": self.feature_dtype,
+            "video_backbone": self.video.to_dict(),
+            "audio_backbone": self.audio.to_dict(),
+            "class_names": list(self.class_names),
+        }
+
+    @staticmethod
+    def from_attrs(attrs: dict[str, Any]) -> "CacheConfig":
+        try:
+            return CacheConfig(
+                steps=int(attrs["steps"]),
+                sample_rate=int(attrs["sample_rate"]),
+                video=BackboneInfo.from_dict(attrs["video_backbone"]),
+                audio=BackboneInfo.from_dict(attrs["audio_backbone"]),
+                class_names=tuple(attrs["class_names"]),
+                feature_dtype=str(attrs["feature_dtype"]),
+            )
+        except KeyError as exc:
+            raise CacheSchemaError(f"cache attributes lack {exc}; is this an AVAR feature cache?") from None
+
+    @property
+    def pretrained(self) -> bool:
+        """True only when both backbones carry trained weights; reports must say otherwise."""
+        return self.video.pretrained and self.audio.pretrained
+
+
+def identity_differences(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable list of the fields that differ between two identities."""
+    out: list[str] = []
+    for k in sorted(set(expected) | set(found)):
+        a, b = expected.get(k), found.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += identity_differences(a, b, prefix=f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: cache has {b!r}, requested {a!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the cache. ``per_step`` arrays have a second axis of ``steps``;
+    ``feature`` arrays a third axis of the backbone's dim and the cache's feature dtype."""
+
+    name: str
+    dtype: str  # numpy dtype name, or "str" for variable-length UTF-8
+    per_step: bool = False
+    feature: str | None = None  # "video" | "audio"
+    fill: Any = 0
+
+    def shape(self, n: int, config: CacheConfig) -> tuple[int, ...]:
+        shape: tuple[int, ...] = (n,)
+        if self.per_step:
+            shape += (config.steps,)
+        if self.feature == "video":
+            shape += (config.video.dim,)
+        elif self.feature == "audio":
+            shape += (config.audio.dim,)
+        return shape
+
+    def numpy_dtype(self, config: CacheConfig) -> np.dtype:
+        if self.feature:
+            return np.dtype(config.feature_dtype)
+        if self.dtype == "str":
+            return np.dtype(object)
+        return np.dtype(self.dtype)
+
+
+# Order matters: the writer writes arrays in this order, and ``status`` last, so that a
+# clip only becomes visible once everything else about it is on disk.
+ARRAYS: tuple[ArraySpec, ...] = (
+    ArraySpec("key", "str", fill=""),
+    ArraySpec("group", "str", fill=""),
+    ArraySpec("label", "int16", fill=UNLABELLED),
+    ArraySpec("video", "float", per_step=True, feature="video"),
+    ArraySpec("audio", "float", per_step=True, feature="audio"),
+    ArraySpec("video_mask", "bool", per_step=True, fill=False),
+    ArraySpec("audio_mask", "bool", per_step=True, fill=False),
+    ArraySpec("audio_silent", "bool", fill=False),
+    ArraySpec("duration", "float64", fill=0.0),
+    ArraySpec("step_time", "float64", per_step=True, fill=0.0),
+    ArraySpec("error", "str", fill=""),
+    ArraySpec("status", "str", fill=STATUS_PENDING),
+)
+ARRAY_BY_NAME = {a.name: a for a in ARRAYS}
+# Written once when a clip's row is created, never by a feature write.
+IDENTITY_ARRAYS = ("key", "group", "label")
+# Written for every finished clip, status last.
+RECORD_ARRAYS = tuple(a.name for a in ARRAYS if a.name not in IDENTITY_ARRAYS)
+
+
+@dataclass(frozen=True)
+class ClipEntry:
+    """A row of a dataset manifest as the cache needs it (Lhotse-style: later steps read
+    this, never the folder layout)."""
+
+    key: str
+    label: int = UNLABELLED
+    group: str = ""
+
+
+@dataclass
+class ClipRecord:
+    """The result of extracting one clip, ready to be written."""
+
+    key: str
+    status: str
+    error: str = ""
+    video: np.ndarray | None = None  # [T, Dv]
+    audio: np.ndarray | None = None  # [T, Da]
+    video_mask: np.ndarray | None = None  # [T] bool
+    audio_mask: np.ndarray | None = None  # [T] bool
+    audio_silent: bool = False
+    duration: float = 0.0
+    step_time: np.ndarray | None = None  # [T]
+
+    @staticmethod
+    def failed(key: str, reason: str, duration: float = 0.0) -> "ClipRecord":
+        return ClipRecord(key=key, status=STATUS_ERROR, error=reason or "unknown error", duration=duration)
+
+    def as_row(self, config: CacheConfig) -> dict[str, Any]:
+        """Arrays for this clip, with zeros wherever a modality is absent so that a reader
+        never sees stale or invented features."""
+        t = config.steps
+        dt = np.dtype(config.feature_dtype)
+
+        def feat(x: np.ndarray | None, dim: int, mask: np.ndarray) -> np.ndarray:
+            out = np.zeros((t, dim), dtype=dt)
+            if x is not None:
+                out[:] = np.asarray(x, dtype=np.float32)
+            out[~mask] = 0
+            return out
+
+        vm = np.zeros(t, bool) if self.video_mask is None else np.asarray(self.video_mask, bool)
+        am = np.zeros(t, bool) if self.audio_mask is None else np.asarray(self.audio_mask, bool)
+        if self.status != STATUS_OK:
+            vm = np.zeros(t, bool)
+            am = np.zeros(t, bool)
+        return {
+            "video": feat(self.video if self.status == STATUS_OK else None, config.video.dim, vm),
+            "audio": feat(self.audio if self.status == STATUS_OK else None, config.audio.dim, am),
+            "video_mask": vm,
+            "audio_mask": am,
+            "audio_silent": bool(self.audio_silent),
+            "duration": float(self.duration),
+            "step_time": np.zeros(t) if self.step_time is None else np.asarray(self.step_time, np.float64),
+            "error": self.error,
+            "status": self.status,
+        }

@@ -1,0 +1,174 @@
+"""Checks a cache against the schema and names the clips that cannot be trusted.
+
+A pending clip (interrupted before its status was written) is not a defect: the next
+extract run completes it. A clip that claims ``ok`` but whose data is unreadable,
+non-finite or inconsistent is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .schema import (
+    ARRAYS,
+    SCHEMA_VERSION,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_PENDING,
+    STATUSES,
+    CacheConfig,
+    CacheError,
+)
+from .storage import Backend, iter_chunks, open_backend
+
+
+@dataclass
+class ValidationReport:
+    problems: list[str] = field(default_factory=list)
+    broken_keys: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def scan_chunks(backend: Backend) -> dict[str, list[slice]]:
+    """Row ranges of every chunk that fails to read, per array (missing arrays excluded)."""
+    broken: dict[str, list[slice]] = {}
+    names = set(backend.names())
+    for spec in ARRAYS:
+        if spec.name not in names:
+            continue
+        n = backend.shape(spec.name)[0]
+        for sl in iter_chunks(n, backend.chunk_rows(spec.name)):
+            try:
+                backend.read(spec.name, sl)
+            except Exception:  # any codec/IO failure means the chunk is damaged
+                broken.setdefault(spec.name, []).append(sl)
+    return broken
+
+
+def validate(path: str | Path) -> ValidationReport:
+    report = ValidationReport()
+    try:
+        backend = open_backend(Path(path), "r")
+    except (CacheError, FileNotFoundError) as exc:
+        report.problems.append(str(exc))
+        return report
+    try:
+        _validate(backend, report)
+    finally:
+        backend.close()
+    return report
+
+
+def _validate(backend: Backend, report: ValidationReport) -> None:
+    p = report.problems
+    attrs = backend.get_attrs()
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        p.append(f"schema_version is {attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        return
+    try:
+        config = CacheConfig.from_attrs(attrs)
+    except (CacheError, ValueError) as exc:
+        p.append(str(exc))
+        return
+    names = set(backend.names())
+    missing = [a.name for a in ARRAYS if a.name not in names]
+    if missing:
+        p.append(f"missing arrays: {', '.join(missing)}")
+        return
+    n = backend.shape("key")[0]
+    for spec in ARRAYS:
+        want = spec.shape(n, config)
+        if backend.shape(spec.name) != want:
+            p.append(f"array {spec.name} has shape {backend.shape(spec.name)}, expected {want}")
+        want_dtype = "str" if spec.dtype == "str" else spec.numpy_dtype(config).name
+        if backend.dtype(spec.name) != want_dtype:
+            p.append(f"array {spec.name} has dtype {backend.dtype(spec.name)}, expected {want_dtype}")
+    if p:
+        return
+
+    broken_rows: set[int] = set()
+    for name, slices in scan_chunks(backend).items():
+        for sl in slices:
+            p.append(f"array {name}: chunk of rows {sl.start}-{sl.stop - 1} is unreadable")
+            broken_rows.update(range(sl.start, sl.stop))
+    keys = _safe_read(backend, "key", n, "")
+    status = _safe_read(backend, "status", n, STATUS_PENDING)
+
+    bad_status = sorted({s for s in status if s not in STATUSES})
+    if bad_status:
+        p.append(f"unknown status values: {bad_status}")
+    report.counts = {
+        "ok": int(np.sum(status == STATUS_OK)),
+        "error": int(np.sum(status == STATUS_ERROR)),
+        "pending": int(np.sum(status == STATUS_PENDING)),
+        "total": n,
+    }
+    if len(set(keys.tolist())) != n:
+        p.append("duplicate keys")
+
+    # Per-clip consistency, chunk by chunk so that memory stays bounded.
+    chunk = max(1, backend.chunk_rows("video"))
+    for sl in iter_chunks(n, chunk):
+        rows = [r for r in range(sl.start, sl.stop) if r not in broken_rows]
+        if not rows:
+            continue
+        idx = np.array(rows)
+        st = status[idx]
+        if not np.any(st != STATUS_PENDING):
+            continue
+        d = {name: backend.read(name, idx) for name in
+             ("video", "audio", "video_mask", "audio_mask", "duration", "step_time", "error", "label")}
+        for j, row in enumerate(rows):
+            why = _clip_problem(st[j], {k: v[j] for k, v in d.items()}, config)
+            if why:
+                p.append(f"clip {keys[row]!r}: {why}")
+                broken_rows.add(row)
+    report.broken_keys = [str(keys[r]) if keys[r] else f"row {r}" for r in sorted(broken_rows)]
+
+
+def _safe_read(backend: Backend, name: str, n: int, fill: str) -> np.ndarray:
+    """Read a text array chunk by chunk, filling unreadable chunks, so that one damaged
+    chunk does not hide the names of all other clips."""
+    out = np.array([fill] * n, dtype=object)
+    for sl in iter_chunks(n, backend.chunk_rows(name)):
+        try:
+            out[sl] = backend.read(name, sl)
+        except Exception:
+            pass
+    return out
+
+
+def _clip_problem(status: str, c: dict, config: CacheConfig) -> str | None:
+    if status == STATUS_ERROR:
+        if not c["error"]:
+            return "status error without a reason"
+        return None
+    if status != STATUS_OK:
+        return None
+    if not (-1 <= int(c["label"]) < len(config.class_names)):
+        return f"label {int(c['label'])} outside the {len(config.class_names)} classes"
+    for mod in ("video", "audio"):
+        x = np.asarray(c[mod], dtype=np.float32)
+        m = np.asarray(c[f"{mod}_mask"], dtype=bool)
+        if not np.all(np.isfinite(x)):
+            return f"non-finite {mod} features"
+        if np.any(x[~m] != 0):
+            return f"{mod} features present where {mod}_mask is false"
+    if not (np.any(c["video_mask"]) or np.any(c["audio_mask"])):
+        return "status ok but neither modality is present"
+    dur = float(c["duration"])
+    t = np.asarray(c["step_time"], dtype=np.float64)
+    if not dur > 0:
+        return f"duration {dur} is not positive"
+    if np.any(np.diff(t) <= 0) and config.steps > 1:
+        return "step times do not increase"
+    if t[0] < 0 or t[-1] > dur + 1e-6:
+        return "step times fall outside the clip"
+    return None

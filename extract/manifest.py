@@ -1,0 +1,142 @@
+"""Datasets as manifests: one row per clip (key, path, label, group).
+
+Everything after this module reads the manifest, never the folder layout, so adding a
+dataset means adding one function to ``DATASETS``. A clip's key is its path relative to
+the dataset root (posix form), so two ``clip.mp4`` in different folders never collide
+and a cache stays valid when the root moves.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cache_schema import UNLABELLED, ClipEntry
+
+logger = logging.getLogger(__name__)
+
+# VAAR's ten classes, in the paper's order. Folder names are matched after lower-casing
+# and mapping spaces and hyphens to underscores ("Baby Cry" -> "baby_cry").
+VAAR_CLASSES: tuple[str, ...] = (
+    "abuse", "baby_cry", "crash", "brawling", "explosion",
+    "intruder", "normal", "pain", "police_siren", "vandalism",
+)
+
+MEDIA_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .ts .mts .flv .wmv .3gp .ogv "
+    ".mp3 .wav .m4a .aac .ogg .opus .flac".split()
+)
+GROUPS_FILE = "groups.tsv"  # optional: key<TAB>source id, for group-aware splits
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    key: str
+    path: Path
+    label: int = UNLABELLED
+    group: str = ""
+
+    def entry(self) -> ClipEntry:
+        return ClipEntry(self.key, self.label, self.group or self.key)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dataset: str
+    root: Path
+    class_names: tuple[str, ...]
+    rows: tuple[ManifestRow, ...]
+
+    def entries(self) -> list[ClipEntry]:
+        return [r.entry() for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def normalise_class(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
+def _media_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+
+
+def _read_groups(root: Path) -> dict[str, str]:
+    path = root / GROUPS_FILE
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f, delimiter="\t") if r and not r[0].startswith("#")]
+    if rows and rows[0][:2] == ["key", "group"]:
+        rows = rows[1:]
+    return {r[0]: r[1] for r in rows if len(r) >= 2}
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} is not a folder; pass --root (or DATA_ROOT=) pointing at it")
+
+
+def class_folders(root: Path, dataset: str, class_names: tuple[str, ...] = VAAR_CLASSES) -> Manifest:
+    """``root/<class>/<clip>.<ext>``: the label is the folder. Unknown folders are an
+    error rather than silently dropped, since a typo would otherwise lose a class."""
+    _check_root(root)
+    index = {c: i for i, c in enumerate(class_names)}
+    groups = _read_groups(root)
+    rows, unknown = [], set()
+    for path in _media_files(root):
+        rel = path.relative_to(root)
+        if len(rel.parts) < 2:
+            logger.warning("ignoring %s: not inside a class folder", rel)
+            continue
+        cls = normalise_class(rel.parts[0])
+        if cls not in index:
+            unknown.add(rel.parts[0])
+            continue
+        key = rel.as_posix()
+        rows.append(ManifestRow(key, path, index[cls], groups.get(key, "")))
+    if unknown:
+        raise ValueError(
+            f"folders {sorted(unknown)} under {root} are not {dataset} classes {list(class_names)}; "
+            "rename them, or use --dataset folder for unlabelled media"
+        )
+    if not rows:
+        raise FileNotFoundError(f"no media files found under {root}/<class>/ (suffixes: {sorted(MEDIA_SUFFIXES)})")
+    return Manifest(dataset, root, class_names, tuple(rows))
+
+
+def vaar(root: Path) -> Manifest:
+    return class_folders(root, "vaar")
+
+
+def synth(root: Path) -> Manifest:
+    return class_folders(root, "synth")
+
+
+def folder(root: Path) -> Manifest:
+    """Any tree of media files, unlabelled (for prediction or feature export)."""
+    _check_root(root)
+    groups = _read_groups(root)
+    rows = tuple(
+        ManifestRow(p.relative_to(root).as_posix(), p, UNLABELLED, groups.get(p.relative_to(root).as_posix(), ""))
+        for p in _media_files(root)
+    )
+    if not rows:
+        raise FileNotFoundError(f"no media files found under {root}")
+    return Manifest("folder", root, (), rows)
+
+
+DATASETS: dict[str, Callable[[Path], Manifest]] = {"synth": synth, "vaar": vaar, "folder": folder}
+
+
+def build_manifest(dataset: str, root: str | Path) -> Manifest:
+    try:
+        build = DATASETS[dataset]
+    except KeyError:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}") from None
+    return build(Path(root))

@@ -1,0 +1,50 @@
+"""Builds small caches with known content through the real writer, for tests of the
+cache contract and of stage 2 (which must never need a video or a backbone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cache_schema import BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
+
+
+def make_config(dv: int = 8, da: int = 6, steps: int = 10, classes: tuple[str, ...] = ("normal", "crash"),
+                feature_dtype: str = "float32", video_name: str = "tiny") -> CacheConfig:
+    return CacheConfig(
+        steps=steps,
+        sample_rate=16000,
+        video=BackboneInfo(video_name, "test-video", "v" * 8, False, dv, {"input_size": [3, 8, 8]}),
+        audio=BackboneInfo("tiny", "test-audio", "a" * 8, False, da, {"sample_rate": 16000}),
+        class_names=classes,
+        feature_dtype=feature_dtype,
+    )
+
+
+def ok_record(key: str, config: CacheConfig, rng: np.random.Generator, video=None, audio=None,
+              video_mask=None, audio_mask=None, duration: float = 5.0) -> ClipRecord:
+    t = config.steps
+    return ClipRecord(
+        key=key,
+        status="ok",
+        video=rng.standard_normal((t, config.video.dim)).astype(np.float32) if video is None else video,
+        audio=rng.standard_normal((t, config.audio.dim)).astype(np.float32) if audio is None else audio,
+        video_mask=np.ones(t, bool) if video_mask is None else video_mask,
+        audio_mask=np.ones(t, bool) if audio_mask is None else audio_mask,
+        duration=duration,
+        step_time=(np.arange(t) + 0.5) * duration / t,
+    )
+
+
+def write_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, fmt: str | None = None,
+                chunk_clips: int = 4, labels: np.ndarray | None = None) -> list[str]:
+    """A cache of ``n`` ok clips with random features and labels cycling over the classes."""
+    rng = np.random.default_rng(seed)
+    keys = [f"{config.class_names[i % len(config.class_names)]}/clip_{i:04d}.mp4" for i in range(n)]
+    labels = np.arange(n) % len(config.class_names) if labels is None else labels
+    entries = [ClipEntry(k, int(labels[i]), k) for i, k in enumerate(keys)]
+    with CacheWriter.open(path, config, entries, fmt=fmt, chunk_clips=chunk_clips) as w:
+        w.write([ok_record(k, config, rng) for k in keys])
+        w.finish()
+    return keys

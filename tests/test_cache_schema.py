@@ -1,0 +1,139 @@
+"""The cache contract: both formats, resume/extend, refusing mixed configurations,
+status-last writes and validation of damaged caches."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache_schema import (
+    CacheConfigMismatch,
+    CacheReader,
+    CacheWriter,
+    ClipEntry,
+    ClipRecord,
+    validate,
+)
+from cache_schema.storage import open_backend
+from tests.cache_factory import make_config, ok_record, write_cache
+
+
+@pytest.mark.parametrize("fmt,name", [("zarr", "c.zarr"), ("hdf5", "c.h5")])
+def test_roundtrip_both_formats(tmp_path: Path, fmt: str, name: str) -> None:
+    config = make_config(feature_dtype="float16")
+    keys = write_cache(tmp_path / name, config, n=9, fmt=fmt)
+    with CacheReader(tmp_path / name) as r:
+        assert r.format == fmt
+        assert r.config == config
+        d = r.load()
+        assert list(d["key"]) == keys
+        assert d["video"].shape == (9, 10, 8) and d["video"].dtype == np.float32
+        assert d["audio"].shape == (9, 10, 6)
+        assert r.counts() == {"total": 9, "ok": 9, "error": 0, "pending": 0}
+        assert r.attrs["complete"] is True
+        assert r.attrs["video_backbone"]["pretrained"] is False
+    assert validate(tmp_path / name).ok
+
+
+def test_formats_read_back_equal(tmp_path: Path) -> None:
+    config = make_config()
+    write_cache(tmp_path / "a.zarr", config, n=7, seed=3, fmt="zarr")
+    write_cache(tmp_path / "a.h5", config, n=7, seed=3, fmt="hdf5")
+    with CacheReader(tmp_path / "a.zarr") as z, CacheReader(tmp_path / "a.h5") as h:
+        dz, dh = z.load(fields=("video", "audio", "video_mask", "label", "step_time")), h.load(
+            fields=("video", "audio", "video_mask", "label", "step_time"))
+        for k in dz:
+            np.testing.assert_array_equal(np.asarray(dz[k]), np.asarray(dh[k]))
+
+
+def test_absent_modality_is_zero_and_masked(tmp_path: Path) -> None:
+    config = make_config()
+    rng = np.random.default_rng(0)
+    entries = [ClipEntry("a.mp4", 0), ClipEntry("b.mp4", 1)]
+    with CacheWriter.open(tmp_path / "c.zarr", config, entries) as w:
+        rec = ok_record("a.mp4", config, rng, audio_mask=np.zeros(10, bool))
+        w.write([rec, ClipRecord.failed("b.mp4", "no streams")])
+    with CacheReader(tmp_path / "c.zarr") as r:
+        d = r.load(fields=("audio", "audio_mask", "video_mask"), only_ok=False)
+        assert not d["audio_mask"][0].any() and np.all(d["audio"][0] == 0)
+        assert not d["video_mask"][1].any() and np.all(d["audio"][1] == 0)
+        clips = r.clips()
+        assert clips[1]["status"] == "error" and clips[1]["error"] == "no streams"
+        assert clips[0]["has_video"] and not clips[0]["has_audio"]
+
+
+def test_resume_and_extend(tmp_path: Path) -> None:
+    config = make_config()
+    rng = np.random.default_rng(0)
+    entries = [ClipEntry(f"c{i}.mp4", 0) for i in range(5)]
+    with CacheWriter.open(tmp_path / "c.zarr", config, entries, chunk_clips=2) as w:
+        w.write([ok_record(e.key, config, rng) for e in entries[:2]])
+        assert w.todo([e.key for e in entries]) == ["c2.mp4", "c3.mp4", "c4.mp4"]
+        assert w.finish()["pending"] == 3
+    assert validate(tmp_path / "c.zarr").ok  # pending clips are not defects
+    more = entries + [ClipEntry("new/c9.mp4", 1)]
+    with CacheWriter.open(tmp_path / "c.zarr", config, more, chunk_clips=2) as w:
+        assert w.todo([e.key for e in more]) == ["c2.mp4", "c3.mp4", "c4.mp4", "new/c9.mp4"]
+    with CacheReader(tmp_path / "c.zarr") as r:
+        assert r.n == 6 and r.read("label")[5] == 1 and r.attrs["complete"] is False
+
+
+def test_config_mismatch_is_refused(tmp_path: Path) -> None:
+    write_cache(tmp_path / "c.zarr", make_config(), n=3)
+    other = make_config(steps=5)
+    with pytest.raises(CacheConfigMismatch, match="steps"):
+        CacheWriter.open(tmp_path / "c.zarr", other, [ClipEntry("x.mp4")])
+    with pytest.raises(CacheConfigMismatch, match="video_backbone.name"):
+        CacheWriter.open(tmp_path / "c.zarr", make_config(video_name="random"), [ClipEntry("x.mp4")])
+
+
+def test_status_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after the features but before the status leaves the clip pending."""
+    config = make_config()
+    entries = [ClipEntry("a.mp4", 0)]
+    w = CacheWriter.open(tmp_path / "c.zarr", config, entries)
+    real = w.backend.write
+
+    def dying_write(name, rows, values):
+        if name == "status":
+            raise KeyboardInterrupt("killed")
+        real(name, rows, values)
+
+    monkeypatch.setattr(w.backend, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        w.write([ok_record("a.mp4", config, np.random.default_rng(0))])
+    with CacheReader(tmp_path / "c.zarr") as r:
+        assert r.counts()["pending"] == 1 and len(r.ok_rows()) == 0
+
+
+def test_damaged_chunk_is_named_and_repaired(tmp_path: Path) -> None:
+    config = make_config()
+    keys = write_cache(tmp_path / "c.zarr", config, n=8, chunk_clips=4)
+    chunk = tmp_path / "c.zarr" / "video" / "c" / "1" / "0" / "0"
+    assert chunk.exists()
+    chunk.write_bytes(chunk.read_bytes()[:10])  # truncated chunk file
+    rep = validate(tmp_path / "c.zarr")
+    assert not rep.ok
+    assert rep.broken_keys == keys[4:8]
+    entries = [ClipEntry(k, i % 2, k) for i, k in enumerate(keys)]
+    with CacheWriter.open(tmp_path / "c.zarr", config, entries, chunk_clips=4) as w:
+        assert w.todo(keys) == keys[4:8]
+    assert validate(tmp_path / "c.zarr").ok  # reset to pending: nothing claims to be valid
+
+
+def test_validate_catches_inconsistent_clip(tmp_path: Path) -> None:
+    config = make_config()
+    write_cache(tmp_path / "c.zarr", config, n=4)
+    b = open_backend(tmp_path / "c.zarr", "a")
+    b.write("video_mask", np.array([2]), np.zeros((1, 10), bool))  # features remain non-zero
+    rep = validate(tmp_path / "c.zarr")
+    assert not rep.ok and any("video_mask is false" in p for p in rep.problems)
+    assert rep.broken_keys == ["normal/clip_0002.mp4"]
+
+
+def test_validate_missing_cache(tmp_path: Path) -> None:
+    rep = validate(tmp_path / "nope.zarr")
+    assert not rep.ok and "no cache" in rep.problems[0]
