@@ -48,3 +48,37 @@ def write_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, fmt: str
         w.write([ok_record(k, config, rng) for k in keys])
         w.finish()
     return keys
+
+
+def write_class_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, separation: float = 1.5,
+                      clips_per_group: int = 1, no_audio: tuple[int, ...] = (), no_video: tuple[int, ...] = (),
+                      errors: tuple[int, ...] = (), fmt: str | None = None) -> list[str]:
+    """A learnable cache for stage-2 tests: clip ``i`` has label ``i % C`` and features
+    around a per-class prototype (``separation`` apart, unit noise) in both streams.
+    Consecutive clips of a class share a group (``clips_per_group`` of them, keys
+    ``<class>/src<g>_<i>.mp4``, so the source id can also be recovered by a pattern). Rows
+    in ``no_audio`` / ``no_video`` lack that stream; rows in ``errors`` failed extraction."""
+    rng = np.random.default_rng(seed)
+    c = len(config.class_names)
+    t = config.steps
+    proto_v = rng.standard_normal((c, config.video.dim)) * separation
+    proto_a = rng.standard_normal((c, config.audio.dim)) * separation
+    keys, entries, records = [], [], []
+    for i in range(n):
+        y = i % c
+        g = (i // c) // clips_per_group
+        key = f"{config.class_names[y]}/src{g:03d}_{i:04d}.mp4"
+        keys.append(key)
+        entries.append(ClipEntry(key, y, f"{config.class_names[y]}/src{g:03d}"))
+        if i in errors:
+            records.append(ClipRecord.failed(key, "synthetic failure"))
+            continue
+        video = (proto_v[y] + rng.standard_normal((t, config.video.dim))).astype(np.float32)
+        audio = (proto_a[y] + rng.standard_normal((t, config.audio.dim))).astype(np.float32)
+        records.append(ok_record(key, config, rng, video=video, audio=audio,
+                                 video_mask=np.zeros(t, bool) if i in no_video else None,
+                                 audio_mask=np.zeros(t, bool) if i in no_audio else None))
+    with CacheWriter.open(path, config, entries, fmt=fmt, chunk_clips=16) as w:
+        w.write(records)
+        w.finish()
+    return keys

@@ -1,0 +1,276 @@
+"""Frozen transformers speech encoder (wav2vec2-base by default): per-step audio features.
+
+A clip's audio is cut into windows of at most `window_s` (cost linear in duration, see
+extract/audio_windows.py); each window is normalised exactly as Wav2Vec2FeatureExtractor
+normalises one input, and a step's feature is the mean of last_hidden_state over the frames
+whose time falls in the step.
+
+Batching must never change features. Models whose conv encoder uses GroupNorm
+(feat_extract_norm == "group", e.g. wav2vec2-base) take no attention mask and normalise
+over time, so zero padding changes every frame: their windows are only batched with windows
+of exactly the same length (all full windows share one length, so long clips still batch
+well). Models with feat_extract_norm == "layer" (their feature extractor returns an
+attention mask) are padded and given the mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+from extract.audio_windows import (
+    NORM_EPS,
+    FrameGeometry,
+    normalize_like_wav2vec2,
+    pad_to_length,
+    plan_windows,
+    pool_frames_per_step,
+)
+from extract.frozen_model import (
+    BackboneUnavailable,
+    autocast_context,
+    check_precision,
+    freeze,
+    prepare_torch_for,
+    seeded_rng,
+    state_dict_checksum,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_AUDIO_MODEL = "facebook/wav2vec2-base"
+SAMPLE_RATE = 16000
+DEFAULT_WINDOW_S = 30.0
+
+AudioClip = tuple[np.ndarray, np.ndarray]
+"""(mono float32 16 kHz audio of the whole clip, step bounds [T, 2] in seconds)."""
+
+
+@dataclass
+class _Window:
+    clip: int
+    start_sample: int
+    audio: np.ndarray  # normalised, padded to the receptive field
+
+
+def tiny_wav2vec2_config() -> Wav2Vec2Config:
+    """Same family and the same 7 conv strides/kernels (20 ms frames), a few thousand times cheaper."""
+    return Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+
+
+def default_feature_extractor(config: Any) -> Wav2Vec2FeatureExtractor:
+    """The extractor a wav2vec2-family checkpoint ships: normalise, mask only for layer-norm encoders."""
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLE_RATE,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=getattr(config, "feat_extract_norm", "group") == "layer",
+    )
+
+
+def build_random_audio_model() -> nn.Module:
+    """wav2vec2-base architecture, untrained, reproducible.
+
+    transformers' own init is kept: checked to give unit-scale, input-dependent features
+    (its LayerNorms have unit scale and conv layers Kaiming init), unlike its MobileViT init.
+    """
+    with seeded_rng():
+        return Wav2Vec2Model(Wav2Vec2Config())
+
+
+def build_tiny_audio_model() -> nn.Module:
+    with seeded_rng():
+        return Wav2Vec2Model(tiny_wav2vec2_config())
+
+
+def _unavailable_message(name: str, err: BaseException) -> str:
+    return (
+        f"Weights for audio model {name!r} could not be loaded ({type(err).__name__}: {err}).\n"
+        "Provide them in one of these ways:\n"
+        "  * on a machine with network, run once: python -c \"from transformers import AutoModel, "
+        f"AutoFeatureExtractor; AutoModel.from_pretrained('{name}'); AutoFeatureExtractor.from_pretrained('{name}')\" "
+        "to download them into the Hugging Face cache ($HF_HOME, default ~/.cache/huggingface), "
+        "then copy that cache to this machine;\n"
+        "  * pass a local directory as --audio-model (config.json + weights, as written by "
+        "model.save_pretrained, plus preprocessor_config.json if it has one);\n"
+        "  * or use --audio-model tiny / random for an untrained test run (no pretrained semantics)."
+    )
+
+
+def load_pretrained_audio_model(
+    name: str, cache_dir: str | Path | None = None
+) -> tuple[nn.Module, Wav2Vec2FeatureExtractor | Any]:
+    """A Hugging Face model id (hub or cache) or a local save_pretrained directory."""
+    path = Path(name).expanduser()
+    looks_local = path.is_absolute() or name.startswith((".", "~"))
+    if looks_local and not path.is_dir():
+        raise BackboneUnavailable(f"Audio model directory {path} does not exist.")
+    source = str(path) if path.is_dir() else name
+    try:
+        config = AutoConfig.from_pretrained(source, cache_dir=cache_dir)
+        model = AutoModel.from_pretrained(source, config=config, cache_dir=cache_dir)
+    except (OSError, ValueError) as err:
+        raise BackboneUnavailable(_unavailable_message(name, err)) from err
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(source, cache_dir=cache_dir)
+    except (OSError, ValueError):
+        logger.warning("%s ships no feature extractor: using wav2vec2 defaults (normalise inputs)", name)
+        extractor = default_feature_extractor(config)
+    return model, extractor
+
+
+class AudioBackbone:
+    """A frozen wav2vec2-family encoder with windowing, bucketing and per-step pooling."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        feature_extractor: Any,
+        *,
+        name: str,
+        pretrained: bool,
+        device: str = "cpu",
+        precision: str = "fp32",
+        window_s: float = DEFAULT_WINDOW_S,
+        batch_size: int = 8,
+    ) -> None:
+        config = model.config
+        if not hasattr(model, "_get_feat_extract_output_lengths") or not hasattr(config, "conv_stride"):
+            raise BackboneUnavailable(
+                f"Audio model {name!r} ({type(model).__name__}) is not a wav2vec2-family encoder "
+                "(conv feature encoder + transformer: wav2vec2, HuBERT, WavLM, data2vec-audio, ...)."
+            )
+        sample_rate = int(getattr(feature_extractor, "sampling_rate", SAMPLE_RATE))
+        if sample_rate != SAMPLE_RATE:
+            raise BackboneUnavailable(f"Audio model {name!r} expects {sample_rate} Hz; decode provides {SAMPLE_RATE} Hz.")
+        if window_s <= 0:
+            raise ValueError(f"window_s must be positive, got {window_s}")
+        prepare_torch_for(device)
+        self.name = name
+        self.pretrained = pretrained
+        self.precision = check_precision(precision)
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.feature_extractor = feature_extractor
+        self.model = freeze(model)
+        self.checksum = state_dict_checksum(self.model)
+        self.arch = str(config.model_type)
+        self.dim = int(config.hidden_size)
+        self.geometry = FrameGeometry.from_conv(config.conv_kernel, config.conv_stride, SAMPLE_RATE)
+        self.window_samples = int(round(window_s * SAMPLE_RATE))
+        if self.window_samples < self.geometry.receptive_field_samples:
+            raise ValueError(f"window_s={window_s} is shorter than the model's receptive field")
+        self.do_normalize = bool(getattr(feature_extractor, "do_normalize", True))
+        self.uses_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
+        self.preprocessing = {
+            "library": f"transformers {transformers.__version__}",
+            "sample_rate": SAMPLE_RATE,
+            "channels": "mono",
+            "window_s": window_s,
+            "windows": "consecutive, non-overlapping, last one shorter",
+            "normalize": (
+                f"per window: (x - mean) / sqrt(var + {NORM_EPS}) as Wav2Vec2FeatureExtractor"
+                if self.do_normalize
+                else "none (feature extractor has do_normalize=False)"
+            ),
+            "min_window_samples": self.geometry.receptive_field_samples,
+            "pad": "zeros after normalisation",
+            "attention_mask": self.uses_attention_mask,
+            "batching": "padded with attention mask" if self.uses_attention_mask else "equal-length windows only",
+            "layer": "last_hidden_state",
+            "frame_stride_s": self.geometry.stride_s,
+            "frame_time": "window start + (k*stride + receptive_field/2) / sample_rate",
+            "pooling": "mean of frames with time in [start, end) of the step; nearest frame if none",
+        }
+        self.model.to(device)
+
+    def embed(self, clips: Sequence[AudioClip]) -> list[np.ndarray]:
+        """Per clip: (audio, step_bounds [T, 2] s) -> features [T, D] float32."""
+        windows: list[_Window] = []
+        for index, (audio, _) in enumerate(clips):
+            audio = np.asarray(audio, dtype=np.float32)
+            if audio.ndim != 1:
+                raise ValueError(f"clip {index}: expected mono audio of shape [samples], got {audio.shape}")
+            for start, stop in plan_windows(audio.shape[0], self.window_samples):
+                piece = audio[start:stop]
+                if self.do_normalize:
+                    piece = normalize_like_wav2vec2(piece)
+                padded = pad_to_length(piece, self.geometry.receptive_field_samples)
+                windows.append(_Window(index, start, padded))
+        frames = self._run_windows(windows)
+        per_clip_times: dict[int, list[np.ndarray]] = defaultdict(list)
+        per_clip_frames: dict[int, list[np.ndarray]] = defaultdict(list)
+        for window, window_frames in zip(windows, frames):
+            per_clip_times[window.clip].append(self.geometry.frame_times(window.start_sample, window_frames.shape[0]))
+            per_clip_frames[window.clip].append(window_frames)
+        return [
+            pool_frames_per_step(
+                np.concatenate(per_clip_times[index]), np.concatenate(per_clip_frames[index]), bounds
+            )
+            for index, (_, bounds) in enumerate(clips)
+        ]
+
+    def _batches(self, windows: list[_Window]) -> list[list[int]]:
+        """Window indices grouped into forward passes that cannot change any window's result."""
+        if self.uses_attention_mask:
+            order = sorted(range(len(windows)), key=lambda i: -windows[i].audio.shape[0])
+            groups = [order]
+        else:
+            by_length: dict[int, list[int]] = defaultdict(list)
+            for i, window in enumerate(windows):
+                by_length[window.audio.shape[0]].append(i)
+            groups = list(by_length.values())
+        return [group[s : s + self.batch_size] for group in groups for s in range(0, len(group), self.batch_size)]
+
+    @torch.inference_mode()
+    def _run_windows(self, windows: list[_Window]) -> list[np.ndarray]:
+        results: list[np.ndarray | None] = [None] * len(windows)
+        for batch in self._batches(windows):
+            lengths = [windows[i].audio.shape[0] for i in batch]
+            longest = max(lengths)
+            inputs = np.zeros((len(batch), longest), dtype=np.float32)
+            for row, i in enumerate(batch):
+                inputs[row, : lengths[row]] = windows[i].audio
+            kwargs: dict[str, torch.Tensor] = {}
+            if self.uses_attention_mask:
+                mask = np.arange(longest)[None, :] < np.asarray(lengths)[:, None]
+                kwargs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)
+            with autocast_context(self.device, self.precision):
+                hidden = self.model(torch.from_numpy(inputs).to(self.device), **kwargs).last_hidden_state
+            hidden = hidden.float().cpu().numpy()
+            n_frames = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
+            for row, i in enumerate(batch):
+                results[i] = hidden[row, : int(n_frames[row])]
+        return results  # type: ignore[return-value]
+
+    def describe(self) -> dict[str, Any]:
+        """Everything a cache needs to record about the audio features (JSON-serialisable)."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "dim": self.dim,
+            "pretrained": self.pretrained,
+            "checksum": self.checksum,
+            "preprocessing": self.preprocessing,
+            "device": self.device,
+            "precision": self.precision,
+        }

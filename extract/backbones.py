@@ -1,0 +1,140 @@
+"""Registry of the frozen backbones of stage 1 (timm-style: name -> builder).
+
+A name is resolved in this order: a preset (`tiny`, `random`: untrained, seeded, for test
+runs without weights), then a local path, then a hub name (timm model name for video,
+Hugging Face model id for audio). Pretrained weights come from the hub on first use and from
+the Hugging Face cache or local paths offline; when none can be had, loading stops with
+BackboneUnavailable rather than falling back to random weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from extract.audio_backbone import (
+    DEFAULT_AUDIO_MODEL,
+    DEFAULT_WINDOW_S,
+    AudioBackbone,
+    build_random_audio_model,
+    build_tiny_audio_model,
+    default_feature_extractor,
+    load_pretrained_audio_model,
+)
+from extract.frozen_model import BackboneUnavailable, resolve_device
+from extract.video_backbone import (
+    DEFAULT_VIDEO_MODEL,
+    VideoBackbone,
+    build_random_video_model,
+    build_tiny_video_model,
+    load_pretrained_video_model,
+)
+
+__all__ = [
+    "AUDIO_PRESETS",
+    "VIDEO_PRESETS",
+    "AudioBackbone",
+    "BackboneConfig",
+    "BackboneUnavailable",
+    "VideoBackbone",
+    "load_audio_backbone",
+    "load_backbones",
+    "load_video_backbone",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_PRESETS: dict[str, Callable[[], nn.Module]] = {
+    "tiny": build_tiny_video_model,
+    "random": build_random_video_model,
+}
+AUDIO_PRESETS: dict[str, Callable[[], nn.Module]] = {
+    "tiny": build_tiny_audio_model,
+    "random": build_random_audio_model,
+}
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The backbone choices of one extraction run (recorded with the cache)."""
+
+    video_model: str = DEFAULT_VIDEO_MODEL
+    audio_model: str = DEFAULT_AUDIO_MODEL
+    device: str = "auto"
+    precision: str = "fp32"
+    audio_window_s: float = DEFAULT_WINDOW_S
+
+
+def load_video_backbone(
+    name: str = DEFAULT_VIDEO_MODEL,
+    device: str = "cpu",
+    precision: str = "fp32",
+    *,
+    batch_size: int = 32,
+    cache_dir: str | Path | None = None,
+) -> VideoBackbone:
+    """A preset, a timm model name, a checkpoint file or a timm model directory."""
+    device = resolve_device(device)
+    started = time.perf_counter()
+    if name in VIDEO_PRESETS:
+        model, pretrained = VIDEO_PRESETS[name](), False
+    else:
+        model, pretrained = load_pretrained_video_model(name, cache_dir=cache_dir), True
+    backbone = VideoBackbone(
+        model, name=name, pretrained=pretrained, device=device, precision=precision, batch_size=batch_size
+    )
+    logger.info(
+        "video backbone %s (%s, dim %d, pretrained=%s, sha256 %s…) on %s/%s in %.1fs",
+        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], device, precision,
+        time.perf_counter() - started,
+    )
+    return backbone
+
+
+def load_audio_backbone(
+    name: str = DEFAULT_AUDIO_MODEL,
+    device: str = "cpu",
+    precision: str = "fp32",
+    *,
+    window_s: float = DEFAULT_WINDOW_S,
+    batch_size: int = 8,
+    cache_dir: str | Path | None = None,
+) -> AudioBackbone:
+    """A preset, a Hugging Face audio model id or a local save_pretrained directory."""
+    device = resolve_device(device)
+    started = time.perf_counter()
+    if name in AUDIO_PRESETS:
+        model = AUDIO_PRESETS[name]()
+        extractor, pretrained = default_feature_extractor(model.config), False
+    else:
+        (model, extractor), pretrained = load_pretrained_audio_model(name, cache_dir=cache_dir), True
+    backbone = AudioBackbone(
+        model,
+        extractor,
+        name=name,
+        pretrained=pretrained,
+        device=device,
+        precision=precision,
+        window_s=window_s,
+        batch_size=batch_size,
+    )
+    logger.info(
+        "audio backbone %s (%s, dim %d, pretrained=%s, sha256 %s…) on %s/%s in %.1fs",
+        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], device, precision,
+        time.perf_counter() - started,
+    )
+    return backbone
+
+
+def load_backbones(config: BackboneConfig) -> tuple[VideoBackbone, AudioBackbone]:
+    """Both backbones of a run, on the same device and precision."""
+    device = resolve_device(config.device)
+    video = load_video_backbone(config.video_model, device, config.precision)
+    audio = load_audio_backbone(config.audio_model, device, config.precision, window_s=config.audio_window_s)
+    return video, audio

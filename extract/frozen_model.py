@@ -1,0 +1,147 @@
+"""What every frozen backbone shares: device and precision handling, freezing, the weights
+checksum, seeded construction of untrained presets and their initialisation.
+
+Kept apart from the video and audio modules so both follow the same rules: features are
+only comparable across runs when the weights (checksum), the numeric precision and the
+preprocessing are recorded, and untrained presets are only reproducible when their
+construction does not depend on (or disturb) the caller's global RNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+logger = logging.getLogger(__name__)
+
+PRESET_SEED = 0
+"""Seed of the untrained presets: fixed so that `tiny` and `random` give the same
+weights (and checksum) on every load and every machine with the same torch."""
+
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+class BackboneUnavailable(RuntimeError):
+    """Raised when a backbone's weights cannot be obtained (offline, not cached, bad path).
+
+    A separate type so that callers (the CLI) can show the message as a user error instead
+    of a traceback, and so that nothing ever falls back silently to random weights.
+    """
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Turn "auto" into "cuda" when a GPU is visible, else "cpu"; validate anything else.
+
+    Validated here so that a typo fails at load time, not after the first decoded batch.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} requested but CUDA is not available: use --device cpu or auto.")
+    return device
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}: choose one of {sorted(PRECISIONS)}.")
+    return precision
+
+
+def autocast_context(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for reduced precision; weights stay float32 so the checksum is unaffected."""
+    dtype = PRECISIONS[check_precision(precision)]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def prepare_torch_for(device: str) -> None:
+    """Flush denormals on CPU.
+
+    Untrained (and some trained) networks produce denormal floats deep in the stack; on x86
+    CPUs these are ~10x slower to compute. Flushing them to zero changes values below 1e-38
+    only. The setting is per process, so this is called at every backbone load.
+    """
+    if torch.device(device).type == "cpu":
+        torch.set_flush_denormal(True)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: the backbones are feature extractors, never trained here."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def state_dict_checksum(model: nn.Module) -> str:
+    """sha256 over the sorted state_dict: key, dtype, shape and raw tensor bytes.
+
+    Identifies the exact weights behind a feature cache, so a cache built with one set of
+    weights is never silently mixed with another. Dtype and shape are hashed too so that two
+    different tensors with the same bytes cannot collide.
+    """
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        tensor = state[key].detach().to("cpu").contiguous()
+        digest.update(key.encode("utf-8"))
+        digest.update(str(tensor.dtype).encode("ascii"))
+        digest.update(str(tuple(tensor.shape)).encode("ascii"))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int = PRESET_SEED) -> Iterator[None]:
+    """Run a block with a fixed torch seed, restoring the caller's RNG state afterwards.
+
+    Building a preset must neither depend on nor disturb the global RNG (which training
+    code seeds for its own reasons).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def variance_preserving_init_(model: nn.Module) -> nn.Module:
+    """Re-initialise so that activations keep their scale through depth.
+
+    Library inits are tuned for training, not for untrained feature extraction: timm's
+    ByobNet zero-initialises the last BatchNorm of every residual block and draws Linear
+    weights with std 0.01, so residual and transformer branches start as identities and the
+    pooled features of different images end up close; transformers' MobileViT even draws
+    BatchNorm scales ~0.02 and pools to exactly zero. Kaiming (fan-in) convs, 1/sqrt(fan_in)
+    Linears, unit norm scales and zero biases keep each branch's output at the input's scale.
+    Weight-normalised convs (parametrized, as in wav2vec2's positional conv) are left as is.
+    """
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            continue
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="linear")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model

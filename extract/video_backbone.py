@@ -1,0 +1,298 @@
+"""Frozen timm image backbone (MobileViT by default): per-frame pooled features.
+
+Preprocessing is taken from the model's own pretrained_cfg through timm
+(`resolve_data_config` + `create_transform`) rather than re-implemented, so the frames
+reach the network exactly as timm's evaluation pipeline would feed them. For the cvnets
+MobileViT weights that config says: bicubic resize of the short side to size/0.9, centre
+crop to 256x256, values in [0, 1] with mean 0 and std 1 (i.e. no mean/std normalisation),
+channels in timm's RGB order. timm's pretrained_cfg has no channel-order field; note that
+the transformers port of the same Apple checkpoints (apple/mobilevit-*) flips RGB to BGR,
+because the original cvnets models were trained on BGR, so whether timm's converted
+weights expect RGB cannot be checked without them; we follow timm's pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from torch import nn
+
+from extract.frozen_model import (
+    BackboneUnavailable,
+    autocast_context,
+    check_precision,
+    freeze,
+    prepare_torch_for,
+    seeded_rng,
+    state_dict_checksum,
+    variance_preserving_init_,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VIDEO_MODEL = "mobilevit_s.cvnets_in1k"
+DEFAULT_VIDEO_ARCH = "mobilevit_s"
+"""Architecture assumed for a bare checkpoint file with no sibling config.json."""
+
+TINY_VIDEO_ARCH = "mobilevit_xxs"
+TINY_VIDEO_SIZE = 64
+"""mobilevit_xxs at 64x64: same family and code path as mobilevit_s, ~1 ms per frame on CPU."""
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class VideoTransform:
+    """PIL image (or HxWx3 uint8 array) -> float tensor [3, H, W], exactly timm's eval transform.
+
+    A small class rather than the timm Compose itself so that it pickles as its data config
+    alone (DataLoader workers rebuild it), independent of how timm's transform objects pickle.
+    """
+
+    def __init__(self, data_config: dict[str, Any]) -> None:
+        self.data_config = dict(data_config)
+        self._transform = create_transform(**self.data_config)
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if image.mode != "RGB":
+            # timm's ToTensor keeps the channel count; grey or RGBA frames must become RGB
+            image = image.convert("RGB")
+        return self._transform(image)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"data_config": self.data_config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["data_config"])
+
+    def __repr__(self) -> str:
+        return f"VideoTransform({self.data_config})"
+
+
+class VideoBackbone:
+    """A frozen timm model with num_classes=0, so model(x) is the pooled feature [N, D]."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str,
+        pretrained: bool,
+        device: str = "cpu",
+        precision: str = "fp32",
+        batch_size: int = 32,
+        channels_last: bool | None = None,
+    ) -> None:
+        prepare_torch_for(device)
+        self.name = name
+        self.pretrained = pretrained
+        self.precision = check_precision(precision)
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.channels_last = torch.device(device).type == "cuda" if channels_last is None else channels_last
+        self.model = freeze(model)
+        self.checksum = state_dict_checksum(self.model)  # on CPU, before any move
+        self.arch = str(self.model.pretrained_cfg.get("architecture", type(self.model).__name__))
+        self.dim = int(self.model.num_features)
+        data_config = resolve_data_config({}, model=self.model)
+        self.transform = VideoTransform(data_config)
+        self.preprocessing = {
+            "library": f"timm {timm.__version__}",
+            "data_config": _jsonable(data_config),
+            "transform": "timm.data.create_transform(**data_config) (eval: resize short side to "
+            "size/crop_pct, centre crop, to [0,1], (x-mean)/std)",
+            "channel_order": "RGB",
+            "pretrained_tag": self.model.pretrained_cfg.get("tag") if pretrained else None,
+        }
+        self.model.to(device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Transformed frames [N, 3, H, W] -> pooled features [N, D], float32 on CPU."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [N, 3, H, W], got {tuple(images.shape)}")
+        outputs = []
+        for start in range(0, images.shape[0], self.batch_size):
+            batch = images[start : start + self.batch_size].to(self.device, torch.float32, non_blocking=True)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast_context(self.device, self.precision):
+                features = self.model(batch)
+            outputs.append(features.float().cpu())
+        if not outputs:
+            return torch.empty(0, self.dim)
+        return torch.cat(outputs)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything a cache needs to record about the video features (JSON-serialisable)."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "dim": self.dim,
+            "pretrained": self.pretrained,
+            "checksum": self.checksum,
+            "preprocessing": self.preprocessing,
+            "device": self.device,
+            "precision": self.precision,
+        }
+
+
+def build_random_video_model() -> nn.Module:
+    """The full default architecture, untrained, reproducible."""
+    with seeded_rng():
+        model = timm.create_model(DEFAULT_VIDEO_ARCH, pretrained=False, num_classes=0)
+        return variance_preserving_init_(model)
+
+
+def build_tiny_video_model() -> nn.Module:
+    """A small member of the same family for quick CPU runs and tests."""
+    with seeded_rng():
+        model = timm.create_model(
+            TINY_VIDEO_ARCH,
+            pretrained=False,
+            num_classes=0,
+            pretrained_cfg_overlay={"input_size": (3, TINY_VIDEO_SIZE, TINY_VIDEO_SIZE)},
+        )
+        return variance_preserving_init_(model)
+
+
+def _unavailable_message(name: str, err: BaseException) -> str:
+    return (
+        f"Pretrained weights for video model {name!r} could not be loaded "
+        f"({type(err).__name__}: {err}).\n"
+        "Provide them in one of these ways:\n"
+        f"  * on a machine with network, run once: python -c \"import timm; timm.create_model('{name}', "
+        "pretrained=True)\" to download them into the Hugging Face cache ($HF_HOME, default "
+        "~/.cache/huggingface), then copy that cache to this machine;\n"
+        "  * pass a local checkpoint as --video-model: a .safetensors/.pth file (with a sibling "
+        "config.json naming its 'architecture', else mobilevit_s is assumed) or a timm model "
+        "directory (config.json + model.safetensors);\n"
+        "  * or use --video-model tiny / random for an untrained test run (no pretrained semantics)."
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, never unpickling arbitrary objects."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    elif path.suffix in CHECKPOINT_SUFFIXES:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle errors come in many types
+            raise BackboneUnavailable(
+                f"Could not read {path} as a plain tensor checkpoint ({err}). Only weights-only "
+                "checkpoints are accepted; convert it to .safetensors."
+            ) from err
+    else:
+        raise BackboneUnavailable(
+            f"Unknown checkpoint type {path.suffix!r} for {path}: use one of {', '.join(CHECKPOINT_SUFFIXES)}."
+        )
+    for wrapper_key in ("state_dict", "model"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
+            state = state[wrapper_key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneUnavailable(f"{path} does not hold a state_dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _architecture_beside(path: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(architecture, pretrained_cfg overlay for preprocessing, model args) from a sibling config.json.
+
+    Reads timm's hub layout ({"architecture", "pretrained_cfg": {...}, "model_args"}) and
+    the legacy flat layout; falls back to the default architecture when there is no file.
+    """
+    config_path = path.with_name("config.json")
+    if not config_path.is_file():
+        logger.info("no config.json beside %s: assuming architecture %s", path, DEFAULT_VIDEO_ARCH)
+        return DEFAULT_VIDEO_ARCH, {}, {}
+    config = json.loads(config_path.read_text())
+    architecture = config.get("architecture")
+    if not architecture:
+        raise BackboneUnavailable(f"{config_path} has no 'architecture' field naming a timm model.")
+    pretrained_cfg = config.get("pretrained_cfg", config)
+    overlay = {k: pretrained_cfg[k] for k in _DATA_CONFIG_KEYS if k in pretrained_cfg}
+    if "input_size" in overlay:
+        overlay["input_size"] = tuple(overlay["input_size"])
+    model_args = {k: v for k, v in config.get("model_args", {}).items() if k != "num_classes"}
+    return architecture, overlay, model_args
+
+
+def load_checkpoint_file(path: Path) -> nn.Module:
+    architecture, overlay, model_args = _architecture_beside(path)
+    if not timm.is_model(architecture):
+        raise BackboneUnavailable(f"Architecture {architecture!r} (for {path}) is not a timm model.")
+    model = timm.create_model(
+        architecture, pretrained=False, num_classes=0, pretrained_cfg_overlay=overlay, **model_args
+    )
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    classifier = model.pretrained_cfg.get("classifier") or "head.fc"
+    classifier_keys = [classifier] if isinstance(classifier, str) else list(classifier)
+    # a checkpoint with a classification head loads into the headless (num_classes=0) model
+    state = {
+        k: v
+        for k, v in state.items()
+        if k in expected or not any(k.startswith(c + ".") for c in classifier_keys)
+    }
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    reshaped = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
+    if missing or unexpected or reshaped:
+        raise BackboneUnavailable(
+            f"{path} does not match timm architecture {architecture!r}: "
+            f"{len(missing)} missing keys (e.g. {sorted(missing)[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {sorted(unexpected)[:3]}), "
+            f"{len(reshaped)} keys of another shape (e.g. {reshaped[:3]}). "
+            "Put a config.json with the right 'architecture' next to the checkpoint."
+        )
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_pretrained_video_model(name: str, cache_dir: str | Path | None = None) -> nn.Module:
+    """A timm model name (hub weights), an hf-hub:/local-dir: name, a checkpoint file or a directory."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return load_checkpoint_file(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BackboneUnavailable(
+                f"{path} is a directory without config.json: use timm's hub layout "
+                "(config.json + model.safetensors, as written by timm.models.save_for_hf) "
+                "or pass the checkpoint file itself."
+            )
+        source = f"local-dir:{path}"
+    elif name.startswith(("hf-hub:", "local-dir:")):
+        source = name
+    else:
+        if not timm.is_model(name.split(".")[0]):
+            raise BackboneUnavailable(
+                f"{name!r} is neither an existing file/directory, a preset (tiny, random) nor a timm "
+                "model name; list names with timm.list_models('mobilevit*')."
+            )
+        source = name
+    try:
+        return timm.create_model(source, pretrained=True, num_classes=0, cache_dir=cache_dir)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise BackboneUnavailable(_unavailable_message(name, err)) from err
