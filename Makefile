@@ -20,7 +20,7 @@ WORKERS ?= 2
 DATA_ROOT ?= data/$(DATASET)
 CACHE ?= cache/$(DATASET)-$(BACKBONES)-s$(STEPS).$(if $(filter hdf5,$(FORMAT)),h5,zarr)
 
-.PHONY: install demo test data extract cache-info clean-outputs help
+.PHONY: install demo test data extract cache-info clean-outputs help bench-extract
 
 help:
 	@echo "make demo | test | data DATASET=synth | extract DATASET=... [DATA_ROOT=...]"
@@ -58,6 +58,10 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) cli.py extract --dataset synth --root $(DEMO_DATA) --out $(DEMO_CACHE) \
 		--steps $(STEPS) --backbones tiny --workers $(WORKERS)
 	$(PY) cli.py cache info $(DEMO_CACHE)
+
+# Benchmarks (not timed tests): JSON under reports/bench/.
+bench-extract: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m extract.bench --out reports/bench/extract.json
 
 clean-outputs:
 	rm -rf data cache runs reports

@@ -254,13 +254,20 @@ def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
     return BackboneInfo(b.name, b.arch, b.checksum, b.pretrained, b.dim, dict(b.preprocessing))
 
 
-def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig) -> ExtractSummary:
-    """Extract every clip of ``manifest`` that the cache at ``out`` does not hold yet."""
+def load_extract_backbones(cfg: ExtractConfig) -> tuple[VideoBackbone, AudioBackbone]:
     configure_torch()
-    t0 = time.monotonic()
     device = resolve_device(cfg.device)
     video = load_video_backbone(cfg.video_model, device=device, precision=cfg.precision)
     audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision)
+    return video, audio
+
+
+def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
+                backbones: tuple[VideoBackbone, AudioBackbone] | None = None) -> ExtractSummary:
+    """Extract every clip of ``manifest`` that the cache at ``out`` does not hold yet.
+    ``backbones`` lets a caller that already loaded them (benchmarks, predict) reuse them."""
+    t0 = time.monotonic()
+    video, audio = backbones or load_extract_backbones(cfg)
     cache_config = CacheConfig(
         steps=cfg.steps, sample_rate=SAMPLE_RATE, video=backbone_info(video), audio=backbone_info(audio),
         class_names=manifest.class_names, feature_dtype=cfg.feature_dtype,
