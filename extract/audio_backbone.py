@@ -26,9 +26,16 @@ import numpy as np
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2Model,
+)
 
-from extract.audio_windows import (
+from .audio_windows import (
     NORM_EPS,
     FrameGeometry,
     normalize_like_wav2vec2,
@@ -36,7 +43,7 @@ from extract.audio_windows import (
     plan_windows,
     pool_frames_per_step,
 )
-from extract.frozen_model import (
+from .frozen_model import (
     BackboneUnavailable,
     autocast_context,
     check_precision,
@@ -98,6 +105,7 @@ def build_random_audio_model() -> nn.Module:
 
 
 def build_tiny_audio_model() -> nn.Module:
+    """A 32-wide, 2-layer wav2vec2 with the real conv geometry, for quick CPU runs and tests."""
     with seeded_rng():
         return Wav2Vec2Model(tiny_wav2vec2_config())
 
@@ -161,7 +169,9 @@ class AudioBackbone:
             )
         sample_rate = int(getattr(feature_extractor, "sampling_rate", SAMPLE_RATE))
         if sample_rate != SAMPLE_RATE:
-            raise BackboneUnavailable(f"Audio model {name!r} expects {sample_rate} Hz; decode provides {SAMPLE_RATE} Hz.")
+            raise BackboneUnavailable(
+                f"Audio model {name!r} expects {sample_rate} Hz; decode provides {SAMPLE_RATE} Hz."
+            )
         if window_s <= 0:
             raise ValueError(f"window_s must be positive, got {window_s}")
         prepare_torch_for(device)

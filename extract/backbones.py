@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from extract.audio_backbone import (
+from .audio_backbone import (
     DEFAULT_AUDIO_MODEL,
     DEFAULT_WINDOW_S,
     AudioBackbone,
@@ -26,8 +26,8 @@ from extract.audio_backbone import (
     default_feature_extractor,
     load_pretrained_audio_model,
 )
-from extract.frozen_model import BackboneUnavailable, resolve_device
-from extract.video_backbone import (
+from .frozen_model import BackboneUnavailable, resolve_device
+from .video_backbone import (
     DEFAULT_VIDEO_MODEL,
     VideoBackbone,
     build_random_video_model,

@@ -131,7 +131,15 @@ def folder(root: Path) -> Manifest:
     return Manifest("folder", root, (), rows)
 
 
-DATASETS: dict[str, Callable[[Path], Manifest]] = {"synth": synth, "vaar": vaar, "folder": folder}
+def xd_violence(root: Path) -> Manifest:
+    """XD-Violence from its official lists (``ROOT/lists`` or ``ROOT``): see extract/xd_violence.py."""
+    from .xd_violence import xd_violence_manifest  # imported here: that module builds on this one
+
+    return xd_violence_manifest(root)
+
+
+DATASETS: dict[str, Callable[[Path], Manifest]] = {"synth": synth, "vaar": vaar, "folder": folder,
+                                                   "xd-violence": xd_violence}
 
 
 def build_manifest(dataset: str, root: str | Path) -> Manifest:

@@ -25,7 +25,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-from extract.frozen_model import (
+from .frozen_model import (
     BackboneUnavailable,
     autocast_context,
     check_precision,
@@ -286,7 +286,7 @@ def load_pretrained_video_model(name: str, cache_dir: str | Path | None = None) 
     elif name.startswith(("hf-hub:", "local-dir:")):
         source = name
     else:
-        if not timm.is_model(name.split(".")[0]):
+        if not timm.is_model(name):
             raise BackboneUnavailable(
                 f"{name!r} is neither an existing file/directory, a preset (tiny, random) nor a timm "
                 "model name; list names with timm.list_models('mobilevit*')."

@@ -150,6 +150,7 @@ def test_audio_embed_equals_direct_model_run(tiny_audio) -> None:
     times = (np.arange(frames.shape[0]) * 320 + 200) / SR
     expected = np.stack([frames[(times >= s) & (times < e)].mean(axis=0) for s, e in bounds])
     assert features.shape == (4, 32) and features.dtype == np.float32
+    json.dumps(tiny_audio.describe())
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
 
 
