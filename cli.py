@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def main(verbose: bool) -> None:
 
     media -> extract (frozen MobileViT + Wav2Vec2) -> cache -> temporal heads.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # torchrun
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format=f"{rank}%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -49,8 +52,10 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["synth", "vaar", "folder"]), required=True)
+@click.option("--dataset", type=click.Choice(["synth", "vaar", "folder", "xd-violence"]), required=True)
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
+@click.option("--lists", type=click.Path(path_type=Path), default=None,
+              help="xd-violence: folder with the train/test lists and annotations.txt [ROOT/lists, else ROOT].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache path (.zarr directory or .h5 file).")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None,
@@ -66,10 +71,18 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
 @click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip is given up.")
 @click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--retry-errors", is_flag=True, help="Also redo clips that failed in an earlier run.")
-def extract(dataset: str, root: Path, out: Path, steps: int, fmt: str | None, backbones: str,
+@click.option("--chunk-clips", default=32, show_default=True, type=click.IntRange(1),
+              help="Clips per chunk of a new cache; under torchrun a rank's unit of work.")
+@click.option("--dist-timeout", default=7200.0, show_default=True, type=click.FloatRange(1),
+              help="Under torchrun: seconds a rank waits for the others (rank 0's setup, the slowest shard).")
+def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int, fmt: str | None, backbones: str,
             video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
-            workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool) -> None:
-    """Stage 1: decode each clip once, run the frozen backbones, write the feature cache."""
+            workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
+            dist_timeout: float) -> None:
+    """Stage 1: decode each clip once, run the frozen backbones, write the feature cache.
+
+    Runs alone, or as every rank of `torchrun --nproc-per-node N cli.py extract ...`
+    (Zarr caches only; see the README's cluster section)."""
     from extract.manifest import build_manifest
     from extract.pipeline import ExtractConfig, run_extract
 
@@ -77,19 +90,292 @@ def extract(dataset: str, root: Path, out: Path, steps: int, fmt: str | None, ba
     cfg = ExtractConfig(
         steps=steps, fmt=fmt, video_model=video_model or v_default, audio_model=audio_model or a_default,
         device=device, precision=precision, batch_size=batch_size, workers=workers, clip_timeout=clip_timeout,
-        feature_dtype=feature_dtype, retry_errors=retry_errors,
+        feature_dtype=feature_dtype, retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout,
     )
     try:
-        manifest = build_manifest(dataset, root)
+        if dataset == "xd-violence":  # the official split goes beside the cache for stage 2's --split-file
+            from extract.xd_violence import load_xd_violence
+
+            xd = load_xd_violence(root, lists)
+            click.echo(xd.describe())
+            click.echo(f"official split -> {xd.write_official_split(out)}")
+            manifest = xd.manifest
+        else:
+            manifest = build_manifest(dataset, root)
         summary = run_extract(manifest, out, cfg)
     except Exception as exc:  # library errors carry what to do next
         from cache_schema import CacheError
         from extract.backbones import BackboneUnavailable
+        from extract.distributed import RankFailed
 
-        if isinstance(exc, (CacheError, BackboneUnavailable, FileNotFoundError, ValueError)):
+        if isinstance(exc, (CacheError, BackboneUnavailable, FileNotFoundError, ValueError, RankFailed)):
             _fail(exc)
         raise
     click.echo(summary.describe())
+
+
+def _train_options(f):
+    """Options shared by `train` and the table commands (one place, one meaning)."""
+    opts = [
+        click.option("--epochs", default=50, show_default=True, type=click.IntRange(1)),
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1)),
+        click.option("--lr", default=1e-3, show_default=True, type=float),
+        click.option("--early-stop", default=0, show_default=True, type=click.IntRange(0),
+                     help="Stop after N epochs without a better validation score (0: never)."),
+        click.option("--class-weights", is_flag=True, help="Inverse-frequency class weights in the loss."),
+        click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the stored split."),
+        click.option("--split-file", type=click.Path(path_type=Path), default=None,
+                     help="Explicit (official) split: JSON train/val/test key lists or TSV key<TAB>part."),
+        click.option("--groups-file", type=click.Path(path_type=Path), default=None,
+                     help="TSV key<TAB>source id: clips of one source never straddle train and test."),
+        click.option("--group-pattern", default=None, help="Regex on the key giving the source id (first group)."),
+        click.option("--task", type=click.Choice(["xd-recognition", "xd-detection"]), default=None,
+                     help="XD-Violence views: six violent classes, or normal vs violent."),
+        click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _train_config(head: str, modality: str, fusion: str, seed: int, epochs: int, batch_size: int, lr: float,
+                  early_stop: int, class_weights: bool, split_seed: int, split_file: Path | None,
+                  groups_file: Path | None, group_pattern: str | None, threads: int, progress: bool = True):
+    from temporal.split import SplitConfig
+    from temporal.train import TrainConfig
+
+    split = SplitConfig(seed=split_seed, split_file=str(split_file) if split_file else None,
+                        groups_file=str(groups_file) if groups_file else None, group_pattern=group_pattern)
+    return TrainConfig(head=head, modality=modality, fusion=fusion, epochs=epochs, seed=seed, batch_size=batch_size,
+                       lr=lr, early_stop=early_stop, class_weights=class_weights, threads=threads, split=split,
+                       progress=progress)
+
+
+def _official_split(cache_path: Path, split_file: Path | None, task: str | None) -> Path | None:
+    """XD-Violence runs use the official split written beside the cache at extraction."""
+    if split_file or not task:
+        return split_file
+    candidate = cache_path.with_name(cache_path.name + ".official_split.json")
+    return candidate if candidate.exists() else None
+
+
+def _stage2_errors():
+    from cache_schema import CacheError
+
+    return (CacheError, ValueError, FileNotFoundError)
+
+
+@main.command()
+@click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--head", default="mtcn", show_default=True, help="Head name from the registry (see --list-heads).")
+@click.option("--modality", type=click.Choice(["fused", "video", "audio"]), default="fused", show_default=True)
+@click.option("--fusion", type=click.Choice(["early", "late"]), default="early", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
+@_train_options
+def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, out: Path, task: str | None,
+          **kw) -> None:
+    """Stage 2: train a head on the cache only, then evaluate it on the test split."""
+    from temporal.metrics import format_summary
+    from temporal.train import train as train_run
+    from temporal.xd_tasks import load_task_data
+
+    kw["split_file"] = _official_split(cache_path, kw["split_file"], task)
+    try:
+        cfg = _train_config(head, modality, fusion, seed, **kw)
+        data = load_task_data(cache_path, task) if task else None
+        result = train_run(cache_path, out, cfg, data=data)
+    except _stage2_errors() as exc:
+        _fail(exc)
+    click.echo(format_summary(result.metrics))
+    click.echo(f"run -> {result.rundir}")
+
+
+@main.command()
+@click.argument("rundir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Evaluate on this cache instead of the run's own (same backbones required).")
+@click.option("--detection", is_flag=True, help="XD-Violence: frame-level AP of the per-step anomaly scores.")
+@click.option("--annotations", type=click.Path(path_type=Path, exists=True), default=None,
+              help="XD-Violence annotations.txt [the one recorded in the official split].")
+@click.option("--fps", default=24.0, show_default=True, type=float, help="Frame rate of the annotations.")
+@click.option("--snippet-frames", default=0, show_default=True, type=click.IntRange(0),
+              help="16 reproduces the official code's whole-snippet ground-truth length.")
+def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations: Path | None, fps: float,
+             snippet_frames: int) -> None:
+    """Accuracy, precision, recall, F1, per-class table, confusion matrix and AP of a run."""
+    from temporal.evaluate import evaluate_run
+    from temporal.metrics import format_summary
+
+    try:
+        metrics = evaluate_run(rundir, cache=cache_path)
+        if detection:
+            from temporal.xd_detection import evaluate_detection
+
+            metrics = evaluate_detection(rundir, annotations=annotations, fps=fps, cache=cache_path,
+                                         snippet_frames=snippet_frames)
+    except _stage2_errors() as exc:
+        _fail(exc)
+    click.echo(format_summary(metrics))
+    if detection:
+        click.echo(f"frame AP (official PR-AUC) {metrics['ap_frame_pr_auc']:.4f}, "
+                   f"average precision {metrics['ap_frame_average_precision']:.4f}")
+
+
+@main.command()
+@click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder (tables, CSV, heat-map).")
+@click.option("--heads", default="mtcn,gru,bigru,lstm,bilstm,transformer", show_default=True,
+              help="Comma-separated head names.")
+@click.option("--modalities", default="audio,video,fused", show_default=True)
+@click.option("--seeds", "n_seeds", default=1, show_default=True, type=click.IntRange(1),
+              help="Runs per cell: mean ± std over seeds SEED..SEED+N-1.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@_train_options
+def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: int, seed: int, task: str | None,
+            **kw) -> None:
+    """The paper's Table 2: every head x modality from one cache and one split."""
+    from temporal.compare import compare as compare_run
+
+    kw["split_file"] = _official_split(cache_path, kw["split_file"], task)
+    try:
+        base = _train_config("mtcn", "fused", "early", seed, progress=False, **kw)
+        compare_run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
+                            modalities=tuple(m for m in modalities.split(",") if m),
+                            seeds=tuple(range(seed, seed + n_seeds)), base=base)
+    except _stage2_errors() as exc:
+        _fail(exc)
+    click.echo((out / "table2.md").read_text())
+
+
+@main.command("ablate-steps")
+@click.option("--cache", "caches", multiple=True, required=True, type=click.Path(path_type=Path, exists=True),
+              help="One cache per step count (repeat the option).")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--head", default="mtcn", show_default=True)
+@click.option("--seeds", "n_seeds", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@_train_options
+def ablate_steps(caches: tuple[Path, ...], out: Path, head: str, n_seeds: int, seed: int, task: str | None,
+                 **kw) -> None:
+    """The paper's Table 3: the same head on caches of different step counts."""
+    from temporal.compare import ablate_steps as run
+
+    try:
+        base = _train_config(head, "fused", "early", seed, progress=False, **kw)
+        run(caches, out, head=head, seeds=tuple(range(seed, seed + n_seeds)), base=base)
+    except _stage2_errors() as exc:
+        _fail(exc)
+    click.echo((out / "table3.md").read_text())
+
+
+@main.command("ablate-fusion")
+@click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--heads", default="mtcn", show_default=True, help="Comma-separated head names.")
+@click.option("--seeds", "n_seeds", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@_train_options
+def ablate_fusion(cache_path: Path, out: Path, heads: str, n_seeds: int, seed: int, task: str | None, **kw) -> None:
+    """Early (concatenation, the paper's choice) vs late (averaged probabilities) fusion."""
+    from temporal.compare import ablate_fusion as run
+
+    try:
+        base = _train_config("mtcn", "fused", "early", seed, progress=False, **kw)
+        run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
+                    seeds=tuple(range(seed, seed + n_seeds)), base=base)
+    except _stage2_errors() as exc:
+        _fail(exc)
+    click.echo((out / "fusion.md").read_text())
+
+
+@main.command("bench-train")
+@click.option("--out", default=Path("reports/bench/train.json"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--clips", default=3000, show_default=True, type=click.IntRange(10))
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(1))
+def bench_train(out: Path, clips: int, epochs: int) -> None:
+    """Seconds per MTCN epoch over a generated cache of CLIPS clips (paper dims)."""
+    from temporal.bench import bench_train as run
+
+    click.echo(json.dumps(run(out, n_clips=clips, epochs=epochs), indent=2))
+
+
+@main.command()
+@click.argument("rundir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per video: {video, label, probs, steps: [{t, score}], error, windows, ...}.")
+@click.option("--window", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Slide windows of this many seconds over each video (any length) for a score timeline.")
+@click.option("--hop", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds between window starts [window/2].")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Draw the timeline with sampled frames (Figure 5) to this PNG; with several videos, "
+                   "OUT-<video>.png each.")
+@click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
+@click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float | None, hop: float | None,
+            plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
+    """Predict the class and the anomaly-score timeline of raw VIDEOS with a trained RUNDIR.
+
+    The backbones of the run's cache are loaded and checked (weights checksum, preprocessing);
+    a run they cannot reproduce is refused. A file that cannot be read gives an error entry
+    and the others are still predicted; the exit status is 1 if any video failed."""
+    from predict import PredictConfig, format_table, load_predictor
+
+    try:
+        config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
+                               window=window, hop=hop, thumbnails=plot is not None)
+        predictor = load_predictor(rundir, config)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    preds = []
+    for pred in predictor.predict_many(videos, config):
+        preds.append(pred)
+        if as_json:
+            click.echo(json.dumps(pred.to_json()))
+        if plot is not None and pred.error is None:
+            from media_figures import plot_timeline
+
+            target = plot if len(videos) == 1 else plot.with_name(f"{plot.stem}-{Path(pred.video).stem}{plot.suffix}")
+            plot_timeline(pred, target)
+            click.echo(f"timeline -> {target}", err=as_json)
+    if not as_json:
+        click.echo(format_table(preds))
+    if any(p.error for p in preds):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("rundir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for the PNGs [RUNDIR/figures].")
+@click.option("--compare", "compare_csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A comparison's table2.csv for the heat-map [found beside the run when it is part of one].")
+@click.option("--media-root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Dataset folder for the frame strips [the root recorded in the run's cache].")
+@click.option("--clips", "n_clips", default=8, show_default=True, type=click.IntRange(1),
+              help="Test clips in the frame-strip view.")
+def figures(rundir: Path, out: Path | None, compare_csv: Path | None, media_root: Path | None, n_clips: int) -> None:
+    """The paper's figures of RUNDIR as PNG: confusion matrices (counts, normalised), per-class F1,
+    training curves, the comparison heat-map, and test clips' frames with truth and prediction."""
+    from temporal.figures import FIGURES_DIR, run_figures
+
+    out = out or rundir / FIGURES_DIR
+    try:
+        written = run_figures(rundir, out, compare_csv)
+    except _stage2_errors() as exc:
+        _fail(exc)
+    if (rundir / "config.json").is_file():
+        from media_figures import plot_clip_strips
+
+        try:
+            written["clip_strips"] = plot_clip_strips(rundir, out / "clip_strips.png", media_root, n_clips=n_clips)
+        except (FileNotFoundError, ValueError) as exc:
+            click.echo(f"skipped the frame-strip view: {exc}", err=True)
+    for name, path in written.items():
+        click.echo(f"{name:<22} {path}")
 
 
 @main.group()

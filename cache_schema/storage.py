@@ -4,6 +4,11 @@
 Zarr v3 is the default: its local store replaces each chunk file atomically, so an
 interrupted write leaves either the old or the new chunk, never a torn one. HDF5 is
 offered for tools that want one file; it has no such guarantee (see the README).
+
+Every Zarr chunk that is written is stored, even when it holds only fill values (zarr
+skips those by default). That makes a missing chunk file mean something: a chunk that
+should exist and does not was deleted, and ``cache_schema.integrity`` can say so instead
+of silently reading zeros as features.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from .schema import CacheSchemaError
 
 FORMATS = ("zarr", "hdf5")
 HDF5_SUFFIXES = (".h5", ".hdf5")
+MODES = ("r", "r+", "a", "w")  # read; read/write an existing cache; read/write, create; new
 _H5_ATTR = "avar_cache"  # HDF5 attributes hold one JSON document: nested dicts survive
 
 
@@ -36,6 +42,8 @@ class Backend(Protocol):
     def read(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray: ...
     def write(self, name: str, rows: np.ndarray, values: np.ndarray) -> None: ...
     def write_slice(self, name: str, rows: slice, values: np.ndarray) -> None: ...
+    def missing_chunks(self, name: str) -> list[slice]: ...
+    def discard_interrupted_writes(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -65,6 +73,8 @@ class ZarrBackend:
         self.path = path
         try:
             self._g = zarr.open_group(str(path), mode=mode)
+        except OSError:  # a folder that cannot be created or written: the caller says what to do
+            raise
         except Exception as exc:  # zarr raises several types for "not a group"
             raise CacheSchemaError(f"cannot open {path} as a Zarr cache: {exc}") from exc
 
@@ -80,10 +90,16 @@ class ZarrBackend:
     def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, fill: Any) -> None:
         zdtype: Any = str if dtype == np.dtype(object) else dtype
         chunks = (max(1, chunk_rows),) + tuple(shape[1:])
-        self._g.create_array(name, shape=shape, chunks=chunks, dtype=zdtype, fill_value=fill)
+        # overwrite: a creation that was interrupted before the attributes were written
+        # left arrays but no cache; the writer recreates them (it checked they are ours)
+        self._g.create_array(name, shape=shape, chunks=chunks, dtype=zdtype, fill_value=fill, overwrite=True)
 
     def _arr(self, name: str):
         return self._g[name]
+
+    def _warr(self, name: str):
+        """The array as written to: every chunk stored, fill-only ones included (module doc)."""
+        return self._g[name].with_config({"write_empty_chunks": True})
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._arr(name).shape)
@@ -111,10 +127,32 @@ class ZarrBackend:
         return _as_text(out) if out.dtype.kind in "OTU" else out
 
     def write(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
-        self._arr(name).oindex[np.asarray(rows, dtype=np.int64)] = values
+        self._warr(name).oindex[np.asarray(rows, dtype=np.int64)] = values
 
     def write_slice(self, name: str, rows: slice, values: np.ndarray) -> None:
-        self._arr(name)[rows] = values
+        self._warr(name)[rows] = values
+
+    def missing_chunks(self, name: str) -> list[slice]:
+        """Row ranges whose chunk file does not exist."""
+        a = self._arr(name)
+        n, rows = a.shape[0], a.chunks[0]
+        trailing = (0,) * (len(a.shape) - 1)
+        out = []
+        for i, sl in enumerate(iter_chunks(n, rows)):
+            key = a.metadata.encode_chunk_key((i,) + trailing)
+            if not (self.path / name / key).exists():
+                out.append(sl)
+        return out
+
+    def discard_interrupted_writes(self) -> int:
+        """Delete the temporary files of writes that a killed process never renamed into
+        place (zarr writes ``<chunk>.<uuid>.partial`` first). Only the lock holder may
+        call this: another live writer's temporary file would be deleted under it."""
+        n = 0
+        for p in self.path.rglob("*.partial"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
 
     def close(self) -> None:  # zarr keeps no handle open
         pass
@@ -127,7 +165,7 @@ class H5Backend:
         import h5py
 
         self.path = path
-        h5mode = {"r": "r", "a": "a", "w": "w"}[mode]
+        h5mode = {"r": "r", "r+": "r+", "a": "a", "w": "w"}[mode]
         try:
             self._f = h5py.File(path, h5mode)
         except OSError as exc:
@@ -153,6 +191,8 @@ class H5Backend:
 
         h5dtype = h5py.string_dtype("utf-8") if dtype == np.dtype(object) else dtype
         chunks = (max(1, chunk_rows),) + tuple(shape[1:])
+        if name in self._f:  # left by an interrupted creation (see ZarrBackend.create)
+            del self._f[name]
         self._f.create_dataset(
             name, shape=shape, maxshape=(None,) + tuple(shape[1:]), chunks=chunks, dtype=h5dtype, fillvalue=fill
         )
@@ -195,6 +235,12 @@ class H5Backend:
     def write_slice(self, name: str, rows: slice, values: np.ndarray) -> None:
         self._f[name][rows] = values
 
+    def missing_chunks(self, name: str) -> list[slice]:
+        return []  # HDF5 allocates chunks inside its one file; damage shows as unreadable
+
+    def discard_interrupted_writes(self) -> int:
+        return 0
+
     def flush(self) -> None:
         self._f.flush()
 
@@ -204,11 +250,14 @@ class H5Backend:
 
 
 def open_backend(path: Path, mode: str, fmt: str | None = None) -> Backend:
-    """Open ``path`` in mode ``r`` (read), ``a`` (read/write, create) or ``w`` (new)."""
+    """Open ``path`` in mode ``r`` (read), ``r+`` (read/write, must exist), ``a``
+    (read/write, create) or ``w`` (new)."""
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown cache format {fmt!r}; choose one of {FORMATS}")
-    if mode == "r" and not path.exists():
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if mode in ("r", "r+") and not path.exists():
         raise FileNotFoundError(f"no cache at {path}; run `python cli.py extract ... --out {path}` first")
     if fmt == "hdf5":
         return H5Backend(path, mode)

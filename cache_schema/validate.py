@@ -1,8 +1,9 @@
 """Checks a cache against the schema and names the clips that cannot be trusted.
 
 A pending clip (interrupted before its status was written) is not a defect: the next
-extract run completes it. A clip that claims ``ok`` but whose data is unreadable,
-non-finite or inconsistent is.
+extract run completes it. A clip that claims ``ok`` but whose data is unreadable, missing
+(a deleted chunk file), non-finite or inconsistent is. What counts as a damaged chunk is
+defined once, in ``integrity``, and shared with the writer that repairs it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .schema import (
     CacheConfig,
     CacheError,
 )
+from .integrity import find_damage, unreadable_chunks
 from .storage import Backend, iter_chunks, open_backend
 
 
@@ -37,19 +39,9 @@ class ValidationReport:
 
 
 def scan_chunks(backend: Backend) -> dict[str, list[slice]]:
-    """Row ranges of every chunk that fails to read, per array (missing arrays excluded)."""
-    broken: dict[str, list[slice]] = {}
-    names = set(backend.names())
-    for spec in ARRAYS:
-        if spec.name not in names:
-            continue
-        n = backend.shape(spec.name)[0]
-        for sl in iter_chunks(n, backend.chunk_rows(spec.name)):
-            try:
-                backend.read(spec.name, sl)
-            except Exception:  # any codec/IO failure means the chunk is damaged
-                broken.setdefault(spec.name, []).append(sl)
-    return broken
+    """Row ranges of every chunk that fails to read, per array (kept for callers of the
+    earlier API; :func:`cache_schema.integrity.find_damage` also finds deleted chunks)."""
+    return unreadable_chunks(backend)
 
 
 def validate(path: str | Path) -> ValidationReport:
@@ -82,11 +74,12 @@ def _validate(backend: Backend, report: ValidationReport) -> None:
     if missing:
         p.append(f"missing arrays: {', '.join(missing)}")
         return
-    n = backend.shape("key")[0]
+    n = backend.shape("key")[0]  # the key array is resized last: it says how many rows exist
     for spec in ARRAYS:
         want = spec.shape(n, config)
-        if backend.shape(spec.name) != want:
-            p.append(f"array {spec.name} has shape {backend.shape(spec.name)}, expected {want}")
+        got = backend.shape(spec.name)
+        if got[1:] != want[1:] or got[0] < n:  # longer: a run killed while adding rows; harmless
+            p.append(f"array {spec.name} has shape {got}, expected {want}")
         want_dtype = "str" if spec.dtype == "str" else spec.numpy_dtype(config).name
         if backend.dtype(spec.name) != want_dtype:
             p.append(f"array {spec.name} has dtype {backend.dtype(spec.name)}, expected {want_dtype}")
@@ -94,10 +87,9 @@ def _validate(backend: Backend, report: ValidationReport) -> None:
         return
 
     broken_rows: set[int] = set()
-    for name, slices in scan_chunks(backend).items():
-        for sl in slices:
-            p.append(f"array {name}: chunk of rows {sl.start}-{sl.stop - 1} is unreadable")
-            broken_rows.update(range(sl.start, sl.stop))
+    for damage in find_damage(backend):
+        p.append(damage.describe())
+        broken_rows.update(damage.affected)
     keys = _safe_read(backend, "key", n, "")
     status = _safe_read(backend, "status", n, STATUS_PENDING)
 
@@ -110,8 +102,12 @@ def _validate(backend: Backend, report: ValidationReport) -> None:
         "pending": int(np.sum(status == STATUS_PENDING)),
         "total": n,
     }
-    if len(set(keys.tolist())) != n:
+    named = [k for k in keys.tolist() if k]  # a row without a key is free (an interrupted extension)
+    if len(set(named)) != len(named):
         p.append("duplicate keys")
+    for row in np.flatnonzero((keys == "") & (status != STATUS_PENDING)):
+        p.append(f"row {row}: a finished clip without a key")
+        broken_rows.add(int(row))
 
     # Per-clip consistency, chunk by chunk so that memory stays bounded.
     chunk = max(1, backend.chunk_rows("video"))

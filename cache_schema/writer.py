@@ -1,9 +1,16 @@
-"""Creates, extends and fills a cache, in batches of clips.
+"""Creates, extends, repairs and fills a cache, in batches of clips.
 
-Crash safety comes from write order, not from locks: a clip's features and masks are
-written before its ``status``, and the Zarr store replaces chunk files atomically, so a
-process killed at any moment leaves every clip either finished (status ok/error, all
-arrays written) or pending (status empty, picked up by the next run).
+Crash safety comes from write order: a clip's features and masks are written before its
+``status``, and the Zarr store replaces chunk files atomically, so a process killed at
+any moment leaves every clip either finished (status ok/error, all arrays written) or
+pending (status empty, picked up by the next run).
+
+Exclusion comes from the job, not from here: one process per cache opens it with
+:meth:`CacheWriter.open` (the pipeline holds ``cache_schema.lock`` around it). In a
+distributed job that process is rank 0; the other ranks :meth:`CacheWriter.attach` to the
+store and may write only the rows of the chunks they were given, so that no two processes
+ever rewrite the same chunk file. Only :meth:`open` creates, resizes, repairs or writes
+attributes.
 """
 
 from __future__ import annotations
@@ -12,19 +19,21 @@ import datetime as _dt
 import logging
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
+from .integrity import ALL_CHUNKS_STORED, ChunkDamage, find_damage
+from .lock import CacheWriteError
 from .schema import (
     ARRAY_BY_NAME,
     ARRAYS,
-    IDENTITY_ARRAYS,
     RECORD_ARRAYS,
     SCHEMA_VERSION,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_PENDING,
+    UNLABELLED,
     CacheConfig,
     CacheConfigMismatch,
     CacheSchemaError,
@@ -33,7 +42,6 @@ from .schema import (
     identity_differences,
 )
 from .storage import Backend, open_backend
-from .validate import scan_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +62,29 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-class CacheWriter:
-    """Write side of a cache. Open it with :meth:`open`; it never changes the
-    configuration of an existing cache."""
+def _check_zarr_target(path: Path, fmt: str | None) -> None:
+    """Refuse to turn a file or someone's non-empty folder into a cache."""
+    if fmt == "hdf5" or (fmt is None and path.suffix.lower() in (".h5", ".hdf5")):
+        return
+    if path.is_file():
+        raise CacheSchemaError(f"{path} is a file; a Zarr cache is a directory")
+    if path.is_dir() and not (path / "zarr.json").exists() and any(path.iterdir()):
+        raise CacheSchemaError(f"{path} is a non-empty folder that is not a Zarr cache; choose another --out")
 
-    def __init__(self, backend: Backend, config: CacheConfig, entries: dict[str, ClipEntry]) -> None:
+
+class CacheWriter:
+    """Write side of a cache. Open it with :meth:`open` (or :meth:`attach` on the other
+    ranks of a distributed job); it never changes the configuration of an existing cache."""
+
+    def __init__(self, backend: Backend, config: CacheConfig, rows: dict[str, int],
+                 owned_chunks: Collection[int] | None = None, attached: bool = False) -> None:
         self.backend = backend
         self.config = config
-        keys = backend.read("key")
-        self._row = {str(k): i for i, k in enumerate(keys)}
-        self._entries = entries
+        self._row = dict(rows)
+        self._chunk_rows = backend.chunk_rows("status")
+        # None: this writer may write any row. Otherwise the chunk indices it may write.
+        self._owned = None if owned_chunks is None else frozenset(owned_chunks)
+        self._attached = attached
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -76,44 +97,74 @@ class CacheWriter:
         chunk_clips: int = 32,
         info: dict[str, Any] | None = None,
     ) -> "CacheWriter":
-        """Create the cache, or reopen it to resume or extend it with new clips.
+        """Create the cache, or reopen it to resume, repair or extend it with new clips.
 
         Raises :class:`CacheConfigMismatch` when the cache on disk was made with another
         configuration: features of two configurations are never mixed.
         """
         path = Path(path)
-        if fmt == "zarr" and path.exists() and path.is_file():
-            raise CacheSchemaError(f"{path} is a file; a Zarr cache is a directory")
-        backend = open_backend(path, "a", fmt)
-        attrs = backend.get_attrs()
+        _check_zarr_target(path, fmt)
         by_key = {e.key: e for e in entries}
         if len(by_key) != len(entries):
             raise ValueError("manifest has duplicate keys; keys must be unique paths relative to the root")
-        if not attrs:
-            cls._create(backend, config, list(entries), chunk_clips, info or {})
-        else:
-            cls._check_identity(path, attrs, config)
-        writer = cls(backend, config, by_key)
-        writer._repair_unreadable()
-        writer._extend([e for e in entries if e.key not in writer._row])
+        try:
+            backend = open_backend(path, "a", fmt)
+        except OSError as exc:
+            raise CacheWriteError(f"cannot create the cache at {path}: {exc}; choose an --out you can write to") from exc
+        try:
+            attrs = backend.get_attrs()
+            if not attrs:
+                cls._create(backend, config, list(entries), chunk_clips, info or {})
+            else:
+                cls._check_identity(path, attrs, config)
+                discarded = backend.discard_interrupted_writes()
+                if discarded:
+                    logger.info("removed %d temporary files of writes a killed run never finished", discarded)
+                _equalise_lengths(backend)
+            writer = cls(backend, config, _read_rows(backend))
+            writer._repair(find_damage(backend), by_key)
+            writer._extend([e for e in entries if e.key not in writer._row])
+        except OSError as exc:
+            backend.close()
+            raise CacheWriteError(f"cannot write the cache at {path}: {exc}; free space or choose another --out") from exc
+        except BaseException:
+            backend.close()
+            raise
         return writer
+
+    @classmethod
+    def attach(cls, path: str | Path, config: CacheConfig, rows: dict[str, int],
+               owned_chunks: Collection[int], fmt: str | None = None) -> "CacheWriter":
+        """Join a cache that another process (rank 0) opened, to write the rows of
+        ``owned_chunks`` only. ``rows`` maps this writer's keys to their rows, as rank 0
+        planned them, so that nothing here depends on re-reading what rank 0 just wrote."""
+        path = Path(path)
+        backend = open_backend(path, "r+", fmt)
+        try:
+            cls._check_identity(path, backend.get_attrs(), config)
+        except BaseException:
+            backend.close()
+            raise
+        return cls(backend, config, rows, owned_chunks=owned_chunks, attached=True)
 
     @staticmethod
     def _create(backend: Backend, config: CacheConfig, entries: list[ClipEntry], chunk_clips: int, info: dict) -> None:
-        n = len(entries)
-        for spec in ARRAYS:
-            backend.create(spec.name, spec.shape(n, config), spec.numpy_dtype(config), chunk_clips, spec.fill)
-        if n:
-            rows = np.arange(n)
-            backend.write("key", rows, np.array([e.key for e in entries], dtype=object))
-            backend.write("group", rows, np.array([e.group or e.key for e in entries], dtype=object))
-            backend.write("label", rows, np.array([e.label for e in entries], dtype=np.int16))
+        names = set(backend.names())
+        foreign = names - {a.name for a in ARRAYS}
+        if foreign:
+            raise CacheSchemaError(
+                f"{backend.path} holds arrays {sorted(foreign)} but no cache attributes; it is not an AVAR "
+                "feature cache: choose another --out"
+            )
+        for spec in ARRAYS:  # arrays of an interrupted creation (no attributes yet) are recreated
+            backend.create(spec.name, spec.shape(0, config), spec.numpy_dtype(config), chunk_clips, spec.fill)
         backend.set_attrs(
             {
                 **config.identity(),
                 "created": _now(),
                 "package_versions": package_versions(),
                 "complete": False,
+                ALL_CHUNKS_STORED: True,
                 **info,
             }
         )
@@ -136,58 +187,93 @@ class CacheWriter:
             )
 
     def _extend(self, new: list[ClipEntry]) -> None:
+        """Give new clips rows: free rows first (rows without a key, left by a run killed
+        while extending or by a repaired key chunk), then new rows at the end."""
         if not new:
             return
-        n0 = len(self._row)
-        n1 = n0 + len(new)
-        for spec in ARRAYS:
-            self.backend.resize(spec.name, n1)
-        rows = np.arange(n0, n1)
-        self.backend.write("key", rows, np.array([e.key for e in new], dtype=object))
+        free = self._free_rows()
+        n0 = self.backend.shape("key")[0]
+        n1 = n0 + max(0, len(new) - len(free))
+        if n1 > n0:
+            # ``key`` last: it defines how many rows the cache has, so a run killed in
+            # this loop leaves longer arrays (ignored by readers and validate), never
+            # rows without data (_equalise_lengths finishes the job on reopen)
+            for spec in sorted(ARRAYS, key=lambda a: a.name == "key"):
+                self.backend.resize(spec.name, n1)
+        rows = np.array(sorted(free)[: len(new)] + list(range(n0, n1)), dtype=np.int64)
+        # status first: it stores the status chunk of every row (integrity's evidence)
+        self.backend.write("status", rows, np.array([STATUS_PENDING] * len(rows), dtype=object))
         self.backend.write("group", rows, np.array([e.group or e.key for e in new], dtype=object))
         self.backend.write("label", rows, np.array([e.label for e in new], dtype=np.int16))
+        self.backend.write("key", rows, np.array([e.key for e in new], dtype=object))
         for i, e in zip(rows, new):
             self._row[e.key] = int(i)
         self.backend.set_attrs({"complete": False})
-        logger.info("extended cache with %d new clips (%d in all)", len(new), n1)
+        logger.info("extended cache with %d new clips (%d in all)", len(new), len(self._row))
 
-    def _repair_unreadable(self) -> None:
-        """Reset clips whose chunks cannot be read (a deleted or truncated chunk file) to
-        pending, so that the run re-extracts them instead of trusting them."""
-        broken = scan_chunks(self.backend)
-        if not broken:
+    def _free_rows(self) -> list[int]:
+        keys = self.backend.read("key")
+        return [int(i) for i in np.flatnonzero(keys == "")]
+
+    def _repair(self, damage: list[ChunkDamage], entries: dict[str, ClipEntry]) -> None:
+        """Make every damaged chunk (see ``integrity``) trustworthy again: its clips go
+        back to pending and are extracted again. Group and label chunks are restored from
+        the manifest when it knows every key; rows whose key is lost become free rows."""
+        if not damage:
             return
-        n = len(self._row)
-        rows: set[int] = set()
-        for name, slices in broken.items():
-            for sl in slices:
-                rows.update(range(sl.start, sl.stop))
-                spec = ARRAY_BY_NAME[name]
-                shape = spec.shape(sl.stop - sl.start, self.config)
-                if name in IDENTITY_ARRAYS:
-                    vals = self._identity_values(name, sl)
+        reset: dict[int, slice] = {}
+        restore: dict[tuple[str, int], slice] = {}
+        free: dict[int, slice] = {}
+        for d in damage:
+            if d.array == "key":
+                free[d.start] = d.rows
+            elif d.array in ("group", "label"):
+                keys = self._keys_of(d.rows)
+                if keys is not None and all(k in entries for k in keys if k):
+                    restore[(d.array, d.start)] = d.rows
                 else:
-                    vals = np.full(shape, spec.fill, dtype=spec.numpy_dtype(self.config))
-                self.backend.write_slice(name, sl, vals)
-        rows_a = np.array(sorted(r for r in rows if r < n))
-        self.backend.write("status", rows_a, np.array([STATUS_PENDING] * len(rows_a), dtype=object))
-        logger.warning("%d clips had unreadable chunks and will be extracted again", len(rows_a))
+                    free[d.start] = d.rows
+            else:
+                reset[d.start] = d.rows
+        reset.update(free)
+        for sl in reset.values():  # status first, so that a crash in here leaves them pending
+            self._fill("status", sl)
+        for sl in reset.values():
+            for name in RECORD_ARRAYS:
+                if name != "status":
+                    self._fill(name, sl)
+        for (name, _), sl in restore.items():
+            self.backend.write_slice(name, sl, _identity_values(name, self._keys_of(sl) or [], entries))
+        for sl in free.values():
+            for name in ("group", "label", "key"):
+                self._fill(name, sl)
+        self._row = _read_rows(self.backend)
+        self.backend.set_attrs({"complete": False})
+        n = sum(sl.stop - sl.start for sl in reset.values())
+        logger.warning("%d damaged chunks repaired: %d clips will be extracted again (%s)", len(damage), n,
+                       "; ".join(d.describe() for d in damage[:5]) + (" ..." if len(damage) > 5 else ""))
 
-    def _identity_values(self, name: str, sl: slice) -> np.ndarray:
-        keys = [k for k, i in sorted(self._row.items(), key=lambda kv: kv[1])][sl]
-        entries = [self._entries.get(k) for k in keys]
-        if any(e is None for e in entries) or len(keys) != sl.stop - sl.start:
-            raise CacheSchemaError(
-                f"the {name!r} array of {self.backend.path} is damaged for rows {sl.start}-{sl.stop - 1} "
-                "and the manifest cannot restore it; extract into a new cache"
-            )
-        if name == "label":
-            return np.array([e.label for e in entries], dtype=np.int16)
-        if name == "group":
-            return np.array([e.group or e.key for e in entries], dtype=object)
-        return np.array(keys, dtype=object)
+    def _keys_of(self, sl: slice) -> list[str] | None:
+        try:
+            return [str(k) for k in self.backend.read("key", sl)]
+        except Exception:
+            return None
+
+    def _fill(self, name: str, sl: slice) -> None:
+        spec = ARRAY_BY_NAME[name]
+        shape = spec.shape(sl.stop - sl.start, self.config)
+        self.backend.write_slice(name, sl, np.full(shape, spec.fill, dtype=spec.numpy_dtype(self.config)))
+
+    def restrict_to(self, owned_chunks: Collection[int]) -> None:
+        """From now on write only rows of these chunks (rank 0's own shard)."""
+        self._owned = frozenset(owned_chunks)
 
     # -- state -------------------------------------------------------------------
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk: the unit of work a distributed job hands to one rank."""
+        return self._chunk_rows
+
     def row_of(self, key: str) -> int:
         return self._row[key]
 
@@ -200,32 +286,65 @@ class CacheWriter:
         redo = {STATUS_PENDING, STATUS_ERROR} if retry_errors else {STATUS_PENDING}
         return [k for k in keys if status[self._row[k]] in redo]
 
+    def counts(self) -> dict[str, int]:
+        """Status counts over the clips (free rows, which hold no clip, are not pending)."""
+        status = self.statuses()[: self.backend.shape("key")[0]]
+        free = self.backend.read("key") == ""
+        out = {
+            "ok": int(np.sum(status == STATUS_OK)),
+            "error": int(np.sum(status == STATUS_ERROR)),
+            "pending": int(np.sum((status == STATUS_PENDING) & ~free)),
+        }
+        if free.any():
+            out["free_rows"] = int(free.sum())
+        return out
+
     # -- writing -----------------------------------------------------------------
     def write(self, records: Sequence[ClipRecord]) -> None:
-        """Write a batch of finished clips; ``status`` goes last (see module doc)."""
+        """Write a batch of finished clips; ``status`` goes last (see module doc).
+
+        Raises :class:`CacheWriteError` when the storage refuses (disk full, read-only):
+        the clips written before stay finished and valid."""
         if not records:
             return
         for r in records:
             if r.status not in (STATUS_OK, STATUS_ERROR):
                 raise ValueError(f"record for {r.key} has status {r.status!r}; only ok/error can be written")
         rows = np.array([self._row[r.key] for r in records], dtype=np.int64)
+        self._check_owned(rows)
         row_dicts = [r.as_row(self.config) for r in records]
-        for name in RECORD_ARRAYS:
-            values = [d[name] for d in row_dicts]
-            arr = np.array(values, dtype=object) if ARRAY_BY_NAME[name].dtype == "str" else np.stack(values)
-            self.backend.write(name, rows, arr)
-        flush = getattr(self.backend, "flush", None)
-        if flush:
-            flush()
+        try:
+            for name in RECORD_ARRAYS:
+                if name == "status":
+                    self._before_status(rows)
+                values = [d[name] for d in row_dicts]
+                arr = np.array(values, dtype=object) if ARRAY_BY_NAME[name].dtype == "str" else np.stack(values)
+                self.backend.write(name, rows, arr)
+            flush = getattr(self.backend, "flush", None)
+            if flush:
+                flush()
+        except OSError as exc:
+            raise CacheWriteError(f"writing to the cache {self.backend.path} failed: {exc}") from exc
+
+    def _before_status(self, rows: np.ndarray) -> None:
+        """Called between a batch's features and its status: the one moment at which a
+        crash must leave the batch pending. A seam for fault-injection tests only."""
+
+    def _check_owned(self, rows: np.ndarray) -> None:
+        if self._owned is None:
+            return
+        chunks = set((rows // self._chunk_rows).tolist())
+        if not chunks <= self._owned:
+            raise RuntimeError(
+                f"internal error: this rank would write chunks {sorted(chunks - self._owned)} that belong to "
+                "another rank (two writers of one chunk lose each other's clips); please report it"
+            )
 
     def finish(self, summary: dict[str, Any] | None = None) -> dict[str, int]:
         """Record completion (when nothing is pending) and the status counts."""
-        status = self.statuses()
-        counts = {
-            "ok": int(np.sum(status == STATUS_OK)),
-            "error": int(np.sum(status == STATUS_ERROR)),
-            "pending": int(np.sum(status == STATUS_PENDING)),
-        }
+        if self._attached:
+            raise RuntimeError("only the process that opened the cache (rank 0) records completion")
+        counts = self.counts()
         self.backend.set_attrs({"complete": counts["pending"] == 0, "updated": _now(), "counts": counts, **(summary or {})})
         return counts
 
@@ -237,3 +356,40 @@ class CacheWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _identity_values(name: str, keys: list[str], entries: dict[str, ClipEntry]) -> np.ndarray:
+    """The ``group`` or ``label`` column of ``keys`` from the manifest (free rows: fill)."""
+    if name == "label":
+        return np.array([entries[k].label if k else UNLABELLED for k in keys], dtype=np.int16)
+    return np.array([(entries[k].group or k) if k else "" for k in keys], dtype=object)
+
+
+def _read_rows(backend: Backend) -> dict[str, int]:
+    keys = backend.read("key")
+    rows: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        k = str(k)
+        if not k:
+            continue  # a free row
+        if k in rows:
+            raise CacheSchemaError(
+                f"{backend.path} has the key {k!r} in rows {rows[k]} and {i}; it is damaged beyond repair: "
+                "extract into a new cache"
+            )
+        rows[k] = i
+    return rows
+
+
+def _equalise_lengths(backend: Backend) -> None:
+    """A run killed while adding rows can leave arrays of different lengths (each resize
+    is its own metadata write). Bring them all to the longest; the added rows are free."""
+    names = set(backend.names())
+    lengths = {a.name: backend.shape(a.name)[0] for a in ARRAYS if a.name in names}
+    if len(set(lengths.values())) <= 1:
+        return
+    n = max(lengths.values())
+    for name, length in lengths.items():
+        if length < n:
+            backend.resize(name, n)
+    logger.warning("arrays had different lengths (a run was killed while adding clips); all now have %d rows", n)

@@ -4,17 +4,22 @@
 Decoding runs in DataLoader worker processes so that it overlaps the model; each worker
 also applies the video backbone's preprocessing, so the main process only stacks tensors
 and runs the networks. One bad file never stops the run: every failure becomes a clip
-with ``status=error`` and its reason, and a decoder that crashes its worker process is
-isolated and recorded the same way.
+with ``status=error`` and its reason, and a decoder that crashes or hangs its worker
+process is isolated and recorded the same way.
+
+Under torchrun every rank runs :func:`run_extract` on its own chunk-aligned shard (see
+``extract.distributed``); rank 0 alone holds the cache lock, creates, repairs and extends
+the cache, and records completion once every rank has reported.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -23,15 +28,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cache_schema import STATUS_ERROR, BackboneInfo, CacheConfig, CacheWriter, ClipRecord
+from cache_schema import STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord, detect_format
+from cache_schema.lock import CacheLock, CacheWriteError
 
 from .backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone, resolve_device
 from .decode import ClipTimeout, DecodedClip, DecodeError, decode_clip
+from .distributed import DistEnv, Group, RankFailed, Shard, plan_shards, process_group, rank_device
 from .manifest import Manifest, ManifestRow
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+WEIGHED_CLIPS = 200_000  # up to this many pending clips, shards are balanced by file size
 
 
 @dataclass(frozen=True)
@@ -46,9 +54,10 @@ class ExtractConfig:
     workers: int = 2
     clip_timeout: float = 300.0
     feature_dtype: str = "float16"
-    chunk_clips: int = 32
+    chunk_clips: int = 32  # rows per chunk of a new cache: also the unit of work of one rank
     retry_errors: bool = False
     progress: bool = True
+    dist_timeout: float = 7200.0  # seconds a rank waits for the others (torchrun only)
 
 
 @dataclass
@@ -59,13 +68,20 @@ class ExtractSummary:
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     cache: str = ""
+    rank: int = 0
+    ranks: list[dict[str, Any]] = field(default_factory=list)  # per rank, on rank 0 of a distributed run
 
     def describe(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        if self.rank:  # rank 0 prints the run's summary; the others only their share
+            return f"rank {self.rank}: {self.done} clips done, {len(self.failed)} failed, {self.seconds:.1f} s"
         lines = [
             f"extract: {self.done} clips done ({rate:.2f} clips/s), {self.skipped} already in the cache, "
             f"{len(self.failed)} failed, {self.seconds:.1f} s -> {self.cache}"
         ]
+        if self.ranks:
+            lines.append("  ranks: " + ", ".join(f"{r['rank']}: {r['done']} done, {r['failed']} failed"
+                                                 for r in self.ranks))
         lines += [f"  failed {k}: {why}" for k, why in sorted(self.failed.items())]
         return "\n".join(lines)
 
@@ -120,7 +136,7 @@ class ClipDecodeDataset(Dataset):
     def __getitem__(self, i: int) -> Decoded:
         row = self.rows[i]
         try:
-            with _hard_limit(self.timeout * 1.5 + 5):
+            with _hard_limit(hard_limit_s(self.timeout)):
                 clip = decode_clip(
                     row.path, self.steps, sample_rate=SAMPLE_RATE, frame_transform=self.frame_transform,
                     deadline=time.monotonic() + self.timeout,
@@ -132,6 +148,18 @@ class ClipDecodeDataset(Dataset):
             return Decoded(row.key, error=f"{type(exc).__name__}: {exc}")
 
 
+def hard_limit_s(clip_timeout: float) -> float:
+    """The backstop after the cooperative deadline: a little later, so that the deadline
+    (with its clearer message) fires first whenever the decoder still checks it."""
+    return clip_timeout + min(5.0, 0.5 * clip_timeout)
+
+
+def _batch_timeout_s(cfg: ExtractConfig, clips: int) -> float:
+    """How long the main process waits for one batch from the workers before it treats
+    them as hung: every clip of the batch at its hard limit, plus one for slack."""
+    return (clips + 1) * hard_limit_s(cfg.clip_timeout)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
     configure_torch()
@@ -141,46 +169,105 @@ def _collate(batch: list[Decoded]) -> list[Decoded]:
     return batch
 
 
-def _loader(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable | None, workers: int) -> DataLoader:
+def _collect_before_fork() -> None:
+    """Free this process's garbage before forking decode workers. A PyAV frame left in a
+    reference cycle owns FFmpeg (swscale) threads; a forked child inherits the frame but
+    not the threads, and when the child's garbage collector frees it, FFmpeg waits for
+    those threads forever (seen in gdb: ``avpriv_slicethread_free`` in a stuck worker)."""
+    gc.collect()
+
+
+def _loader(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable | None, workers: int,
+            batch_size: int | None = None) -> DataLoader:
+    if workers:
+        _collect_before_fork()
     ds = ClipDecodeDataset(rows, cfg.steps, transform, cfg.clip_timeout)
+    bs = batch_size or cfg.batch_size
     return DataLoader(
-        ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        ds, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=_collate,
         worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
-        persistent_workers=False,
+        persistent_workers=False, timeout=_batch_timeout_s(cfg, bs) if workers else 0,
     )
 
 
-def _worker_died(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeError) and "worker" in str(exc).lower() and "exit" in str(exc).lower()
+def _worker_failure(exc: BaseException) -> str | None:
+    """Why the DataLoader gave up on its workers ("crashed", "hung"), or None when the
+    error is something else."""
+    msg = str(exc).lower()
+    if not isinstance(exc, RuntimeError):
+        return None
+    if "worker" in msg and "exit" in msg:
+        return "crashed"
+    if "timed out" in msg:
+        return "hung"
+    return None
+
+
+def _failed_clip(row: ManifestRow, how: str, cfg: ExtractConfig) -> Decoded:
+    if how == "hung":
+        return Decoded(row.key, error=f"decoding hung past the {hard_limit_s(cfg.clip_timeout):.0f} s limit "
+                                      "and its process was stopped")
+    return Decoded(row.key, error="the decoder crashed its process on this file")
 
 
 def iter_decoded(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable | None) -> Iterator[list[Decoded]]:
     """Batches of decoded clips in manifest order. If a decoder crashes its worker
-    process, the batch in flight is retried clip by clip in fresh processes, and a clip
-    that crashes again is reported as an error instead of stopping the run."""
+    process, or hangs it where even the in-process time limit cannot reach (inside one C
+    call), the batch in flight is retried clip by clip in fresh processes, and a clip that
+    fails again is reported as an error instead of stopping (or stalling) the run."""
     start = 0
     while start < len(rows):
-        batches_seen = 0
+        batches = iter(_loader(rows[start:], cfg, transform, cfg.workers))
+        seen, how = 0, None
         try:
-            for batch in _loader(rows[start:], cfg, transform, cfg.workers):
-                batches_seen += 1
+            for batch in batches:
+                seen += 1
                 yield batch
-            return
         except RuntimeError as exc:
-            if not _worker_died(exc) or cfg.workers == 0:
+            how = _worker_failure(exc)
+            if how is None or cfg.workers == 0:
                 raise
-            bad_from = start + batches_seen * cfg.batch_size
-            logger.warning("a decoding worker died (%s); isolating clips %d..%d", exc, bad_from, bad_from + cfg.batch_size - 1)
-            isolated = []
-            for row in rows[bad_from: bad_from + cfg.batch_size]:
-                try:
-                    isolated += next(iter(_loader([row], cfg, transform, 1)))
-                except RuntimeError as exc2:
-                    if not _worker_died(exc2):
-                        raise
-                    isolated.append(Decoded(row.key, error="the decoder crashed its process on this file"))
-            yield isolated
-            start = bad_from + cfg.batch_size
+            logger.warning("a decoding worker %s (%s); isolating the clips of its batch", how, exc)
+        finally:
+            _stop_workers(batches, hung=how == "hung")
+        if how is None:
+            return
+        bad_from = start + seen * cfg.batch_size
+        bad = rows[bad_from: bad_from + cfg.batch_size]
+        if how == "hung" and len(bad) == 1:  # nothing to isolate: retrying would only hang again
+            yield [_failed_clip(bad[0], how, cfg)]
+        else:
+            yield [_isolated(row, cfg, transform) for row in bad]
+        start = bad_from + cfg.batch_size
+
+
+def _isolated(row: ManifestRow, cfg: ExtractConfig, transform: Callable | None) -> Decoded:
+    """One clip decoded alone in a fresh worker process."""
+    batches = iter(_loader([row], cfg, transform, 1, batch_size=1))
+    how = None
+    try:
+        return next(batches)[0]
+    except RuntimeError as exc:
+        how = _worker_failure(exc)
+        if how is None:
+            raise
+        return _failed_clip(row, how, cfg)
+    finally:
+        _stop_workers(batches, hung=how == "hung")
+
+
+def _stop_workers(batches: Iterator[Any], hung: bool) -> None:
+    """Shut the loader's worker processes down now rather than whenever the garbage
+    collector gets to the iterator (an exception's traceback keeps it alive), and kill a
+    hung one instead of waiting for it: over a week-long run, stuck decoders must not
+    pile up. Uses the DataLoader iterator's own shutdown; absent, nothing to do."""
+    if hung:
+        for w in getattr(batches, "_workers", []):
+            if w.is_alive():
+                w.kill()
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 # -- features -------------------------------------------------------------------------
@@ -254,37 +341,169 @@ def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
     return BackboneInfo(b.name, b.arch, b.checksum, b.pretrained, b.dim, dict(b.preprocessing))
 
 
-def load_extract_backbones(cfg: ExtractConfig) -> tuple[VideoBackbone, AudioBackbone]:
+def load_extract_backbones(cfg: ExtractConfig, env: DistEnv | None = None) -> tuple[VideoBackbone, AudioBackbone]:
     configure_torch()
-    device = resolve_device(cfg.device)
+    device = resolve_device(rank_device(cfg.device, env or DistEnv()))
     video = load_video_backbone(cfg.video_model, device=device, precision=cfg.precision)
     audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision)
     return video, audio
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """Rank 0's answer to every rank: which clips each rank extracts (row, key), in which
+    chunks it may write, and how many clips were already in the cache."""
+
+    shards: tuple[tuple[tuple[int, str], ...], ...]
+    chunks: tuple[frozenset[int], ...]
+    skipped: int
+
+
 def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
-                backbones: tuple[VideoBackbone, AudioBackbone] | None = None) -> ExtractSummary:
+                backbones: tuple[VideoBackbone, AudioBackbone] | None = None,
+                env: DistEnv | None = None) -> ExtractSummary:
     """Extract every clip of ``manifest`` that the cache at ``out`` does not hold yet.
-    ``backbones`` lets a caller that already loaded them (benchmarks, predict) reuse them."""
+
+    ``backbones`` lets a caller that already loaded them (benchmarks, predict) reuse them.
+    ``env`` is this process's rank; by default it is read from torchrun's variables, so
+    the same call runs alone or as one rank of ``torchrun --nproc-per-node N``.
+
+    Raises :class:`CacheLocked` when another job writes the cache, :class:`CacheWriteError`
+    when the storage refuses a write (the clips finished before are kept), and
+    :class:`RankFailed` when a rank of a distributed run stopped.
+    """
     t0 = time.monotonic()
-    video, audio = backbones or load_extract_backbones(cfg)
-    cache_config = CacheConfig(
+    env = env or DistEnv.from_environ()
+    out = Path(out)
+    _check_distributed_format(out, cfg, env)
+    with process_group(env, cfg.dist_timeout) as group, ExitStack() as stack:
+        (video, audio), cache_config, plan, writer = _open_cache(group, stack, manifest, out, cfg, backbones)
+        summary = ExtractSummary(total=len(manifest), skipped=plan.skipped, cache=str(out), rank=env.rank)
+        failure: Exception | None = None
+        try:
+            if writer is None:
+                writer = _attach(stack, out, cfg, cache_config, plan, env)
+            _extract_shard(writer, plan.shards[env.rank], manifest, cfg, (video, audio), summary, env)
+        except Exception as exc:  # reported to rank 0 first, raised below
+            failure = exc
+        summary.seconds = time.monotonic() - t0
+        return _conclude(group, writer, summary, failure)
+
+
+def _cache_config(manifest: Manifest, cfg: ExtractConfig, video: VideoBackbone, audio: AudioBackbone) -> CacheConfig:
+    return CacheConfig(
         steps=cfg.steps, sample_rate=SAMPLE_RATE, video=backbone_info(video), audio=backbone_info(audio),
         class_names=manifest.class_names, feature_dtype=cfg.feature_dtype,
     )
-    info = {"dataset": manifest.dataset, "root": str(manifest.root)}
-    writer = CacheWriter.open(out, cache_config, manifest.entries(), fmt=cfg.fmt, chunk_clips=cfg.chunk_clips, info=info)
+
+
+def _check_distributed_format(out: Path, cfg: ExtractConfig, env: DistEnv) -> None:
+    """HDF5 has no concurrent writers. Every rank checks this before any collective, so
+    that all of them stop with the same message instead of waiting for each other."""
+    if env.distributed and (cfg.fmt or detect_format(out)) == "hdf5":
+        raise CacheError(
+            f"{out}: an HDF5 cache cannot take the concurrent writers of a distributed run ({env.world} ranks). "
+            "Extract into a Zarr cache (an --out ending in .zarr, or --format zarr), which every rank writes "
+            "in parallel; or run HDF5 extraction as a single process."
+        )
+
+
+def _open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, cfg: ExtractConfig,
+                backbones: tuple[VideoBackbone, AudioBackbone] | None,
+                ) -> tuple[tuple[VideoBackbone, AudioBackbone], CacheConfig, ShardPlan, CacheWriter | None]:
+    """Rank 0 takes the lock (first: a refused run should not load models), loads the
+    backbones, opens (creates, repairs, extends) the cache and plans the shards; the other
+    ranks load their backbones meanwhile and then learn the plan, or rank 0's error.
+    Returns rank 0's writer (None on other ranks: they attach once they know their shard)."""
+    env = group.env
+    plan: ShardPlan | None = None
+    writer: CacheWriter | None = None
+    error: Exception | None = None
+    if env.is_main:
+        try:
+            stack.enter_context(CacheLock(out))
+            backbones = backbones or load_extract_backbones(cfg, env)
+            cache_config = _cache_config(manifest, cfg, *backbones)
+            writer = CacheWriter.open(out, cache_config, manifest.entries(), fmt=cfg.fmt,
+                                      chunk_clips=cfg.chunk_clips,
+                                      info={"dataset": manifest.dataset, "root": str(manifest.root)})
+            stack.callback(writer.close)
+            plan = _plan(writer, manifest, cfg, env.world)
+            if env.distributed:
+                writer.restrict_to(plan.chunks[0])
+        except Exception as exc:
+            error = exc
+    else:
+        backbones = backbones or load_extract_backbones(cfg, env)
+    try:
+        answer = group.broadcast((plan, None if error is None else _describe(error)))
+    except Exception as exc:  # a rank died before the run began (e.g. its model would not load)
+        raise RankFailed(f"a rank stopped before the run began ({exc}); its log says why. Nothing was "
+                         "extracted; fix that and rerun") from (error or exc)
+    if error is not None:
+        raise error
+    plan, message = answer
+    if plan is None:
+        raise CacheError(f"rank 0 could not open the cache {out}, so this rank stops too: {message}")
+    assert backbones is not None
+    return backbones, _cache_config(manifest, cfg, *backbones), plan, writer
+
+
+def _plan(writer: CacheWriter, manifest: Manifest, cfg: ExtractConfig, world: int) -> ShardPlan:
     by_key = {r.key: r for r in manifest.rows}
     todo = writer.todo(list(by_key), retry_errors=cfg.retry_errors)
-    summary = ExtractSummary(total=len(manifest), skipped=len(manifest) - len(todo), cache=str(out))
-    if not (video.pretrained and audio.pretrained):
+    key_of = {writer.row_of(k): k for k in todo}
+    rows = sorted(key_of)
+    # file sizes balance the ranks' decoding time; past WEIGHED_CLIPS the stat calls (slow
+    # on a network filesystem) cost more than counting clips, which balances anyway
+    weigh = 1 < world and len(rows) <= WEIGHED_CLIPS
+    weights = [_file_size(by_key[key_of[r]].path) for r in rows] if weigh else None
+    shards = plan_shards(rows, writer.chunk_rows, world, weights)
+    idle = sum(not s.rows for s in shards)
+    if rows and idle:
+        logger.warning("%d pending clips lie in only %d chunks of %d clips, so %d of %d ranks have nothing to do; "
+                       "a new cache with a smaller --chunk-clips spreads better", len(rows), world - idle,
+                       writer.chunk_rows, idle, world)
+    return ShardPlan(
+        shards=tuple(tuple((r, key_of[r]) for r in s.rows) for s in shards),
+        chunks=tuple(s.chunks for s in shards),
+        skipped=len(manifest) - len(todo),
+    )
+
+
+def _file_size(path: Path) -> float:
+    try:
+        return float(Path(path).stat().st_size)
+    except OSError:
+        return 0.0
+
+
+def _attach(stack: ExitStack, out: Path, cfg: ExtractConfig, cache_config: CacheConfig, plan: ShardPlan,
+            env: DistEnv) -> CacheWriter:
+    try:
+        writer = CacheWriter.attach(out, cache_config, {k: r for r, k in plan.shards[env.rank]},
+                                    plan.chunks[env.rank], fmt=cfg.fmt)
+    except FileNotFoundError:
+        raise CacheError(
+            f"{env.label()} cannot see the cache {out} that rank 0 created: on several nodes, --out must lie on a "
+            "filesystem that every node mounts at the same path"
+        ) from None
+    stack.callback(writer.close)
+    return writer
+
+
+def _extract_shard(writer: CacheWriter, shard: Sequence[tuple[int, str]], manifest: Manifest, cfg: ExtractConfig,
+                   backbones: tuple[VideoBackbone, AudioBackbone], summary: ExtractSummary, env: DistEnv) -> None:
+    video, audio = backbones
+    by_key = {r.key: r for r in manifest.rows}
+    if env.is_main and not (video.pretrained and audio.pretrained):
         logger.warning("backbones carry UNTRAINED weights (%s, %s): features are for testing the pipeline only",
                        video.name, audio.name)
-    logger.info("%d clips to extract, %d already in %s", len(todo), summary.skipped, out)
+    logger.info("%s: %d clips to extract, %d already in %s", env.label(), len(shard), summary.skipped, summary.cache)
     extractor = FeatureExtractor(video, audio, cfg.steps)
-    progress = _progress(len(todo), cfg.progress)
+    progress = _progress(len(shard), cfg.progress and env.is_main)
     try:
-        for batch in iter_decoded([by_key[k] for k in todo], cfg, video.transform):
+        for batch in iter_decoded([by_key[k] for _, k in shard], cfg, video.transform):
             records = extractor.records(batch)
             writer.write(records)
             for r in records:
@@ -295,10 +514,78 @@ def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
             progress.update(len(records))
     finally:
         progress.close()
-        summary.seconds = time.monotonic() - t0
-        writer.finish({"last_run": {"done": summary.done, "failed": len(summary.failed), "seconds": round(summary.seconds, 2)}})
-        writer.close()
-    return summary
+
+
+def _conclude(group: Group, writer: CacheWriter | None, summary: ExtractSummary,
+              failure: Exception | None) -> ExtractSummary:
+    """Every rank reports to rank 0 (even one that failed, so that nobody waits for it);
+    rank 0 records completion and the run's figures, then raises if any rank failed."""
+    env = group.env
+    report = {"rank": env.rank, "done": summary.done, "failed": dict(summary.failed),
+              "seconds": round(summary.seconds, 2), "error": None if failure is None else _describe(failure)}
+    lost: Exception | None = None
+    try:
+        reports = group.gather(report)
+    except Exception as exc:  # a peer died (gloo notices at once) or the timeout passed
+        reports, lost = None, exc
+    if not env.is_main:
+        if failure is not None:
+            raise failure
+        if lost is not None:
+            raise RankFailed(f"{env.label()} could not report to rank 0 ({lost}); the clips it finished are kept")
+        return summary
+    reports = reports or [report]
+    merged = _merge(summary, reports) if env.distributed else summary
+    counts = _finish_quietly(writer, merged)
+    pending = "?" if counts is None else counts["pending"]
+    rerun = (f"{pending} clips are still pending: rerun the same command (with any number of ranks) "
+             "to extract only those")
+    if lost is not None:
+        raise RankFailed(f"not every rank reported to rank 0 ({lost}); what every rank finished is kept and "
+                         f"valid. {rerun}") from lost
+    if failure is not None and not env.distributed:
+        if isinstance(failure, CacheWriteError):
+            raise CacheWriteError(f"{failure}. The clips finished before are kept and valid; free space or fix "
+                                  f"the folder's permissions, then: {rerun}") from failure
+        raise failure
+    failed = [r for r in reports if r["error"]]
+    if failed:
+        raise RankFailed("; ".join(f"rank {r['rank']} stopped: {r['error']}" for r in failed)
+                         + f". What every rank finished is kept and valid. {rerun}")
+    return merged
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, CacheError) else f"{type(exc).__name__}: {exc}"
+
+
+def _merge(own: ExtractSummary, reports: list[dict[str, Any]]) -> ExtractSummary:
+    failed: dict[str, str] = {}
+    for r in reports:
+        failed.update(r["failed"])
+    return ExtractSummary(
+        total=own.total, skipped=own.skipped, done=sum(r["done"] for r in reports), failed=failed,
+        seconds=max([own.seconds] + [r["seconds"] for r in reports]), cache=own.cache, rank=0,
+        ranks=[{k: r[k] for k in ("rank", "done", "seconds")} | {"failed": len(r["failed"])} for r in reports],
+    )
+
+
+def _finish_quietly(writer: CacheWriter | None, summary: ExtractSummary) -> dict[str, int] | None:
+    """Record completion; when the storage refuses even that (disk full), say so and
+    keep the error that got us here rather than replacing it with this one."""
+    if writer is None:
+        return None
+    last_run: dict[str, Any] = {"done": summary.done, "failed": len(summary.failed), "seconds": round(summary.seconds, 2)}
+    if summary.ranks:
+        last_run["ranks"] = summary.ranks
+    try:
+        return writer.finish({"last_run": last_run})
+    except (OSError, CacheError) as exc:
+        logger.warning("could not record completion in %s: %s", summary.cache, exc)
+        try:
+            return writer.counts()
+        except Exception:
+            return None
 
 
 def _progress(total: int, enabled: bool):

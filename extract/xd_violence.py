@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -258,7 +259,7 @@ def index_videos(root: str | Path) -> dict[str, Path]:
     video containers, then audio; equal candidates (the same file in two folders) are
     reported and the first path in sorted order is used."""
     root = Path(root)
-    candidates: dict[str, list[Path]] = {}
+    candidates: dict[str, list[tuple[tuple[int, str], Path]]] = {}
     for p in sorted(root.rglob("*")):
         if not p.is_file():
             continue
@@ -268,14 +269,14 @@ def index_videos(root: str | Path) -> dict[str, Path]:
             continue
         if parsed.crop or (parsed.ext and parsed.ext.lower() not in MEDIA_SUFFIXES):
             continue
-        candidates.setdefault(parsed.name, []).append(p)
+        candidates.setdefault(parsed.name, []).append((_preference(parsed.ext), p))
     out: dict[str, Path] = {}
     dupes = []
-    for name, paths in candidates.items():
-        paths.sort(key=lambda p: (_preference(parse_entry(p.name).ext), str(p)))
-        if len(paths) > 1 and _preference(parse_entry(paths[0].name).ext) == _preference(parse_entry(paths[1].name).ext):
+    for name, ranked in candidates.items():
+        ranked.sort(key=lambda r: (r[0], str(r[1])))
+        if len(ranked) > 1 and ranked[0][0] == ranked[1][0]:
             dupes.append(name)
-        out[name] = paths[0]
+        out[name] = ranked[0][1]
     if dupes:
         logger.warning("%d videos are present more than once under %s with the same extension (e.g. %s); "
                        "using the first path in sorted order", len(dupes), root, dupes[:3])
@@ -330,7 +331,10 @@ class XDViolence:
             },
             **parts,
         }
-        path.write_text(json.dumps(doc, indent=1))
+        # Atomic: under torchrun every rank writes this same file.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
         logger.info("official split written to %s (train %d, test %d videos)", path, len(parts["train"]),
                     len(parts["test"]))
         return path

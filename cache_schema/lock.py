@@ -1,0 +1,127 @@
+"""One writing job per cache: an advisory ``flock`` on ``<cache>.lock`` beside the cache.
+
+Why flock and not a PID file: the kernel releases the lock when the holding process dies,
+even by ``kill -9`` or an OOM kill, so a crashed run never leaves a stale lock that blocks
+the next one, and no PID has to be checked for liveness (which is impossible across the
+nodes of a cluster). The file itself stays after a run: deleting it while another process
+has it open would let two processes lock two different inodes of the same name.
+
+The file's content (pid, host, start time) is only there to make the refusal message
+useful; the lock is the ``flock``. On a shared filesystem, flock must be supported there
+(NFS emulates it with POSIX locks; Lustre needs the ``flock`` mount option).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from .schema import CacheError
+
+logger = logging.getLogger(__name__)
+
+
+class CacheLocked(CacheError):
+    """Another process is writing this cache."""
+
+
+class CacheWriteError(CacheError):
+    """The cache (or the folder that should hold it) cannot be written."""
+
+
+def lock_path(cache: Path) -> Path:
+    """Beside the cache, not inside it: the lock must exist before the cache does, and a
+    Zarr store should hold nothing but the store."""
+    return cache.with_name(cache.name + ".lock")
+
+
+class CacheLock:
+    """Exclusive, non-blocking lock of one cache path for the life of a job.
+
+    Use as a context manager, or :meth:`acquire` / :meth:`release`.
+    """
+
+    def __init__(self, cache: str | Path) -> None:
+        self.cache = Path(cache)
+        self.path = lock_path(self.cache)
+        self._fd: int | None = None
+
+    def acquire(self) -> "CacheLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                why = f"a part of {self.path.parent} is a file, not a folder"
+            raise CacheWriteError(
+                f"cannot write the cache at {self.cache}: {why}; choose an --out inside a folder you can write to"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise CacheLocked(self._refusal()) from None
+            raise CacheWriteError(
+                f"cannot lock {self.path} ({exc.strerror or exc}); the filesystem may not support flock "
+                "(Lustre: mount with -o flock)"
+            ) from exc
+        self._fd = fd
+        self._write_owner()
+        return self
+
+    def _write_owner(self) -> None:
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, (json.dumps(owner) + "\n").encode(), 0)
+        except OSError as exc:  # the lock holds; only the message of a refused peer suffers
+            logger.warning("could not record the lock owner in %s: %s", self.path, exc)
+
+    def owner(self) -> dict[str, Any]:
+        """What the holder wrote (plain JSON; empty when unreadable)."""
+        try:
+            data = json.loads(self.path.read_text() or "{}")
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _refusal(self) -> str:
+        o = self.owner()
+        who = f"pid {o.get('pid', '?')} (host {o.get('host', '?')}) since {o.get('since', '?')}"
+        return (
+            f"cache {self.cache} is being written by {who}; wait for it to finish or use another --out. "
+            f"(The lock is {self.path}; the kernel releases it when that process exits, so it never goes stale.)"
+        )
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "CacheLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

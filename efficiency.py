@@ -1,0 +1,268 @@
+"""``make bench``: the paper's Table 4 (efficiency) for this implementation.
+
+What is measured, per device and precision, on generated H.264/AAC clips with the
+full-size architectures (MobileViT-S, wav2vec2-base, the MTCN head on 640 + 768 fused
+features; untrained weights: compute does not depend on the weights' values):
+
+* **FPS**: clips of ``STEPS`` frames per second through the whole pipeline, as a deployment
+  would run it: decoding in worker processes overlapping batched backbones, then the head
+  (``clips / wall seconds`` over all clips);
+* **latency**: ms per clip from decoded input (the ``STEPS`` preprocessed frames and the
+  16 kHz audio in memory) to the class probabilities, one clip at a time;
+* **inference**: ms per clip from the file on disk to the class probabilities, one clip at a
+  time (probe + decode + preprocess + backbones + head);
+* parameter counts of each backbone and the head; the device and precision.
+
+Timings are medians over the clips after one warm-up clip. CPU is always measured; CUDA
+(fp32 and reduced-precision autocast) when a GPU is visible. The paper's numbers (RTX 3090
+Ti) are written beside ours; they are from another machine, so compare with care.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+PAPER = {"source": "AVAR-Net paper, Table 4 (VAAR)", "device": "NVIDIA RTX 3090 Ti", "precision": "not stated",
+         "fps": 9.13, "latency_ms": 65.69, "inference_ms": 184.93}
+CLASSES = 10
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    clips: int = 8
+    duration: float = 10.0          # seconds per clip
+    width: int = 640
+    height: int = 360
+    fps: int = 25
+    steps: int = 10
+    video_model: str = "random"     # full-size MobileViT-S architecture, untrained
+    audio_model: str = "random"     # full-size wav2vec2-base architecture, untrained
+    head: str = "mtcn"
+    workers: int = 2                # decoding processes for the FPS run
+    batch_size: int = 8             # clips per backbone batch for the FPS run
+    targets: tuple[tuple[str, str], ...] = field(default_factory=lambda: default_targets())
+
+
+def default_targets() -> tuple[tuple[str, str], ...]:
+    """(device, precision) pairs: CPU fp32 always; on a GPU fp32 and bf16 (fp16 where the
+    GPU has no bf16)."""
+    out = [("cpu", "fp32")]
+    if torch.cuda.is_available():
+        out.append(("cuda", "fp32"))
+        out.append(("cuda", "bf16" if torch.cuda.is_bf16_supported() else "fp16"))
+    return tuple(out)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def _params(module: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build_predictor(cfg: BenchConfig, device: str, precision: str):
+    """Full-size backbones and an (untrained) head on the fused 640 + 768 features."""
+    from extract.backbones import load_audio_backbone, load_video_backbone
+    from predict import Predictor
+    from temporal.model import AnomalyModel
+
+    video = load_video_backbone(cfg.video_model, device=device, precision=precision)
+    audio = load_audio_backbone(cfg.audio_model, device=device, precision=precision)
+    torch.manual_seed(0)
+    names = tuple(f"class{i}" for i in range(CLASSES - 1)) + ("normal",)
+    model = AnomalyModel(cfg.head, "fused", "early", video.dim, audio.dim, CLASSES, cfg.steps)
+    return Predictor(model, names, cfg.steps, "float16", video, audio, device=device, precision=precision)
+
+
+def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) -> dict[str, Any]:
+    """One row of the table: FPS, latency and inference on ``device`` at ``precision``."""
+    from extract.decode import decode_clip
+    from extract.manifest import ManifestRow
+    from extract.pipeline import SAMPLE_RATE, Decoded, ExtractConfig, iter_decoded
+
+    pred = build_predictor(cfg, device, precision)
+    transform = pred.video.transform
+
+    def decode(p: Path):
+        return decode_clip(p, cfg.steps, sample_rate=SAMPLE_RATE, frame_transform=transform)
+
+    def to_probs(clip) -> np.ndarray:
+        out = pred.score_decoded([Decoded(clip.path, clip=clip)])[0]
+        if out[1] is None:
+            raise RuntimeError(f"benchmark clip failed: {out[0].error}")
+        return out[1]
+
+    # warm-up: first calls allocate, pick kernels, fill caches
+    to_probs(decode(paths[0]))
+
+    # latency: decoded input -> prediction, with a breakdown by component
+    decoded = [decode(p) for p in paths]
+    latency, parts = [], {"video_backbone": [], "audio_backbone": [], "head": []}
+    for clip in decoded:
+        _sync(device)
+        t0 = time.perf_counter()
+        frames = torch.stack([torch.as_tensor(f) for f in clip.frames])
+        pred.video.embed(frames)
+        t1 = time.perf_counter()
+        pred.audio.embed([(clip.audio, clip.step_bounds)])
+        t2 = time.perf_counter()
+        parts["video_backbone"].append(t1 - t0)
+        parts["audio_backbone"].append(t2 - t1)
+        t0 = time.perf_counter()
+        to_probs(clip)
+        _sync(device)
+        latency.append(time.perf_counter() - t0)
+    record = pred.extractor.records([Decoded(decoded[0].path, clip=decoded[0])])
+    for _ in paths:
+        t0 = time.perf_counter()
+        pred.score_records(record)
+        _sync(device)
+        parts["head"].append(time.perf_counter() - t0)
+    del decoded
+
+    # inference: file -> prediction, one clip at a time
+    inference = []
+    for p in paths:
+        _sync(device)
+        t0 = time.perf_counter()
+        to_probs(decode(p))
+        _sync(device)
+        inference.append(time.perf_counter() - t0)
+
+    # FPS: the whole pipeline with decoding workers overlapping batched backbones
+    ecfg = ExtractConfig(steps=cfg.steps, workers=cfg.workers, batch_size=cfg.batch_size, progress=False)
+    rows = [ManifestRow(p.name, p) for p in paths]
+    _sync(device)
+    t0 = time.perf_counter()
+    done = 0
+    for batch in iter_decoded(rows, ecfg, transform):
+        done += sum(s[1] is not None for s in pred.score_decoded(batch))
+    _sync(device)
+    wall = time.perf_counter() - t0
+    if done != len(paths):
+        raise RuntimeError(f"only {done} of {len(paths)} benchmark clips went through the pipeline")
+
+    ms = lambda xs: round(1000 * statistics.median(xs), 2)  # noqa: E731
+    return {
+        "device": device, "device_name": device_name(device), "precision": precision,
+        "fps": round(len(paths) / wall, 3), "latency_ms": ms(latency), "inference_ms": ms(inference),
+        "latency_breakdown_ms": {k: ms(v) for k, v in parts.items()},
+        "decode_ms": round(ms(inference) - ms(latency), 2),
+        "fps_pipeline": {"workers": cfg.workers, "batch_size": cfg.batch_size, "wall_s": round(wall, 3)},
+        "params": {"video_backbone": _params(pred.video.model), "audio_backbone": _params(pred.audio.model),
+                   "head": _params(pred.model)},
+        "video_arch": pred.video.arch, "audio_arch": pred.audio.arch,
+    }
+
+
+def run(cfg: BenchConfig, out: Path) -> dict[str, Any]:
+    """Measure every target, write ``out`` (JSON) and the same path with ``.md``."""
+    from extract.bench import write_bench_clip
+
+    torch.set_flush_denormal(True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        logger.info("writing %d benchmark clips (%g s, %dx%d, %d fps)", cfg.clips, cfg.duration, cfg.width,
+                    cfg.height, cfg.fps)
+        paths = [write_bench_clip(Path(tmp) / f"clip{i}.mp4", cfg.duration, cfg.width, cfg.height, cfg.fps, seed=i)
+                 for i in range(cfg.clips)]
+        for device, precision in cfg.targets:
+            logger.info("measuring %s %s", device, precision)
+            rows.append(measure(cfg, paths, device, precision))
+    params = rows[0]["params"]
+    result = {
+        "table": "Table 4: efficiency", "config": asdict(cfg),
+        "clip": f"{cfg.duration:g} s H.264/AAC, {cfg.width}x{cfg.height} at {cfg.fps} fps, {cfg.steps} steps",
+        "weights": "untrained (random preset) full-size architectures: timings only",
+        "params": {**params, "total": sum(params.values())},
+        "rows": rows, "paper": PAPER,
+        "environment": {"torch": torch.__version__, "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(to_markdown(result))
+    return result
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = ["# Table 4: efficiency", "",
+             f"Clips: {result['clip']}; {result['weights']}. FPS = clips of {result['config']['steps']} frames per "
+             "second through the whole pipeline (decoding workers + batched backbones + head); latency = ms per clip "
+             "from decoded input to prediction; inference = ms per clip from file to prediction (medians, batch 1).",
+             "", "| | device | precision | FPS | latency (ms) | inference (ms) |", "|---|---|---|---:|---:|---:|"]
+    p = result["paper"]
+    lines.append(f"| paper | {p['device']} | {p['precision']} | {p['fps']:.2f} | {p['latency_ms']:.2f} | "
+                 f"{p['inference_ms']:.2f} |")
+    for r in result["rows"]:
+        lines.append(f"| ours | {r['device_name']} | {r['precision']} | {r['fps']:.2f} | {r['latency_ms']:.2f} | "
+                     f"{r['inference_ms']:.2f} |")
+    lines += ["", "Latency by component (ms per clip): "
+              + "; ".join(f"{r['device']} {r['precision']}: " + ", ".join(
+                  f"{k.replace('_', ' ')} {v:.1f}" for k, v in r["latency_breakdown_ms"].items())
+                  + f", decode {r['decode_ms']:.1f}" for r in result["rows"]), "",
+              "| part | parameters |", "|---|---:|"]
+    names = {"video_backbone": f"video backbone ({result['rows'][0]['video_arch']})",
+             "audio_backbone": f"audio backbone ({result['rows'][0]['audio_arch']})",
+             "head": f"head ({result['config']['head']}, fused 640+768)", "total": "total"}
+    lines += [f"| {names[k]} | {v:,} |" for k, v in result["params"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Table 4: FPS, latency, inference and parameters (see module doc).")
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/efficiency.json"))
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=360)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: CPU, plus CUDA fp32 and bf16/fp16 when a GPU is visible")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                    help="with --device cuda or cpu: only this precision")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    targets = default_targets() if args.device == "auto" else tuple(
+        (args.device, p) for p in ([args.precision] if args.precision else
+                                   (["fp32"] if args.device == "cpu" else ["fp32", "bf16"])))
+    cfg = BenchConfig(clips=args.clips, duration=args.duration, width=args.width, height=args.height,
+                      steps=args.steps, workers=args.workers, targets=targets)
+    result = run(cfg, args.out)
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Stage 2: temporal heads trained on the feature cache only.
+
+Nothing here imports ``extract``: stage 2 never opens a video or loads a backbone; it
+reads the cache through ``cache_schema``.
+"""
+
+from .data import CacheData, load_cache
+from .evaluate import evaluate_run, load_run, predict
+from .heads import PAPER_HEADS, create_head, list_heads
+from .split import SplitConfig, default_split_path, load_or_create_split
+from .train import RunResult, TrainConfig
+
+# ``train`` itself is imported from ``temporal.train``: re-exporting it here would shadow
+# the submodule of the same name (``import temporal.train`` would give the function).
+__all__ = ["CacheData", "load_cache", "evaluate_run", "load_run", "predict", "PAPER_HEADS", "create_head",
+           "list_heads", "SplitConfig", "default_split_path", "load_or_create_split", "RunResult", "TrainConfig"]

@@ -1,0 +1,94 @@
+"""Checkpoints without pickle: weights in safetensors, everything else in JSON.
+
+``model.safetensors`` holds the best-on-validation weights (and the feature
+standardisation buffers). ``train_state.safetensors`` + ``train_state.json`` hold what a
+later ``train --resume`` needs to continue after the last epoch exactly: the last
+weights (``model.<name>``), the optimizer's per-parameter tensors (flattened to
+``optimizer.<param>.<name>``), the random generators' states, and, as JSON, the
+optimizer's param groups, the LR scheduler's state and the loop's counters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS = "model.safetensors"
+TRAIN_STATE = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load weights strictly: a checkpoint of another head or modality is an error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; was this run trained to the end?")
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return {"__float__": repr(x)}
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.item()
+    return x
+
+
+def _from_json(x: Any) -> Any:
+    if isinstance(x, dict):
+        if set(x) == {"__float__"}:
+            return float(x["__float__"])
+        return {k: _from_json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_from_json(v) for v in x]
+    return x
+
+
+def save_train_state(rundir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     generator: torch.Generator, loop: dict[str, Any]) -> None:
+    rundir = Path(rundir)
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().contiguous().cpu().clone()
+                                        for k, v in model.state_dict().items()}
+    for pid, st in opt["state"].items():
+        for name, v in st.items():
+            tensors[f"optimizer.{pid}.{name}"] = torch.as_tensor(v).detach().contiguous().cpu().clone()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.shuffle"] = generator.get_state()
+    save_file(tensors, str(rundir / TRAIN_STATE))
+    doc = {"param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(), "loop": loop}
+    (rundir / TRAIN_STATE_JSON).write_text(json.dumps(_json_safe(doc), indent=1))
+
+
+def load_train_state(rundir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     generator: torch.Generator) -> dict[str, Any]:
+    """Restore what :func:`save_train_state` wrote; returns the loop counters."""
+    rundir = Path(rundir)
+    tensors = load_file(str(rundir / TRAIN_STATE))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    doc = _from_json(json.loads((rundir / TRAIN_STATE_JSON).read_text()))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in doc["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    scheduler.load_state_dict(doc["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.shuffle"])
+    return doc["loop"]

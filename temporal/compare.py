@@ -1,0 +1,237 @@
+"""The paper's comparison tables from cached features: Table 2 (every head x every
+modality), Table 3 (number of steps, one cache per step count) and early vs late fusion.
+
+Every run of a table uses the same split (the cache's stored split; for the step
+ablation, the first cache's split for all caches), so differences come from the heads and
+inputs, not from which clips were drawn. With several seeds a cell is mean ± standard
+deviation (sample std) over seeds; only the model's initialisation and batch order change
+with the seed, never the split.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data import CacheData, load_cache
+from .heads import PAPER_HEADS
+from .plots import plot_heatmap
+from .split import default_split_path, load_or_create_split
+from .train import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS = (("accuracy", "Acc"), ("precision_macro", "Pre"), ("recall_macro", "Rec"), ("f1_macro", "F1"))
+MODALITY_TITLES = {"audio": "Audio", "video": "Video", "fused": "Audio-visual"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: a configuration and the test metrics of its runs (one per seed)."""
+
+    labels: dict[str, Any]
+    runs: tuple[dict[str, Any], ...]
+
+    def mean(self, key: str) -> float:
+        vals = [r[key] for r in self.runs if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def std(self, key: str) -> float:
+        vals = [r[key] for r in self.runs if r.get(key) is not None]
+        return float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+    def text(self, key: str) -> str:
+        m = self.mean(key)
+        if np.isnan(m):
+            return "–"
+        return f"{100 * m:.1f} ± {100 * self.std(key):.1f}" if len(self.runs) > 1 else f"{100 * m:.1f}"
+
+
+def run_cell(data: CacheData, out: Path, name: str, config: TrainConfig, seeds: Sequence[int],
+             labels: dict[str, Any]) -> Cell:
+    runs = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        result = train(data.path, out / "runs" / f"{name}-s{seed}", replace(config, seed=seed), data=data)
+        runs.append({**result.metrics, "wall_seconds": time.perf_counter() - t0})
+        logger.info("%s seed %d: accuracy %.3f (%.1f s)", name, seed, result.metrics["accuracy"],
+                    runs[-1]["wall_seconds"])
+    return Cell(labels, tuple(runs))
+
+
+# -- Table 2 --------------------------------------------------------------------------------
+def compare(cache: str | Path, out: str | Path, heads: Sequence[str] = PAPER_HEADS,
+            modalities: Sequence[str] = ("audio", "video", "fused"), seeds: Sequence[int] = (0,),
+            base: TrainConfig = TrainConfig(progress=False)) -> list[Cell]:
+    """Every head on every modality (``base.fusion`` for the fused runs), same split.
+    Writes ``table2.md`` (paper layout), ``table2.csv`` (one row per head and modality),
+    ``table2.png`` (accuracy heat map) and ``per_class.md`` (per-class F1 by modality and
+    the most frequent confusions, which show what a single modality cannot tell apart)."""
+    out = Path(out)
+    data = load_cache(cache)
+    load_or_create_split(data, base.split)  # made once, before any run
+    cells = []
+    for head in heads:
+        for modality in modalities:
+            cfg = replace(base, head=head, modality=modality)
+            cells.append(run_cell(data, out, f"{head}-{modality}", cfg, seeds, {"head": head, "modality": modality}))
+    _write_csv(out / "table2.csv", cells)
+    (out / "table2.md").write_text(_table2_markdown(cells, heads, modalities, data, base, seeds))
+    values = np.array([[_find(cells, head=h, modality=m).mean("accuracy") for m in modalities] for h in heads])
+    plot_heatmap(values, list(heads), [MODALITY_TITLES.get(m, m) for m in modalities], out / "table2.png",
+                 f"test accuracy, {data.path.name}" + ("" if data.pretrained_backbones()["both"] else " (untrained backbones)"),
+                 labels=[[_find(cells, head=h, modality=m).text("accuracy") for m in modalities] for h in heads])
+    (out / "per_class.md").write_text(_per_class_markdown(cells, heads, modalities, data))
+    logger.info("wrote %s", out / "table2.md")
+    return cells
+
+
+def _table2_markdown(cells: list[Cell], heads: Sequence[str], modalities: Sequence[str], data: CacheData,
+                     base: TrainConfig, seeds: Sequence[int]) -> str:
+    cols = [f"{MODALITY_TITLES.get(m, m)} {short}" for m in modalities for _, short in METRIC_COLUMNS]
+    lines = ["# Table 2: temporal heads x modalities (test split, %)", "", *_provenance(data, base, seeds, cells), "",
+             "| Head | " + " | ".join(cols) + f" | Params ({MODALITY_TITLES.get(modalities[-1], modalities[-1])}) |",
+             "|---|" + "---:|" * (len(cols) + 1)]
+    for h in heads:
+        row = [_find(cells, head=h, modality=m).text(k) for m in modalities for k, _ in METRIC_COLUMNS]
+        params = _find(cells, head=h, modality=modalities[-1]).runs[0]["params"]
+        lines.append(f"| {h} | " + " | ".join(row) + f" | {params:,} |")
+    if "fused" in modalities and len(modalities) > 1:
+        lines += ["", "Fused minus the best single modality (accuracy points): " + ", ".join(
+            f"{h} {100 * (_find(cells, head=h, modality='fused').mean('accuracy') - max(_find(cells, head=h, modality=m).mean('accuracy') for m in modalities if m != 'fused')):+.1f}"
+            for h in heads)]
+    return "\n".join(lines) + "\n"
+
+
+def _per_class_markdown(cells: list[Cell], heads: Sequence[str], modalities: Sequence[str], data: CacheData) -> str:
+    lines = ["# Per-class F1 by modality, and the most frequent confusions (summed over seeds)", ""]
+    for h in heads:
+        lines += [f"## {h}", "", "| class | " + " | ".join(MODALITY_TITLES.get(m, m) for m in modalities) + " |",
+                  "|---|" + "---:|" * len(modalities)]
+        for name in data.class_names:
+            vals = [np.mean([r["per_class"][name]["f1"] for r in _find(cells, head=h, modality=m).runs])
+                    for m in modalities]
+            lines.append(f"| {name} | " + " | ".join(f"{100 * v:.0f}" for v in vals) + " |")
+        lines.append("")
+        for m in modalities:
+            pairs = top_confusions(_find(cells, head=h, modality=m).runs, data.class_names)
+            lines.append(f"- {MODALITY_TITLES.get(m, m)} confuses: "
+                         + (", ".join(f"{a} → {b} ({n})" for a, b, n in pairs) or "nothing"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def top_confusions(runs: Sequence[dict[str, Any]], class_names: Sequence[str], k: int = 5) -> list[tuple[str, str, int]]:
+    """The ``k`` most frequent (true → predicted) mistakes over the runs' confusion matrices."""
+    cm = np.sum([np.asarray(r["confusion_matrix"]) for r in runs], axis=0)
+    np.fill_diagonal(cm, 0)
+    order = np.argsort(cm, axis=None)[::-1][:k]
+    return [(class_names[i], class_names[j], int(cm[i, j])) for i, j in zip(*np.unravel_index(order, cm.shape))
+            if cm[i, j] > 0]
+
+
+# -- Table 3 and fusion ---------------------------------------------------------------------
+def ablate_steps(caches: Sequence[str | Path], out: str | Path, head: str = "mtcn", modality: str = "fused",
+                 seeds: Sequence[int] = (0,), base: TrainConfig = TrainConfig(progress=False)) -> list[Cell]:
+    """One head on caches that differ in their number of steps (e.g. 5, 10, 15), all
+    scored on the first cache's split. Writes ``table3.md`` / ``table3.csv``."""
+    out = Path(out)
+    if not caches:
+        raise ValueError("give at least one cache (one per number of steps)")
+    first = load_cache(caches[0])
+    load_or_create_split(first, base.split)
+    split_file = base.split.split_file or str(default_split_path(first.path))
+    cfg = replace(base, head=head, modality=modality, split=replace(base.split, split_file=split_file))
+    cells = []
+    for cache in caches:
+        data = first if Path(cache) == first.path else load_cache(cache)
+        cells.append(run_cell(data, out, f"{head}-{modality}-T{data.steps}", cfg, seeds,
+                              {"steps": data.steps, "cache": str(cache), "head": head, "modality": modality}))
+    _write_csv(out / "table3.csv", cells)
+    _write_simple_table(out / "table3.md", "Table 3: number of temporal steps", "Steps", "steps", cells, first, cfg, seeds)
+    return cells
+
+
+def ablate_fusion(cache: str | Path, out: str | Path, heads: Sequence[str] = ("mtcn",), seeds: Sequence[int] = (0,),
+                  base: TrainConfig = TrainConfig(progress=False)) -> list[Cell]:
+    """Early (concatenation, the paper's choice) vs late (one head per modality,
+    probabilities averaged over present modalities). Writes ``fusion.md`` / ``fusion.csv``."""
+    out = Path(out)
+    data = load_cache(cache)
+    load_or_create_split(data, base.split)
+    cells = []
+    for head in heads:
+        for fusion in ("early", "late"):
+            cfg = replace(base, head=head, modality="fused", fusion=fusion)
+            cells.append(run_cell(data, out, f"{head}-fused-{fusion}", cfg, seeds, {"head": head, "fusion": fusion}))
+    _write_csv(out / "fusion.csv", cells)
+    for c in cells:
+        c.labels["row"] = f"{c.labels['head']} {c.labels['fusion']}"
+    _write_simple_table(out / "fusion.md", "Early vs late fusion", "Head, fusion", "row", cells, data, base, seeds)
+    return cells
+
+
+# -- writing --------------------------------------------------------------------------------
+def _find(cells: Sequence[Cell], **labels: Any) -> Cell:
+    for c in cells:
+        if all(c.labels.get(k) == v for k, v in labels.items()):
+            return c
+    raise KeyError(labels)
+
+
+def _provenance(data: CacheData, base: TrainConfig, seeds: Sequence[int], cells: Sequence[Cell]) -> list[str]:
+    run = cells[0].runs[0]
+    split = run.get("split", {})
+    pb = data.pretrained_backbones()
+    lines = [f"Cache `{data.path}` ({data.steps} steps; video {pb['video_backbone']}, audio {pb['audio_backbone']}). "
+             f"Split: {split.get('kind')} (seed {split.get('seed')}, groups from {split.get('groups_source')}, "
+             f"{split.get('n_groups')} groups), sizes {split.get('sizes')}. "
+             f"{base.epochs} epochs, seeds {list(seeds)}; cells are " + ("mean ± std over seeds." if len(seeds) > 1 else "one run each.")]
+    if not pb["both"]:
+        lines.append("")
+        lines.append("> **Features from UNTRAINED backbone weights** (video pretrained: "
+                     f"{pb['video']}, audio pretrained: {pb['audio']}): these numbers test the pipeline, not recognition.")
+    left = run.get("left_out", {})
+    if any(left.get(k) for k in ("error", "pending", "unlabelled")):
+        lines.append(f"Left out of every run: {left.get('error', 0)} failed, {left.get('pending', 0)} pending, "
+                     f"{left.get('unlabelled', 0)} unlabelled clips.")
+    dropped = {f"{c.labels.get('head')}/{c.labels.get('modality', 'fused')}": c.runs[0].get("n_test_left_out", 0)
+               for c in cells if c.runs[0].get("n_test_left_out")}
+    if dropped:
+        lines.append(f"Test clips without data in the run's modality (left out of that run): {dropped}.")
+    return lines
+
+
+def _write_simple_table(path: Path, title: str, row_title: str, row_key: str, cells: Sequence[Cell], data: CacheData,
+                        base: TrainConfig, seeds: Sequence[int]) -> None:
+    lines = [f"# {title} (test split, %)", "", *_provenance(data, base, seeds, cells), "",
+             f"| {row_title} | " + " | ".join(s for _, s in METRIC_COLUMNS) + " | Params |",
+             "|---|" + "---:|" * (len(METRIC_COLUMNS) + 1)]
+    for c in cells:
+        lines.append(f"| {c.labels[row_key]} | " + " | ".join(c.text(k) for k, _ in METRIC_COLUMNS)
+                     + f" | {c.runs[0]['params']:,} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _write_csv(path: Path, cells: Sequence[Cell]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label_keys = list(dict.fromkeys(k for c in cells for k in c.labels))
+    metric_keys = [k for k, _ in METRIC_COLUMNS] + ["precision_weighted", "recall_weighted", "f1_weighted",
+                                                    "ap_anomaly", "train_seconds"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(label_keys + ["seeds", "params", "n_test"] + [f"{k}_{s}" for k in metric_keys for s in ("mean", "std")])
+        for c in cells:
+            r0 = c.runs[0]
+            w.writerow([c.labels.get(k, "") for k in label_keys] + [len(c.runs), r0["params"], r0["n_test"]]
+                       + [f"{v:.4f}" for k in metric_keys for v in (c.mean(k), c.std(k))])
+
+
+__all__ = ["Cell", "compare", "ablate_steps", "ablate_fusion", "top_confusions"]

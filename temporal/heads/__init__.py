@@ -1,0 +1,79 @@
+"""Registry of temporal heads, picked by name (timm-style): ``create_head("mtcn", ...)``.
+
+Every head takes step features ``[B, T, D]`` and a step mask ``[B, T]`` and returns a
+:class:`HeadOutput` (per-step logits ``[B, T, C]``, clip logits ``[B, C]``). Options
+override the head's config dataclass field by field, so a typo is an error, not a silent
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from .base import HeadOutput, mean_probability_logits, masked_mean
+from .mtcn import MTCN, MTCNConfig, layers_for_steps, receptive_field
+from .pool import PoolConfig, PoolHead
+from .recurrent import RecurrentConfig, RecurrentHead
+from .transformer import TransformerConfig, TransformerHead
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    build: Callable[..., nn.Module]
+    config_type: type
+    fixed: dict[str, Any]
+    description: str
+
+
+HEADS: dict[str, HeadSpec] = {
+    "mtcn": HeadSpec(MTCN, MTCNConfig, {}, "AVAR-Net: attention block + multi-stage dilated TCN"),
+    "gru": HeadSpec(RecurrentHead, RecurrentConfig, {"cell": "gru", "bidirectional": False}, "GRU"),
+    "bigru": HeadSpec(RecurrentHead, RecurrentConfig, {"cell": "gru", "bidirectional": True}, "bidirectional GRU"),
+    "lstm": HeadSpec(RecurrentHead, RecurrentConfig, {"cell": "lstm", "bidirectional": False}, "LSTM"),
+    "bilstm": HeadSpec(RecurrentHead, RecurrentConfig, {"cell": "lstm", "bidirectional": True}, "bidirectional LSTM"),
+    "transformer": HeadSpec(TransformerHead, TransformerConfig, {}, "Transformer encoder"),
+    "pool": HeadSpec(PoolHead, PoolConfig, {}, "order-blind baseline: per-step MLP, mean of probabilities"),
+}
+# The heads of the paper's Table 2, in its order.
+PAPER_HEADS: tuple[str, ...] = ("mtcn", "gru", "bigru", "lstm", "bilstm", "transformer")
+
+
+def list_heads() -> list[str]:
+    return list(HEADS)
+
+
+def head_config(name: str, options: dict[str, Any] | None = None) -> Any:
+    """The head's config dataclass with ``options`` applied."""
+    spec = _spec(name)
+    options = dict(options or {})
+    fields = {f.name for f in dataclasses.fields(spec.config_type)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"head {name!r} has no option(s) {unknown}; its options are {sorted(fields)}")
+    return spec.config_type(**options)
+
+
+def create_head(name: str, in_dim: int, num_classes: int, steps: int, options: dict[str, Any] | None = None) -> nn.Module:
+    spec = _spec(name)
+    return spec.build(in_dim, num_classes, steps, head_config(name, options), **spec.fixed)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _spec(name: str) -> HeadSpec:
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
+    return HEADS[name]
+
+
+__all__ = [
+    "HEADS", "PAPER_HEADS", "HeadOutput", "HeadSpec", "MTCN", "MTCNConfig", "RecurrentHead", "RecurrentConfig",
+    "TransformerHead", "TransformerConfig", "PoolHead", "PoolConfig", "count_parameters", "create_head",
+    "head_config", "layers_for_steps", "list_heads", "masked_mean", "mean_probability_logits", "receptive_field",
+]

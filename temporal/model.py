@@ -1,0 +1,111 @@
+"""A run's whole network: feature standardisation, the stream(s) of the chosen modality
+and fusion, and one head per stream.
+
+Early fusion (and single-modality runs) has one stream and one head. Late fusion has a
+``video`` and an ``audio`` head, each trained on its own stream, and averages their class
+probabilities over the modalities a clip actually has: a clip without audio gets the
+video head's answer alone, never a vote from a head that read zeros. Per step, the
+average runs over the streams present at that step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .data import Clips, stream_dim, stream_inputs, streams_for
+from .heads import HeadOutput, count_parameters, create_head
+from .heads.base import LOG_ZERO
+
+
+class FeatureStandardizer(nn.Module):
+    """Per-dimension standardisation of each backbone's features, fitted on the training
+    clips' valid steps (the two backbones' features live on unrelated scales). Absent
+    steps stay exactly zero. Stored as buffers, so it travels with the checkpoint."""
+
+    def __init__(self, video_dim: int, audio_dim: int) -> None:
+        super().__init__()
+        for name, dim in (("video", video_dim), ("audio", audio_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, clips: Clips) -> None:
+        for name in ("video", "audio"):
+            x, m = getattr(clips, name), getattr(clips, f"{name}_mask")
+            valid = x[m]
+            if len(valid) < 2:
+                continue  # stream absent from every training clip: nothing to learn
+            std = valid.std(0)
+            getattr(self, f"{name}_mean").copy_(valid.mean(0))
+            getattr(self, f"{name}_std").copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, clips: Clips) -> Clips:
+        v = (clips.video - self.video_mean) / self.video_std * clips.video_mask.unsqueeze(-1)
+        a = (clips.audio - self.audio_mean) / self.audio_std * clips.audio_mask.unsqueeze(-1)
+        return Clips(v, a, clips.video_mask, clips.audio_mask, clips.label)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    clip_logits: Tensor                              # [B, C]; log-probabilities for late fusion
+    step_logits: Tensor                              # [B, T, C]
+    step_mask: Tensor                                # [B, T]
+    streams: dict[str, tuple[HeadOutput, Tensor]]    # per stream: head output and its step mask
+
+
+class AnomalyModel(nn.Module):
+    def __init__(self, head: str, modality: str, fusion: str, video_dim: int, audio_dim: int, num_classes: int,
+                 steps: int, head_options: dict | None = None, input_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.streams = streams_for(modality, fusion)
+        self.standardize = FeatureStandardizer(video_dim, audio_dim)
+        self.input_dropout = nn.Dropout1d(input_dropout)
+        self.heads = nn.ModuleDict({
+            s: create_head(head, stream_dim(s, video_dim, audio_dim), num_classes, steps, head_options)
+            for s in self.streams
+        })
+
+    def parameter_count(self) -> int:
+        return count_parameters(self)
+
+    def forward(self, clips: Clips) -> ModelOutput:
+        clips = self._drop_features(self.standardize(clips))
+        outs = {}
+        for s in self.streams:
+            x, m = stream_inputs(clips, s)
+            outs[s] = (self.heads[s](x, m), m)
+        if len(outs) == 1:
+            (out, m), = outs.values()
+            return ModelOutput(out.clip_logits, out.step_logits, m, outs)
+        return _late_fusion(outs)
+
+
+    def _drop_features(self, clips: Clips) -> Clips:
+        """Training only: drop whole feature dimensions of a clip (the same ones at every
+        step). Frozen-backbone features are wide and, on small training sets, easy to
+        memorise; this was worth several points of fused accuracy on the synthetic
+        benchmark. One draw per clip and dimension, not per step, keeps it cheap on CPU."""
+        if not self.training or self.input_dropout.p == 0:
+            return clips
+        v = self.input_dropout(clips.video.transpose(1, 2)).transpose(1, 2)
+        a = self.input_dropout(clips.audio.transpose(1, 2)).transpose(1, 2)
+        return Clips(v, a, clips.video_mask, clips.audio_mask, clips.label)
+
+
+def _late_fusion(outs: dict[str, tuple[HeadOutput, Tensor]]) -> ModelOutput:
+    """Average class probabilities over the streams present (per clip, and per step)."""
+    clip_p, clip_w, step_p, step_w = 0.0, 0.0, 0.0, 0.0
+    for out, m in outs.values():
+        present = m.any(1, keepdim=True).to(out.clip_logits.dtype)          # [B, 1]
+        clip_p = clip_p + torch.softmax(out.clip_logits, -1) * present
+        clip_w = clip_w + present
+        sm = m.unsqueeze(-1).to(out.step_logits.dtype)                       # [B, T, 1]
+        step_p = step_p + torch.softmax(out.step_logits, -1) * sm
+        step_w = step_w + sm
+    clip = torch.log(clip_p / clip_w.clamp_min(1.0)).clamp_min(LOG_ZERO)
+    step_mask = step_w[..., 0] > 0
+    step = torch.log(step_p / step_w.clamp_min(1.0)).clamp_min(LOG_ZERO) * step_mask.unsqueeze(-1)
+    return ModelOutput(clip, step, step_mask, outs)

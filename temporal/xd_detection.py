@@ -1,0 +1,290 @@
+"""XD-Violence frame-level detection AP, computed as the official evaluation computes it.
+
+The official test code (XDVioDet ``test.py``) concatenates, over the test videos, one
+anomaly score per frame (each 16-frame snippet's score repeated 16 times) and the
+frame-level ground truth, then reports
+
+    precision, recall, _ = precision_recall_curve(gt, scores);  AP = auc(recall, precision)
+
+i.e. the trapezoidal area under the PR curve. Later works (VadCLIP and others) report
+``average_precision_score`` (the step-wise sum) on the same arrays; both are reported here
+(``ap_frame_pr_auc``, ``ap_frame_average_precision``), plus the frame-level ROC AUC.
+
+Ground truth. ``annotations.txt`` has one line per violent test video,
+``<video> s1 e1 [s2 e2 ...]``: frame indices at the videos' 24 fps, 0-based start,
+exclusive end, so a video's frame vector is ``gt[s:e] = 1`` for each pair (slices past the
+end are cut, as numpy slicing in the official ``make_gt`` cuts them). Normal test videos
+are all zeros. A video's frame count is ``round(duration * fps)``: the cache stores each
+clip's duration, not its frame rate, and XD-Violence's videos and annotations are at 24
+fps, so ``fps`` defaults to 24.
+
+Scores. A step's anomaly score is ``1 - p(normal)``; step ``i`` of ``T`` covers
+``[i*d/T, (i+1)*d/T)`` and each frame takes the score of the step holding its start time:
+frame ``f`` of ``n`` gets step ``floor(f * T / n)``, which is the official "repeat each
+snippet score 16 times" when a step is 16 frames. A step with no data (masked) takes the
+clip's score.
+
+Alignment. The known pitfall of this protocol is a test-list order that differs between
+the scores and the ground truth: the AP is then silently wrong. Here both sides are keyed
+by video name, concatenated in one sorted order, and any name on one side only, or any
+per-video length mismatch, is an error, never a silent reorder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+
+from cache_schema import open_cache
+
+from .data import CacheData, has_modality
+from .evaluate import METRICS, Prediction, load_run, predict
+from .xd_tasks import load_task_data, task_of_run
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = 24.0
+NORMAL = "normal"
+_NAME_RE = re.compile(r"^(?P<name>.*_label_(?:[A-Z]\d?|0)(?:-(?:[A-Z]\d?|0))*)")
+_EXT_RE = re.compile(r"\.[A-Za-z0-9]{1,5}$")
+
+
+class XDDetectionError(ValueError):
+    """The scores and the ground truth do not describe the same videos; the message says how."""
+
+
+def video_name(key: str) -> str:
+    """The XD-Violence video name of a cache key, list entry or annotation name: the file
+    name through its ``_label_<codes>``, without folders, crop suffix or extension."""
+    base = re.split(r"[\\/]", key.strip())[-1]
+    m = _NAME_RE.match(base)
+    return m.group("name") if m else _EXT_RE.sub("", base)
+
+
+def read_annotations(path: str | Path) -> dict[str, tuple[tuple[int, int], ...]]:
+    """``<video> s1 e1 [s2 e2 ...]`` per line -> {video name: ((s1, e1), ...)}. Names are
+    normalised (some official lines carry ``.mp4``); a repeated video, an odd number of
+    indices or a segment with ``e <= s`` is an error naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no annotations file at {path}; pass --annotations PATH (XD-Violence's "
+                                "annotations.txt)")
+    out: dict[str, tuple[tuple[int, int], ...]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        name, nums = video_name(parts[0]), parts[1:]
+        if len(nums) % 2:
+            raise XDDetectionError(f"{path}:{n}: {len(nums)} frame indices for {name}; expected start/end pairs")
+        try:
+            idx = [int(x) for x in nums]
+        except ValueError:
+            raise XDDetectionError(f"{path}:{n}: frame indices must be integers, got {nums}") from None
+        segs = tuple(zip(idx[0::2], idx[1::2]))
+        bad = [s for s in segs if not 0 <= s[0] < s[1]]
+        if bad:
+            raise XDDetectionError(f"{path}:{n}: segments {bad} of {name} are not 0 <= start < end")
+        if name in out:
+            raise XDDetectionError(f"{path}:{n}: {name} is annotated twice")
+        out[name] = segs
+    return out
+
+
+def frame_count(duration: float, fps: float = DEFAULT_FPS) -> int:
+    """Frames of a clip of ``duration`` seconds at ``fps`` (at least 1)."""
+    return max(1, int(round(float(duration) * fps)))
+
+
+def frame_ground_truth(segments: Sequence[tuple[int, int]], n_frames: int) -> np.ndarray:
+    """0/1 per frame: 1 on ``[s, e)`` of every segment, cut at ``n_frames``."""
+    gt = np.zeros(n_frames, dtype=np.uint8)
+    for s, e in segments:
+        gt[s:e] = 1
+    return gt
+
+
+def expand_to_frames(step_scores: np.ndarray, n_frames: int) -> np.ndarray:
+    """Per-frame scores: frame ``f`` takes step ``floor(f * T / n_frames)``."""
+    step_scores = np.asarray(step_scores, dtype=np.float64)
+    if step_scores.ndim != 1 or len(step_scores) == 0:
+        raise ValueError(f"expected a non-empty vector of step scores, got shape {step_scores.shape}")
+    if not np.all(np.isfinite(step_scores)):
+        raise ValueError("step scores hold NaN or inf; fill masked steps before expanding")
+    idx = (np.arange(n_frames, dtype=np.int64) * len(step_scores)) // n_frames
+    return step_scores[idx]
+
+
+def frame_ap(gt: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(official PR-AUC, ``average_precision_score``) of one concatenated frame vector."""
+    gt = np.asarray(gt)
+    if len(gt) != len(scores):
+        raise XDDetectionError(f"{len(gt)} ground-truth frames but {len(scores)} scores")
+    if gt.min(initial=0) == gt.max(initial=0):
+        raise XDDetectionError("the ground truth holds only one class; AP needs violent and non-violent frames")
+    precision, recall, _ = precision_recall_curve(gt, scores)
+    return float(auc(recall, precision)), float(average_precision_score(gt, scores))
+
+
+def frame_level_ap(gt_by_video: Mapping[str, np.ndarray], scores_by_video: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Frame-level AP over videos keyed by name. Both sides must name the same videos with
+    equal frame counts; they are concatenated in sorted name order, whatever order the
+    mappings were built in."""
+    only_gt = sorted(set(gt_by_video) - set(scores_by_video))
+    only_scores = sorted(set(scores_by_video) - set(gt_by_video))
+    if only_gt or only_scores:
+        raise XDDetectionError(
+            f"scores and ground truth name different videos: {len(only_scores)} scored without ground truth "
+            f"(e.g. {only_scores[:3]}), {len(only_gt)} with ground truth but no score (e.g. {only_gt[:3]}); "
+            "align by video name (check the test list, the cache keys and annotations.txt)")
+    names = sorted(gt_by_video)
+    bad = [(n, len(gt_by_video[n]), len(scores_by_video[n])) for n in names
+           if len(gt_by_video[n]) != len(scores_by_video[n])]
+    if bad:
+        raise XDDetectionError(f"{len(bad)} videos have unequal frame counts (name, gt, scores), e.g. {bad[:3]}")
+    gt = np.concatenate([np.asarray(gt_by_video[n]) for n in names])
+    scores = np.concatenate([np.asarray(scores_by_video[n], dtype=np.float64) for n in names])
+    pr_auc, ap = frame_ap(gt, scores)
+    return {"ap_frame_pr_auc": pr_auc, "ap_frame_average_precision": ap,
+            "auc_frame_roc": float(roc_auc_score(gt, scores)), "n_videos": len(names),
+            "n_frames": int(len(gt)), "n_violent_frames": int(gt.sum())}
+
+
+@dataclass(frozen=True)
+class VideoScores:
+    """One test video's per-step anomaly scores and what frames they stand for."""
+
+    name: str
+    step_scores: np.ndarray   # [T], finite
+    duration: float           # seconds
+    violent: bool             # video-level label
+
+
+def frame_arrays(videos: Sequence[VideoScores], annotations: Mapping[str, Sequence[tuple[int, int]]],
+                 fps: float = DEFAULT_FPS, snippet_frames: int = 0,
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """Frame-level ground truth and scores per video name, and what was noticed on the way.
+
+    ``snippet_frames`` = 16 keeps only the frames of whole 16-frame snippets, as the
+    official ground truth does (its length per video is 16 x the number of I3D snippets);
+    0 (default) keeps every frame of the video. A video shorter than one snippet keeps
+    its frames.
+
+    Errors (the test set and the annotations disagree): a name twice, an annotated video
+    labelled normal, a violent video without annotation. Annotated videos absent from the
+    scores (videos missing from the download or failed extraction) are counted and left
+    out, as the scores cannot cover them."""
+    names = [v.name for v in videos]
+    dupes = sorted(n for n, c in Counter(names).items() if c > 1)
+    if dupes:
+        raise XDDetectionError(f"videos scored twice: {dupes[:3]}; a test set must hold each video once")
+    normal_annotated = sorted(v.name for v in videos if not v.violent and v.name in annotations)
+    if normal_annotated:
+        raise XDDetectionError(f"{len(normal_annotated)} videos labelled normal have violent segments in the "
+                               f"annotations (e.g. {normal_annotated[:3]}); check the labels and the annotations file")
+    unannotated = sorted(v.name for v in videos if v.violent and v.name not in annotations)
+    if unannotated:
+        raise XDDetectionError(f"{len(unannotated)} violent test videos have no line in the annotations (e.g. "
+                               f"{unannotated[:3]}); pass the annotations.txt that belongs to this test list")
+    gt, scores = {}, {}
+    beyond = 0
+    for v in videos:
+        n_all = frame_count(v.duration, fps)
+        n = (n_all // snippet_frames) * snippet_frames if snippet_frames > 0 and n_all >= snippet_frames else n_all
+        segs = annotations.get(v.name, ())
+        beyond += sum(max(0, e - max(s, n_all)) for s, e in segs)
+        gt[v.name] = frame_ground_truth(segs, n)
+        scores[v.name] = expand_to_frames(v.step_scores, n_all)[:n]
+    scored = set(names)
+    not_scored = sorted(n for n in annotations if n not in scored)
+    if not_scored:
+        logger.warning("%d annotated videos have no score (not extracted or not in the test split), e.g. %s",
+                       len(not_scored), not_scored[:3])
+    if beyond:
+        logger.warning("%d annotated frames lie past the end of their videos at %g fps (cut); if many, the fps "
+                       "is wrong", beyond, fps)
+    info = {"fps": fps, "snippet_frames": snippet_frames, "annotated_not_scored": len(not_scored),
+            "annotated_frames_past_end": int(beyond)}
+    return gt, scores, info
+
+
+def step_anomaly(pred: Prediction, class_names: Sequence[str]) -> np.ndarray:
+    """``1 - p(normal)`` per step ``[N, T]``; masked steps take the clip's score."""
+    if NORMAL not in class_names:
+        raise XDDetectionError(f"detection needs a run whose classes include {NORMAL!r}, got {list(class_names)}; "
+                               "train with --task xd-detection (or on the 7-class cache)")
+    k = list(class_names).index(NORMAL)
+    step = 1.0 - pred.step_probs[..., k]
+    clip = 1.0 - pred.clip_probs[:, k]
+    return np.where(pred.step_mask, step, clip[:, None])
+
+
+def _annotations_from_split(split: dict[str, Any]) -> str | None:
+    """The annotations path recorded by extraction in the official split file, if any."""
+    file = (split.get("info") or {}).get("file")
+    if not file or not Path(file).is_file():
+        return None
+    try:
+        return (json.loads(Path(file).read_text()).get("info") or {}).get("annotations")
+    except (OSError, ValueError):
+        return None
+
+
+def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None, fps: float = DEFAULT_FPS,
+                       cache: str | Path | None = None, data: CacheData | None = None, snippet_frames: int = 0,
+                       write: bool = True) -> dict[str, Any]:
+    """Frame-level AP of a run on its test split; merged into the run's ``metrics.json``.
+
+    ``annotations`` defaults to the file recorded in the official split file the run was
+    trained with (extraction records ``<lists>/annotations.txt`` there)."""
+    rundir = Path(rundir)
+    model, doc = load_run(rundir)
+    if data is None:
+        data = load_task_data(cache or doc["cache"], task_of_run(doc))
+    if json.dumps(data.identity, sort_keys=True) != json.dumps(doc["cache_identity"], sort_keys=True):
+        raise ValueError(f"{data.path} is not the cache (or task view) this run was trained on; evaluate with "
+                         f"--cache pointing at {doc['cache']}")
+    split = json.loads((rundir / "split.json").read_text())
+    annotations = annotations or _annotations_from_split(split)
+    if annotations is None:
+        raise FileNotFoundError("no annotations file given or recorded with the split; pass --annotations PATH "
+                                "(XD-Violence's annotations.txt)")
+    rows = data.rows_of(split["test"])
+    rows = rows[has_modality(data.clips, doc["train"]["modality"])[rows]]
+    if len(rows) == 0:
+        raise XDDetectionError(f"{rundir}: no test clip is usable in this cache")
+    test = data.clips.take(rows)
+    pred = predict(model, test)
+    scores = step_anomaly(pred, data.class_names)
+    with open_cache(data.path) as reader:
+        duration = dict(zip(reader.read("key").tolist(), reader.read("duration").tolist()))
+    normal = list(data.class_names).index(NORMAL)
+    keys = data.keys[rows].tolist()
+    videos = [VideoScores(video_name(k), scores[i], float(duration[k]), int(test.label[i]) != normal)
+              for i, k in enumerate(keys)]
+    gt, frame_scores, info = frame_arrays(videos, read_annotations(annotations), fps, snippet_frames)
+    result = frame_level_ap(gt, frame_scores)
+    result = {**result, **info, "annotations": str(annotations)}
+    metrics = {"detection": result, "ap_frame_pr_auc": result["ap_frame_pr_auc"],
+               "ap_frame_average_precision": result["ap_frame_average_precision"]}
+    if write:
+        path = rundir / METRICS
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**existing, **metrics}, indent=1))
+    logger.info("%s: frame-level AP %.4f (PR-AUC, official) / %.4f (average precision) over %d videos, %d frames",
+                rundir, result["ap_frame_pr_auc"], result["ap_frame_average_precision"], result["n_videos"],
+                result["n_frames"])
+    return metrics
+
+
+__all__ = ["DEFAULT_FPS", "XDDetectionError", "VideoScores", "video_name", "read_annotations", "frame_count",
+           "frame_ground_truth", "expand_to_frames", "frame_ap", "frame_level_ap", "frame_arrays", "step_anomaly",
+           "evaluate_detection"]

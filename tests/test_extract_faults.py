@@ -1,0 +1,198 @@
+"""Faults during stage 1 never lose finished clips or leave wrong features: kill -9 at
+several points, two writers on one cache, damaged chunk files, a full disk and an
+unwritable output folder. Every fault ends with the same check: ``validate`` passes, and
+a rerun completes the cache bit for bit equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cache_schema import CacheReader, validate
+from cache_schema.lock import CacheLocked, CacheWriteError
+from cache_schema.storage import ZarrBackend
+from cli import main as cli_main
+from tests.extract_harness import (
+    PauseBeforeStatus,
+    PauseInResize,
+    assert_same_cache,
+    extract_here,
+    fork_extract,
+    kill,
+    make_dataset,
+    ok_count,
+    wait_for,
+)
+
+CLI_TINY = ["--backbones", "tiny", "--workers", "0", "--batch-size", "1", "--steps", "4",
+            "--feature-dtype", "float32", "--chunk-clips", "2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("faults") / "data", n=12)
+
+
+@pytest.fixture(scope="module")
+def ref(data: Path) -> Path:
+    out = data.parent / "ref.zarr"
+    extract_here(data, out)
+    return out
+
+
+def _finished(cache: Path) -> int:
+    with CacheReader(cache) as r:
+        c = r.counts()
+        return c["ok"] + c["error"]
+
+
+def _assert_valid(cache: Path) -> None:
+    rep = validate(cache)
+    assert rep.ok, rep.problems
+
+
+def test_kill_9_at_several_points_then_resume_equals_uninterrupted(data: Path, ref: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.zarr"
+    with CacheReader(ref) as r:
+        n_clips = r.n
+        clip_s = r.attrs["last_run"]["seconds"] / n_clips  # how long one clip takes here
+
+    # 1. while the new cache's rows are being added: half the arrays resized, no keys yet
+    marker = tmp_path / "in-resize"
+    p = fork_extract(data, out, faults=(PauseInResize(after=6, marker=marker),))
+    wait_for(marker.exists, "the child to pause mid-resize")
+    kill(p)
+    assert p.exitcode == -9
+    _assert_valid(out)
+
+    # 2. while a batch is being written: features on disk, status not yet
+    marker = tmp_path / "in-write"
+    p = fork_extract(data, out, faults=(PauseBeforeStatus(nth=3, marker=marker),))
+    wait_for(marker.exists, "the child to pause between features and status")
+    with CacheReader(out) as r:  # the torn clip's features are there, but it is pending
+        status, video = r.read("status"), r.read("video")
+        torn = [i for i in range(r.n) if status[i] == "" and np.any(video[i] != 0)]
+    kill(p)
+    assert len(torn) == 1, "exactly the clip in flight has features without a status"
+    _assert_valid(out)
+    assert _finished(out) == 2
+
+    # 3. at seeded random moments within the next clip or two (decode, embed or write)
+    rng = np.random.default_rng(1234)
+    killed: list[bool] = []
+    for delay in rng.uniform(0.0, 1.5 * clip_s, size=3):
+        before = _finished(out)
+        p = fork_extract(data, out)
+        wait_for(lambda: _finished(out) > before or not p.is_alive(), "progress")
+        p.join(delay)  # the random moment (the child runs on meanwhile)
+        killed.append(p.is_alive())
+        kill(p)
+        _assert_valid(out)
+        assert before < _finished(out) <= n_clips
+    assert any(killed) and _finished(out) < n_clips, "the kills should land before the end"
+
+    summary = extract_here(data, out)
+    assert summary.skipped + summary.done + len(summary.failed) == n_clips
+    _assert_valid(out)
+    assert_same_cache(ref, out)
+
+
+def test_second_writer_is_refused_and_a_killed_writer_never_blocks(data: Path, ref: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.zarr"
+    marker = tmp_path / "holding"
+    holder = fork_extract(data, out, faults=(PauseBeforeStatus(nth=2, marker=marker),))
+    wait_for(marker.exists, "the first extract to be writing")
+
+    with pytest.raises(CacheLocked) as refused:
+        extract_here(data, out)
+    msg = str(refused.value)
+    assert f"pid {holder.pid}" in msg and socket.gethostname() in msg and "another --out" in msg
+
+    result = CliRunner().invoke(cli_main, ["extract", "--dataset", "synth", "--root", str(data), "--out", str(out),
+                                           *CLI_TINY])
+    assert result.exit_code == 2, result.output
+    assert f"is being written by pid {holder.pid}" in result.output
+
+    kill(holder)  # kill -9: the kernel drops its flock, the lock file stays behind
+    assert (tmp_path / "c.zarr.lock").exists()
+    extract_here(data, out)
+    assert_same_cache(ref, out)
+
+
+def test_damaged_chunk_files_are_named_then_repaired(data: Path, ref: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.zarr"
+    shutil.copytree(ref, out)
+    with CacheReader(out) as r:
+        keys = list(r.keys)
+    chunk = out / "video" / "c" / "1" / "0" / "0"  # rows 2-3
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])  # truncated
+    (out / "audio" / "c" / "3" / "0" / "0").unlink()  # rows 6-7, deleted
+    (out / "status" / "c" / "0").unlink()  # rows 0-1: finished clips without a status
+    broken = keys[0:4] + keys[6:8]
+
+    result = CliRunner().invoke(cli_main, ["cache", "validate", str(out)])
+    assert result.exit_code == 1
+    assert "chunk of rows 2-3 is unreadable" in result.output and "rows 6-7 is missing" in result.output
+    named = result.output.split("broken clips")[1]
+    assert all(k in named for k in broken) and not any(k in named for k in keys[4:6] + keys[8:])
+
+    summary = extract_here(data, out)
+    assert summary.done + len(summary.failed) == len(broken) and summary.skipped == len(keys) - len(broken)
+    _assert_valid(out)
+    assert_same_cache(ref, out)
+
+
+def test_disk_full_keeps_finished_clips_and_says_what_to_do(data: Path, ref: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "c.zarr"
+    finished_before_full = 3
+    real_write, real_attrs = ZarrBackend.write, ZarrBackend.set_attrs
+    written = [0]
+
+    def full() -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self: ZarrBackend, name: str, rows: np.ndarray, values: np.ndarray) -> None:
+        if written[0] >= finished_before_full:
+            raise full()
+        real_write(self, name, rows, values)
+        if name == "status" and any(values != ""):
+            written[0] += len(rows)
+
+    def set_attrs(self: ZarrBackend, attrs: dict) -> None:
+        if written[0] >= finished_before_full:
+            raise full()
+        real_attrs(self, attrs)
+
+    monkeypatch.setattr(ZarrBackend, "write", write)
+    monkeypatch.setattr(ZarrBackend, "set_attrs", set_attrs)
+    with pytest.raises(CacheWriteError) as err:
+        extract_here(data, out)
+    msg = str(err.value)
+    assert "No space left on device" in msg and "kept and valid" in msg
+    with CacheReader(ref) as r:
+        assert f"{r.n - finished_before_full} clips are still pending: rerun the same command" in msg
+    monkeypatch.undo()
+
+    _assert_valid(out)
+    assert _finished(out) == finished_before_full
+    summary = extract_here(data, out)
+    assert summary.skipped == finished_before_full
+    assert_same_cache(ref, out)
+
+
+def test_unwritable_output_folder_is_a_clear_error(data: Path, tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("a file where the cache's folder should be")
+    result = CliRunner().invoke(cli_main, ["extract", "--dataset", "synth", "--root", str(data),
+                                           "--out", str(not_a_folder / "c.zarr"), *CLI_TINY])
+    assert result.exit_code == 2
+    assert "cannot write the cache" in result.output and "choose an --out" in result.output
+    assert "Traceback" not in result.output
