@@ -172,9 +172,10 @@ def _stage2_errors():
 @click.option("--fusion", type=click.Choice(["early", "late"]), default="early", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last saved epoch.")
 @_train_options
-def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, out: Path, task: str | None,
-          **kw) -> None:
+def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, out: Path, resume: bool,
+          task: str | None, **kw) -> None:
     """Stage 2: train a head on the cache only, then evaluate it on the test split."""
     from temporal.metrics import format_summary
     from temporal.train import train as train_run
@@ -184,7 +185,7 @@ def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, ou
     try:
         cfg = _train_config(head, modality, fusion, seed, **kw)
         data = load_task_data(cache_path, task) if task else None
-        result = train_run(cache_path, out, cfg, data=data)
+        result = train_run(cache_path, out, cfg, data=data, resume=resume)
     except _stage2_errors() as exc:
         _fail(exc)
     click.echo(format_summary(result.metrics))
@@ -235,11 +236,13 @@ def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations
 def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: int, seed: int, task: str | None,
             **kw) -> None:
     """The paper's Table 2: every head x modality from one cache and one split."""
+    from dataclasses import replace
+
     from temporal.compare import compare as compare_run
 
     kw["split_file"] = _official_split(cache_path, kw["split_file"], task)
     try:
-        base = _train_config("mtcn", "fused", "early", seed, progress=False, **kw)
+        base = replace(_train_config("mtcn", "fused", "early", seed, progress=False, **kw), checkpoint_every=0)
         compare_run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
                             modalities=tuple(m for m in modalities.split(",") if m),
                             seeds=tuple(range(seed, seed + n_seeds)), base=base)

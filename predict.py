@@ -352,8 +352,10 @@ class Predictor:
         try:
             pred = self._predict_windows(path, config) if config.window else self._predict_clip(path, config)
         except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-            logger.warning("%s: %s", path, exc)
-            pred = VideoPrediction(str(path), self.class_names, error=str(exc) or type(exc).__name__)
+            message = str(exc) or type(exc).__name__
+            message = message if str(path) in message else f"{path}: {message}"
+            logger.warning("%s", message)
+            pred = VideoPrediction(str(path), self.class_names, error=message)
         pred.seconds = time.perf_counter() - t0
         return pred
 

@@ -1,31 +1,42 @@
 """Checkpoints without pickle: weights in safetensors, everything else in JSON.
 
 ``model.safetensors`` holds the best-on-validation weights (and the feature
-standardisation buffers). ``train_state.safetensors`` + ``train_state.json`` hold what a
+standardisation buffers). ``train_state.safetensors`` holds what a
 later ``train --resume`` needs to continue after the last epoch exactly: the last
 weights (``model.<name>``), the optimizer's per-parameter tensors (flattened to
-``optimizer.<param>.<name>``), the random generators' states, and, as JSON, the
-optimizer's param groups, the LR scheduler's state and the loop's counters.
+``optimizer.<param>.<name>``), the random generators' states, and, as JSON in the file's metadata, the
+optimizer's param groups, the LR scheduler's state and the loop's counters (history
+included). It is rewritten atomically after every epoch.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.safetensors"
-TRAIN_STATE_JSON = "train_state.json"
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """Write beside ``path`` and rename over it, so that a run killed mid-save keeps the
+    previous checkpoint instead of a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    _replace_atomically(Path(path), lambda p: save_file(tensors, str(p)))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -69,18 +80,24 @@ def save_train_state(rundir: str | Path, model: nn.Module, optimizer: torch.opti
             tensors[f"optimizer.{pid}.{name}"] = torch.as_tensor(v).detach().contiguous().cpu().clone()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.shuffle"] = generator.get_state()
-    save_file(tensors, str(rundir / TRAIN_STATE))
     doc = {"param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(), "loop": loop}
-    (rundir / TRAIN_STATE_JSON).write_text(json.dumps(_json_safe(doc), indent=1))
+    text = json.dumps(_json_safe(doc))
+    # The JSON part travels inside the safetensors file's metadata: one file, replaced
+    # atomically, so tensors and counters can never come from two different epochs.
+    _replace_atomically(rundir / TRAIN_STATE, lambda p: save_file(tensors, str(p), metadata={"train_state": text}))
 
 
 def load_train_state(rundir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                      generator: torch.Generator) -> dict[str, Any]:
     """Restore what :func:`save_train_state` wrote; returns the loop counters."""
     rundir = Path(rundir)
-    tensors = load_file(str(rundir / TRAIN_STATE))
+    path = rundir / TRAIN_STATE
+    if not path.exists():
+        raise FileNotFoundError(f"no training state in {rundir} to resume from; train without --resume")
+    with safe_open(str(path), framework="pt") as f:
+        doc = _from_json(json.loads((f.metadata() or {})["train_state"]))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    doc = _from_json(json.loads((rundir / TRAIN_STATE_JSON).read_text()))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         if key.startswith("optimizer."):

@@ -29,7 +29,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from .checkpoint import WEIGHTS, save_train_state, save_weights
+from .checkpoint import TRAIN_STATE, WEIGHTS, load_train_state, save_train_state, save_weights
 from .data import CacheData, Clips, drop_modalities, has_modality, load_cache, streams_for
 from .evaluate import evaluate_run
 from .heads import HEADS
@@ -65,6 +65,7 @@ class TrainConfig:
     input_dropout: float = 0.5      # drops whole feature dimensions of a training clip
     modality_dropout: float = 0.0   # fused runs: chance that a training clip loses one stream
     threads: int | None = 1         # torch intra-op threads during the run (None: leave as is); see torch_threads
+    checkpoint_every: int = 1       # epochs between saved training states (for --resume); 0 = only at the end
     head_options: dict[str, Any] = field(default_factory=dict)
     loss: LossConfig = LossConfig()
     split: SplitConfig = SplitConfig()
@@ -183,14 +184,26 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def train(cache: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
-          data: CacheData | None = None) -> RunResult:
+          data: CacheData | None = None, resume: bool = False) -> RunResult:
     """Train one head on one cache into run directory ``out``, then evaluate it on the
-    test split. ``data`` skips reading the cache again (``compare`` loads it once)."""
+    test split. ``data`` skips reading the cache again (``compare`` loads it once).
+    ``resume`` continues an interrupted run from its last saved epoch; with the same
+    config it ends with the same weights and metrics as an uninterrupted run."""
     with torch_threads(config.threads):
-        return _train(cache, out, config, data)
+        return _train(cache, out, config, data, resume)
 
 
-def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheData | None) -> RunResult:
+def _check_resumable(out: Path, config: TrainConfig) -> None:
+    saved = json.loads((out / CONFIG).read_text()).get("train") if (out / CONFIG).exists() else None
+    if saved is None or not (out / TRAIN_STATE).exists():
+        raise FileNotFoundError(f"{out} holds no training state to resume; train without --resume")
+    if json.dumps(saved, sort_keys=True) != json.dumps(config.to_json(), sort_keys=True):
+        raise ValueError(f"{out} was trained with another configuration ({out / CONFIG}); "
+                         "resume with the same options, or train into a new --out")
+
+
+def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheData | None,
+           resume: bool = False) -> RunResult:
     torch.set_flush_denormal(True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +230,8 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_lr)
 
+    if resume:
+        _check_resumable(out, config)
     _write_json(out / CONFIG, {
         "cache": str(Path(cache).resolve()), "cache_identity": data.identity, "class_names": list(data.class_names),
         "steps": data.steps, "video_dim": data.config.video.dim, "audio_dim": data.config.audio.dim,
@@ -227,9 +242,22 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
     history: list[dict[str, float]] = []
     best: tuple[float, float] = (-1.0, float("inf"))
     best_state: dict[str, torch.Tensor] = {}
-    best_epoch, since_best = 0, 0
+    best_epoch, since_best, start, stopped = 0, 0, 1, False
+    if resume:
+        loop = load_train_state(out, model, optimizer, scheduler, generator)
+        history, best_epoch, since_best = loop["history"], loop["best_epoch"], loop["since_best"]
+        best, stopped = (loop["best_val_accuracy"], loop["best_val_loss"]), loop.get("stopped", False)
+        start = loop["epoch"] + 1
+        best_state = _read_weights(out / WEIGHTS)
+        logger.info("resuming %s after epoch %d", out, loop["epoch"])
+
+    def loop_state(epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "best_epoch": best_epoch, "best_val_accuracy": best[0], "best_val_loss": best[1],
+                "since_best": since_best, "stopped": stopped, "history": history}
+
     t0 = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc=f"{config.head}/{config.modality}", disable=not config.progress,
+    epochs = range(start, config.epochs + 1) if not stopped else range(0)
+    bar = tqdm(epochs, desc=f"{config.head}/{config.modality}", disable=not config.progress,
                leave=False, dynamic_ncols=True)
     for epoch in bar:
         te = time.perf_counter()
@@ -241,21 +269,26 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
                         "val_accuracy": va_acc, "lr": optimizer.param_groups[0]["lr"],
                         "seconds": time.perf_counter() - te})
         bar.set_postfix(loss=f"{tr_loss:.3f}", acc=f"{tr_acc:.2f}", val_acc=f"{va_acc:.2f}")
-        if (va_acc, -va_loss) > (best[0], -best[1]):
+        improved = (va_acc, -va_loss) > (best[0], -best[1])
+        if improved:
             best, best_epoch, since_best = (va_acc, va_loss), epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             since_best += 1
-            if config.early_stop and since_best >= config.early_stop:
-                logger.info("early stop at epoch %d: no better validation score for %d epochs", epoch, since_best)
-                break
+            stopped = bool(config.early_stop and since_best >= config.early_stop)
+        if config.checkpoint_every and (epoch % config.checkpoint_every == 0 or stopped or epoch == config.epochs):
+            if improved or not (out / WEIGHTS).exists():
+                save_weights(best_state, out / WEIGHTS)
+            save_train_state(out, model, optimizer, scheduler, generator, loop_state(epoch))
+        if stopped:
+            logger.info("early stop at epoch %d: no better validation score for %d epochs", epoch, since_best)
+            break
     seconds = time.perf_counter() - t0
     bar.close()
 
-    save_weights(best_state, out / WEIGHTS)
-    save_train_state(out, model, optimizer, scheduler, generator,
-                     {"epoch": len(history), "best_epoch": best_epoch, "best_val_accuracy": best[0],
-                      "best_val_loss": best[1], "since_best": since_best})
+    if not config.checkpoint_every:
+        save_weights(best_state, out / WEIGHTS)
+        save_train_state(out, model, optimizer, scheduler, generator, loop_state(len(history)))
     _write_history(out / HISTORY, history)
     plot_history(history, out / CURVES, f"{config.head} / {config.modality} ({config.fusion}), seed {config.seed}")
     _write_json(out / TRAINING, {
@@ -266,6 +299,12 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
     })
     metrics = evaluate_run(out, data=data)
     return RunResult(out, metrics, history)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path)) if path.exists() else {}
 
 
 def _write_json(path: Path, obj: Any) -> None:

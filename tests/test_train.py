@@ -70,7 +70,7 @@ def test_every_head_overfits_a_tiny_cache(tmp_path: Path, head: str) -> None:
 def test_run_directory_metrics_and_evaluate(cache: Path, tmp_path: Path) -> None:
     result = train(cache, tmp_path / "run", QUICK)
     run = tmp_path / "run"
-    for name in ("config.json", "split.json", "model.safetensors", "train_state.safetensors", "train_state.json",
+    for name in ("config.json", "split.json", "model.safetensors", "train_state.safetensors",
                  "history.csv", "training.json", "curves.png", "metrics.json", "per_class.md", "confusion.png"):
         assert (run / name).is_file(), name
     m = json.loads((run / "metrics.json").read_text())
@@ -186,3 +186,41 @@ def test_training_never_opens_media_or_loads_a_backbone(cache: Path, tmp_path: P
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("ok")
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path) -> None:
+    """Training killed after some epochs and resumed ends exactly where an
+    uninterrupted run of the same seed ends (weights and metrics)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from temporal.train import TrainConfig, train
+
+    cache = tmp_path / "c.zarr"
+    write_class_cache(cache, make_config(classes=("normal", "crash", "pain")), n=36, seed=0, separation=0.6)
+    cfg = TrainConfig(head="mtcn", epochs=6, seed=3, progress=False)
+    full = train(cache, tmp_path / "full", cfg)
+    # The interrupted run: a process that dies (os._exit) right after epoch 3 is saved.
+    script = (
+        "import os, sys\n"
+        "import temporal.checkpoint as ck, temporal.train as tr\n"
+        "real = ck.save_train_state\n"
+        "def save(rundir, model, opt, sched, gen, loop):\n"
+        "    real(rundir, model, opt, sched, gen, loop)\n"
+        "    if loop['epoch'] == 3: os._exit(9)\n"
+        "tr.save_train_state = save\n"
+        f"tr.train({str(cache)!r}, {str(tmp_path / 'resumed')!r}, tr.TrainConfig(head='mtcn', epochs=6, seed=3, progress=False))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True)
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    resumed = train(cache, tmp_path / "resumed", cfg, resume=True)
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
+    for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro"):
+        assert resumed.metrics[key] == full.metrics[key], key
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(cache, tmp_path / "resumed", TrainConfig(head="gru", epochs=6, seed=3, progress=False), resume=True)
