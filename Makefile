@@ -35,11 +35,12 @@ TASK ?=
 TASK_ARG := $(if $(TASK),--task $(TASK))
 
 .PHONY: install demo test data extract cache-info clean-outputs help bench-extract bench-train \
-	train evaluate compare ablate-steps ablate-fusion
+	train evaluate compare ablate-steps ablate-fusion predict figures bench
 
 help:
 	@echo "make demo | test | data DATASET=synth | extract DATASET=... [DATA_ROOT=...] | train HEAD=mtcn"
 	@echo "     | evaluate RUN=... | compare [SEEDS=3] | ablate-steps | ablate-fusion | bench-extract | bench-train"
+	@echo "     | predict RUN=... VIDEO=... [WINDOW=10 HOP=5 PLOT=out.png JSON=1] | figures RUN=... | bench"
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -113,6 +114,25 @@ bench-extract: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) cli.py bench-train --out reports/bench/train.json
+
+# Table 4 (FPS, latency, inference, parameters): CPU always, CUDA fp32 + bf16 when a GPU is visible.
+bench: bench-extract bench-train
+	HF_HUB_OFFLINE=1 $(PY) -m efficiency --out reports/bench/efficiency.json
+
+# Raw video in: make predict RUN=runs/... VIDEO="a.mp4 b.mkv" [WINDOW=10 HOP=5] [PLOT=timeline.png] [JSON=1]
+VIDEO ?=
+WINDOW ?=
+HOP ?=
+PLOT ?=
+JSON ?=
+predict: $(STAMP)
+	@test -n "$(VIDEO)" || { echo "give the videos: make predict RUN=runs/... VIDEO=\"a.mp4 b.mp4\""; exit 2; }
+	$(PY) cli.py predict $(RUN) $(VIDEO) $(if $(WINDOW),--window $(WINDOW)) $(if $(HOP),--hop $(HOP)) \
+		$(if $(PLOT),--plot $(PLOT)) $(if $(JSON),--json)
+
+# The paper's figures of a run (confusion matrices, F1, curves, heat-map, frame strips) -> RUN/figures/.
+figures: $(STAMP)
+	$(PY) cli.py figures $(RUN)
 
 clean-outputs:
 	rm -rf data cache runs reports

@@ -63,6 +63,15 @@ def plot_timeline(pred: VideoPrediction, path: str | Path, max_frames: int = 8) 
     """Figure 5: the anomaly score over time, shaded where the predicted class is not
     normal (coloured by class), with a strip of sampled frames beneath, each at its time.
     Frames come from ``pred.thumbnails`` (predict with ``thumbnails=True``)."""
+    fig = timeline_figure(pred, max_frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def timeline_figure(pred: VideoPrediction, max_frames: int = 8) -> Figure:
+    """The Figure-5 view of one prediction (see ``plot_timeline``)."""
     if pred.error:
         raise ValueError(f"{pred.video} was not predicted ({pred.error}); nothing to plot")
     colours = class_colours(pred.class_names)
@@ -107,10 +116,7 @@ def plot_timeline(pred: VideoPrediction, path: str | Path, max_frames: int = 8) 
             a.set_title(f"{t:.1f} s" + (f"\n{hot.label}" if hot else ""), fontsize=8,
                         color=colours.get(hot.label, "#C44E52") if hot else "black")
         bottom.suptitle("sampled frames (▲ on the time axis)", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return fig
 
 
 def _pick_clips(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> list[int]:
@@ -193,4 +199,4 @@ def timeline_png_size() -> tuple[int, int]:
 
 
 __all__ = ["THUMB_HEIGHT", "class_colours", "plot_clip_strips", "plot_timeline", "strip_png_size",
-           "timeline_png_size"]
+           "timeline_figure", "timeline_png_size"]

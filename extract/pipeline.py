@@ -229,7 +229,7 @@ def iter_decoded(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Cal
                 raise
             logger.warning("a decoding worker %s (%s); isolating the clips of its batch", how, exc)
         finally:
-            _stop_workers(batches, hung=how == "hung")
+            _stop_workers(batches)
         if how is None:
             return
         bad_from = start + seen * cfg.batch_size
@@ -253,18 +253,15 @@ def _isolated(row: ManifestRow, cfg: ExtractConfig, transform: Callable | None) 
             raise
         return _failed_clip(row, how, cfg)
     finally:
-        _stop_workers(batches, hung=how == "hung")
+        _stop_workers(batches)
 
 
-def _stop_workers(batches: Iterator[Any], hung: bool) -> None:
-    """Shut the loader's worker processes down now rather than whenever the garbage
-    collector gets to the iterator (an exception's traceback keeps it alive), and kill a
-    hung one instead of waiting for it: over a week-long run, stuck decoders must not
-    pile up. Uses the DataLoader iterator's own shutdown; absent, nothing to do."""
-    if hung:
-        for w in getattr(batches, "_workers", []):
-            if w.is_alive():
-                w.kill()
+def _stop_workers(batches: Iterator[Any]) -> None:
+    """Shut the loader's worker processes down now, not whenever the garbage collector
+    reaches the iterator (an exception's traceback keeps it alive): over a week-long run,
+    hung decoders must not pile up. The DataLoader's own shutdown terminates a worker that
+    does not exit within 5 s, after unregistering it, so that its death is not reported
+    as a crash; killing it here first would be."""
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()

@@ -74,6 +74,11 @@ def _untrained_note(metrics: dict[str, Any]) -> str:
 def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str,
                           normalize: bool = False) -> Path:
     """Figure 6 (counts) or Figure 7 (each row divided by the class's test clips)."""
+    return _save(confusion_figure(cm, class_names, title, normalize), path)
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str,
+                     normalize: bool = False) -> Figure:
     counts = np.asarray(cm, dtype=np.float64)
     n = len(class_names)
     support = counts.sum(axis=1, keepdims=True)
@@ -99,12 +104,16 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class" if normalize else "test clips")
-    return _save(fig, path)
+    return fig
 
 
 def plot_f1_bars(per_class: dict[str, dict[str, float]], path: str | Path, title: str,
                  macro: float | None = None) -> Path:
     """Per-class F1 as horizontal bars (class names read level), value at each bar's end."""
+    return _save(f1_figure(per_class, title, macro), path)
+
+
+def f1_figure(per_class: dict[str, dict[str, float]], title: str, macro: float | None = None) -> Figure:
     names = list(per_class)
     f1 = np.array([per_class[c]["f1"] for c in names])
     support = [per_class[c].get("support", 0) for c in names]
@@ -123,7 +132,7 @@ def plot_f1_bars(per_class: dict[str, dict[str, float]], path: str | Path, title
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("F1 on the test split")
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def read_history(path: str | Path) -> list[dict[str, float]]:
@@ -134,6 +143,10 @@ def read_history(path: str | Path) -> list[dict[str, float]]:
 def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path, title: str,
                          best_epoch: int | None = None) -> Path:
     """Loss, accuracy (train and validation) and learning rate per epoch."""
+    return _save(curves_figure(history, title, best_epoch), path)
+
+
+def curves_figure(history: Sequence[dict[str, float]], title: str, best_epoch: int | None = None) -> Figure:
     ep = [int(h["epoch"]) for h in history]
     fig = Figure(figsize=figure_size("curves"), layout="constrained")
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
@@ -150,7 +163,7 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: str | Path, 
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 # ------------------------------------------------------------------------- comparison
@@ -174,6 +187,10 @@ def read_comparison(path: str | Path) -> tuple[list[str], list[str], dict[tuple[
 
 def plot_comparison_heatmap(table_csv: str | Path, path: str | Path, title: str | None = None) -> Path:
     """Table 2 as a heat-map: heads down, every (modality, metric) across, values in %."""
+    return _save(heatmap_figure(table_csv, title), path)
+
+
+def heatmap_figure(table_csv: str | Path, title: str | None = None) -> Figure:
     heads, modalities, cells = read_comparison(table_csv)
     cols = [(m, k, short) for m in modalities for k, short in METRICS]
     values = np.array([[cells.get((h, m), {}).get(k, np.nan) for m, k, _ in cols] for h in heads])
@@ -193,7 +210,7 @@ def plot_comparison_heatmap(table_csv: str | Path, path: str | Path, title: str 
     ax.set_ylabel("temporal head")
     ax.set_title(title or "Comparison of temporal heads (test split, %)", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8, label="score")
-    return _save(fig, path)
+    return fig
 
 
 def find_comparison(rundir: str | Path) -> Path | None:
@@ -293,6 +310,7 @@ def run_figures(rundir: str | Path, out: str | Path | None = None, compare: str 
     return written
 
 
-__all__ = ["DPI", "SplitPredictions", "figure_size", "find_comparison", "plot_comparison_heatmap",
+__all__ = ["DPI", "SplitPredictions", "confusion_figure", "curves_figure", "f1_figure", "figure_size",
+           "heatmap_figure", "find_comparison", "plot_comparison_heatmap",
            "plot_confusion_matrix", "plot_f1_bars", "plot_training_curves", "png_size", "read_comparison",
            "read_history", "run_figures", "predict_test_split"]

@@ -168,8 +168,8 @@ def test_the_per_clip_time_limit_holds_even_for_a_decoder_stuck_in_c(tmp_path: P
     for name in ("a.mp4", "sleepy.mp4", "stuck.mp4", "z.mp4"):
         write_clip(root / name, duration=1.0)
     monkeypatch.setattr(pipeline, "decode_clip", _sleepy_decoder(pipeline.decode_clip))  # forked workers inherit it
-    # 3 s: short, yet far beyond what the good 1 s clips need even on a loaded machine
-    cfg = replace(CFG, workers=1, batch_size=1, clip_timeout=3.0)
+    # 2 s: short, yet far beyond what the good 1 s clips need even on a loaded machine
+    cfg = replace(CFG, workers=1, batch_size=1, clip_timeout=2.0)
     t0 = time.monotonic()
     summary = _run(root, tmp_path / "c.zarr", cfg)
     assert time.monotonic() - t0 < 60

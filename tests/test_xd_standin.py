@@ -71,7 +71,8 @@ def test_extract_keeps_the_official_split_and_counts_missing(extracted: dict) ->
 
 
 def test_detection_ap_is_high_on_obvious_events(extracted: dict, tmp_path: Path) -> None:
-    from temporal import SplitConfig, TrainConfig, load_cache, train
+    from temporal import SplitConfig, TrainConfig, load_cache
+    from temporal.train import train
     from temporal.xd_detection import evaluate_detection
     from temporal.xd_tasks import apply_task
 
@@ -98,7 +99,8 @@ def test_detection_ap_is_high_on_obvious_events(extracted: dict, tmp_path: Path)
 
 
 def test_recognition_uses_violent_videos_and_six_classes(extracted: dict, tmp_path: Path) -> None:
-    from temporal import SplitConfig, TrainConfig, load_cache, train
+    from temporal import SplitConfig, TrainConfig, load_cache
+    from temporal.train import train
     from temporal.xd_tasks import apply_task
 
     data = apply_task(load_cache(extracted["cache"]), "xd-recognition")
