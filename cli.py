@@ -97,8 +97,9 @@ def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int,
             from extract.xd_violence import load_xd_violence
 
             xd = load_xd_violence(root, lists)
-            click.echo(xd.describe())
-            click.echo(f"official split -> {xd.write_official_split(out)}")
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one rank speaks and writes
+                click.echo(xd.describe())
+                click.echo(f"official split -> {xd.write_official_split(out)}")
             manifest = xd.manifest
         else:
             manifest = build_manifest(dataset, root)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
-from predict import THUMB_HEIGHT, VideoPrediction, thumbnail
+from predict import VideoPrediction, thumbnail
 from temporal.figures import DPI, predict_test_split
 from temporal.metrics import NORMAL
 
@@ -198,5 +198,5 @@ def timeline_png_size() -> tuple[int, int]:
     return int(round(TIMELINE_SIZE[0] * DPI)), int(round(TIMELINE_SIZE[1] * DPI))
 
 
-__all__ = ["THUMB_HEIGHT", "class_colours", "plot_clip_strips", "plot_timeline", "strip_png_size",
+__all__ = ["class_colours", "plot_clip_strips", "plot_timeline", "strip_png_size",
            "timeline_figure", "timeline_png_size"]

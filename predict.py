@@ -42,6 +42,7 @@ from extract.decode import DecodeError, decode_clip
 from extract.frozen_model import autocast_context, resolve_device
 from extract.pipeline import SAMPLE_RATE, Decoded, FeatureExtractor
 from extract.windows import DecodedWindow, decode_windows
+from extract.windows import thumbnail as window_thumbnail
 from temporal.data import Clips
 from temporal.evaluate import load_run
 from temporal.metrics import NORMAL
@@ -434,8 +435,8 @@ class Predictor:
 
 
 def thumbnail(image: Image.Image, height: int = THUMB_HEIGHT) -> Image.Image:
-    width = max(1, int(round(image.width * height / max(image.height, 1))))
-    return image.resize((width, height), Image.Resampling.BILINEAR)
+    """A small copy of a frame for the plots."""
+    return window_thumbnail(image, height)
 
 
 def _runs(hot: np.ndarray, edges: np.ndarray, scores: np.ndarray, label: str | list[str]) -> list[Segment]:

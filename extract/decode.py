@@ -221,6 +221,8 @@ class _AudioAccumulator:
         self._decode(packet)
 
     def _decode(self, packet: av.Packet | None) -> None:
+        if packet is None and (self._stream is None or self._stream.codec_context is None):
+            return  # nothing was ever decoded (or the header names no usable codec): nothing to flush
         try:
             frames = (
                 packet.decode() if packet is not None else self._stream.codec_context.decode(None)

@@ -33,7 +33,7 @@ from cache_schema.lock import CacheLock, CacheWriteError
 
 from .backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone, resolve_device
 from .decode import ClipTimeout, DecodedClip, DecodeError, decode_clip
-from .distributed import DistEnv, Group, RankFailed, Shard, plan_shards, process_group, rank_device
+from .distributed import DistEnv, Group, RankFailed, plan_shards, process_group, rank_device
 from .manifest import Manifest, ManifestRow
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ from extract.decode import (
 from extract.probe import MediaInfo, open_container, probe
 from extract.sampling import step_centres, step_segments, target_frames
 
-__all__ = ["DecodedWindow", "decode_windows", "plan_windows"]
+__all__ = ["DecodedWindow", "decode_windows", "plan_windows", "thumbnail", "window_steps"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,11 @@ class _WindowAssembler:
 
     def finish(self) -> None:
         """End of stream: targets never reached take the last frame seen (as decode_clip)."""
-        if not self.frames:
+        if not self.frames:  # nothing at all came out for the rest of the video
+            while not self.done:
+                self.ctx.emit(self.next, None, None, f"{self.ctx.path}: the video yielded no frame for this window "
+                              "(the file ends early or is damaged)")
+                self.next += 1
             return
         last = self.frames[max(self.frames)]
         while not self.done:
@@ -311,7 +315,8 @@ class _WindowAssembler:
                 del self.frames[i]
 
 
-def _thumbnail(image: Image.Image, height: int) -> Image.Image:
+def thumbnail(image: Image.Image, height: int) -> Image.Image:
+    """A small copy of a frame for plots (the frame strips)."""
     width = max(1, int(round(image.width * height / max(image.height, 1))))
     return image.resize((width, height), Image.Resampling.BILINEAR)
 
@@ -348,7 +353,7 @@ def decode_windows(
             rotation.append(frame_rotation(frame))
         image = to_display_image(frame)
         out = frame_transform(image) if frame_transform is not None else image
-        return (out, _thumbnail(image, thumb_height)) if thumb_height else out
+        return (out, thumbnail(image, thumb_height)) if thumb_height else out
 
     audio = _AudioStream(path, info, sample_rate) if info.audio is not None else None
     ctx = _Context(path, info, plan_windows(info.duration, window, hop), steps, audio, sample_rate, stats,

@@ -1,5 +1,5 @@
 """Helpers for the fault, distributed and fuzz tests of stage 1: a small dataset, a
-reference run, exact cache comparison, and extraction in forked processes.
+reference run, exact cache comparison, and extraction in child processes.
 
 Why child processes from a forkserver: a child forked from a process that already
 imported torch, transformers and zarr starts in milliseconds where a fresh interpreter
@@ -235,11 +235,3 @@ def kill(p: mp.Process) -> None:
     if p.pid is not None and p.is_alive():
         os.kill(p.pid, signal.SIGKILL)
     p.join(10)
-
-
-def ok_count(cache: Path) -> int:
-    try:
-        with CacheReader(cache) as r:
-            return r.counts()["ok"]
-    except Exception:  # not created yet
-        return 0

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cache_schema import CacheError, CacheReader, CacheWriter, ClipRecord, validate

@@ -27,7 +27,6 @@ from tests.extract_harness import (
     fork_extract,
     kill,
     make_dataset,
-    ok_count,
     wait_for,
 )
 
