@@ -127,7 +127,7 @@ PLOT ?=
 JSON ?=
 predict: $(STAMP)
 	@test -n "$(VIDEO)" || { echo "give the videos: make predict RUN=runs/... VIDEO=\"a.mp4 b.mp4\""; exit 2; }
-	$(PY) cli.py predict $(RUN) $(VIDEO) $(if $(WINDOW),--window $(WINDOW)) $(if $(HOP),--hop $(HOP)) \
+	@$(PY) cli.py predict $(RUN) $(VIDEO) $(if $(WINDOW),--window $(WINDOW)) $(if $(HOP),--hop $(HOP)) \
 		$(if $(PLOT),--plot $(PLOT)) $(if $(JSON),--json)
 
 # The paper's figures of a run (confusion matrices, F1, curves, heat-map, frame strips) -> RUN/figures/.

@@ -288,10 +288,6 @@ class Predictor:
         if self.normal is None:
             logger.warning("this run has no class named %r: no anomaly score, classes only", NORMAL)
 
-    @property
-    def transform(self):
-        return self.video.transform
-
     # -- the head
     @torch.inference_mode()
     def score_records(self, records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -48,9 +48,9 @@ from extract.decode import (
     _NearestFrameCollector,
     _OrderBroken,
     _PlanFailed,
+    _display_matrix,
+    _display_ops,
     _require_pts,
-    frame_rotation,
-    to_display_image,
 )
 from extract.probe import MediaInfo, open_container, probe
 from extract.sampling import step_centres, step_segments, target_frames
@@ -346,12 +346,24 @@ def decode_windows(
     info = info or probe(path)
     stats = DecodeStats(probe_packets=info.packets_demuxed)
     rotation: list[float] = []
+    display: list[tuple[list[Image.Transpose], float]] = []
 
     def convert(frame: av.VideoFrame) -> Any:
         stats.frames_converted += 1
-        if not rotation:
-            rotation.append(frame_rotation(frame))
-        image = to_display_image(frame)
+        if not display:
+            # The display matrix is read from the first frame only: reading a frame's
+            # side_data ties frame and container in a reference cycle (PyAV 18), so each
+            # frame's buffers would wait for the cyclic GC; over a long video that is
+            # hundreds of MB. The matrix is a property of the stream.
+            degrees, ops, angle = _display_ops(_display_matrix(frame))
+            rotation.append(degrees)
+            display.append((ops, angle))
+        image = frame.to_image()
+        ops, angle = display[0]
+        for op in ops:
+            image = image.transpose(op)
+        if angle:
+            image = image.rotate(-angle, expand=True)
         out = frame_transform(image) if frame_transform is not None else image
         return (out, thumbnail(image, thumb_height)) if thumb_height else out
 
