@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .data import Clips, stream_dim, stream_inputs, streams_for
 from .heads import HeadOutput, count_parameters, create_head
-from .heads.base import LOG_ZERO
+from .heads.base import LOG_ZERO, channel_dropout
 
 
 class FeatureStandardizer(nn.Module):
@@ -43,8 +43,10 @@ class FeatureStandardizer(nn.Module):
             getattr(self, f"{name}_std").copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, clips: Clips) -> Clips:
-        v = (clips.video - self.video_mean) / self.video_std * clips.video_mask.unsqueeze(-1)
-        a = (clips.audio - self.audio_mean) / self.audio_std * clips.audio_mask.unsqueeze(-1)
+        # The same three operations as (x - mean) / std * mask, two of them in place (no
+        # temporary batch-sized tensors); the buffers never need gradients.
+        v = (clips.video - self.video_mean).div_(self.video_std).mul_(clips.video_mask.unsqueeze(-1))
+        a = (clips.audio - self.audio_mean).div_(self.audio_std).mul_(clips.audio_mask.unsqueeze(-1))
         return Clips(v, a, clips.video_mask, clips.audio_mask, clips.label)
 
 
@@ -90,8 +92,9 @@ class AnomalyModel(nn.Module):
         benchmark. One draw per clip and dimension, not per step, keeps it cheap on CPU."""
         if not self.training or self.input_dropout.p == 0:
             return clips
-        v = self.input_dropout(clips.video.transpose(1, 2)).transpose(1, 2)
-        a = self.input_dropout(clips.audio.transpose(1, 2)).transpose(1, 2)
+        p = self.input_dropout.p  # channel_dropout: Dropout1d's draws, without transposes
+        v = channel_dropout(clips.video, p, True)
+        a = channel_dropout(clips.audio, p, True)
         return Clips(v, a, clips.video_mask, clips.audio_mask, clips.label)
 
 

@@ -55,3 +55,16 @@ def attention_padding(mask: Tensor) -> Tensor:
     outputs are masked away by the caller anyway."""
     pad = ~mask
     return pad & ~pad.all(dim=1, keepdim=True)
+
+
+def channel_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``nn.Dropout1d`` over the channels (last dim) of ``x`` ``[B, T, C]`` without transposing to
+    ``[B, C, T]`` and back (four fewer autograd operations per layer). It draws the same
+    random numbers as ``Dropout1d`` (one Bernoulli per clip and channel, in the same order
+    from the global generator), so seeded runs are unchanged."""
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return x * 0.0
+    noise = torch.empty(x.shape[0], 1, x.shape[2], dtype=x.dtype, device=x.device).bernoulli_(1 - p).div_(1 - p)
+    return x * noise
