@@ -45,6 +45,7 @@ from .audio_windows import (
 )
 from .frozen_model import (
     BackboneUnavailable,
+    DescribedBackbone,
     autocast_context,
     check_precision,
     freeze,
@@ -146,7 +147,7 @@ def load_pretrained_audio_model(
     return model, extractor
 
 
-class AudioBackbone:
+class AudioBackbone(DescribedBackbone):
     """A frozen wav2vec2-family encoder with windowing, bucketing and per-step pooling."""
 
     def __init__(
@@ -271,16 +272,3 @@ class AudioBackbone:
             for row, i in enumerate(batch):
                 results[i] = hidden[row, : int(n_frames[row])]
         return results  # type: ignore[return-value]
-
-    def describe(self) -> dict[str, Any]:
-        """Everything a cache needs to record about the audio features (JSON-serialisable)."""
-        return {
-            "name": self.name,
-            "arch": self.arch,
-            "dim": self.dim,
-            "pretrained": self.pretrained,
-            "checksum": self.checksum,
-            "preprocessing": self.preprocessing,
-            "device": self.device,
-            "precision": self.precision,
-        }

@@ -80,6 +80,25 @@ def prepare_torch_for(device: str) -> None:
         torch.set_flush_denormal(True)
 
 
+class DescribedBackbone:
+    """What both backbone families record in a cache's attributes; subclasses set these
+    attributes in their constructors."""
+
+    name: str
+    arch: str
+    dim: int
+    pretrained: bool
+    checksum: str
+    preprocessing: dict
+    device: str
+    precision: str
+
+    def describe(self) -> dict:
+        """Everything a cache needs to record about the features (JSON-serialisable)."""
+        return {k: getattr(self, k) for k in
+                ("name", "arch", "dim", "pretrained", "checksum", "preprocessing", "device", "precision")}
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode and no gradients: the backbones are feature extractors, never trained here."""
     model.eval()

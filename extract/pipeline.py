@@ -345,7 +345,7 @@ class FeatureExtractor:
 
 
 def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
-    return BackboneInfo(b.name, b.arch, b.checksum, b.pretrained, b.dim, dict(b.preprocessing))
+    return BackboneInfo.from_dict(b.describe())
 
 
 def load_extract_backbones(cfg: ExtractConfig, env: DistEnv | None = None) -> tuple[VideoBackbone, AudioBackbone]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from .frozen_model import (
     BackboneUnavailable,
+    DescribedBackbone,
     autocast_context,
     check_precision,
     freeze,
@@ -87,7 +88,7 @@ class VideoTransform:
         return f"VideoTransform({self.data_config})"
 
 
-class VideoBackbone:
+class VideoBackbone(DescribedBackbone):
     """A frozen timm model with num_classes=0, so model(x) is the pooled feature [N, D]."""
 
     def __init__(
@@ -142,19 +143,6 @@ class VideoBackbone:
         if not outputs:
             return torch.empty(0, self.dim)
         return torch.cat(outputs)
-
-    def describe(self) -> dict[str, Any]:
-        """Everything a cache needs to record about the video features (JSON-serialisable)."""
-        return {
-            "name": self.name,
-            "arch": self.arch,
-            "dim": self.dim,
-            "pretrained": self.pretrained,
-            "checksum": self.checksum,
-            "preprocessing": self.preprocessing,
-            "device": self.device,
-            "precision": self.precision,
-        }
 
 
 def build_random_video_model() -> nn.Module:

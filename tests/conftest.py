@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from temporal.train import torch_threads
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors on a shared 2-core machine: one intra-op thread is 10-400x faster
+    than two that fight other processes for the cores (and exactly reproducible).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with torch_threads(1):
+        yield
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -18,16 +18,17 @@ import os
 import signal
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 from cache_schema import CacheReader, CacheWriter
 from cache_schema.storage import ZarrBackend
+from temporal.train import torch_threads
 from extract.distributed import DistEnv
 from extract.manifest import VAAR_CLASSES, Manifest, build_manifest
 from extract.pipeline import ExtractConfig, run_extract
@@ -59,14 +60,9 @@ def manifest(root: Path) -> Manifest:
     return build_manifest("synth", root)
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def one_thread() -> AbstractContextManager[None]:
+    """One intra-op thread: bit-identical features whatever the batch makeup or load."""
+    return torch_threads(1)
 
 
 def extract_here(root: Path, out: Path, cfg: ExtractConfig = CFG, **kw):

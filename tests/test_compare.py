@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from cache_schema import validate
 from temporal.bench import bench_train, build_bench_cache
@@ -19,12 +18,7 @@ CLASSES = ("normal", "crash", "fight", "siren")
 FAST = TrainConfig(epochs=2, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compare_writes_table2_for_every_head_and_modality(tmp_path: Path) -> None:

@@ -13,13 +13,7 @@ from temporal.metrics import anomaly_score
 from temporal.model import AnomalyModel
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(b: int = 5, t: int = 10, d: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from extract.decode import decode_clip
@@ -33,13 +32,7 @@ LONG_DURATION, EVENT_AT, EVENT_SPAN = 30.0, 15.0, 5.0
 WINDOW, HOP = 5.0, 2.5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def render(path: Path, label: str, duration: float, seed: int, event_at: float | None = None,

@@ -29,12 +29,7 @@ CLASSES = ("normal", "crash", "fight", "siren")
 QUICK = TrainConfig(epochs=3, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cache_schema import open_cache
@@ -29,14 +28,7 @@ DETECTION_HEAD = dict(head="pool", head_options={"hidden": 64}, modality="video"
                       progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread is 10-400x faster
-    than two that fight other processes for the cores (and exactly reproducible)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
