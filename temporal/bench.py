@@ -23,7 +23,6 @@ import torch
 from cache_schema import BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
 
 from .data import load_cache
-from .losses import LossConfig
 from .train import TrainConfig, build_model, make_optimizer, torch_threads, train_epoch
 
 
@@ -75,14 +74,15 @@ def _bench(out_json: str | Path | None, n_clips: int, steps: int, epochs: int, c
         t_load = time.perf_counter() - t0
     torch.manual_seed(config.seed)
     model = build_model(config, data)
-    rows = np.arange(len(data.clips))
     model.standardize.fit(data.clips)
+    with torch.no_grad():
+        inputs = model.head_inputs(data.clips)
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
-        train_epoch(model, data.clips, rows, optimizer, config.batch_size, generator, LossConfig(), None)
+        train_epoch(model, inputs, optimizer, config, generator)
         times.append(time.perf_counter() - t0)
     result = {
         "head": config.head, "modality": config.modality, "fusion": config.fusion, "params": model.parameter_count(),

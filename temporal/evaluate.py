@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import WEIGHTS, load_weights
-from .data import CacheData, Clips, has_modality, load_cache
+from .data import CacheData, Clips, has_modality
 from .metrics import anomaly_score, classification_metrics, per_class_table
 from .model import AnomalyModel
 from .plots import plot_confusion
@@ -49,7 +49,7 @@ def load_run(rundir: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
     doc = read_run_config(rundir)
     t = doc["train"]
     model = AnomalyModel(t["head"], t["modality"], t["fusion"], doc["video_dim"], doc["audio_dim"],
-                         len(doc["class_names"]), doc["steps"], t.get("head_options") or {}, t.get("input_dropout", 0.0))
+                         len(doc["class_names"]), doc["steps"], t.get("head_options") or {})
     load_weights(model, Path(rundir) / WEIGHTS)
     return model.eval(), doc
 

@@ -10,6 +10,7 @@ with cross-entropy on their clip logits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,20 +29,23 @@ class LossConfig:
 
 
 def smoothing_loss(step_logits: Tensor, mask: Tensor, tau: float = 4.0) -> Tensor:
-    """MS-TCN's truncated MSE over consecutive valid steps; 0 for constant predictions."""
+    """MS-TCN's truncated MSE over consecutive valid steps; 0 for constant predictions.
+    ``step_logits`` is ``[..., B, T, C]`` (leading dims: stages, averaged like the rest)."""
     logp = F.log_softmax(step_logits, dim=-1)
-    delta = logp[:, 1:] - logp[:, :-1].detach()
+    delta = logp[..., 1:, :] - logp[..., :-1, :].detach()
     sq = torch.clamp(delta**2, min=0.0, max=tau**2)
     pair = (mask[:, 1:] & mask[:, :-1]).unsqueeze(-1).to(sq.dtype)
-    denom = pair.sum() * sq.shape[-1]
+    denom = pair.sum() * sq.shape[-1] * math.prod(sq.shape[:-3])  # x stages, if stacked
     return (sq * pair).sum() / denom.clamp_min(1.0)
 
 
 def step_cross_entropy(step_logits: Tensor, labels: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Cross-entropy of every valid step against its clip's label (weighted mean)."""
-    targets = labels.unsqueeze(1).expand_as(mask).masked_fill(~mask, IGNORE)
+    """Cross-entropy of every valid step against its clip's label (weighted mean).
+    ``step_logits`` is ``[..., B, T, C]`` (leading dims: stages, averaged like the rest)."""
     if not mask.any():
         return step_logits.sum() * 0.0
+    targets = labels.unsqueeze(1).expand_as(mask).masked_fill(~mask, IGNORE)
+    targets = targets.expand(*step_logits.shape[:-1])
     return F.cross_entropy(step_logits.reshape(-1, step_logits.shape[-1]), targets.reshape(-1),
                            weight=weight, ignore_index=IGNORE)
 
@@ -57,9 +61,12 @@ def head_loss(out: HeadOutput, labels: Tensor, mask: Tensor, config: LossConfig 
     """The loss a head is trained with (see module doc). Clips without a valid step in
     ``mask`` contribute nothing (late fusion: a stream absent from a clip)."""
     if out.stage_logits:
-        total = out.step_logits.new_zeros(())
-        for logits in out.stage_logits:
-            total = total + step_cross_entropy(logits, labels, mask, weight)
-            total = total + config.smoothing_weight * smoothing_loss(logits, mask, config.smoothing_tau)
-        return total
+        # All stages at once: every stage has the same valid steps and targets, so the
+        # sum of per-stage means is the number of stages times the mean over the stack
+        # (one loss computation instead of one per stage; it is the per-step cost that
+        # counts for heads this small).
+        stages = torch.stack(out.stage_logits)
+        per_stage = step_cross_entropy(stages, labels, mask, weight) + \
+            config.smoothing_weight * smoothing_loss(stages, mask, config.smoothing_tau)
+        return per_stage * len(out.stage_logits)
     return clip_cross_entropy(out.clip_logits, labels, mask.any(1), weight)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .data import Clips, stream_dim, stream_inputs, streams_for
+from .data import Clips, HeadInputs, stream_dim, stream_inputs, streams_for
 from .heads import HeadOutput, count_parameters, create_head
-from .heads.base import LOG_ZERO, channel_dropout
+from .heads.base import LOG_ZERO
 
 
 class FeatureStandardizer(nn.Module):
@@ -60,11 +60,10 @@ class ModelOutput:
 
 class AnomalyModel(nn.Module):
     def __init__(self, head: str, modality: str, fusion: str, video_dim: int, audio_dim: int, num_classes: int,
-                 steps: int, head_options: dict | None = None, input_dropout: float = 0.0) -> None:
+                 steps: int, head_options: dict | None = None) -> None:
         super().__init__()
         self.streams = streams_for(modality, fusion)
         self.standardize = FeatureStandardizer(video_dim, audio_dim)
-        self.input_dropout = nn.Dropout1d(input_dropout)
         self.heads = nn.ModuleDict({
             s: create_head(head, stream_dim(s, video_dim, audio_dim), num_classes, steps, head_options)
             for s in self.streams
@@ -73,29 +72,24 @@ class AnomalyModel(nn.Module):
     def parameter_count(self) -> int:
         return count_parameters(self)
 
+    def head_inputs(self, clips: Clips) -> HeadInputs:
+        """Standardise the clips and build each stream's input. Training calls this once
+        per run (see :class:`HeadInputs`); evaluation goes through :meth:`forward`."""
+        clips = self.standardize(clips)
+        return HeadInputs({s: stream_inputs(clips, s) for s in self.streams}, clips.video_mask, clips.audio_mask,
+                          clips.label, int(clips.video.shape[-1]))
+
     def forward(self, clips: Clips) -> ModelOutput:
-        clips = self._drop_features(self.standardize(clips))
+        return self.forward_inputs(self.head_inputs(clips))
+
+    def forward_inputs(self, inputs: HeadInputs) -> ModelOutput:
         outs = {}
-        for s in self.streams:
-            x, m = stream_inputs(clips, s)
+        for s, (x, m) in inputs.streams.items():
             outs[s] = (self.heads[s](x, m), m)
         if len(outs) == 1:
             (out, m), = outs.values()
             return ModelOutput(out.clip_logits, out.step_logits, m, outs)
         return _late_fusion(outs)
-
-
-    def _drop_features(self, clips: Clips) -> Clips:
-        """Training only: drop whole feature dimensions of a clip (the same ones at every
-        step). Frozen-backbone features are wide and, on small training sets, easy to
-        memorise; this was worth several points of fused accuracy on the synthetic
-        benchmark. One draw per clip and dimension, not per step, keeps it cheap on CPU."""
-        if not self.training or self.input_dropout.p == 0:
-            return clips
-        p = self.input_dropout.p  # channel_dropout: Dropout1d's draws, without transposes
-        v = channel_dropout(clips.video, p, True)
-        a = channel_dropout(clips.audio, p, True)
-        return Clips(v, a, clips.video_mask, clips.audio_mask, clips.label)
 
 
 def _late_fusion(outs: dict[str, tuple[HeadOutput, Tensor]]) -> ModelOutput:

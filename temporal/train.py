@@ -30,7 +30,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from .checkpoint import TRAIN_STATE, WEIGHTS, load_train_state, save_train_state, save_weights
-from .data import CacheData, Clips, drop_modalities, has_modality, load_cache, streams_for
+from .data import (BatchGatherer, CacheData, HeadInputs, drop_features, drop_modalities, has_modality,
+                   load_cache, streams_for)
 from .evaluate import evaluate_run
 from .heads import HEADS
 from .losses import LossConfig, head_loss
@@ -106,7 +107,7 @@ def model_loss(out: ModelOutput, labels: torch.Tensor, config: LossConfig, weigh
 
 def build_model(config: TrainConfig, data: CacheData) -> AnomalyModel:
     return AnomalyModel(config.head, config.modality, config.fusion, data.config.video.dim, data.config.audio.dim,
-                        len(data.class_names), data.steps, config.head_options, config.input_dropout)
+                        len(data.class_names), data.steps, config.head_options)
 
 
 def usable_rows(data: CacheData, split: Split, modality: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -120,36 +121,39 @@ def usable_rows(data: CacheData, split: Split, modality: str) -> tuple[dict[str,
     return rows, missing
 
 
-def train_epoch(model: AnomalyModel, clips: Clips, rows: np.ndarray, optimizer: torch.optim.Optimizer,
-                batch_size: int, generator: torch.Generator, loss_config: LossConfig,
-                weight: torch.Tensor | None, modality_dropout: float = 0.0) -> tuple[float, float]:
-    """One pass over ``rows`` in a seeded random order; mean loss and accuracy."""
+def train_epoch(model: AnomalyModel, inputs: HeadInputs, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                generator: torch.Generator, weight: torch.Tensor | None = None) -> tuple[float, float]:
+    """One pass over ``inputs`` (built once by ``model.head_inputs``) in a seeded random
+    order, with the config's augmentations; mean loss and accuracy."""
     model.train()
-    order = torch.as_tensor(rows)[torch.randperm(len(rows), generator=generator)]
+    order = torch.randperm(len(inputs), generator=generator)
+    batches = BatchGatherer(inputs, config.batch_size)
+    modality_dropout = config.modality_dropout if config.modality == "fused" else 0.0
     total, correct = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        batch = drop_modalities(clips.take(order[start:start + batch_size]), modality_dropout, generator)
-        out = model(batch)
-        loss = model_loss(out, batch.label, loss_config, weight)
+    for start in range(0, len(order), config.batch_size):
+        batch = drop_features(batches.take(order[start:start + config.batch_size]), config.input_dropout, generator)
+        batch = drop_modalities(batch, modality_dropout, generator)
+        out = model.forward_inputs(batch)
+        loss = model_loss(out, batch.label, config.loss, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(batch)
         correct += int((out.clip_logits.argmax(1) == batch.label).sum())
-    return total / max(1, len(rows)), correct / max(1, len(rows))
+    return total / max(1, len(inputs)), correct / max(1, len(inputs))
 
 
 @torch.no_grad()
-def validate(model: AnomalyModel, clips: Clips, rows: np.ndarray, loss_config: LossConfig,
-             weight: torch.Tensor | None, batch_size: int = 512) -> tuple[float, float]:
+def validate(model: AnomalyModel, inputs: HeadInputs, loss_config: LossConfig, weight: torch.Tensor | None,
+             batch_size: int = 512) -> tuple[float, float]:
     model.eval()
     total, correct = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = clips.take(rows[start:start + batch_size])
-        out = model(batch)
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs.take(torch.arange(start, min(len(inputs), start + batch_size)))
+        out = model.forward_inputs(batch)
         total += float(model_loss(out, batch.label, loss_config, weight)) * len(batch)
         correct += int((out.clip_logits.argmax(1) == batch.label).sum())
-    return total / max(1, len(rows)), correct / max(1, len(rows))
+    return total / max(1, len(inputs)), correct / max(1, len(inputs))
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -255,15 +259,17 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
         return {"epoch": epoch, "best_epoch": best_epoch, "best_val_accuracy": best[0], "best_val_loss": best[1],
                 "since_best": since_best, "stopped": stopped, "history": history}
 
+    with torch.no_grad():  # standardised and fused once, not per batch (see HeadInputs)
+        train_inputs = model.head_inputs(data.clips.take(rows["train"]))
+        val_inputs = model.head_inputs(data.clips.take(rows["val"]))
     t0 = time.perf_counter()
     epochs = range(start, config.epochs + 1) if not stopped else range(0)
     bar = tqdm(epochs, desc=f"{config.head}/{config.modality}", disable=not config.progress,
                leave=False, dynamic_ncols=True)
     for epoch in bar:
         te = time.perf_counter()
-        tr_loss, tr_acc = train_epoch(model, data.clips, rows["train"], optimizer, config.batch_size, generator,
-                                      config.loss, weight, config.modality_dropout if config.modality == "fused" else 0.0)
-        va_loss, va_acc = validate(model, data.clips, rows["val"], config.loss, weight)
+        tr_loss, tr_acc = train_epoch(model, train_inputs, optimizer, config, generator, weight)
+        va_loss, va_acc = validate(model, val_inputs, config.loss, weight)
         scheduler.step(va_loss)
         history.append({"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
                         "val_accuracy": va_acc, "lr": optimizer.param_groups[0]["lr"],

@@ -177,7 +177,8 @@ def test_unknown_head_or_option_says_what_exists() -> None:
 
 @pytest.mark.parametrize("dilation", [1, 2, 4, 8, 16])
 def test_temporal_conv_is_a_dilated_conv1d(dilation: int) -> None:
-    """MTCN's TemporalConv computes exactly nn.Conv1d(kernel 3, padding=d, dilation=d)."""
+    """MTCN's TemporalConv computes exactly nn.Conv1d(kernel 3, padding=d, dilation=d), also where
+    the dilation reaches past the clip (16 > T)."""
     from temporal.heads.mtcn import TemporalConv
 
     torch.manual_seed(0)
@@ -186,4 +187,48 @@ def test_temporal_conv_is_a_dilated_conv1d(dilation: int) -> None:
     weight = torch.stack([w0, w1, w2], dim=-1)                # [out, in, 3]
     x = torch.randn(2, 10, 6)
     want = torch.nn.functional.conv1d(x.transpose(1, 2), weight, tc.bias, padding=dilation, dilation=dilation)
-    torch.testing.assert_close(tc(x), want.transpose(1, 2))
+    torch.testing.assert_close(tc(x.transpose(0, 1)).transpose(0, 1), want.transpose(1, 2))  # time-major in
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_mtcn_attention_is_the_multihead_attention_module(padded: bool) -> None:
+    """The block calls scaled_dot_product_attention on nn.MultiheadAttention's weights; in
+    eval it must give what the module itself gives, masked keys included."""
+    from temporal.heads.mtcn import AttentionBlock
+
+    torch.manual_seed(0)
+    block = AttentionBlock(12, 16, 4, 1, 0.1).eval()
+    h = torch.randn(3, 10, 16)
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    if padded:
+        valid[1, 6:] = False
+        valid[2, 0] = False
+    want, _ = block.attention(h, h, h, key_padding_mask=~valid if padded else None, need_weights=False)
+    got = block._self_attention(h, valid if padded else None)
+    torch.testing.assert_close(got, want)
+
+
+def test_mtcn_gives_a_clip_the_same_answer_alone_or_beside_a_padded_clip() -> None:
+    """A batch whose steps are all valid skips the mask products; a batch with one padded
+    clip does not. Both paths must give the full clip the same outputs."""
+    torch.manual_seed(0)
+    head = create_head("mtcn", 12, 4, 10).eval()
+    x, mask = _batch()
+    alone = head(x[:1], mask[:1])             # clip 0 is complete: the unmasked path
+    beside = head(x[:2], mask[:2])            # clip 1 is padded: the masked path
+    torch.testing.assert_close(beside.step_logits[:1], alone.step_logits)
+    torch.testing.assert_close(beside.clip_logits[:1], alone.clip_logits)
+
+
+def test_mtcn_loss_over_stacked_stages_is_the_sum_of_per_stage_losses() -> None:
+    from temporal.losses import step_cross_entropy
+
+    torch.manual_seed(0)
+    x, mask = _batch()
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    out = create_head("mtcn", 12, 4, 10)(x, mask)
+    cfg = LossConfig()
+    want = sum(step_cross_entropy(s, labels, mask, weight) + cfg.smoothing_weight * smoothing_loss(s, mask, cfg.smoothing_tau)
+               for s in out.stage_logits)
+    torch.testing.assert_close(head_loss(out, labels, mask, cfg, weight), want)

@@ -11,7 +11,6 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -49,14 +48,15 @@ def test_every_head_overfits_a_tiny_cache(tmp_path: Path, head: str) -> None:
     torch.manual_seed(0)
     model = AnomalyModel(head, "fused", "early", 8, 6, 4, 10)
     model.standardize.fit(data.clips)
-    cfg = TrainConfig(lr=3e-3, weight_decay=0.0)
+    cfg = TrainConfig(lr=3e-3, weight_decay=0.0, batch_size=8)
     optimizer = make_optimizer(model, cfg)
-    rows = np.arange(len(data.clips))
+    with torch.no_grad():
+        inputs = model.head_inputs(data.clips)
     g = torch.Generator().manual_seed(0)
     accuracy = 0.0
     for _ in range(40):
-        train_epoch(model, data.clips, rows, optimizer, 8, g, LossConfig(), None)
-        _, accuracy = validate(model, data.clips, rows, LossConfig(), None)
+        train_epoch(model, inputs, optimizer, cfg, g)
+        _, accuracy = validate(model, inputs, LossConfig(), None)
         if accuracy == 1.0:
             break
     assert accuracy == 1.0

@@ -57,14 +57,16 @@ def attention_padding(mask: Tensor) -> Tensor:
     return pad & ~pad.all(dim=1, keepdim=True)
 
 
-def channel_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """``nn.Dropout1d`` over the channels (last dim) of ``x`` ``[B, T, C]`` without transposing to
-    ``[B, C, T]`` and back (four fewer autograd operations per layer). It draws the same
-    random numbers as ``Dropout1d`` (one Bernoulli per clip and channel, in the same order
-    from the global generator), so seeded runs are unchanged."""
+def channel_dropout(x: Tensor, p: float, training: bool, channel_dim: int = 2, clip_dim: int = 0) -> Tensor:
+    """``nn.Dropout1d`` over the channels of ``x`` (one Bernoulli per clip and channel, the
+    same at every step) for any layout, without transposing to ``[B, C, T]`` and back (four
+    fewer autograd operations per layer). The defaults are ``[B, T, C]``; MTCN's stages
+    pass ``channel_dim=2, clip_dim=1`` for time-major ``[T, B, C]``."""
     if not training or p == 0:
         return x
     if p == 1:
         return x * 0.0
-    noise = torch.empty(x.shape[0], 1, x.shape[2], dtype=x.dtype, device=x.device).bernoulli_(1 - p).div_(1 - p)
+    shape = [1] * x.dim()
+    shape[clip_dim], shape[channel_dim] = x.shape[clip_dim], x.shape[channel_dim]
+    noise = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - p).div_(1 - p)
     return x * noise
