@@ -13,17 +13,17 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from cache_schema import BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
 
-from .data import load_cache
-from .train import TrainConfig, build_model, make_optimizer, torch_threads, train_epoch
+from .data import CacheData, HeadInputs, load_cache
+from .train import TrainConfig, auto_batch_size, build_model, make_optimizer, torch_threads, train_epoch
 
 
 def build_bench_cache(path: str | Path, n_clips: int = 3000, steps: int = 10, video_dim: int = 640,
@@ -54,15 +54,12 @@ def build_bench_cache(path: str | Path, n_clips: int = 3000, steps: int = 10, vi
 
 def bench_train(out_json: str | Path | None = None, n_clips: int = 3000, steps: int = 10, epochs: int = 3,
                 config: TrainConfig = TrainConfig(), workdir: str | Path | None = None, video_dim: int = 640,
-                audio_dim: int = 768) -> dict[str, Any]:
-    """Seconds per training epoch of ``config``'s head over ``n_clips`` cached clips
-    (with ``config.threads`` intra-op threads)."""
-    with torch_threads(config.threads):
-        return _bench(out_json, n_clips, steps, epochs, config, workdir, video_dim, audio_dim)
-
-
-def _bench(out_json: str | Path | None, n_clips: int, steps: int, epochs: int, config: TrainConfig,
-           workdir: str | Path | None, video_dim: int, audio_dim: int) -> dict[str, Any]:
+                audio_dim: int = 768, grid: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
+    """Seconds per training epoch of ``config``'s head over ``n_clips`` cached clips, for
+    ``config`` itself (batch size, threads) and for each ``(batch_size, threads)`` of
+    ``grid``. Every setting gets its own model; the settings take turns epoch by epoch, so
+    that a slow spell of this shared machine hits them all alike (the ratios between them
+    are what one run can vouch for)."""
     torch.set_flush_denormal(True)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         t0 = time.perf_counter()
@@ -72,27 +69,55 @@ def _bench(out_json: str | Path | None, n_clips: int, steps: int, epochs: int, c
         t0 = time.perf_counter()
         data = load_cache(cache)
         t_load = time.perf_counter() - t0
-    torch.manual_seed(config.seed)
-    model = build_model(config, data)
-    model.standardize.fit(data.clips)
-    with torch.no_grad():
-        inputs = model.head_inputs(data.clips)
-    optimizer = make_optimizer(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    times = []
+    settings = [(config.batch_size or auto_batch_size(n_clips), config.threads or torch.get_num_threads())]
+    for g in grid:
+        if g not in settings:
+            settings.append(g)
+    runs = [_Timed(data, replace(config, batch_size=settings[0][0], threads=settings[0][1]))]
+    # The settings share one set of head inputs (the same standardised clips; the
+    # augmentations act on gathered copies): 170 MB each at the paper's dims.
+    runs += [_Timed(data, replace(config, batch_size=b, threads=t), runs[0].inputs) for b, t in settings[1:]]
     for _ in range(epochs):
-        t0 = time.perf_counter()
-        train_epoch(model, inputs, optimizer, config, generator)
-        times.append(time.perf_counter() - t0)
+        for run in runs:
+            run.epoch()
+    default = runs[0]
     result = {
-        "head": config.head, "modality": config.modality, "fusion": config.fusion, "params": model.parameter_count(),
-        "n_clips": n_clips, "steps": steps, "video_dim": video_dim, "audio_dim": audio_dim, "batch_size": config.batch_size,
-        "epochs_timed": epochs, "seconds_per_epoch": statistics.median(times), "epoch_seconds": times,
-        "cache_build_seconds": t_build, "cache_load_seconds": t_load,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "head_options": asdict(config).get("head_options"),
+        "head": config.head, "modality": config.modality, "fusion": config.fusion, "params": default.params,
+        "n_clips": n_clips, "steps": steps, "video_dim": video_dim, "audio_dim": audio_dim,
+        "batch_size": default.config.batch_size, "batch_size_auto": config.batch_size is None,
+        "torch_threads": default.config.threads, "epochs_timed": epochs,
+        "seconds_per_epoch": statistics.median(default.times), "epoch_seconds": default.times,
+        "grid": [{"batch_size": r.config.batch_size, "threads": r.config.threads,
+                  "seconds_per_epoch": statistics.median(r.times), "epoch_seconds": r.times} for r in runs],
+        "cache_build_seconds": t_build, "cache_load_seconds": t_load, "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "head_options": asdict(config).get("head_options"),
     }
     if out_json is not None:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=1))
     return result
+
+
+class _Timed:
+    """One benchmarked setting: its own model and optimizer, timed per epoch."""
+
+    def __init__(self, data: CacheData, config: TrainConfig, inputs: HeadInputs | None = None) -> None:
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, data)
+        self.params = self.model.parameter_count()
+        self.model.standardize.fit(data.clips)
+        if inputs is None:
+            with torch.no_grad():
+                inputs = self.model.head_inputs(data.clips)
+        self.inputs = inputs
+        self.optimizer = make_optimizer(self.model, config)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.times: list[float] = []
+
+    def epoch(self) -> None:
+        with torch_threads(self.config.threads):
+            t0 = time.perf_counter()
+            train_epoch(self.model, self.inputs, self.optimizer, self.config, self.generator)
+            self.times.append(time.perf_counter() - t0)

@@ -209,7 +209,9 @@ def drop_features(batch: HeadInputs, p: float, generator: torch.Generator) -> He
     every step; survivors scaled by 1/(1-p), the fused stream's presence channels kept).
     Frozen-backbone features are wide and, on small training sets, easy to memorise; this
     was worth several points of fused accuracy on the synthetic benchmark. It scales the
-    gathered batch in place (see :class:`BatchGatherer`): one pass, no new batch."""
+    gathered batch in place (see :class:`BatchGatherer`): one pass, no new batch. So pass
+    it a batch from ``BatchGatherer.take`` or ``HeadInputs.take`` (copies), never the
+    run's own inputs, which it would change for good."""
     if p <= 0:
         return batch
     for s, (x, _) in batch.streams.items():
@@ -240,14 +242,14 @@ def drop_modalities(inputs: HeadInputs, p: float, generator: torch.Generator) ->
     streams = {}
     for s, (x, m) in inputs.streams.items():
         if s == "video":
-            streams[s] = (x * vm.unsqueeze(-1), vm)
+            streams[s] = (torch.where(vm.unsqueeze(-1), x, 0.0), vm)
         elif s == "audio":
-            streams[s] = (x * am.unsqueeze(-1), am)
+            streams[s] = (torch.where(am.unsqueeze(-1), x, 0.0), am)
         else:  # fused: [video (Dv) | audio (Da) | video present | audio present]
             dv, da = inputs.video_dim, x.shape[-1] - 2 - inputs.video_dim
             keep = torch.cat([vm.unsqueeze(-1).expand(-1, -1, dv), am.unsqueeze(-1).expand(-1, -1, da),
                               vm.unsqueeze(-1), am.unsqueeze(-1)], dim=-1)
-            streams[s] = (x * keep, vm | am)
+            streams[s] = (torch.where(keep, x, 0.0), vm | am)
     return HeadInputs(streams, vm, am, inputs.label, inputs.video_dim)
 
 

@@ -99,7 +99,7 @@ def evaluate_run(rundir: str | Path, cache: str | Path | None = None, data: Cach
         "split": split.get("info", {}), "cache": str(data.path),
         "n_test_left_out": int(len(split["test"]) - len(rows)),
         **{k: training[k] for k in ("best_epoch", "epochs_run", "best_val_accuracy", "train_seconds",
-                                   "seconds_per_epoch", "left_out", "n_train", "n_val") if k in training},
+                                   "seconds_per_epoch", "left_out", "n_train", "n_val", "batch_size") if k in training},
     })
     if write:
         (rundir / METRICS).write_text(json.dumps(metrics, indent=1))

@@ -43,10 +43,10 @@ class FeatureStandardizer(nn.Module):
             getattr(self, f"{name}_std").copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def forward(self, clips: Clips) -> Clips:
-        # The same three operations as (x - mean) / std * mask, two of them in place (no
-        # temporary batch-sized tensors); the buffers never need gradients.
-        v = (clips.video - self.video_mean).div_(self.video_std).mul_(clips.video_mask.unsqueeze(-1))
-        a = (clips.audio - self.audio_mean).div_(self.audio_std).mul_(clips.audio_mask.unsqueeze(-1))
+        # Absent steps become exact zeros by selection, not by multiplying with the mask:
+        # 0 x NaN is NaN, and an absent stream's storage is not data.
+        v = torch.where(clips.video_mask.unsqueeze(-1), (clips.video - self.video_mean) / self.video_std, 0.0)
+        a = torch.where(clips.audio_mask.unsqueeze(-1), (clips.audio - self.audio_mean) / self.audio_std, 0.0)
         return Clips(v, a, clips.video_mask, clips.audio_mask, clips.label)
 
 

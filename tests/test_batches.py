@@ -95,3 +95,40 @@ def test_modality_dropout_removes_a_whole_stream_as_if_absent(fusion: str) -> No
         assert (out.streams["video"][0][lost_v] == 0).all() and not out.streams["video"][1][lost_v].any()
         assert (out.streams["audio"][0][lost_a] == 0).all() and not out.streams["audio"][1][lost_a].any()
     assert drop_modalities(inputs, 0.0, torch.Generator()) is inputs
+
+
+def test_augmenting_a_batch_leaves_the_run_inputs_and_the_global_rng_alone() -> None:
+    """Augmentations act on gathered copies and draw only from the run's generator (whose
+    state a resume restores)."""
+    _, inputs = _inputs()
+    before = {s: x.clone() for s, (x, _) in inputs.streams.items()}
+    rng = torch.get_rng_state()
+    g = torch.Generator().manual_seed(0)
+    batch = BatchGatherer(inputs, 6).take(torch.arange(6))
+    drop_modalities(drop_features(batch, 0.5, g), 0.5, g)
+    drop_modalities(drop_features(inputs.take(torch.arange(12)), 0.5, g), 0.5, g)
+    for s, (x, _) in inputs.streams.items():
+        assert torch.equal(x, before[s])
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_absent_steps_holding_nan_change_no_output_of_any_head() -> None:
+    """The standardiser selects zeros for absent steps (0 x NaN would be NaN), so whatever
+    an absent stream's storage holds never reaches a head."""
+    from temporal.heads import HEADS
+
+    clips = _clips()
+    v, a = clips.video.clone(), clips.audio.clone()
+    v[~clips.video_mask] = float("nan")
+    a[~clips.audio_mask] = float("inf")
+    garbled = Clips(v, a, clips.video_mask, clips.audio_mask, clips.label)
+    for head in HEADS:
+        for fusion in ("early", "late"):
+            torch.manual_seed(0)
+            model = AnomalyModel(head, "fused", fusion, DV, DA, 3, 10)
+            model.standardize.fit(clips)
+            model.eval()
+            want, got = model(clips), model(garbled)
+            assert torch.isfinite(got.clip_logits).all(), (head, fusion)
+            torch.testing.assert_close(got.clip_logits, want.clip_logits)
+            torch.testing.assert_close(got.step_logits, want.step_logits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def test_top_confusions() -> None:
 def test_bench_cache_is_a_valid_cache_and_bench_reports_seconds(tmp_path: Path) -> None:
     path = build_bench_cache(tmp_path / "b.zarr", n_clips=24, video_dim=16, audio_dim=12)
     assert validate(path).ok
-    result = bench_train(tmp_path / "bench.json", n_clips=24, epochs=1, video_dim=16, audio_dim=12)
+    result = bench_train(tmp_path / "bench.json", n_clips=24, epochs=2, video_dim=16, audio_dim=12,
+                         grid=[(8, 1), (16, 1), (8, 1)])
     assert result["n_clips"] == 24 and result["seconds_per_epoch"] > 0
-    assert (tmp_path / "bench.json").exists()
+    settings = [(g["batch_size"], g["threads"]) for g in result["grid"]]
+    assert settings == [(16, 1), (8, 1)]          # the default config (auto: 16 here) first, duplicates once
+    assert all(len(g["epoch_seconds"]) == 2 and g["seconds_per_epoch"] > 0 for g in result["grid"])
+    assert json.loads((tmp_path / "bench.json").read_text())["grid"] == result["grid"]

@@ -232,3 +232,36 @@ def test_mtcn_loss_over_stacked_stages_is_the_sum_of_per_stage_losses() -> None:
     want = sum(step_cross_entropy(s, labels, mask, weight) + cfg.smoothing_weight * smoothing_loss(s, mask, cfg.smoothing_tau)
                for s in out.stage_logits)
     torch.testing.assert_close(head_loss(out, labels, mask, cfg, weight), want)
+
+
+@pytest.mark.parametrize("options", [{}, {"attention_kernel": 3}])
+def test_every_head_runs_under_bf16_autocast(options: dict) -> None:
+    """predict and the efficiency table run the model under autocast; MTCN's in-place
+    products must follow autocast's dtype (CPU bf16 here; CUDA fp16/bf16 take the same path)."""
+    for name in HEADS:
+        if options and name != "mtcn":
+            continue
+        torch.manual_seed(0)
+        head = create_head(name, 12, 4, 10, options).eval()
+        x, mask = _batch()
+        want = head(x, mask)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            got = head(x, mask)
+        assert torch.isfinite(got.clip_logits.float()).all(), name
+        p_want, p_got = torch.softmax(want.clip_logits, -1), torch.softmax(got.clip_logits.float(), -1)
+        assert (p_want - p_got).abs().max() < 0.05, name   # bf16 keeps about 3 digits
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_mtcn_padded_steps_change_nothing_with_either_attention_kernel_in_training(kernel: int) -> None:
+    x, mask = _batch()
+    noisy = x.clone()
+    noisy[~mask] = 1e3 * torch.randn_like(noisy[~mask])
+    outs = []
+    for features in (x, noisy):
+        torch.manual_seed(0)
+        head = create_head("mtcn", 12, 4, 10, {"attention_kernel": kernel}).train()
+        torch.manual_seed(1)  # the same dropout draws for both inputs
+        outs.append(head(features, mask))
+    torch.testing.assert_close(outs[1].clip_logits, outs[0].clip_logits)
+    torch.testing.assert_close(outs[1].step_logits, outs[0].step_logits)

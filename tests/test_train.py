@@ -20,7 +20,7 @@ from temporal.evaluate import evaluate_run, load_run
 from temporal.heads import HEADS
 from temporal.losses import LossConfig
 from temporal.model import AnomalyModel
-from temporal.train import TrainConfig, make_optimizer, train, train_epoch, validate
+from temporal.train import TrainConfig, auto_batch_size, make_optimizer, train, train_epoch, validate
 from tests.cache_factory import make_config, write_class_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,12 +79,19 @@ def test_run_directory_metrics_and_evaluate(cache: Path, tmp_path: Path) -> None
     assert set(m["per_class"]) == set(CLASSES) and m["n_test"] == sum(c["support"] for c in m["per_class"].values())
     assert m["split"]["kind"] == "stratified-group" and m["split"]["seed"] == 0 and m["split"]["groups_source"] == "cache"
     assert m["left_out"]["error"] == 1 and isinstance(m["ap_anomaly"], float)
+    assert m["batch_size"] == 16 == auto_batch_size(m["n_train"])   # a small cache: the auto batch is 16
     assert "UNTRAINED" in (run / "per_class.md").read_text()
     with (run / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"} <= set(rows[0])
     again = evaluate_run(run, write=False)  # from the run directory alone
     assert again["accuracy"] == result.metrics["accuracy"] and again["confusion_matrix"] == m["confusion_matrix"]
+
+
+def test_auto_batch_size_keeps_25_steps_per_epoch() -> None:
+    assert [auto_batch_size(n) for n in (1, 180, 799, 800, 1599, 1600, 1800, 100_000)] == [16, 16, 16, 32, 32, 64, 64, 64]
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainConfig(batch_size=0)
 
 
 def test_same_seed_same_run(cache: Path, tmp_path: Path) -> None:
@@ -183,9 +190,11 @@ def test_training_never_opens_media_or_loads_a_backbone(cache: Path, tmp_path: P
     assert out.stdout.startswith("ok")
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [{}, {"fusion": "late", "modality_dropout": 0.5}])
+def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path, extra: dict) -> None:
     """Training killed after some epochs and resumed ends exactly where an
-    uninterrupted run of the same seed ends (weights and metrics)."""
+    uninterrupted run of the same seed ends (weights and metrics), augmentations'
+    random draws included."""
     import subprocess
     import sys
 
@@ -195,7 +204,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path) -> None
 
     cache = tmp_path / "c.zarr"
     write_class_cache(cache, make_config(classes=("normal", "crash", "pain")), n=36, seed=0, separation=0.6)
-    cfg = TrainConfig(head="mtcn", epochs=6, seed=3, progress=False)
+    cfg = TrainConfig(head="mtcn", epochs=6, seed=3, progress=False, **extra)
     full = train(cache, tmp_path / "full", cfg)
     # The interrupted run: a process that dies (os._exit) right after epoch 3 is saved.
     script = (
@@ -206,7 +215,8 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path: Path) -> None
         "    real(rundir, model, opt, sched, gen, loop)\n"
         "    if loop['epoch'] == 3: os._exit(9)\n"
         "tr.save_train_state = save\n"
-        f"tr.train({str(cache)!r}, {str(tmp_path / 'resumed')!r}, tr.TrainConfig(head='mtcn', epochs=6, seed=3, progress=False))\n"
+        f"tr.train({str(cache)!r}, {str(tmp_path / 'resumed')!r}, "
+        f"tr.TrainConfig(head='mtcn', epochs=6, seed=3, progress=False, **{extra!r}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True)
     assert proc.returncode == 9, proc.stderr.decode()[-2000:]

@@ -25,15 +25,19 @@ read padding.) The weaker reading "field >= T" would give L=3 (field 15), which 
 steps 0 and 9 unable to see each other within a stage.
 
 Masks: every layer multiplies its output by the step mask (as MS-TCN does), and the
-attention block zeroes masked steps before its convolution and excludes them as keys, so a
-masked step's features never reach a valid step's output.
+attention block excludes masked steps as keys and never lets their features into a valid
+step's output (kernel 1: their projection is replaced by the bias; kernel 3: they are
+zeroed before the convolution). Outputs are independent of what a masked step holds; in
+training, non-finite garbage there would still reach the kernel-1 projection's weight
+gradient, which is why the run's inputs hold exact zeros at absent steps (the
+standardiser selects, it does not multiply).
 
 Layout: the attention block works on ``[B, T, C]`` (as attention wants); the stages work
 time-major, ``[T, B, C]``, where shifting every clip by d steps is an offset of d*B rows
 of one contiguous matrix. A 1x1 convolution is a per-step linear map, so it is an
 ``nn.Linear``; the dilated kernel-3 convolution is ``TemporalConv``, the same maths as
 ``nn.Conv1d(C, C, 3, padding=d, dilation=d)`` as three matrix products into row-offset
-views, without padding or copies. On 10-step clips this is several times cheaper on CPU
+views, without padding. On 10-step clips this is several times cheaper on CPU
 than oneDNN's convolution, whose set-up cost dominates such small inputs. When every
 step of a batch is valid (the usual case), the per-layer mask products are skipped: they
 would multiply by one.
@@ -93,6 +97,8 @@ class TemporalConv(nn.Module):
         out = torch.addmm(self.bias, rows, w1.t())
         shift = self.dilation * b  # rows of d steps; a dilation >= T reaches only padding
         if self.dilation < t:
+            # autocast casts addmm but not the in-place addmm_: follow the output's dtype
+            rows, w0, w2 = rows.to(out.dtype), w0.to(out.dtype), w2.to(out.dtype)
             out[shift:].addmm_(rows[:-shift], w0.t())   # step t reads t-d
             out[:-shift].addmm_(rows[shift:], w2.t())   # step t reads t+d
         return out.view(t, b, -1)
