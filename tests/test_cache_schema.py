@@ -3,7 +3,6 @@ status-last writes and validation of damaged caches."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
