@@ -99,6 +99,7 @@ DEMO_DATA := data/synth-demo
 DEMO_CACHE := cache/synth-demo-tiny-s$(STEPS).zarr
 DEMO_CLIPS ?= 30
 DEMO_EPOCHS ?= 30
+DEMO_SEEDS ?= 3
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) cli.py synth --out $(DEMO_DATA) --clips-per-class $(DEMO_CLIPS) --seed $(SEED)
 	HF_HUB_OFFLINE=1 $(PY) cli.py extract --dataset synth --root $(DEMO_DATA) --out $(DEMO_CACHE) \
@@ -106,7 +107,8 @@ demo: $(STAMP)
 	$(PY) cli.py cache info $(DEMO_CACHE)
 	$(PY) cli.py train --cache $(DEMO_CACHE) --head mtcn --epochs $(DEMO_EPOCHS) --seed $(SEED) \
 		--out runs/synth-demo/mtcn-fused-early-s$(SEED)
-	$(PY) cli.py compare --cache $(DEMO_CACHE) --epochs $(DEMO_EPOCHS) --seed $(SEED) --out reports/synth-demo
+	$(PY) cli.py compare --cache $(DEMO_CACHE) --epochs $(DEMO_EPOCHS) --seed $(SEED) --seeds $(DEMO_SEEDS) \
+		--out reports/synth-demo
 
 # Benchmarks (not timed tests): JSON under reports/bench/.
 bench-extract: $(STAMP)

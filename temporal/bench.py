@@ -23,7 +23,7 @@ import torch
 from cache_schema import BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
 
 from .data import CacheData, HeadInputs, load_cache
-from .train import TrainConfig, auto_batch_size, build_model, make_optimizer, torch_threads, train_epoch
+from .train import TrainConfig, build_model, make_optimizer, torch_threads, train_epoch
 
 
 def build_bench_cache(path: str | Path, n_clips: int = 3000, steps: int = 10, video_dim: int = 640,
@@ -69,7 +69,7 @@ def bench_train(out_json: str | Path | None = None, n_clips: int = 3000, steps: 
         t0 = time.perf_counter()
         data = load_cache(cache)
         t_load = time.perf_counter() - t0
-    settings = [(config.batch_size or auto_batch_size(n_clips), config.threads or torch.get_num_threads())]
+    settings = [(config.batch_size, config.threads or torch.get_num_threads())]
     for g in grid:
         if g not in settings:
             settings.append(g)
@@ -84,8 +84,7 @@ def bench_train(out_json: str | Path | None = None, n_clips: int = 3000, steps: 
     result = {
         "head": config.head, "modality": config.modality, "fusion": config.fusion, "params": default.params,
         "n_clips": n_clips, "steps": steps, "video_dim": video_dim, "audio_dim": audio_dim,
-        "batch_size": default.config.batch_size, "batch_size_auto": config.batch_size is None,
-        "torch_threads": default.config.threads, "epochs_timed": epochs,
+        "batch_size": config.batch_size, "torch_threads": default.config.threads, "epochs_timed": epochs,
         "seconds_per_epoch": statistics.median(default.times), "epoch_seconds": default.times,
         "grid": [{"batch_size": r.config.batch_size, "threads": r.config.threads,
                   "seconds_per_epoch": statistics.median(r.times), "epoch_seconds": r.times} for r in runs],

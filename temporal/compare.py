@@ -192,8 +192,7 @@ def _provenance(data: CacheData, base: TrainConfig, seeds: Sequence[int], cells:
     lines = [f"Cache `{data.path}` ({data.steps} steps; video {pb['video_backbone']}, audio {pb['audio_backbone']}). "
              f"Split: {split.get('kind')} (seed {split.get('seed')}, groups from {split.get('groups_source')}, "
              f"{split.get('n_groups')} groups), sizes {split.get('sizes')}. "
-             f"{base.epochs} epochs, batch {run.get('batch_size', base.batch_size)}"
-             f"{' (auto)' if base.batch_size is None else ''}, seeds {list(seeds)}; cells are "
+             f"{base.epochs} epochs, batch {base.batch_size}, seeds {list(seeds)}; cells are "
              + ("mean ± std over seeds." if len(seeds) > 1 else "one run each.")]
     if not pb["both"]:
         lines.append("")

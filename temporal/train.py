@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,7 +55,7 @@ class TrainConfig:
     fusion: str = "early"
     epochs: int = 50
     seed: int = 0
-    batch_size: int | None = None  # None: auto_batch_size(number of training clips)
+    batch_size: int = 16            # see docs/temporal.md: larger is faster per epoch, and less accurate at 50 epochs
     lr: float = 1e-3
     weight_decay: float = 1e-2
     plateau_patience: int = 5       # epochs without a lower val loss before the LR is cut
@@ -76,7 +76,7 @@ class TrainConfig:
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         streams_for(self.modality, self.fusion)  # raises with the valid choices
-        if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1):
+        if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
 
     def to_json(self) -> dict[str, Any]:
@@ -88,25 +88,6 @@ class TrainConfig:
         d["loss"] = LossConfig(**d.get("loss", {}))
         d["split"] = SplitConfig(**d.get("split", {}))
         return TrainConfig(**d)
-
-
-AUTO_BATCH_SIZES = (16, 32, 64)
-MIN_STEPS_PER_EPOCH = 25
-
-
-def auto_batch_size(n_train: int) -> int:
-    """The largest of 16, 32 and 64 that still gives at least 25 optimizer steps per epoch.
-
-    On CPU a step costs about the same at batch 16 and 64 (per-operation overhead
-    dominates heads this small), so an epoch of a VAAR-sized run is about twice as fast
-    at 64. But with few training clips a larger batch means too few steps in 50 epochs:
-    on the 300-clip synthetic cache (180 training clips) batch 64 lost 17 points of fused
-    accuracy. Measured on synthetic caches (3 seeds, docs/temporal.md): at 1,800 training
-    clips batch 64 (28 steps) matched batch 16; at 600 clips batches of 19 and 10 steps
-    lost 1.5-2.5 points. Batch sizes are 16, 32, 64 as the paper-scale runs
-    were tuned; pass ``batch_size`` to choose one."""
-    fitting = [b for b in AUTO_BATCH_SIZES if n_train >= MIN_STEPS_PER_EPOCH * b]
-    return max(fitting, default=AUTO_BATCH_SIZES[0])
 
 
 @dataclass(frozen=True)
@@ -146,7 +127,7 @@ def train_epoch(model: AnomalyModel, inputs: HeadInputs, optimizer: torch.optim.
     order, with the config's augmentations; mean loss and accuracy."""
     model.train()
     order = torch.randperm(len(inputs), generator=generator)
-    size = config.batch_size or auto_batch_size(len(inputs))
+    size = config.batch_size
     batches = BatchGatherer(inputs, size)
     modality_dropout = config.modality_dropout if config.modality == "fused" else 0.0
     total, correct = 0.0, 0
@@ -246,9 +227,7 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
     model = build_model(config, data)
     model.standardize.fit(data.clips.take(rows["train"]))
     params = model.parameter_count()
-    batch_size = config.batch_size or auto_batch_size(len(rows["train"]))
-    logger.info("%s head, %s modality (%s fusion): %d parameters; batch %d%s", config.head, config.modality,
-                config.fusion, params, batch_size, "" if config.batch_size else " (auto)")
+    logger.info("%s head, %s modality (%s fusion): %d parameters", config.head, config.modality, config.fusion, params)
     weight = class_weight_tensor(data.clips.label[rows["train"]].numpy(), len(data.class_names)) \
         if config.class_weights else None
 
@@ -290,8 +269,7 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
                leave=False, dynamic_ncols=True)
     for epoch in bar:
         te = time.perf_counter()
-        tr_loss, tr_acc = train_epoch(model, train_inputs, optimizer, replace(config, batch_size=batch_size),
-                                      generator, weight)
+        tr_loss, tr_acc = train_epoch(model, train_inputs, optimizer, config, generator, weight)
         va_loss, va_acc = validate(model, val_inputs, config.loss, weight)
         scheduler.step(va_loss)
         history.append({"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
@@ -325,7 +303,7 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
         "best_val_loss": best[1], "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(history)),
         "left_out": {**data.left_out, **{f"no_{config.modality}_{p}": n for p, n in missing.items()}},
         "split": split.info, "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])),
-        "batch_size": batch_size,
+        "batch_size": config.batch_size,
     })
     metrics = evaluate_run(out, data=data)
     return RunResult(out, metrics, history)

@@ -67,6 +67,6 @@ def test_bench_cache_is_a_valid_cache_and_bench_reports_seconds(tmp_path: Path) 
                          grid=[(8, 1), (16, 1), (8, 1)])
     assert result["n_clips"] == 24 and result["seconds_per_epoch"] > 0
     settings = [(g["batch_size"], g["threads"]) for g in result["grid"]]
-    assert settings == [(16, 1), (8, 1)]          # the default config (auto: 16 here) first, duplicates once
+    assert settings == [(16, 1), (8, 1)]          # the default config first, duplicates once
     assert all(len(g["epoch_seconds"]) == 2 and g["seconds_per_epoch"] > 0 for g in result["grid"])
     assert json.loads((tmp_path / "bench.json").read_text())["grid"] == result["grid"]

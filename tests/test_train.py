@@ -20,7 +20,7 @@ from temporal.evaluate import evaluate_run, load_run
 from temporal.heads import HEADS
 from temporal.losses import LossConfig
 from temporal.model import AnomalyModel
-from temporal.train import TrainConfig, auto_batch_size, make_optimizer, train, train_epoch, validate
+from temporal.train import TrainConfig, make_optimizer, train, train_epoch, validate
 from tests.cache_factory import make_config, write_class_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,19 +79,13 @@ def test_run_directory_metrics_and_evaluate(cache: Path, tmp_path: Path) -> None
     assert set(m["per_class"]) == set(CLASSES) and m["n_test"] == sum(c["support"] for c in m["per_class"].values())
     assert m["split"]["kind"] == "stratified-group" and m["split"]["seed"] == 0 and m["split"]["groups_source"] == "cache"
     assert m["left_out"]["error"] == 1 and isinstance(m["ap_anomaly"], float)
-    assert m["batch_size"] == 16 == auto_batch_size(m["n_train"])   # a small cache: the auto batch is 16
+    assert m["batch_size"] == 16
     assert "UNTRAINED" in (run / "per_class.md").read_text()
     with (run / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"} <= set(rows[0])
     again = evaluate_run(run, write=False)  # from the run directory alone
     assert again["accuracy"] == result.metrics["accuracy"] and again["confusion_matrix"] == m["confusion_matrix"]
-
-
-def test_auto_batch_size_keeps_25_steps_per_epoch() -> None:
-    assert [auto_batch_size(n) for n in (1, 180, 799, 800, 1599, 1600, 1800, 100_000)] == [16, 16, 16, 32, 32, 64, 64, 64]
-    with pytest.raises(ValueError, match="at least 1"):
-        TrainConfig(batch_size=0)
 
 
 def test_same_seed_same_run(cache: Path, tmp_path: Path) -> None:
