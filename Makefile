@@ -28,6 +28,8 @@ MODALITY ?= fused
 FUSION ?= early
 EPOCHS ?= 50
 SEEDS ?= 1
+# Training runs of a table side by side (one CPU thread each); default: the machine's cores.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 RUN ?= runs/$(DATASET)/$(HEAD)-$(MODALITY)-$(FUSION)-s$(SEED)
 # XD-Violence: the folder holding the official lists and annotations.txt, and the task view.
 LISTS ?=
@@ -82,17 +84,17 @@ evaluate: $(STAMP)
 	$(PY) cli.py evaluate $(RUN)
 
 compare: $(STAMP)
-	$(PY) cli.py compare --cache $(CACHE) --epochs $(EPOCHS) --seeds $(SEEDS) --seed $(SEED) \
+	$(PY) cli.py compare --cache $(CACHE) --epochs $(EPOCHS) --seeds $(SEEDS) --seed $(SEED) --jobs $(JOBS) \
 		--out reports/$(DATASET)
 
 # Table 3 needs one cache per step count: `make extract STEPS=5`, 10 and 15 first.
 ablate-steps: $(STAMP)
 	$(PY) cli.py ablate-steps $(foreach s,5 10 15,--cache cache/$(DATASET)-$(BACKBONES)-s$(s).zarr) \
-		--epochs $(EPOCHS) --seeds $(SEEDS) --out reports/$(DATASET)
+		--epochs $(EPOCHS) --seeds $(SEEDS) --jobs $(JOBS) --out reports/$(DATASET)
 
 ablate-fusion: $(STAMP)
 	$(PY) cli.py ablate-fusion --cache $(CACHE) --heads mtcn,gru,transformer --epochs $(EPOCHS) \
-		--seeds $(SEEDS) --out reports/$(DATASET)
+		--seeds $(SEEDS) --jobs $(JOBS) --out reports/$(DATASET)
 
 # The demo: synthetic benchmark -> features (tiny untrained backbones) -> MTCN -> Table 2.
 DEMO_DATA := data/synth-demo
@@ -108,7 +110,7 @@ demo: $(STAMP)
 	$(PY) cli.py train --cache $(DEMO_CACHE) --head mtcn --epochs $(DEMO_EPOCHS) --seed $(SEED) \
 		--out runs/synth-demo/mtcn-fused-early-s$(SEED)
 	$(PY) cli.py compare --cache $(DEMO_CACHE) --epochs $(DEMO_EPOCHS) --seed $(SEED) --seeds $(DEMO_SEEDS) \
-		--out reports/synth-demo
+		--jobs $(JOBS) --out reports/synth-demo
 
 # Benchmarks (not timed tests): JSON under reports/bench/.
 bench-extract: $(STAMP)

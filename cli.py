@@ -235,9 +235,11 @@ def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations
 @click.option("--seeds", "n_seeds", default=1, show_default=True, type=click.IntRange(1),
               help="Runs per cell: mean ± std over seeds SEED..SEED+N-1.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+              help="Runs trained side by side in worker processes (one CPU thread each): up to the core count.")
 @_train_options
-def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: int, seed: int, task: str | None,
-            **kw) -> None:
+def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: int, seed: int, jobs: int,
+            task: str | None, **kw) -> None:
     """The paper's Table 2: every head x modality from one cache and one split."""
     from dataclasses import replace
 
@@ -248,7 +250,7 @@ def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: i
         base = replace(_train_config("mtcn", "fused", "early", seed, progress=False, **kw), checkpoint_every=0)
         compare_run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
                             modalities=tuple(m for m in modalities.split(",") if m),
-                            seeds=tuple(range(seed, seed + n_seeds)), base=base)
+                            seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
     except _stage2_errors() as exc:
         _fail(exc)
     click.echo((out / "table2.md").read_text())
@@ -261,15 +263,17 @@ def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: i
 @click.option("--head", default="mtcn", show_default=True)
 @click.option("--seeds", "n_seeds", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+              help="Runs trained side by side in worker processes (one CPU thread each): up to the core count.")
 @_train_options
-def ablate_steps(caches: tuple[Path, ...], out: Path, head: str, n_seeds: int, seed: int, task: str | None,
-                 **kw) -> None:
+def ablate_steps(caches: tuple[Path, ...], out: Path, head: str, n_seeds: int, seed: int, jobs: int,
+                 task: str | None, **kw) -> None:
     """The paper's Table 3: the same head on caches of different step counts."""
     from temporal.compare import ablate_steps as run
 
     try:
         base = _train_config(head, "fused", "early", seed, progress=False, **kw)
-        run(caches, out, head=head, seeds=tuple(range(seed, seed + n_seeds)), base=base)
+        run(caches, out, head=head, seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
     except _stage2_errors() as exc:
         _fail(exc)
     click.echo((out / "table3.md").read_text())
@@ -281,15 +285,18 @@ def ablate_steps(caches: tuple[Path, ...], out: Path, head: str, n_seeds: int, s
 @click.option("--heads", default="mtcn", show_default=True, help="Comma-separated head names.")
 @click.option("--seeds", "n_seeds", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+              help="Runs trained side by side in worker processes (one CPU thread each): up to the core count.")
 @_train_options
-def ablate_fusion(cache_path: Path, out: Path, heads: str, n_seeds: int, seed: int, task: str | None, **kw) -> None:
+def ablate_fusion(cache_path: Path, out: Path, heads: str, n_seeds: int, seed: int, jobs: int, task: str | None,
+                  **kw) -> None:
     """Early (concatenation, the paper's choice) vs late (averaged probabilities) fusion."""
     from temporal.compare import ablate_fusion as run
 
     try:
         base = _train_config("mtcn", "fused", "early", seed, progress=False, **kw)
         run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
-                    seeds=tuple(range(seed, seed + n_seeds)), base=base)
+                    seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
     except _stage2_errors() as exc:
         _fail(exc)
     click.echo((out / "fusion.md").read_text())

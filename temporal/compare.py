@@ -11,8 +11,11 @@ with the seed, never the split.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,22 +56,68 @@ class Cell:
         return f"{100 * m:.1f} ± {100 * self.std(key):.1f}" if len(self.runs) > 1 else f"{100 * m:.1f}"
 
 
-def run_cell(data: CacheData, out: Path, name: str, config: TrainConfig, seeds: Sequence[int],
-             labels: dict[str, Any]) -> Cell:
-    runs = []
-    for seed in seeds:
-        t0 = time.perf_counter()
-        result = train(data.path, out / "runs" / f"{name}-s{seed}", replace(config, seed=seed), data=data)
-        runs.append({**result.metrics, "wall_seconds": time.perf_counter() - t0})
-        logger.info("%s seed %d: accuracy %.3f (%.1f s)", name, seed, result.metrics["accuracy"],
-                    runs[-1]["wall_seconds"])
-    return Cell(labels, tuple(runs))
+@dataclass(frozen=True)
+class CellSpec:
+    """A cell to fill: its runs' name prefix, config and cache, and its table labels."""
+
+    name: str
+    config: TrainConfig
+    data: CacheData
+    labels: dict[str, Any]
+
+
+def run_cells(specs: Sequence[CellSpec], out: Path, seeds: Sequence[int], jobs: int = 1) -> list[Cell]:
+    """Train every cell's runs (one per seed) into ``out/runs``; with ``jobs`` > 1, that
+    many runs at a time in worker processes.
+
+    The runs of a table are independent and each uses one CPU thread (see
+    ``torch_threads``): on a machine with several cores, running them side by side is
+    where the cores pay off, since one small head cannot use them. A run's result does
+    not depend on ``jobs`` (each is seeded and single-threaded; a test checks)."""
+    tasks = [(i, spec, seed) for i, spec in enumerate(specs) for seed in seeds]
+    results: list[list[dict[str, Any]]] = [[] for _ in specs]
+
+    def done(i: int, seed: int, metrics: dict[str, Any]) -> None:
+        results[i].append(metrics)
+        logger.info("%s seed %d: accuracy %.3f (%.1f s)", specs[i].name, seed, metrics["accuracy"],
+                    metrics["wall_seconds"])
+
+    if jobs <= 1:
+        for i, spec, seed in tasks:
+            done(i, seed, _train_run(spec.data, _rundir(out, spec, seed), replace(spec.config, seed=seed)))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_run_in_worker, str(spec.data.path), _rundir(out, spec, seed),
+                                   replace(spec.config, seed=seed)) for i, spec, seed in tasks]
+            for (i, _, seed), future in zip(tasks, futures):
+                done(i, seed, future.result())
+    return [Cell(spec.labels, tuple(r)) for spec, r in zip(specs, results)]
+
+
+def _rundir(out: Path, spec: CellSpec, seed: int) -> Path:
+    return out / "runs" / f"{spec.name}-s{seed}"
+
+
+def _train_run(data: CacheData, rundir: Path, config: TrainConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    result = train(data.path, rundir, config, data=data)
+    return {**result.metrics, "wall_seconds": time.perf_counter() - t0}
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_cache(path: str) -> CacheData:
+    """A worker process reads each cache once, however many runs it is given."""
+    return load_cache(path)
+
+
+def _train_run_in_worker(cache: str, rundir: Path, config: TrainConfig) -> dict[str, Any]:
+    return _train_run(_worker_cache(cache), rundir, config)
 
 
 # -- Table 2 --------------------------------------------------------------------------------
 def compare(cache: str | Path, out: str | Path, heads: Sequence[str] = PAPER_HEADS,
             modalities: Sequence[str] = ("audio", "video", "fused"), seeds: Sequence[int] = (0,),
-            base: TrainConfig = TrainConfig(progress=False)) -> list[Cell]:
+            base: TrainConfig = TrainConfig(progress=False), jobs: int = 1) -> list[Cell]:
     """Every head on every modality (``base.fusion`` for the fused runs), same split.
     Writes ``table2.md`` (paper layout), ``table2.csv`` (one row per head and modality),
     ``table2.png`` (accuracy heat map) and ``per_class.md`` (per-class F1 by modality and
@@ -76,11 +125,9 @@ def compare(cache: str | Path, out: str | Path, heads: Sequence[str] = PAPER_HEA
     out = Path(out)
     data = load_cache(cache)
     load_or_create_split(data, base.split)  # made once, before any run
-    cells = []
-    for head in heads:
-        for modality in modalities:
-            cfg = replace(base, head=head, modality=modality)
-            cells.append(run_cell(data, out, f"{head}-{modality}", cfg, seeds, {"head": head, "modality": modality}))
+    specs = [CellSpec(f"{head}-{modality}", replace(base, head=head, modality=modality), data,
+                      {"head": head, "modality": modality}) for head in heads for modality in modalities]
+    cells = run_cells(specs, out, seeds, jobs)
     _write_csv(out / "table2.csv", cells)
     (out / "table2.md").write_text(_table2_markdown(cells, heads, modalities, data, base, seeds))
     values = np.array([[_find(cells, head=h, modality=m).mean("accuracy") for m in modalities] for h in heads])
@@ -138,7 +185,8 @@ def top_confusions(runs: Sequence[dict[str, Any]], class_names: Sequence[str], k
 
 # -- Table 3 and fusion ---------------------------------------------------------------------
 def ablate_steps(caches: Sequence[str | Path], out: str | Path, head: str = "mtcn", modality: str = "fused",
-                 seeds: Sequence[int] = (0,), base: TrainConfig = TrainConfig(progress=False)) -> list[Cell]:
+                 seeds: Sequence[int] = (0,), base: TrainConfig = TrainConfig(progress=False),
+                 jobs: int = 1) -> list[Cell]:
     """One head on caches that differ in their number of steps (e.g. 5, 10, 15), all
     scored on the first cache's split. Writes ``table3.md`` / ``table3.csv``."""
     out = Path(out)
@@ -148,28 +196,27 @@ def ablate_steps(caches: Sequence[str | Path], out: str | Path, head: str = "mtc
     load_or_create_split(first, base.split)
     split_file = base.split.split_file or str(default_split_path(first.path))
     cfg = replace(base, head=head, modality=modality, split=replace(base.split, split_file=split_file))
-    cells = []
+    specs = []
     for cache in caches:
         data = first if Path(cache) == first.path else load_cache(cache)
-        cells.append(run_cell(data, out, f"{head}-{modality}-T{data.steps}", cfg, seeds,
+        specs.append(CellSpec(f"{head}-{modality}-T{data.steps}", cfg, data,
                               {"steps": data.steps, "cache": str(cache), "head": head, "modality": modality}))
+    cells = run_cells(specs, out, seeds, jobs)
     _write_csv(out / "table3.csv", cells)
     _write_simple_table(out / "table3.md", "Table 3: number of temporal steps", "Steps", "steps", cells, first, cfg, seeds)
     return cells
 
 
 def ablate_fusion(cache: str | Path, out: str | Path, heads: Sequence[str] = ("mtcn",), seeds: Sequence[int] = (0,),
-                  base: TrainConfig = TrainConfig(progress=False)) -> list[Cell]:
+                  base: TrainConfig = TrainConfig(progress=False), jobs: int = 1) -> list[Cell]:
     """Early (concatenation, the paper's choice) vs late (one head per modality,
     probabilities averaged over present modalities). Writes ``fusion.md`` / ``fusion.csv``."""
     out = Path(out)
     data = load_cache(cache)
     load_or_create_split(data, base.split)
-    cells = []
-    for head in heads:
-        for fusion in ("early", "late"):
-            cfg = replace(base, head=head, modality="fused", fusion=fusion)
-            cells.append(run_cell(data, out, f"{head}-fused-{fusion}", cfg, seeds, {"head": head, "fusion": fusion}))
+    specs = [CellSpec(f"{head}-fused-{fusion}", replace(base, head=head, modality="fused", fusion=fusion), data,
+                      {"head": head, "fusion": fusion}) for head in heads for fusion in ("early", "late")]
+    cells = run_cells(specs, out, seeds, jobs)
     _write_csv(out / "fusion.csv", cells)
     for c in cells:
         c.labels["row"] = f"{c.labels['head']} {c.labels['fusion']}"

@@ -70,3 +70,23 @@ def test_bench_cache_is_a_valid_cache_and_bench_reports_seconds(tmp_path: Path) 
     assert settings == [(16, 1), (8, 1)]          # the default config first, duplicates once
     assert all(len(g["epoch_seconds"]) == 2 and g["seconds_per_epoch"] > 0 for g in result["grid"])
     assert json.loads((tmp_path / "bench.json").read_text())["grid"] == result["grid"]
+
+
+def test_parallel_runs_give_the_same_table_as_sequential_runs(tmp_path: Path) -> None:
+    """--jobs runs cells in worker processes; each run is seeded and single-threaded, so
+    the metrics must not depend on it."""
+    from temporal.train import TrainConfig
+
+    cache = tmp_path / "c.zarr"
+    write_class_cache(cache, make_config(classes=("normal", "crash", "pain")), n=36, seed=0, separation=0.6)
+    base = TrainConfig(epochs=3, progress=False, checkpoint_every=0)
+    kw = dict(heads=("mtcn", "gru"), modalities=("video", "fused"), seeds=(0, 1), base=base)
+    one = compare(cache, tmp_path / "one", jobs=1, **kw)
+    two = compare(cache, tmp_path / "two", jobs=2, **kw)
+    assert [c.labels for c in one] == [c.labels for c in two]
+    for a, b in zip(one, two):
+        assert [r["seed"] for r in a.runs] == [r["seed"] for r in b.runs] == [0, 1]
+        for ra, rb in zip(a.runs, b.runs):
+            assert ra["accuracy"] == rb["accuracy"] and ra["confusion_matrix"] == rb["confusion_matrix"]
+    assert (tmp_path / "two" / "table2.md").read_text().replace("/two", "/one") == \
+        (tmp_path / "one" / "table2.md").read_text()
