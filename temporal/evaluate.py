@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import WEIGHTS, load_weights
 from .data import CacheData, Clips, has_modality
-from .metrics import anomaly_score, classification_metrics, per_class_table
+from .metrics import classification_metrics, per_class_table
 from .model import AnomalyModel
 from .plots import plot_confusion
 
@@ -67,15 +67,21 @@ def predict(model: AnomalyModel, clips: Clips, batch_size: int = 512) -> Predict
     return Prediction(torch.cat(cp).numpy(), torch.cat(sp).numpy(), torch.cat(sm).numpy())
 
 
-def step_anomaly_scores(pred: Prediction, class_names: list[str]) -> np.ndarray | None:
-    """Per-step ``1 - p(normal)`` (NaN at masked steps); None without a normal class."""
-    s = anomaly_score(pred.step_probs, class_names)
-    return None if s is None else np.where(pred.step_mask, s, np.nan)
+@dataclass(frozen=True)
+class RunTestClips:
+    """A run and its own test clips (those holding its modality)."""
+
+    model: AnomalyModel
+    doc: dict[str, Any]       # the run's config.json
+    data: CacheData
+    split: dict[str, Any]     # the run's split.json
+    rows: np.ndarray          # the test clips' rows in ``data``
+    clips: Clips
 
 
-def evaluate_run(rundir: str | Path, cache: str | Path | None = None, data: CacheData | None = None,
-                 write: bool = True) -> dict[str, Any]:
-    """Test metrics of a run; writes ``metrics.json``, ``per_class.md`` and ``confusion.png``."""
+def load_test_split(rundir: str | Path, cache: str | Path | None = None, data: CacheData | None = None) -> RunTestClips:
+    """Reload a run and the clips of its test split, from the cache (or task view, for
+    XD-Violence task runs) it was trained on; another cache is refused."""
     rundir = Path(rundir)
     model, doc = load_run(rundir)
     if data is None:
@@ -83,15 +89,23 @@ def evaluate_run(rundir: str | Path, cache: str | Path | None = None, data: Cach
 
         data = load_task_data(cache or doc["cache"], task_of_run(doc))
     if json.dumps(data.identity, sort_keys=True) != json.dumps(doc["cache_identity"], sort_keys=True):
-        raise ValueError(f"{data.path} is not the cache this run was trained on (other backbones, steps or "
-                         f"classes); evaluate with --cache pointing at {doc['cache']}")
-    t = doc["train"]
+        raise ValueError(f"{data.path} is not the cache this run was trained on (other backbones, steps, classes "
+                         f"or task view); evaluate with --cache pointing at {doc['cache']}")
     split = json.loads((rundir / "split.json").read_text())
     rows = data.rows_of(split["test"])
-    rows = rows[has_modality(data.clips, t["modality"])[rows]]
-    test = data.clips.take(rows)
-    pred = predict(model, test)
-    metrics = classification_metrics(test.label.numpy(), pred.clip_probs, data.class_names)
+    rows = rows[has_modality(data.clips, doc["train"]["modality"])[rows]]
+    return RunTestClips(model, doc, data, split, rows, data.clips.take(rows))
+
+
+def evaluate_run(rundir: str | Path, cache: str | Path | None = None, data: CacheData | None = None,
+                 write: bool = True) -> dict[str, Any]:
+    """Test metrics of a run; writes ``metrics.json``, ``per_class.md`` and ``confusion.png``."""
+    rundir = Path(rundir)
+    run = load_test_split(rundir, cache, data)
+    doc, data, split, rows = run.doc, run.data, run.split, run.rows
+    t = doc["train"]
+    pred = predict(run.model, run.clips)
+    metrics = classification_metrics(run.clips.label.numpy(), pred.clip_probs, data.class_names)
     training = _read_json(rundir / "training.json")
     metrics.update({
         "head": t["head"], "modality": t["modality"], "fusion": t["fusion"], "seed": t["seed"],

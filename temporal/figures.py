@@ -245,19 +245,11 @@ def predict_test_split(rundir: str | Path, cache: str | Path | None = None) -> S
     """Recompute the run's test predictions from its cache (metrics.json keeps only counts)."""
     from cache_schema import open_cache
 
-    from .data import has_modality, load_cache
-    from .evaluate import load_run, predict
+    from .evaluate import load_test_split, predict
 
-    rundir = Path(rundir)
-    model, doc = load_run(rundir)
-    data = load_cache(cache or doc["cache"])
-    if json.dumps(data.identity, sort_keys=True) != json.dumps(doc["cache_identity"], sort_keys=True):
-        raise ValueError(f"{data.path} is not the cache this run was trained on; pass the cache at {doc['cache']}")
-    split = json.loads((rundir / "split.json").read_text())
-    rows = data.rows_of(split["test"])
-    rows = rows[has_modality(data.clips, doc["train"]["modality"])[rows]]
-    clips = data.clips.take(rows)
-    pred = predict(model, clips)
+    run = load_test_split(rundir, cache)
+    data, rows, clips = run.data, run.rows, run.clips
+    pred = predict(run.model, clips)
     with open_cache(data.path) as reader:
         root = reader.attrs.get("root")
     return SplitPredictions([str(k) for k in data.keys[rows]], clips.label.numpy(), pred.clip_probs,

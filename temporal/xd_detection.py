@@ -45,9 +45,8 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from cache_schema import open_cache
 
-from .data import CacheData, has_modality
-from .evaluate import METRICS, Prediction, load_run, predict
-from .xd_tasks import load_task_data, task_of_run
+from .data import CacheData
+from .evaluate import METRICS, Prediction, load_test_split, predict
 
 logger = logging.getLogger(__name__)
 
@@ -246,24 +245,15 @@ def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None
     ``annotations`` defaults to the file recorded in the official split file the run was
     trained with (extraction records ``<lists>/annotations.txt`` there)."""
     rundir = Path(rundir)
-    model, doc = load_run(rundir)
-    if data is None:
-        data = load_task_data(cache or doc["cache"], task_of_run(doc))
-    if json.dumps(data.identity, sort_keys=True) != json.dumps(doc["cache_identity"], sort_keys=True):
-        raise ValueError(f"{data.path} is not the cache (or task view) this run was trained on; evaluate with "
-                         f"--cache pointing at {doc['cache']}")
-    split = json.loads((rundir / "split.json").read_text())
-    annotations = annotations or _annotations_from_split(split)
+    run = load_test_split(rundir, cache, data)
+    data, rows, test = run.data, run.rows, run.clips
+    annotations = annotations or _annotations_from_split(run.split)
     if annotations is None:
         raise FileNotFoundError("no annotations file given or recorded with the split; pass --annotations PATH "
                                 "(XD-Violence's annotations.txt)")
-    rows = data.rows_of(split["test"])
-    rows = rows[has_modality(data.clips, doc["train"]["modality"])[rows]]
     if len(rows) == 0:
         raise XDDetectionError(f"{rundir}: no test clip is usable in this cache")
-    test = data.clips.take(rows)
-    pred = predict(model, test)
-    scores = step_anomaly(pred, data.class_names)
+    scores = step_anomaly(predict(run.model, test), data.class_names)
     with open_cache(data.path) as reader:
         duration = dict(zip(reader.read("key").tolist(), reader.read("duration").tolist()))
     normal = list(data.class_names).index(NORMAL)

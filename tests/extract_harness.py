@@ -40,6 +40,9 @@ REALDATA = REPO.parent / "shared" / "realdata"
 # a resumed or sharded run batches other clips together than a reference run.
 CFG = ExtractConfig(video_model="tiny", audio_model="tiny", progress=False, workers=0, batch_size=1,
                     chunk_clips=2, steps=4, feature_dtype="float32", clip_timeout=60.0)
+# The same settings as command-line options, for runs through cli.py (torchrun, subprocesses).
+CLI_TINY = ["--backbones", "tiny", "--workers", "0", "--batch-size", "1", "--steps", "4",
+            "--feature-dtype", "float32", "--chunk-clips", "2"]
 COMPARED = ("key", "group", "label", "status", "error", "video", "audio", "video_mask", "audio_mask",
             "audio_silent", "duration", "step_time")
 DEADLINE_S = 120.0  # no wait in these tests lasts longer

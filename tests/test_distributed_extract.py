@@ -16,6 +16,7 @@ from cache_schema import CacheError, CacheReader, CacheWriter, ClipRecord, valid
 from extract.distributed import DistEnv, plan_shards
 from extract.pipeline import run_extract
 from tests.extract_harness import (
+    CLI_TINY,
     CFG,
     DEADLINE_S,
     REPO,
@@ -116,8 +117,7 @@ def test_a_rank_cannot_write_another_ranks_chunk(ref: Path) -> None:
 def test_torchrun_two_ranks_equal_one_process(data: Path, ref: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.zarr"
     cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", str(REPO / "cli.py"), "extract",
-           "--dataset", "synth", "--root", str(data), "--out", str(out), "--backbones", "tiny", "--device", "cpu",
-           "--workers", "0", "--batch-size", "1", "--steps", "4", "--feature-dtype", "float32", "--chunk-clips", "2"]
+           "--dataset", "synth", "--root", str(data), "--out", str(out), "--device", "cpu", *CLI_TINY]
     proc = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
                           timeout=DEADLINE_S * 2)
     assert proc.returncode == 0, proc.stderr[-3000:]

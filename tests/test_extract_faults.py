@@ -20,6 +20,7 @@ from cache_schema.lock import CacheLocked, CacheWriteError
 from cache_schema.storage import ZarrBackend
 from cli import main as cli_main
 from tests.extract_harness import (
+    CLI_TINY,
     PauseBeforeStatus,
     PauseInResize,
     assert_same_cache,
@@ -29,9 +30,6 @@ from tests.extract_harness import (
     make_dataset,
     wait_for,
 )
-
-CLI_TINY = ["--backbones", "tiny", "--workers", "0", "--batch-size", "1", "--steps", "4",
-            "--feature-dtype", "float32", "--chunk-clips", "2"]
 
 
 @pytest.fixture(scope="module")
