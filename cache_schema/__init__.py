@@ -1,6 +1,7 @@
 """The contract between stage 1 (extract) and stage 2 (temporal): schema, writer,
 reader and validation of the per-clip feature cache."""
 
+from .errors import AvarError, InvalidInput, MissingInput
 from .reader import CacheReader, open_cache
 from .schema import (
     SCHEMA_VERSION,
@@ -21,6 +22,7 @@ from .validate import ValidationReport, validate
 from .writer import CacheWriter
 
 __all__ = [
+    "AvarError", "InvalidInput", "MissingInput",
     "SCHEMA_VERSION", "STATUS_ERROR", "STATUS_OK", "STATUS_PENDING", "UNLABELLED", "BackboneInfo",
     "CacheConfig", "CacheConfigMismatch", "CacheError", "CacheSchemaError", "ClipEntry", "ClipRecord",
     "FORMATS", "detect_format", "ValidationReport", "validate", "CacheWriter", "CacheReader", "open_cache",

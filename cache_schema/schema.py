@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import AvarError
+
 SCHEMA_VERSION = 1
 
 # Per-clip status. A clip is "pending" until its features and its status were written;
@@ -26,7 +28,7 @@ UNLABELLED = -1
 FEATURE_DTYPES = ("float16", "float32")
 
 
-class CacheError(Exception):
+class CacheError(AvarError):
     """Base class of cache problems a user can act on."""
 
 
