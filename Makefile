@@ -36,12 +36,12 @@ LISTS ?=
 TASK ?=
 TASK_ARG := $(if $(TASK),--task $(TASK))
 
-.PHONY: install demo test data extract cache-info clean-outputs help bench-extract bench-train \
+.PHONY: install demo test data extract cache-info clean-outputs help bench-extract bench-train bench-efficiency \
 	train evaluate compare ablate-steps ablate-fusion predict figures bench
 
 help:
 	@echo "make demo | test | data DATASET=synth | extract DATASET=... [DATA_ROOT=...] | train HEAD=mtcn"
-	@echo "     | evaluate RUN=... | compare [SEEDS=3] | ablate-steps | ablate-fusion | bench-extract | bench-train"
+	@echo "     | evaluate RUN=... | compare [SEEDS=3] | ablate-steps | ablate-fusion | bench-extract | bench-train | bench-efficiency"
 	@echo "     | predict RUN=... VIDEO=... [WINDOW=10 HOP=5 PLOT=out.png JSON=1] | figures RUN=... | bench"
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
@@ -114,14 +114,16 @@ demo: $(STAMP)
 
 # Benchmarks (not timed tests): JSON under reports/bench/.
 bench-extract: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m extract.bench --out reports/bench/extract.json
+	HF_HUB_OFFLINE=1 $(PY) cli.py bench extract --out reports/bench/extract.json
 
 bench-train: $(STAMP)
-	$(PY) cli.py bench-train --out reports/bench/train.json
+	$(PY) cli.py bench train --out reports/bench/train.json
 
 # Table 4 (FPS, latency, inference, parameters): CPU always, CUDA fp32 + bf16 when a GPU is visible.
-bench: bench-extract bench-train
-	HF_HUB_OFFLINE=1 $(PY) -m efficiency --out reports/bench/efficiency.json
+bench-efficiency: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) cli.py bench efficiency --out reports/bench/efficiency.json
+
+bench: bench-extract bench-train bench-efficiency
 
 # Raw video in: make predict RUN=runs/... VIDEO="a.mp4 b.mkv" [WINDOW=10 HOP=5] [PLOT=timeline.png] [JSON=1]
 VIDEO ?=

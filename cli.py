@@ -5,36 +5,45 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
 
-VIDEO_DEFAULT = "mobilevit_s.cvnets_in1k"
-AUDIO_DEFAULT = "facebook/wav2vec2-base"
-BACKBONE_PRESETS = {
-    "pretrained": (VIDEO_DEFAULT, AUDIO_DEFAULT),
-    "random": ("random", "random"),
-    "tiny": ("tiny", "tiny"),
-}
+
+class _Commands(click.Group):
+    """The command group that turns the project's expected failures (``AvarError``: bad
+    input, missing weights, a mismatched cache or run) into one line and exit status 2.
+    Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from cache_schema import AvarError
+
+            if not isinstance(exc, AvarError):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """AVAR-Net: audio-visual anomaly recognition on a cached-feature pipeline.
 
-    media -> extract (frozen MobileViT + Wav2Vec2) -> cache -> temporal heads.
+    media -> extract (frozen MobileViT + Wav2Vec2) -> cache -> temporal heads -> apply.
     """
-    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # torchrun
+    import torch
+
+    from extract.distributed import DistEnv
+
+    # Process-wide start-up, once for every command (and every torchrun rank): denormal
+    # floats make untrained MobileViT about ten times slower on CPU.
+    torch.set_flush_denormal(True)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format=f"{rank}%(levelname)s %(name)s: %(message)s")
+                        format=f"{DistEnv.from_environ().log_prefix}%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -52,7 +61,8 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["synth", "vaar", "folder", "xd-violence"]), required=True)
+@click.option("--dataset", type=click.Choice(["synth", "vaar", "folder", "xd-violence"]), required=True,
+              help="Dataset layout of --root.")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--lists", type=click.Path(path_type=Path), default=None,
               help="xd-violence: folder with the train/test lists and annotations.txt [ROOT/lists, else ROOT].")
@@ -60,10 +70,12 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None,
               help="Cache format [default: from the --out suffix, zarr unless .h5/.hdf5].")
-@click.option("--backbones", type=click.Choice(sorted(BACKBONE_PRESETS)), default="pretrained", show_default=True,
-              help="Preset for both models; --video-model/--audio-model override it.")
-@click.option("--video-model", default=None, help=f"timm name, checkpoint file or folder, or tiny/random [{VIDEO_DEFAULT}].")
-@click.option("--audio-model", default=None, help=f"HF audio model id or folder, or tiny/random [{AUDIO_DEFAULT}].")
+@click.option("--backbones", type=click.Choice(["pretrained", "random", "tiny"]), default="pretrained",
+              show_default=True, help="Preset for both models; --video-model/--audio-model override it.")
+@click.option("--video-model", default=None,
+              help="timm name, checkpoint file or folder, or tiny/random [the preset's; pretrained: MobileViT-S].")
+@click.option("--audio-model", default=None,
+              help="HF audio model id or folder, or tiny/random [the preset's; pretrained: wav2vec2-base].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per backbone batch.")
@@ -83,35 +95,17 @@ def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int,
 
     Runs alone, or as every rank of `torchrun --nproc-per-node N cli.py extract ...`
     (Zarr caches only; see the README's cluster section)."""
-    from extract.manifest import build_manifest
+    from extract.backbones import preset_models
+    from extract.datasets import dataset_manifest
     from extract.pipeline import ExtractConfig, run_extract
 
-    v_default, a_default = BACKBONE_PRESETS[backbones]
+    video, audio = preset_models(backbones, video_model, audio_model)
     cfg = ExtractConfig(
-        steps=steps, fmt=fmt, video_model=video_model or v_default, audio_model=audio_model or a_default,
-        device=device, precision=precision, batch_size=batch_size, workers=workers, clip_timeout=clip_timeout,
-        feature_dtype=feature_dtype, retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout,
+        steps=steps, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
+        batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
+        retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout,
     )
-    try:
-        if dataset == "xd-violence":  # the official split goes beside the cache for stage 2's --split-file
-            from extract.xd_violence import load_xd_violence
-
-            xd = load_xd_violence(root, lists)
-            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one rank speaks and writes
-                click.echo(xd.describe())
-                click.echo(f"official split -> {xd.write_official_split(out)}")
-            manifest = xd.manifest
-        else:
-            manifest = build_manifest(dataset, root)
-        summary = run_extract(manifest, out, cfg)
-    except Exception as exc:  # library errors carry what to do next
-        from cache_schema import CacheError
-        from extract.backbones import BackboneUnavailable
-        from extract.distributed import RankFailed
-
-        if isinstance(exc, (CacheError, BackboneUnavailable, FileNotFoundError, ValueError, RankFailed)):
-            _fail(exc)
-        raise
+    summary = run_extract(dataset_manifest(dataset, root, out, lists), out, cfg)
     click.echo(summary.describe())
 
 
@@ -162,13 +156,19 @@ def _official_split(cache_path: Path, split_file: Path | None, task: str | None)
     return candidate if candidate.exists() else None
 
 
-def _stage2_errors():
-    from cache_schema import CacheError
+def _list_heads(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from temporal.heads import describe_heads
 
-    return (CacheError, ValueError, FileNotFoundError)
+    for name, description in describe_heads().items():
+        click.echo(f"{name:<12} {description}")
+    ctx.exit()
 
 
 @main.command()
+@click.option("--list-heads", is_flag=True, expose_value=False, is_eager=True, callback=_list_heads,
+              help="Print every head of the registry with its description, and exit.")
 @click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--head", default="mtcn", show_default=True, help="Head name from the registry (see --list-heads).")
 @click.option("--modality", type=click.Choice(["fused", "video", "audio"]), default="fused", show_default=True)
@@ -185,12 +185,9 @@ def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, ou
     from temporal.xd_tasks import load_task_data
 
     kw["split_file"] = _official_split(cache_path, kw["split_file"], task)
-    try:
-        cfg = _train_config(head, modality, fusion, seed, **kw)
-        data = load_task_data(cache_path, task) if task else None
-        result = train_run(cache_path, out, cfg, data=data, resume=resume)
-    except _stage2_errors() as exc:
-        _fail(exc)
+    cfg = _train_config(head, modality, fusion, seed, **kw)
+    data = load_task_data(cache_path, task) if task else None
+    result = train_run(cache_path, out, cfg, data=data, resume=resume)
     click.echo(format_summary(result.metrics))
     click.echo(f"run -> {result.rundir}")
 
@@ -211,15 +208,12 @@ def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations
     from temporal.evaluate import evaluate_run
     from temporal.metrics import format_summary
 
-    try:
-        metrics = evaluate_run(rundir, cache=cache_path)
-        if detection:
-            from temporal.xd_detection import evaluate_detection
+    metrics = evaluate_run(rundir, cache=cache_path)
+    if detection:
+        from temporal.xd_detection import evaluate_detection
 
-            metrics = evaluate_detection(rundir, annotations=annotations, fps=fps, cache=cache_path,
-                                         snippet_frames=snippet_frames)
-    except _stage2_errors() as exc:
-        _fail(exc)
+        metrics = evaluate_detection(rundir, annotations=annotations, fps=fps, cache=cache_path,
+                                     snippet_frames=snippet_frames)
     click.echo(format_summary(metrics))
     if detection:
         click.echo(f"frame AP (official PR-AUC) {metrics['ap_frame_pr_auc']:.4f}, "
@@ -246,13 +240,10 @@ def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: i
     from temporal.compare import compare as compare_run
 
     kw["split_file"] = _official_split(cache_path, kw["split_file"], task)
-    try:
-        base = replace(_train_config("mtcn", "fused", "early", seed, progress=False, **kw), checkpoint_every=0)
-        compare_run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
-                            modalities=tuple(m for m in modalities.split(",") if m),
-                            seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
-    except _stage2_errors() as exc:
-        _fail(exc)
+    base = replace(_train_config("mtcn", "fused", "early", seed, progress=False, **kw), checkpoint_every=0)
+    compare_run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
+                        modalities=tuple(m for m in modalities.split(",") if m),
+                        seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
     click.echo((out / "table2.md").read_text())
 
 
@@ -271,11 +262,8 @@ def ablate_steps(caches: tuple[Path, ...], out: Path, head: str, n_seeds: int, s
     """The paper's Table 3: the same head on caches of different step counts."""
     from temporal.compare import ablate_steps as run
 
-    try:
-        base = _train_config(head, "fused", "early", seed, progress=False, **kw)
-        run(caches, out, head=head, seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
-    except _stage2_errors() as exc:
-        _fail(exc)
+    base = _train_config(head, "fused", "early", seed, progress=False, **kw)
+    run(caches, out, head=head, seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
     click.echo((out / "table3.md").read_text())
 
 
@@ -293,16 +281,38 @@ def ablate_fusion(cache_path: Path, out: Path, heads: str, n_seeds: int, seed: i
     """Early (concatenation, the paper's choice) vs late (averaged probabilities) fusion."""
     from temporal.compare import ablate_fusion as run
 
-    try:
-        base = _train_config("mtcn", "fused", "early", seed, progress=False, **kw)
-        run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
-                    seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
-    except _stage2_errors() as exc:
-        _fail(exc)
+    base = _train_config("mtcn", "fused", "early", seed, progress=False, **kw)
+    run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
+                seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
     click.echo((out / "fusion.md").read_text())
 
 
-@main.command("bench-train")
+@main.group()
+def bench() -> None:
+    """Speed and memory benchmarks (JSON under reports/bench/; ratios measured in one run)."""
+
+
+@bench.command("extract")
+@click.option("--out", default=Path("reports/bench/extract.json"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--video-model", default="random", show_default=True)
+@click.option("--audio-model", default="random", show_default=True)
+@click.option("--clips", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
+                  device: str) -> None:
+    """Stage 1 with full-size architectures: decode plan vs minimum, end-to-end vs backbone-only,
+    peak memory and time of a 120 s vs a 10 s 720p clip."""
+    from extract.bench import run_bench
+    from extract.pipeline import ExtractConfig
+
+    cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
+                        progress=False, device=device)
+    click.echo(json.dumps(run_bench(out, cfg, clips), indent=2))
+
+
+@bench.command("train")
 @click.option("--out", default=Path("reports/bench/train.json"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--clips", default=3000, show_default=True, type=click.IntRange(10))
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(1), help="Timed epochs per setting (median).")
@@ -316,6 +326,29 @@ def bench_train(out: Path, clips: int, epochs: int, batch_sizes: str, threads: s
 
     grid = [(b, t) for b in _int_list(batch_sizes) for t in _int_list(threads)]
     click.echo(json.dumps(run(out, n_clips=clips, epochs=epochs, grid=grid), indent=2))
+
+
+@bench.command("efficiency")
+@click.option("--out", default=Path("reports/bench/efficiency.json"), show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--clips", default=8, show_default=True, type=click.IntRange(2))
+@click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--width", default=640, show_default=True, type=click.IntRange(16))
+@click.option("--height", default=360, show_default=True, type=click.IntRange(16))
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CPU, plus CUDA fp32 and bf16/fp16 when a GPU is visible.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="With --device cpu or cuda: only this precision.")
+def bench_efficiency(out: Path, clips: int, duration: float, width: int, height: int, steps: int, workers: int,
+                     device: str, precision: str | None) -> None:
+    """The paper's Table 4: FPS, latency, inference and parameters (full-size, untrained)."""
+    from apply.efficiency import BenchConfig, run, targets_for, to_markdown
+
+    cfg = BenchConfig(clips=clips, duration=duration, width=width, height=height, steps=steps, workers=workers,
+                      targets=targets_for(device, precision))
+    click.echo(to_markdown(run(cfg, out)))
 
 
 def _int_list(text: str) -> list[int]:
@@ -351,22 +384,17 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
     The backbones of the run's cache are loaded and checked (weights checksum, preprocessing);
     a run they cannot reproduce is refused. A file that cannot be read gives an error entry
     and the others are still predicted; the exit status is 1 if any video failed."""
-    from predict import PredictConfig, format_table, load_predictor
+    from apply import PredictConfig, format_table, load_predictor, plot_timeline
 
-    try:
-        config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
-                               window=window, hop=hop, thumbnails=plot is not None)
-        predictor = load_predictor(rundir, config)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+    config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
+                           window=window, hop=hop, thumbnails=plot is not None)
+    predictor = load_predictor(rundir, config)
     preds = []
     for pred in predictor.predict_many(videos, config):
         preds.append(pred)
         if as_json:
             click.echo(json.dumps(pred.to_json()))
         if plot is not None and pred.error is None:
-            from media_figures import plot_timeline
-
             target = plot if len(videos) == 1 else plot.with_name(f"{plot.stem}-{Path(pred.video).stem}{plot.suffix}")
             plot_timeline(pred, target)
             click.echo(f"timeline -> {target}", err=as_json)
@@ -388,19 +416,16 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 def figures(rundir: Path, out: Path | None, compare_csv: Path | None, media_root: Path | None, n_clips: int) -> None:
     """The paper's figures of RUNDIR as PNG: confusion matrices (counts, normalised), per-class F1,
     training curves, the comparison heat-map, and test clips' frames with truth and prediction."""
+    from apply import plot_clip_strips
+    from cache_schema import AvarError
     from temporal.figures import FIGURES_DIR, run_figures
 
     out = out or rundir / FIGURES_DIR
-    try:
-        written = run_figures(rundir, out, compare_csv)
-    except _stage2_errors() as exc:
-        _fail(exc)
+    written = run_figures(rundir, out, compare_csv)
     if (rundir / "config.json").is_file():
-        from media_figures import plot_clip_strips
-
         try:
             written["clip_strips"] = plot_clip_strips(rundir, out / "clip_strips.png", media_root, n_clips=n_clips)
-        except (FileNotFoundError, ValueError) as exc:
+        except AvarError as exc:
             click.echo(f"skipped the frame-strip view: {exc}", err=True)
     for name, path in written.items():
         click.echo(f"{name:<22} {path}")
@@ -416,32 +441,11 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable, with one entry per clip.")
 def cache_info(path: Path, as_json: bool) -> None:
     """Print a cache's metadata and status counts."""
-    from cache_schema import CacheError, open_cache
+    from cache_schema import cache_info as read_info
+    from cache_schema import format_cache_info
 
-    try:
-        with open_cache(path) as r:
-            info = {"path": str(path), "format": r.format, "attrs": r.attrs, "counts": r.counts()}
-            if as_json:
-                info["clips"] = r.clips()
-                click.echo(json.dumps(info, indent=2))
-                return
-            clips = r.clips()
-    except CacheError as exc:
-        _fail(exc)
-    a = info["attrs"]
-    click.echo(f"cache      {path} ({info['format']}, schema v{a.get('schema_version')})")
-    click.echo(f"steps      {a.get('steps')} at {a.get('sample_rate')} Hz audio, features {a.get('feature_dtype')}")
-    for mod in ("video", "audio"):
-        b = a.get(f"{mod}_backbone", {})
-        click.echo(f"{mod:<10} {b.get('name')} ({b.get('arch')}, {b.get('dim')}-d, "
-                   f"{'pretrained' if b.get('pretrained') else 'UNTRAINED weights'}, sha256 {str(b.get('checksum'))[:12]})")
-    click.echo(f"classes    {', '.join(a.get('class_names', [])) or '(unlabelled)'}")
-    click.echo(f"created    {a.get('created')}  complete: {a.get('complete')}")
-    c = info["counts"]
-    click.echo(f"clips      {c['total']}: {c['ok']} ok, {c['error']} error, {c['pending']} pending")
-    for clip in clips:
-        if clip["status"] == "error":
-            click.echo(f"  error    {clip['key']}: {clip['error']}")
+    info = read_info(path)
+    click.echo(json.dumps(info, indent=2) if as_json else format_cache_info(info))
 
 
 @cache.command("validate")

@@ -37,6 +37,9 @@ from .video_backbone import (
 
 __all__ = [
     "AUDIO_PRESETS",
+    "BACKBONE_PRESETS",
+    "DEFAULT_AUDIO_MODEL",
+    "DEFAULT_VIDEO_MODEL",
     "VIDEO_PRESETS",
     "AudioBackbone",
     "BackboneConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "load_audio_backbone",
     "load_backbones",
     "load_video_backbone",
+    "preset_models",
     "resolve_device",
 ]
 
@@ -58,6 +62,20 @@ AUDIO_PRESETS: dict[str, Callable[[], nn.Module]] = {
     "tiny": build_tiny_audio_model,
     "random": build_random_audio_model,
 }
+
+# ``--backbones`` presets: (video, audio) model names. "pretrained" are the paper's
+# backbones from the hubs; the others are untrained, seeded architectures.
+BACKBONE_PRESETS: dict[str, tuple[str, str]] = {
+    "pretrained": (DEFAULT_VIDEO_MODEL, DEFAULT_AUDIO_MODEL),
+    "random": ("random", "random"),
+    "tiny": ("tiny", "tiny"),
+}
+
+
+def preset_models(preset: str, video_model: str | None = None, audio_model: str | None = None) -> tuple[str, str]:
+    """The (video, audio) model names of ``preset``, each overridden when given."""
+    video, audio = BACKBONE_PRESETS[preset]
+    return video_model or video, audio_model or audio
 
 
 @dataclass(frozen=True)

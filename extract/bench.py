@@ -1,4 +1,4 @@
-"""``make bench-extract``: stage 1's speed and memory with the full-size architectures
+"""``cli.py bench extract``: stage 1's speed and memory with the full-size architectures
 (untrained weights: the figures are about compute, not accuracy).
 
 Every ratio is measured within one run on the same clips, because this machine is shared
@@ -8,52 +8,27 @@ per clip length), since a process's peak RSS never goes down.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import multiprocessing
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
-from fractions import Fraction
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
+
+from synth.bench_clip import write_bench_clip
 
 from .decode import decode_all_frames_sequentially, decode_clip
 from .manifest import Manifest, ManifestRow
 from .pipeline import Decoded, ExtractConfig, FeatureExtractor, load_extract_backbones, run_extract
 
 logger = logging.getLogger(__name__)
-
-
-def write_bench_clip(path: Path, duration: float, width: int = 1280, height: int = 720, fps: int = 25,
-                     seed: int = 0) -> Path:
-    """An H.264/AAC clip with moving texture and noise, so that frames do not compress to
-    nothing and decoding costs what real footage costs. Frames are generated lazily: the
-    writer never holds the video either."""
-    from synth.encode import write_clip
-
-    rng = np.random.default_rng(seed)
-    n = int(round(duration * fps))
-    base = rng.integers(0, 255, size=(height + 64, width + 64, 3), dtype=np.uint8)
-
-    def frames() -> Iterator[np.ndarray]:
-        for k in range(n):
-            dx, dy = (3 * k) % 64, (2 * k) % 64
-            img = base[dy: dy + height, dx: dx + width].copy()
-            img[: height // 4] = (k * 5) % 255
-            yield img
-
-    sr = 44100
-    t = np.arange(int(duration * sr)) / sr
-    audio = (0.2 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)[None]
-    write_clip(path, "mp4", "aac", width, height, Fraction(fps), np.arange(n) / fps, False, frames(), audio, sr)
-    return path
 
 
 def _manifest(paths: list[Path]) -> Manifest:
@@ -121,14 +96,16 @@ def probe_one(path: Path, cfg: ExtractConfig) -> dict[str, Any]:
 
 
 def _probe_in_subprocess(path: Path, cfg: ExtractConfig) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "extract.bench", "--probe", str(path), "--video-model", cfg.video_model,
-           "--audio-model", cfg.audio_model]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """``probe_one`` in a fresh (spawned) process, whose peak RSS is this clip's alone."""
+    ctx = multiprocessing.get_context("spawn")
+    # A spawned process starts with the default floating-point mode: flush denormals there
+    # too, as every entry point does (untrained MobileViT is ~10x slower without it).
+    with ctx.Pool(1, initializer=torch.set_flush_denormal, initargs=(True,)) as pool:
+        return pool.apply(probe_one, (path, replace(cfg, workers=0)))
 
 
 def run_bench(out: Path, cfg: ExtractConfig, n_clips: int = 8) -> dict[str, Any]:
-    torch.set_flush_denormal(True)
+    """Every figure of ``bench extract`` on freshly written clips; the JSON goes to ``out``."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         logger.info("writing benchmark clips")
@@ -163,29 +140,3 @@ def run_bench(out: Path, cfg: ExtractConfig, n_clips: int = 8) -> dict[str, Any]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("reports/bench/extract.json"))
-    ap.add_argument("--video-model", default="random")
-    ap.add_argument("--audio-model", default="random")
-    ap.add_argument("--clips", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    ap.add_argument("--probe", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = ExtractConfig(video_model=args.video_model, audio_model=args.audio_model, workers=args.workers,
-                        batch_size=args.batch_size, progress=False, device=args.device)
-    if args.probe:
-        logging.disable(logging.WARNING)
-        print(json.dumps(probe_one(args.probe, ExtractConfig(**{**cfg.__dict__, "workers": 0}))))
-        return
-    result = run_bench(args.out, cfg, args.clips)
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

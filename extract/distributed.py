@@ -25,12 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Protocol, Sequence
 
+from cache_schema import AvarError, InvalidInput
+
 logger = logging.getLogger(__name__)
 
 _ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
-class RankFailed(RuntimeError):
+class RankFailed(AvarError):
     """One or more ranks of a distributed run stopped; what they finished is kept."""
 
 
@@ -44,7 +46,7 @@ class DistEnv:
 
     def __post_init__(self) -> None:
         if not (self.world >= 1 and 0 <= self.rank < self.world and self.local_rank >= 0):
-            raise ValueError(f"invalid distributed environment: rank {self.rank} of {self.world}, local {self.local_rank}")
+            raise InvalidInput(f"invalid distributed environment: rank {self.rank} of {self.world}, local {self.local_rank}")
 
     @property
     def distributed(self) -> bool:
@@ -57,6 +59,11 @@ class DistEnv:
     def label(self) -> str:
         return f"rank {self.rank}/{self.world}" if self.distributed else "single process"
 
+    @property
+    def log_prefix(self) -> str:
+        """``"[rank N] "`` under torchrun, so that interleaved log lines say whose they are."""
+        return f"[rank {self.rank}] " if self.distributed else ""
+
     @staticmethod
     def from_environ(environ: Mapping[str, str] = os.environ) -> "DistEnv":
         if "WORLD_SIZE" not in environ:
@@ -64,7 +71,7 @@ class DistEnv:
         try:
             vals = {k: int(environ.get(k, "0")) for k in _ENV_VARS}
         except ValueError:
-            raise ValueError(f"torchrun variables {', '.join(_ENV_VARS)} must be integers; got "
+            raise InvalidInput(f"torchrun variables {', '.join(_ENV_VARS)} must be integers; got "
                              f"{ {k: environ.get(k) for k in _ENV_VARS} }") from None
         return DistEnv(rank=vals["RANK"], world=vals["WORLD_SIZE"], local_rank=vals["LOCAL_RANK"])
 
@@ -141,7 +148,7 @@ def process_group(env: DistEnv, timeout_s: float) -> Iterator[Group]:
         return
     for var in ("MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
-            raise ValueError(f"{var} is not set: launch distributed extraction with torchrun "
+            raise InvalidInput(f"{var} is not set: launch distributed extraction with torchrun "
                              "(it sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)")
     dist.init_process_group("gloo", rank=env.rank, world_size=env.world,
                             timeout=_dt.timedelta(seconds=timeout_s))

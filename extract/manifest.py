@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cache_schema import UNLABELLED, ClipEntry
+from cache_schema import UNLABELLED, ClipEntry, InvalidInput, MissingInput
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _read_groups(root: Path) -> dict[str, str]:
 
 def _check_root(root: Path) -> None:
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} is not a folder; pass --root (or DATA_ROOT=) pointing at it")
+        raise MissingInput(f"dataset root {root} is not a folder; pass --root (or DATA_ROOT=) pointing at it")
 
 
 def class_folders(root: Path, dataset: str, class_names: tuple[str, ...] = VAAR_CLASSES) -> Manifest:
@@ -101,12 +101,12 @@ def class_folders(root: Path, dataset: str, class_names: tuple[str, ...] = VAAR_
         key = rel.as_posix()
         rows.append(ManifestRow(key, path, index[cls], groups.get(key, "")))
     if unknown:
-        raise ValueError(
+        raise InvalidInput(
             f"folders {sorted(unknown)} under {root} are not {dataset} classes {list(class_names)}; "
             "rename them, or use --dataset folder for unlabelled media"
         )
     if not rows:
-        raise FileNotFoundError(f"no media files found under {root}/<class>/ (suffixes: {sorted(MEDIA_SUFFIXES)})")
+        raise MissingInput(f"no media files found under {root}/<class>/ (suffixes: {sorted(MEDIA_SUFFIXES)})")
     return Manifest(dataset, root, class_names, tuple(rows))
 
 
@@ -127,7 +127,7 @@ def folder(root: Path) -> Manifest:
         for p in _media_files(root)
     )
     if not rows:
-        raise FileNotFoundError(f"no media files found under {root}")
+        raise MissingInput(f"no media files found under {root}")
     return Manifest("folder", root, (), rows)
 
 
@@ -146,5 +146,5 @@ def build_manifest(dataset: str, root: str | Path) -> Manifest:
     try:
         build = DATASETS[dataset]
     except KeyError:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}") from None
+        raise InvalidInput(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}") from None
     return build(Path(root))

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from cache_schema import STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord, detect_format
 from cache_schema.lock import CacheLock, CacheWriteError
 
-from .backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone, resolve_device
+from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone, VideoBackbone, load_audio_backbone,
+                        load_video_backbone, resolve_device)
 from .decode import ClipTimeout, DecodedClip, DecodeError, decode_clip
 from .distributed import DistEnv, Group, RankFailed, plan_shards, process_group, rank_device
 from .manifest import Manifest, ManifestRow
@@ -46,8 +47,8 @@ WEIGHED_CLIPS = 200_000  # up to this many pending clips, shards are balanced by
 class ExtractConfig:
     steps: int = 10
     fmt: str | None = None  # None: from the output path's suffix
-    video_model: str = "mobilevit_s.cvnets_in1k"
-    audio_model: str = "facebook/wav2vec2-base"
+    video_model: str = DEFAULT_VIDEO_MODEL
+    audio_model: str = DEFAULT_AUDIO_MODEL
     device: str = "auto"
     precision: str = "fp32"
     batch_size: int = 8
@@ -84,12 +85,6 @@ class ExtractSummary:
                                                  for r in self.ranks))
         lines += [f"  failed {k}: {why}" for k, why in sorted(self.failed.items())]
         return "\n".join(lines)
-
-
-def configure_torch() -> None:
-    """Denormal floats make untrained MobileViT ~10x slower on CPU; flush them before the
-    first parallel op."""
-    torch.set_flush_denormal(True)
 
 
 # -- decoding in workers ----------------------------------------------------------------
@@ -171,8 +166,7 @@ def _batch_timeout_s(cfg: ExtractConfig, clips: int) -> float:
 
 
 def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-    configure_torch()
+    torch.set_num_threads(1)  # a forked worker keeps the parent's floating-point mode (denormals flushed)
 
 
 def _collate(batch: list[Decoded]) -> list[Decoded]:
@@ -349,7 +343,6 @@ def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
 
 
 def load_extract_backbones(cfg: ExtractConfig, env: DistEnv | None = None) -> tuple[VideoBackbone, AudioBackbone]:
-    configure_torch()
     device = resolve_device(rank_device(cfg.device, env or DistEnv()))
     video = load_video_backbone(cfg.video_model, device=device, precision=cfg.precision)
     audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision)

@@ -31,6 +31,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cache_schema import InvalidInput, MissingInput
+
 from .manifest import MEDIA_SUFFIXES, Manifest, ManifestRow
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ _NAME_RE = re.compile(rf"^(?P<name>.*_label_(?P<codes>{_CODE}(?:-{_CODE})*))(?P<
 _REST_RE = re.compile(r"^(?:__(?P<crop>\d+))?(?P<ext>\.[A-Za-z0-9]+)?$")
 
 
-class XDListError(ValueError):
+class XDListError(InvalidInput):
     """A list or a name does not follow XD-Violence's conventions; the message says which."""
 
 
@@ -172,13 +174,13 @@ def find_list_files(lists_dir: str | Path) -> dict[str, Path]:
     """The train and test list files of a folder (see ``LIST_FILES``)."""
     lists_dir = Path(lists_dir)
     if not lists_dir.is_dir():
-        raise FileNotFoundError(f"list folder {lists_dir} does not exist; pass --lists DIR holding the train/test "
+        raise MissingInput(f"list folder {lists_dir} does not exist; pass --lists DIR holding the train/test "
                                 f"lists and {ANNOTATIONS_FILE}")
     found: dict[str, Path] = {}
     for split, candidates in LIST_FILES.items():
         present = [lists_dir / c for c in candidates if (lists_dir / c).is_file()]
         if not present:
-            raise FileNotFoundError(f"no {split} list in {lists_dir}: expected one of {list(candidates)} "
+            raise MissingInput(f"no {split} list in {lists_dir}: expected one of {list(candidates)} "
                                     "(CSV with a 'path' column, or one name/path per line)")
         if len(present) > 1:
             logger.info("%s list: using %s (also present: %s)", split, present[0].name, [p.name for p in present[1:]])
@@ -349,7 +351,7 @@ def load_xd_violence(root: str | Path, lists: str | Path | None = None) -> XDVio
     """Read the lists (``lists`` or the default folder) and find their videos under ``root``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} is not a folder; pass --root (or DATA_ROOT=) pointing at the "
+        raise MissingInput(f"dataset root {root} is not a folder; pass --root (or DATA_ROOT=) pointing at the "
                                 "XD-Violence videos")
     xd_lists = read_lists(lists if lists is not None else default_lists_dir(root))
     on_disk = index_videos(root)
@@ -368,7 +370,7 @@ def load_xd_violence(root: str | Path, lists: str | Path | None = None) -> XDVio
                        len(missing), root, counts.get("train", 0), counts.get("test", 0),
                        ", ".join(v.name for v in missing[:20]), " ..." if len(missing) > 20 else "")
     if not rows:
-        raise FileNotFoundError(f"none of the {len(xd_lists.videos)} listed XD-Violence videos is under {root}; "
+        raise MissingInput(f"none of the {len(xd_lists.videos)} listed XD-Violence videos is under {root}; "
                                 "pass --root pointing at the folder holding the videos (any depth, named "
                                 "<video name>[.mp4])")
     manifest = Manifest(DATASET, root, XD_CLASSES, tuple(rows))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cache_schema import InvalidInput
 from synth.encode import ACODEC_NAMES, CONTAINERS, FIXED_RATES, write_clip
 from synth.scenes import CLASSES, PAIRS, RECIPES, ClipPlan, draw_events, draw_nuisance, draw_scene, render_audio, render_frames
 
@@ -71,26 +72,26 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.clips_per_class < 1:
-            raise ValueError("clips_per_class must be >= 1")
+            raise InvalidInput("clips_per_class must be >= 1")
         if self.seed < 0:
-            raise ValueError("seed must be >= 0")
+            raise InvalidInput("seed must be >= 0")
         for name in ("other_container_share", "no_audio_share", "silent_audio_share", "long_share",
                      "variable_fps_share", "stereo_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
+                raise InvalidInput(f"{name} must be in [0, 1], got {v}")
         if self.no_audio_share + self.silent_audio_share > 1.0:
-            raise ValueError("no_audio_share + silent_audio_share must not exceed 1")
+            raise InvalidInput("no_audio_share + silent_audio_share must not exceed 1")
         for name in ("duration_range", "long_range"):
             lo, hi = getattr(self, name)
             if not 0.2 <= lo <= hi:
-                raise ValueError(f"{name} must satisfy 0.2 <= low <= high, got {(lo, hi)}")
+                raise InvalidInput(f"{name} must satisfy 0.2 <= low <= high, got {(lo, hi)}")
         lo, hi = self.clips_per_source
         if not 1 <= lo <= hi:
-            raise ValueError(f"clips_per_source must satisfy 1 <= low <= high, got {(lo, hi)}")
+            raise InvalidInput(f"clips_per_source must satisfy 1 <= low <= high, got {(lo, hi)}")
         for w, h in self.sizes:
             if w % 2 or h % 2 or w < 16 or h < 16:
-                raise ValueError(f"frame sizes must be even and >= 16, got {w}x{h}")
+                raise InvalidInput(f"frame sizes must be even and >= 16, got {w}x{h}")
 
 
 @dataclass(frozen=True)

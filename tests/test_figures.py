@@ -129,8 +129,8 @@ def test_normalized_confusion_rows_sum_to_one() -> None:
 
 
 def test_frame_strips_and_timeline_from_real_media(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    from media_figures import strip_png_size, timeline_figure
-    from predict import PredictConfig, load_predictor
+    from apply.media_figures import strip_png_size, timeline_figure
+    from apply import PredictConfig, load_predictor
 
     run = build_synthetic_run(tmp_path_factory.getbasetemp() / "synthetic_run")
     result = _cli("figures", str(run), "--out", str(tmp_path), "--clips", "4")

@@ -100,7 +100,7 @@ def long_video(synthetic_run: Path) -> tuple[Path, float, float]:
 
 @pytest.fixture(scope="session")
 def predictor(synthetic_run: Path):
-    from predict import PredictConfig, load_predictor
+    from apply import PredictConfig, load_predictor
 
     return load_predictor(synthetic_run, PredictConfig(device="cpu"))
 
@@ -205,7 +205,7 @@ def test_json_output_has_steps_scores_and_increasing_times(synthetic_run: Path, 
 
 
 def test_timeline_peaks_at_the_known_event(predictor, long_video) -> None:
-    from predict import PredictConfig
+    from apply import PredictConfig
 
     path, start, end = long_video
     pred = predictor.predict(path, PredictConfig(window=WINDOW, hop=HOP))
@@ -233,7 +233,7 @@ def test_whole_video_mode_reproduces_the_cached_prediction(predictor, synthetic_
 
 
 def test_a_run_with_other_backbones_is_refused(synthetic_run: Path, tmp_path: Path) -> None:
-    from predict import BackboneMismatch, PredictConfig, load_predictor
+    from apply import BackboneMismatch, PredictConfig, load_predictor
 
     run = tmp_path / "run"
     shutil.copytree(synthetic_run, run)
@@ -277,7 +277,7 @@ def test_an_unreadable_file_is_an_error_entry_and_the_others_are_predicted(synth
 
 
 def test_plot_draws_the_timeline_png(synthetic_run: Path, long_video, tmp_path: Path) -> None:
-    from media_figures import timeline_png_size
+    from apply.media_figures import timeline_png_size
     from PIL import Image
 
     out = tmp_path / "timeline.png"

@@ -1,4 +1,4 @@
-"""``make bench``: the paper's Table 4 (efficiency) for this implementation.
+"""``cli.py bench efficiency``: the paper's Table 4 (efficiency) for this implementation.
 
 What is measured, per device and precision, on generated H.264/AAC clips with the
 full-size architectures (MobileViT-S, wav2vec2-base, the MTCN head on 640 + 768 fused
@@ -20,7 +20,6 @@ Ti) are written beside ours; they are from another machine, so compare with care
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -34,6 +33,15 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from extract.backbones import load_audio_backbone, load_video_backbone
+from extract.decode import DecodedClip, decode_clip
+from extract.manifest import ManifestRow
+from extract.pipeline import SAMPLE_RATE, Decoded, ExtractConfig, iter_decoded
+from synth.bench_clip import write_bench_clip
+from temporal.model import AnomalyModel
+
+from .predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +99,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build_predictor(cfg: BenchConfig, device: str, precision: str):
-    """Full-size backbones and an (untrained) head on the fused 640 + 768 features."""
-    from extract.backbones import load_audio_backbone, load_video_backbone
-    from predict import Predictor
-    from temporal.model import AnomalyModel
+def targets_for(device: str, precision: str | None) -> tuple[tuple[str, str], ...]:
+    """The (device, precision) rows of ``--device``/``--precision``: ``auto`` is
+    ``default_targets()``; a device alone is fp32 on the CPU, fp32 and bf16 on a GPU."""
+    if device == "auto":
+        return default_targets()
+    precisions = [precision] if precision else (["fp32"] if device == "cpu" else ["fp32", "bf16"])
+    return tuple((device, p) for p in precisions)
 
+
+def build_predictor(cfg: BenchConfig, device: str, precision: str) -> Predictor:
+    """Full-size backbones and an (untrained) head on the fused 640 + 768 features."""
     video = load_video_backbone(cfg.video_model, device=device, precision=precision)
     audio = load_audio_backbone(cfg.audio_model, device=device, precision=precision)
     torch.manual_seed(0)
@@ -107,21 +120,17 @@ def build_predictor(cfg: BenchConfig, device: str, precision: str):
 
 def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) -> dict[str, Any]:
     """One row of the table: FPS, latency and inference on ``device`` at ``precision``."""
-    from extract.decode import decode_clip
-    from extract.manifest import ManifestRow
-    from extract.pipeline import SAMPLE_RATE, Decoded, ExtractConfig, iter_decoded
-
     pred = build_predictor(cfg, device, precision)
-    transform = pred.video.transform
+    transform = pred.video_backbone.transform
 
-    def decode(p: Path):
+    def decode(p: Path) -> DecodedClip:
         return decode_clip(p, cfg.steps, sample_rate=SAMPLE_RATE, frame_transform=transform)
 
-    def to_probs(clip) -> np.ndarray:
-        out = pred.score_decoded([Decoded(clip.path, clip=clip)])[0]
-        if out[1] is None:
-            raise RuntimeError(f"benchmark clip failed: {out[0].error}")
-        return out[1]
+    def to_probs(clip: DecodedClip) -> np.ndarray:
+        scored = pred.score([Decoded(clip.path, clip=clip)])[0]
+        if not scored.ok:
+            raise RuntimeError(f"benchmark clip failed: {scored.error}")
+        return scored.probs
 
     # warm-up: first calls allocate, pick kernels, fill caches
     to_probs(decode(paths[0]))
@@ -133,9 +142,9 @@ def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) ->
         _sync(device)
         t0 = time.perf_counter()
         frames = torch.stack([torch.as_tensor(f) for f in clip.frames])
-        pred.video.embed(frames)
+        pred.video_backbone.embed(frames)
         t1 = time.perf_counter()
-        pred.audio.embed([(clip.audio, clip.step_bounds)])
+        pred.audio_backbone.embed([(clip.audio, clip.step_bounds)])
         t2 = time.perf_counter()
         parts["video_backbone"].append(t1 - t0)
         parts["audio_backbone"].append(t2 - t1)
@@ -143,7 +152,7 @@ def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) ->
         to_probs(clip)
         _sync(device)
         latency.append(time.perf_counter() - t0)
-    record = pred.extractor.records([Decoded(decoded[0].path, clip=decoded[0])])
+    record = pred.feature_extractor.records([Decoded(decoded[0].path, clip=decoded[0])])
     for _ in paths:
         t0 = time.perf_counter()
         pred.score_records(record)
@@ -167,7 +176,7 @@ def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) ->
     t0 = time.perf_counter()
     done = 0
     for batch in iter_decoded(rows, ecfg, transform):
-        done += sum(s[1] is not None for s in pred.score_decoded(batch))
+        done += sum(s.ok for s in pred.score(batch))
     _sync(device)
     wall = time.perf_counter() - t0
     if done != len(paths):
@@ -180,17 +189,15 @@ def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) ->
         "latency_breakdown_ms": {k: ms(v) for k, v in parts.items()},
         "decode_ms": round(ms(inference) - ms(latency), 2),
         "fps_pipeline": {"workers": cfg.workers, "batch_size": cfg.batch_size, "wall_s": round(wall, 3)},
-        "params": {"video_backbone": _params(pred.video.model), "audio_backbone": _params(pred.audio.model),
+        "params": {"video_backbone": _params(pred.video_backbone.model),
+                   "audio_backbone": _params(pred.audio_backbone.model),
                    "head": _params(pred.model)},
-        "video_arch": pred.video.arch, "audio_arch": pred.audio.arch,
+        "video_arch": pred.video_backbone.arch, "audio_arch": pred.audio_backbone.arch,
     }
 
 
 def run(cfg: BenchConfig, out: Path) -> dict[str, Any]:
     """Measure every target, write ``out`` (JSON) and the same path with ``.md``."""
-    from extract.bench import write_bench_clip
-
-    torch.set_flush_denormal(True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         logger.info("writing %d benchmark clips (%g s, %dx%d, %d fps)", cfg.clips, cfg.duration, cfg.width,
@@ -238,31 +245,3 @@ def to_markdown(result: dict[str, Any]) -> str:
              "head": f"head ({result['config']['head']}, fused 640+768)", "total": "total"}
     lines += [f"| {names[k]} | {v:,} |" for k, v in result["params"].items()]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Table 4: FPS, latency, inference and parameters (see module doc).")
-    ap.add_argument("--out", type=Path, default=Path("reports/bench/efficiency.json"))
-    ap.add_argument("--clips", type=int, default=8)
-    ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--height", type=int, default=360)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                    help="auto: CPU, plus CUDA fp32 and bf16/fp16 when a GPU is visible")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                    help="with --device cuda or cpu: only this precision")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    targets = default_targets() if args.device == "auto" else tuple(
-        (args.device, p) for p in ([args.precision] if args.precision else
-                                   (["fp32"] if args.device == "cpu" else ["fp32", "bf16"])))
-    cfg = BenchConfig(clips=args.clips, duration=args.duration, width=args.width, height=args.height,
-                      steps=args.steps, workers=args.workers, targets=targets)
-    result = run(cfg, args.out)
-    print(to_markdown(result))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """Figures that show video frames: the anomaly timeline of a prediction (the paper's
 Figure 5) and sampled frames of test clips with truth and prediction (its Figure 4).
 
-They need the videos, so they live at the top level beside ``predict.py``; figures made
-from run outputs alone are in ``temporal/figures.py``. Same conventions: matplotlib's
+They need the videos, so they live beside the predictor; figures made from run outputs
+alone are in ``temporal/figures.py``. Same conventions: matplotlib's
 object API, fixed sizes, constrained layout, titles and axis labels on everything.
 """
 
@@ -17,9 +17,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
-from predict import VideoPrediction, thumbnail
+from cache_schema import AvarError, InvalidInput, MissingInput
+from extract.decode import decode_clip
+from extract.windows import thumbnail
 from temporal.figures import DPI, predict_test_split
 from temporal.metrics import NORMAL
+
+from .predictor import THUMB_HEIGHT
+from .results import VideoPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ def plot_timeline(pred: VideoPrediction, path: str | Path, max_frames: int = 8) 
 def timeline_figure(pred: VideoPrediction, max_frames: int = 8) -> Figure:
     """The Figure-5 view of one prediction (see ``plot_timeline``)."""
     if pred.error:
-        raise ValueError(f"{pred.video} was not predicted ({pred.error}); nothing to plot")
+        raise InvalidInput(f"{pred.video} was not predicted ({pred.error}); nothing to plot")
     colours = class_colours(pred.class_names)
     frames = _strip_frames(pred, max_frames)
     fig = Figure(figsize=TIMELINE_SIZE, layout="constrained")
@@ -141,12 +146,10 @@ def plot_clip_strips(rundir: str | Path, path: str | Path, media_root: str | Pat
     the true and the predicted class (wrong predictions in red). Predictions come from the
     run's cache; frames from the media under ``media_root`` (default: the dataset root
     recorded in the cache)."""
-    from extract.decode import DecodeError, decode_clip
-
     tp = predict_test_split(rundir, cache)
     root = Path(media_root) if media_root is not None else (Path(tp.media_root) if tp.media_root else None)
     if root is None or not root.is_dir():
-        raise FileNotFoundError(f"the media of {tp.cache} are not at {root}; pass --media-root pointing at the dataset "
+        raise MissingInput(f"the media of {tp.cache} are not at {root}; pass --media-root pointing at the dataset "
                                 "folder the cache was extracted from")
     rows: list[tuple[int, list[tuple[float, Image.Image]] | None]] = []
     for i in _pick_clips(tp.y_true, tp.y_pred, max(n_clips * 2, n_clips)):
@@ -154,14 +157,14 @@ def plot_clip_strips(rundir: str | Path, path: str | Path, media_root: str | Pat
             break
         file = root / tp.keys[i]
         try:
-            clip = decode_clip(file, frames_per_clip, frame_transform=thumbnail)
-        except (DecodeError, OSError) as exc:
+            clip = decode_clip(file, frames_per_clip, frame_transform=lambda im: thumbnail(im, THUMB_HEIGHT))
+        except AvarError as exc:
             logger.warning("skipping %s in the frame-strip view: %s", file, exc)
             continue
         frames = list(zip(clip.step_times.tolist(), clip.frames)) if clip.frames is not None else None
         rows.append((i, frames))
     if not rows:
-        raise FileNotFoundError(f"none of the run's test clips could be read under {root}; pass --media-root")
+        raise MissingInput(f"none of the run's test clips could be read under {root}; pass --media-root")
     fig = Figure(figsize=(STRIP_WIDTH, STRIP_ROW_HEIGHT * len(rows) + 0.5), layout="constrained")
     subs = np.atleast_1d(fig.subfigures(len(rows), 1))
     wrong = 0

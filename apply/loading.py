@@ -1,0 +1,146 @@
+"""Loading a trained run for new media, and checking that its features can be reproduced.
+
+A run directory records the identity of the cache it was trained on. The backbones named
+there are loaded again and compared with it (weights checksum, dimension, preprocessing)
+through the cache contract's own sameness rule, so the head only ever sees features of the
+kind it was trained on. A run whose backbones cannot be reproduced is refused with what
+differs and how to fix it (``BackboneMismatch``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cache_schema import AvarError, BackboneInfo
+from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
+from extract.frozen_model import resolve_device
+from extract.pipeline import SAMPLE_RATE
+from temporal.evaluate import load_run
+
+from .predictor import PredictConfig, Predictor
+
+logger = logging.getLogger(__name__)
+
+# Preprocessing fields that describe, not define, the input: a library upgrade or a
+# checkpoint loaded from a file instead of the hub changes them, never the tensors.
+INFORMATIONAL_PREPROCESSING = ("library", "pretrained_tag")
+
+
+class BackboneMismatch(AvarError):
+    """The run's features came from backbones that cannot be reproduced here."""
+
+
+def backbone_differences(kind: str, expected: dict[str, Any], loaded: VideoBackbone | AudioBackbone) -> list[str]:
+    """What differs between the backbone a run was trained on and the one loaded here."""
+    import json
+
+    def canonical(d: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+    want = BackboneInfo.from_dict(expected)
+    out = []
+    if want.checksum != loaded.checksum:
+        out.append(f"{kind} weights: run has sha256 {want.checksum[:12]}…, loaded {loaded.checksum[:12]}…")
+    if want.arch != loaded.arch:
+        out.append(f"{kind} architecture: run has {want.arch}, loaded {loaded.arch}")
+    if want.dim != loaded.dim:
+        out.append(f"{kind} feature dim: run has {want.dim}, loaded {loaded.dim}")
+    a = canonical({k: v for k, v in want.preprocessing.items() if k not in INFORMATIONAL_PREPROCESSING})
+    b = canonical({k: v for k, v in loaded.preprocessing.items() if k not in INFORMATIONAL_PREPROCESSING})
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            out.append(f"{kind} preprocessing {key}: run has {a.get(key)!r}, loaded {b.get(key)!r}")
+    for key in INFORMATIONAL_PREPROCESSING:
+        if want.preprocessing.get(key) != loaded.preprocessing.get(key):
+            logger.warning("%s preprocessing %s differs (run: %r, here: %r); the tensors are the same, going on",
+                           kind, key, want.preprocessing.get(key), loaded.preprocessing.get(key))
+    return out
+
+
+class AbsentVideo:
+    """Stands in for the video backbone of an audio-only run: the head never reads video,
+    so frames are shrunk to nothing and their features are zeros."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    @staticmethod
+    def transform(image: Image.Image) -> torch.Tensor:
+        return torch.zeros(3, 1, 1)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(images.shape[0], self.dim)
+
+
+class AbsentAudio:
+    """Stands in for the audio backbone of a video-only run (features are zeros)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def embed(self, clips: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return [np.zeros((len(bounds), self.dim), np.float32) for _, bounds in clips]
+
+
+def load_checked_backbone(kind: str, expected: dict[str, Any], override: str | None, device: str,
+                          precision: str) -> VideoBackbone | AudioBackbone:
+    """The backbone a run's features came from (or ``override``, a local copy), refused
+    with what differs when it is not the same."""
+    name = override or expected["name"]
+    load = load_video_backbone if kind == "video" else load_audio_backbone
+    flag = f"--{kind}-model"
+    try:
+        backbone = load(name, device=device, precision=precision)
+    except AvarError as exc:
+        raise BackboneMismatch(
+            f"cannot load the {kind} backbone {name!r} that this run's features came from ({exc}). "
+            f"Pass {flag} PATH to a local copy of the same weights (sha256 {expected['checksum'][:12]}…)."
+        ) from exc
+    diffs = backbone_differences(kind, expected, backbone)
+    if diffs:
+        raise BackboneMismatch(
+            f"the {kind} backbone {name!r} loaded here is not the one this run was trained on: "
+            + "; ".join(diffs) + f". Pass {flag} PATH to the weights the run's cache was extracted with "
+            f"(recorded name {expected['name']!r}), or retrain the head on a cache of these backbones."
+        )
+    return backbone
+
+
+def load_predictor(rundir: str | Path, config: PredictConfig = PredictConfig()) -> Predictor:
+    """The run's head and the backbones of the cache it was trained on, checked.
+
+    Raises an ``AvarError`` for a path that is not a finished run, and ``BackboneMismatch``
+    when the backbones cannot be loaded or differ from the run's."""
+    rundir = Path(rundir)
+    model, doc = load_run(rundir)
+    identity = doc.get("cache_identity") or {}
+    missing = [k for k in ("video_backbone", "audio_backbone", "steps") if k not in identity]
+    if missing:
+        raise BackboneMismatch(f"{rundir}/config.json records no {', '.join(missing)} for its cache: it cannot "
+                               "say which backbones made its features. Retrain it with this version of `train`.")
+    if int(identity.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
+        raise BackboneMismatch(f"the run's cache has audio at {identity['sample_rate']} Hz; this pipeline decodes at "
+                               f"{SAMPLE_RATE} Hz. Re-extract the cache and retrain.")
+    device = resolve_device(config.device)
+    streams = set(doc.get("streams") or model.streams)
+    needs_video = bool(streams & {"fused", "video"})
+    needs_audio = bool(streams & {"fused", "audio"})
+    video = load_checked_backbone("video", identity["video_backbone"], config.video_model, device, config.precision) \
+        if needs_video else AbsentVideo(int(identity["video_backbone"]["dim"]))
+    audio = load_checked_backbone("audio", identity["audio_backbone"], config.audio_model, device, config.precision) \
+        if needs_audio else AbsentAudio(int(identity["audio_backbone"]["dim"]))
+    logger.info("run %s: %s head on %s, %d steps, classes %s", rundir, doc["train"]["head"],
+                doc["train"]["modality"], identity["steps"], ", ".join(doc["class_names"]))
+    return Predictor(model, doc["class_names"], int(identity["steps"]), str(identity.get("feature_dtype", "float32")),
+                     video, audio, device=device, precision=config.precision)
+
+
+__all__ = ["AbsentAudio", "AbsentVideo", "BackboneMismatch", "backbone_differences", "load_checked_backbone",
+           "load_predictor"]

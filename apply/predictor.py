@@ -1,0 +1,250 @@
+"""A trained head with the backbones that reproduce its features, applied to raw files.
+
+Two modes:
+
+* whole video (default): the file is one clip of ``T`` steps, exactly as extraction cut
+  the training clips (``decode_clip`` + ``FeatureExtractor``; features rounded to the
+  cache's dtype), so a training clip gets the prediction its cached features give;
+* ``window``/``hop``: windows of ``window`` seconds every ``hop`` seconds, each cut into
+  ``T`` steps as if it were a clip (``extract.windows``: one pass over the file, bounded
+  memory, any length). Per window: a class and ``T`` step scores; over the video: one
+  merged score timeline and the anomalous segments (``temporal.timeline``).
+
+The anomaly score of a step is ``1 - p(normal)`` of its step probabilities. A file that
+cannot be used (an expected failure: ``AvarError``) gives an error entry; anything else is
+a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cache_schema import AvarError, ClipRecord, InvalidInput
+from extract.frozen_model import autocast_context
+from extract.decode import DecodeError, decode_clip
+from extract.pipeline import SAMPLE_RATE, Decoded, FeatureExtractor
+from extract.windows import DecodedWindow, decode_windows, thumbnail
+from temporal.data import Clips
+from temporal.metrics import NORMAL
+from temporal.model import AnomalyModel
+from temporal.timeline import clip_segments, merged_timeline, window_segments
+
+from .results import ScoredClip, VideoPrediction, WindowResult
+
+logger = logging.getLogger(__name__)
+
+THUMB_HEIGHT = 72
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How to predict. ``video_model``/``audio_model`` point at the run's weights when its
+    recorded name does not resolve here (a local copy of the same checkpoint)."""
+
+    video_model: str | None = None
+    audio_model: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    window: float | None = None     # seconds; None = the whole video is one clip
+    hop: float | None = None        # seconds between window starts; default window / 2
+    batch_size: int = 8             # windows (or videos) per backbone batch
+    thumbnails: bool = False        # keep small frames for plots
+
+    def __post_init__(self) -> None:
+        if self.hop is not None and self.window is None:
+            raise InvalidInput("--hop needs --window")
+        for name in ("window", "hop"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise InvalidInput(f"--{name} must be a positive number of seconds, got {v}")
+        if self.batch_size < 1:
+            raise InvalidInput("batch_size must be at least 1")
+
+    @property
+    def effective_hop(self) -> float | None:
+        if self.window is None:
+            return None
+        return self.hop if self.hop is not None else self.window / 2
+
+
+class VideoFeatures(Protocol):
+    """What the predictor needs of a video backbone (a real one, or a stand-in)."""
+
+    dim: int
+    transform: Callable[[Image.Image], Any]
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class AudioFeatures(Protocol):
+    dim: int
+
+    def embed(self, clips: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]: ...
+
+
+class Predictor:
+    """A run's head with the backbones that reproduce its features, ready for raw video.
+
+    ``feature_extractor`` is stage 1's ``FeatureExtractor`` over the same backbones, so a
+    file's features are computed exactly as extraction computed the cache's."""
+
+    def __init__(self, model: AnomalyModel, class_names: Sequence[str], steps: int, feature_dtype: str,
+                 video: VideoFeatures, audio: AudioFeatures, device: str = "cpu", precision: str = "fp32") -> None:
+        self.model = model.eval().to(device)
+        self.class_names = tuple(class_names)
+        self.steps = int(steps)
+        self.feature_dtype = np.dtype(feature_dtype)
+        self.video_backbone, self.audio_backbone = video, audio
+        self.feature_extractor = FeatureExtractor(video, audio, self.steps)  # type: ignore[arg-type]
+        self.device, self.precision = device, precision
+        self.normal = self.class_names.index(NORMAL) if NORMAL in self.class_names else None
+        if self.normal is None:
+            logger.warning("this run has no class named %r: no anomaly score, classes only", NORMAL)
+
+    # -- the head
+    @torch.inference_mode()
+    def score_records(self, records: Sequence[ClipRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Clip probabilities ``[B, C]``, step probabilities ``[B, T, C]`` and step mask
+        ``[B, T]`` of ``ok`` records. Features go through the cache's dtype first, so the
+        head reads exactly what it would have read from the cache."""
+        t = self.steps
+
+        def feats(name: str, dim: int) -> torch.Tensor:
+            rows = [getattr(r, name) if getattr(r, name) is not None else np.zeros((t, dim), np.float32)
+                    for r in records]
+            x = np.stack(rows).astype(self.feature_dtype).astype(np.float32)
+            return torch.from_numpy(x)
+
+        vm = torch.from_numpy(np.stack([np.asarray(r.video_mask, bool) for r in records]))
+        am = torch.from_numpy(np.stack([np.asarray(r.audio_mask, bool) for r in records]))
+        v = feats("video", self.video_backbone.dim) * vm.unsqueeze(-1)
+        a = feats("audio", self.audio_backbone.dim) * am.unsqueeze(-1)
+        clips = Clips(*(x.to(self.device) for x in (v, a, vm, am, torch.zeros(len(records), dtype=torch.long))))
+        with autocast_context(self.device, self.precision):
+            out = self.model(clips)
+        clip_p = torch.softmax(out.clip_logits.float(), -1)
+        step_p = torch.softmax(out.step_logits.float(), -1) * out.step_mask.unsqueeze(-1)
+        return clip_p.cpu().numpy(), step_p.cpu().numpy(), out.step_mask.cpu().numpy()
+
+    def anomaly(self, probs: np.ndarray) -> np.ndarray | None:
+        """``1 - p(normal)`` over the last axis; None when the run has no normal class."""
+        return None if self.normal is None else 1.0 - probs[..., self.normal]
+
+    def score(self, decoded: Sequence[Decoded]) -> list[ScoredClip]:
+        """Backbones and head over a batch of decoded clips, one ``ScoredClip`` each."""
+        records = self.feature_extractor.records(decoded)
+        ok = [i for i, r in enumerate(records) if r.status == "ok"]
+        out = [ScoredClip(r) for r in records]
+        if ok:
+            clip_p, step_p, mask = self.score_records([records[i] for i in ok])
+            step_s = self.anomaly(step_p)
+            for j, i in enumerate(ok):
+                s = np.full(self.steps, np.nan) if step_s is None else np.where(mask[j], step_s[j], np.nan)
+                out[i] = ScoredClip(records[i], clip_p[j], s, mask[j])
+        return out
+
+    def _window_result(self, start: float, end: float, step_times: np.ndarray, scored: ScoredClip | None,
+                       error: str | None, thumb: Image.Image | None) -> WindowResult:
+        if scored is None or not scored.ok:
+            return WindowResult(start, end, step_times=step_times, error=error or (scored.error if scored else None),
+                                step_scores=np.full(len(step_times), np.nan), thumbnail=thumb)
+        score = self.anomaly(scored.probs)
+        return WindowResult(start, end, self.class_names[int(np.argmax(scored.probs))], scored.probs,
+                            None if score is None else float(score), step_times, scored.step_scores, thumbnail=thumb)
+
+    # -- files
+    def predict(self, path: str | Path, config: PredictConfig = PredictConfig()) -> VideoPrediction:
+        """One file; an expected failure of that file (``AvarError``) becomes ``error``."""
+        t0 = time.perf_counter()
+        try:
+            pred = self._predict_windows(path, config) if config.window else self._predict_clip(path, config)
+        except AvarError as exc:
+            message = str(exc) or type(exc).__name__
+            message = message if str(path) in message else f"{path}: {message}"
+            logger.warning("%s", message)
+            pred = VideoPrediction(str(path), self.class_names, error=message)
+        pred.seconds = time.perf_counter() - t0
+        return pred
+
+    def predict_many(self, paths: Iterable[str | Path], config: PredictConfig = PredictConfig(),
+                     ) -> Iterator[VideoPrediction]:
+        for p in paths:
+            yield self.predict(p, config)
+
+    def _transform(self, thumbnails: bool) -> Callable[[Image.Image], Any]:
+        base = self.video_backbone.transform
+        if not thumbnails:
+            return base
+        return lambda image: (base(image), thumbnail(image, THUMB_HEIGHT))
+
+    def _predict_clip(self, path: str | Path, config: PredictConfig) -> VideoPrediction:
+        clip = decode_clip(path, self.steps, sample_rate=SAMPLE_RATE, frame_transform=self._transform(config.thumbnails))
+        thumbs: list[Image.Image] = []
+        if config.thumbnails and clip.frames is not None:
+            clip.frames, thumbs = (list(x) for x in zip(*clip.frames))
+        scored = self.score([Decoded(str(path), clip=clip)])[0]
+        if not scored.ok:
+            raise DecodeError(scored.error)
+        w = self._window_result(0.0, clip.duration, clip.step_times, scored, None, None)
+        if clip.duration > 120:
+            logger.warning("%s is %.0f s long: as one clip each of its %d steps spans %.0f s; use --window for a "
+                           "timeline at the scale of the training clips", path, clip.duration, self.steps,
+                           clip.duration / self.steps)
+        pred = VideoPrediction(str(path), self.class_names, clip.duration, w.label, w.probs,
+                               np.asarray(clip.step_times), w.step_scores, [w], mode="clip")
+        if self.normal is not None and pred.label != self.class_names[self.normal]:
+            pred.segments = clip_segments(pred.duration or 0.0, pred.scores, pred.label)
+        pred.thumbnails = list(zip(clip.step_times.tolist(), thumbs))
+        return pred
+
+    def _predict_windows(self, path: str | Path, config: PredictConfig) -> VideoPrediction:
+        hop = config.effective_hop
+        pending: list[DecodedWindow] = []
+        results: list[WindowResult] = []
+
+        def flush() -> None:
+            good = [w for w in pending if w.clip is not None]
+            scored = iter(self.score([Decoded(f"{path}@{w.start:.3f}", clip=w.clip) for w in good]))
+            for w in pending:
+                s = next(scored) if w.clip is not None else None
+                results.append(self._window_result(w.start, w.end, w.step_times, s, w.error, w.thumbnail))
+            pending.clear()
+
+        def on_window(w: DecodedWindow) -> None:
+            pending.append(w)
+            if len(pending) >= config.batch_size:
+                flush()
+
+        info = decode_windows(path, self.steps, config.window, hop, on_window, sample_rate=SAMPLE_RATE,
+                              frame_transform=self.video_backbone.transform,
+                              thumb_height=THUMB_HEIGHT if config.thumbnails else None)
+        flush()
+        good = [w for w in results if w.probs is not None]
+        if not good:
+            raise DecodeError(f"{path}: no window could be decoded: {results[0].error if results else 'no windows'}")
+        starts = np.array([w.start for w in results])
+        ends = np.array([w.end for w in results])
+        times, scores = merged_timeline(starts, ends, [w.step_scores if w.probs is not None else None
+                                                       for w in results], info.duration, self.steps, config.window)
+        top = max(good, key=lambda w: (w.score if w.score is not None else float(np.max(w.probs))))
+        pred = VideoPrediction(str(path), self.class_names, info.duration, top.label, top.probs, times, scores,
+                               results, mode="window", window=config.window, hop=hop)
+        pred.segments = window_segments(starts, ends, [w.label for w in results],
+                                        np.array([np.nan if w.score is None else w.score for w in results]),
+                                        info.duration, self.class_names[self.normal] if self.normal is not None
+                                        else None)
+        pred.thumbnails = [((w.start + w.end) / 2, w.thumbnail) for w in results if w.thumbnail is not None]
+        return pred
+
+
+__all__ = ["PredictConfig", "Predictor", "THUMB_HEIGHT"]

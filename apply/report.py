@@ -1,0 +1,48 @@
+"""Predictions as text: a table for people, JSON lines for tools."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .results import VideoPrediction
+
+
+def format_table(preds: Sequence[VideoPrediction]) -> str:
+    """One line per video (class, confidence, anomaly peak), then its anomalous segments
+    and its failed windows."""
+    if not preds:
+        return "no videos"
+    name_w = min(max(len(Path(p.video).name) for p in preds), 48)
+    head = f"{'video':<{name_w}}  {'class':<14} {'p':>5}  {'anomaly':>7}  {'peak at':>9}  {'duration':>8}"
+    lines = [head, "-" * len(head)]
+    for p in preds:
+        name = Path(p.video).name[:name_w]
+        if p.error:
+            lines.append(f"{name:<{name_w}}  ERROR: {p.error}")
+            continue
+        conf = float(np.max(p.probs)) if p.probs is not None else float("nan")
+        peak = p.peak
+        score = "n/a" if peak is None else f"{peak[1]:.2f}"
+        at = "" if peak is None else f"{peak[0]:.1f} s"
+        lines.append(f"{name:<{name_w}}  {p.label:<14} {conf:>5.2f}  {score:>7}  {at:>9}  {p.duration:>6.1f} s")
+        for s in p.segments:
+            lines.append(f"{'':<{name_w}}    {s.start:7.1f}-{s.end:.1f} s  {s.label}"
+                         + (f" (peak {s.peak:.2f})" if s.peak is not None else ""))
+        failed = [w for w in p.windows if w.error]
+        if failed:
+            lines.append(f"{'':<{name_w}}    {len(failed)} window(s) failed, first at {failed[0].start:.1f} s: "
+                         f"{failed[0].error}")
+    return "\n".join(lines)
+
+
+def to_json_lines(preds: Iterable[VideoPrediction]) -> Iterator[str]:
+    """One JSON object per video (JSON Lines)."""
+    for p in preds:
+        yield json.dumps(p.to_json())
+
+
+__all__ = ["format_table", "to_json_lines"]

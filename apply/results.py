@@ -1,0 +1,114 @@
+"""What applying a run to a file gives back, and its JSON form.
+
+``predict --json`` writes one :meth:`VideoPrediction.to_json` object per file; the text
+report and the figures read the same objects. Scores are ``1 - p(normal)``; NaN (a step
+with neither stream) is written as null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cache_schema import ClipRecord
+from temporal.timeline import Segment, json_number, score_peak
+
+
+@dataclass(frozen=True)
+class ScoredClip:
+    """One decoded clip (or window) after the backbones and the head.
+
+    ``record`` is the clip's features as the cache would hold them; ``probs`` (clip-level
+    class probabilities), ``step_scores`` (anomaly score per step, NaN where the step has
+    no data or the run has no normal class) and ``step_mask`` are None when the clip
+    failed, and ``record.error`` says why."""
+
+    record: ClipRecord
+    probs: np.ndarray | None = None
+    step_scores: np.ndarray | None = None
+    step_mask: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.probs is not None
+
+    @property
+    def error(self) -> str:
+        return self.record.error
+
+
+@dataclass
+class WindowResult:
+    """One scored window (the whole video in whole-video mode). ``step_scores`` are NaN at
+    steps with neither stream; ``score`` is the window's clip-level ``1 - p(normal)``."""
+
+    start: float
+    end: float
+    label: str | None = None
+    probs: np.ndarray | None = None
+    score: float | None = None
+    step_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    step_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    error: str | None = None
+    thumbnail: Image.Image | None = field(default=None, repr=False)
+
+    def to_json(self, class_names: Sequence[str]) -> dict[str, Any]:
+        return {
+            "start": round(self.start, 4), "end": round(self.end, 4), "label": self.label,
+            "probs": probs_json(self.probs, class_names), "score": json_number(self.score),
+            "steps": [{"t": round(float(t), 4), "score": json_number(s)}
+                      for t, s in zip(self.step_times, self.step_scores)],
+            "error": self.error,
+        }
+
+
+@dataclass
+class VideoPrediction:
+    """The answer for one file. ``label``/``probs`` are those of the most anomalous window
+    (the only window in whole-video mode); ``times``/``scores`` the anomaly-score timeline
+    over the whole video. ``error`` is set (and the rest empty) when the file is unusable."""
+
+    video: str
+    class_names: tuple[str, ...]
+    duration: float | None = None
+    label: str | None = None
+    probs: np.ndarray | None = None
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    windows: list[WindowResult] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    mode: str = "clip"
+    window: float | None = None
+    hop: float | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    thumbnails: list[tuple[float, Image.Image]] = field(default_factory=list, repr=False)  # (time, frame), plots
+
+    @property
+    def peak(self) -> tuple[float, float] | None:
+        """(time, score) of the highest step score, if any (see ``score_peak``)."""
+        return score_peak(self.times, self.scores)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{video, label, probs, steps: [{t, score}], error}`` plus the windows, segments,
+        duration and mode."""
+        return {
+            "video": self.video, "label": self.label, "probs": probs_json(self.probs, self.class_names),
+            "steps": [{"t": round(float(t), 4), "score": json_number(s)} for t, s in zip(self.times, self.scores)],
+            "error": self.error,
+            "duration": None if self.duration is None else round(self.duration, 4), "mode": self.mode,
+            "window": self.window, "hop": self.hop,
+            "windows": [w.to_json(self.class_names) for w in self.windows],
+            "segments": [s.to_json() for s in self.segments],
+        }
+
+
+def probs_json(probs: np.ndarray | None, class_names: Sequence[str]) -> dict[str, float] | None:
+    return None if probs is None else {c: round(float(p), 6) for c, p in zip(class_names, probs)}
+
+
+__all__ = ["ScoredClip", "Segment", "VideoPrediction", "WindowResult", "probs_json"]

@@ -1,0 +1,39 @@
+"""What ``cache info`` shows: a cache's configuration and status counts, for people or tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .reader import open_cache
+
+
+def cache_info(path: str | Path, clips: bool = True) -> dict[str, Any]:
+    """``{path, format, attrs, counts}`` and, with ``clips``, one entry per clip."""
+    with open_cache(path) as r:
+        info: dict[str, Any] = {"path": str(path), "format": r.format, "attrs": r.attrs, "counts": r.counts()}
+        if clips:
+            info["clips"] = r.clips()
+    return info
+
+
+def format_cache_info(info: dict[str, Any]) -> str:
+    """The human-readable summary of ``cache_info`` (with its clips' errors, if listed)."""
+    a = info["attrs"]
+    lines = [f"cache      {info['path']} ({info['format']}, schema v{a.get('schema_version')})",
+             f"steps      {a.get('steps')} at {a.get('sample_rate')} Hz audio, features {a.get('feature_dtype')}"]
+    for mod in ("video", "audio"):
+        b = a.get(f"{mod}_backbone", {})
+        lines.append(f"{mod:<10} {b.get('name')} ({b.get('arch')}, {b.get('dim')}-d, "
+                     f"{'pretrained' if b.get('pretrained') else 'UNTRAINED weights'}, "
+                     f"sha256 {str(b.get('checksum'))[:12]})")
+    lines.append(f"classes    {', '.join(a.get('class_names', [])) or '(unlabelled)'}")
+    lines.append(f"created    {a.get('created')}  complete: {a.get('complete')}")
+    c = info["counts"]
+    lines.append(f"clips      {c['total']}: {c['ok']} ok, {c['error']} error, {c['pending']} pending")
+    lines += [f"  error    {clip['key']}: {clip['error']}" for clip in info.get("clips", [])
+              if clip["status"] == "error"]
+    return "\n".join(lines)
+
+
+__all__ = ["cache_info", "format_cache_info"]
