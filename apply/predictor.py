@@ -142,7 +142,7 @@ class Predictor:
 
     def score(self, decoded: Sequence[Decoded]) -> list[ScoredClip]:
         """Backbones and head over a batch of decoded clips, one ``ScoredClip`` each."""
-        records = self.feature_extractor.records(decoded)
+        records = self.feature_extractor.records(decoded, isolate_failures=False)
         ok = [i for i, r in enumerate(records) if r.status == "ok"]
         out = [ScoredClip(r) for r in records]
         if ok:

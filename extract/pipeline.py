@@ -291,15 +291,20 @@ class FeatureExtractor:
         self.audio = audio
         self.steps = steps
 
-    def records(self, batch: Sequence[Decoded]) -> list[ClipRecord]:
-        """Embed a batch; if the batched call fails, retry clip by clip so that one clip
-        that breaks a backbone cannot take the others down with it."""
+    def records(self, batch: Sequence[Decoded], isolate_failures: bool = True) -> list[ClipRecord]:
+        """Embed a batch. With ``isolate_failures`` (extraction: one clip must never stop a
+        run of thousands), a failed batched call is retried clip by clip and a clip that
+        still breaks a backbone becomes an error record; without it (applying a run to a
+        few files, where a failure here is a bug to see) the exception propagates."""
         good = [d for d in batch if d.clip is not None]
         out = {d.key: ClipRecord.failed(d.key, d.error) for d in batch if d.clip is None}
+        if not isolate_failures:
+            out.update({r.key: r for r in self._embed(good)})
+            return [out[d.key] for d in batch]
         try:
             out.update({r.key: r for r in self._embed(good)})
         except Exception as exc:
-            logger.warning("batched embedding failed (%s); retrying clip by clip", exc)
+            logger.warning("batched embedding failed (%s); retrying clip by clip", exc, exc_info=True)
             for d in good:
                 try:
                     out.update({r.key: r for r in self._embed([d])})

@@ -24,10 +24,12 @@ from pathlib import Path
 import av
 import numpy as np
 
+from cache_schema import AvarError
+
 logger = logging.getLogger(__name__)
 
 
-class DecodeError(Exception):
+class DecodeError(AvarError):
     """A clip cannot be turned into frames/audio; the message says why and what to do.
 
     The pipeline records it per clip and goes on with the other clips.
