@@ -108,6 +108,15 @@ def test_a_comparison_folder_alone_gives_the_heatmap(compared: Path, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["comparison_heatmap.png"]
 
 
+def test_a_run_draws_its_own_pngs_with_the_figures_drawings(compared: Path) -> None:
+    """One drawing per figure: the run's confusion.png and curves.png and the comparison's
+    table2.png are the figures command's drawings (same kind, same size)."""
+    run = _run(compared)
+    assert Image.open(run / "confusion.png").size == P.png_size("confusion", len(VAAR))
+    assert Image.open(run / "curves.png").size == P.png_size("curves")
+    assert Image.open(compared / "table2.png").size == P.png_size("heatmap", 2, 12)
+
+
 def test_no_text_overlaps_in_the_run_figures(compared: Path) -> None:
     run = _run(compared)
     m = json.loads((run / "metrics.json").read_text())
