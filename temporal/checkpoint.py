@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +21,30 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-WEIGHTS = "model.safetensors"
-TRAIN_STATE = "train_state.safetensors"
-
-
-def _replace_atomically(path: Path, write) -> None:
-    """Write beside ``path`` and rename over it, so that a run killed mid-save keeps the
-    previous checkpoint instead of a torn one."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+from .atomic import replace_atomically
+from .rundir import MissingRunFile, RunDir
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Written beside ``path`` and renamed over it, so that a run killed mid-save keeps the
+    previous checkpoint instead of a torn one."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _replace_atomically(Path(path), lambda p: save_file(tensors, str(p)))
+    replace_atomically(path, lambda p: save_file(tensors, str(p)))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load weights strictly: a checkpoint of another head or modality is an error."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}; was this run trained to the end?")
+        raise MissingRunFile(f"no checkpoint at {path}; was this run trained to the end? Train it with `cli.py train`")
     model.load_state_dict(load_file(str(path)), strict=True)
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, ``{}`` if there is none yet (a resumed run that had
+    not saved its best weights)."""
+    path = Path(path)
+    return load_file(str(path)) if path.exists() else {}
 
 
 def _json_safe(x: Any) -> Any:
@@ -71,7 +71,6 @@ def _from_json(x: Any) -> Any:
 
 def save_train_state(rundir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                      generator: torch.Generator, loop: dict[str, Any]) -> None:
-    rundir = Path(rundir)
     opt = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().contiguous().cpu().clone()
                                         for k, v in model.state_dict().items()}
@@ -84,16 +83,16 @@ def save_train_state(rundir: str | Path, model: nn.Module, optimizer: torch.opti
     text = json.dumps(_json_safe(doc))
     # The JSON part travels inside the safetensors file's metadata: one file, replaced
     # atomically, so tensors and counters can never come from two different epochs.
-    _replace_atomically(rundir / TRAIN_STATE, lambda p: save_file(tensors, str(p), metadata={"train_state": text}))
+    replace_atomically(RunDir(rundir).train_state,
+                       lambda p: save_file(tensors, str(p), metadata={"train_state": text}))
 
 
 def load_train_state(rundir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                      generator: torch.Generator) -> dict[str, Any]:
     """Restore what :func:`save_train_state` wrote; returns the loop counters."""
-    rundir = Path(rundir)
-    path = rundir / TRAIN_STATE
+    path = RunDir(rundir).train_state
     if not path.exists():
-        raise FileNotFoundError(f"no training state in {rundir} to resume from; train without --resume")
+        raise MissingRunFile(f"no training state in {rundir} to resume from; train without --resume")
     with safe_open(str(path), framework="pt") as f:
         doc = _from_json(json.loads((f.metadata() or {})["train_state"]))
         tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -22,16 +22,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .atomic import replace_atomically, write_text
 from .data import CacheData, load_cache
 from .heads import PAPER_HEADS
-from .plots import plot_heatmap
+from .plots import METRIC_COLUMNS, MODALITY_TITLES, Comparison, heatmap_figure, save_figure
 from .split import default_split_path, load_or_create_split
 from .train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
-METRIC_COLUMNS = (("accuracy", "Acc"), ("precision_macro", "Pre"), ("recall_macro", "Rec"), ("f1_macro", "F1"))
-MODALITY_TITLES = {"audio": "Audio", "video": "Video", "fused": "Audio-visual"}
+TABLE2_CSV = "table2.csv"
 
 
 @dataclass(frozen=True)
@@ -120,21 +120,24 @@ def compare(cache: str | Path, out: str | Path, heads: Sequence[str] = PAPER_HEA
             base: TrainConfig = TrainConfig(progress=False), jobs: int = 1) -> list[Cell]:
     """Every head on every modality (``base.fusion`` for the fused runs), same split.
     Writes ``table2.md`` (paper layout), ``table2.csv`` (one row per head and modality),
-    ``table2.png`` (accuracy heat map) and ``per_class.md`` (per-class F1 by modality and
-    the most frequent confusions, which show what a single modality cannot tell apart)."""
+    ``table2.png`` (heat-map of every metric, the drawing ``cli.py figures`` makes of
+    ``table2.csv``) and ``per_class.md`` (per-class F1 by modality and the most frequent
+    confusions, which show what a single modality cannot tell apart)."""
     out = Path(out)
     data = load_cache(cache)
     load_or_create_split(data, base.split)  # made once, before any run
     specs = [CellSpec(f"{head}-{modality}", replace(base, head=head, modality=modality), data,
                       {"head": head, "modality": modality}) for head in heads for modality in modalities]
     cells = run_cells(specs, out, seeds, jobs)
-    _write_csv(out / "table2.csv", cells)
-    (out / "table2.md").write_text(_table2_markdown(cells, heads, modalities, data, base, seeds))
-    values = np.array([[_find(cells, head=h, modality=m).mean("accuracy") for m in modalities] for h in heads])
-    plot_heatmap(values, list(heads), [MODALITY_TITLES.get(m, m) for m in modalities], out / "table2.png",
-                 f"test accuracy, {data.path.name}" + ("" if data.pretrained_backbones()["both"] else " (untrained backbones)"),
-                 labels=[[_find(cells, head=h, modality=m).text("accuracy") for m in modalities] for h in heads])
-    (out / "per_class.md").write_text(_per_class_markdown(cells, heads, modalities, data))
+    _write_csv(out / TABLE2_CSV, cells)
+    write_text(out / "table2.md", _table2_markdown(cells, heads, modalities, data, base, seeds))
+    table = Comparison(tuple(heads), tuple(modalities),
+                       {(h, m): {k: _find(cells, head=h, modality=m).mean(k) for k, _ in METRIC_COLUMNS}
+                        for h in heads for m in modalities})
+    untrained = "" if data.pretrained_backbones()["both"] else " (untrained backbones)"
+    save_figure(heatmap_figure(table, f"Comparison of temporal heads (test split, %), {data.path.name}{untrained}"),
+                out / "table2.png")
+    write_text(out / "per_class.md", _per_class_markdown(cells, heads, modalities, data))
     logger.info("wrote %s", out / "table2.md")
     return cells
 
@@ -265,7 +268,7 @@ def _write_simple_table(path: Path, title: str, row_title: str, row_key: str, ce
         lines.append(f"| {c.labels[row_key]} | " + " | ".join(c.text(k) for k, _ in METRIC_COLUMNS)
                      + f" | {c.runs[0]['params']:,} |")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def _write_csv(path: Path, cells: Sequence[Cell]) -> None:
@@ -273,6 +276,10 @@ def _write_csv(path: Path, cells: Sequence[Cell]) -> None:
     label_keys = list(dict.fromkeys(k for c in cells for k in c.labels))
     metric_keys = [k for k, _ in METRIC_COLUMNS] + ["precision_weighted", "recall_weighted", "f1_weighted",
                                                     "ap_anomaly", "train_seconds"]
+    replace_atomically(path, lambda p: _write_csv_rows(p, cells, label_keys, metric_keys))
+
+
+def _write_csv_rows(path: Path, cells: Sequence[Cell], label_keys: list[str], metric_keys: list[str]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(label_keys + ["seeds", "params", "n_test"] + [f"{k}_{s}" for k in metric_keys for s in ("mean", "std")])

@@ -17,17 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import WEIGHTS, load_weights
+from .checkpoint import load_weights
 from .data import CacheData, Clips, has_modality
 from .metrics import classification_metrics, per_class_table
 from .model import AnomalyModel
-from .plots import plot_confusion
+from .plots import confusion_figure, save_figure
+from .rundir import RunConfig, RunDir, RunMismatch
+from .split import Split
+from .xd_tasks import load_task_data
 
 logger = logging.getLogger(__name__)
-
-METRICS = "metrics.json"
-PER_CLASS = "per_class.md"
-CONFUSION = "confusion.png"
 
 
 @dataclass(frozen=True)
@@ -37,21 +36,16 @@ class Prediction:
     step_mask: np.ndarray    # [N, T]
 
 
-def read_run_config(rundir: str | Path) -> dict[str, Any]:
-    path = Path(rundir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{rundir} is not a run directory (no config.json); train one with `cli.py train`")
-    return json.loads(path.read_text())
-
-
-def load_run(rundir: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
-    """The trained model of a run (eval mode) and its config."""
-    doc = read_run_config(rundir)
-    t = doc["train"]
-    model = AnomalyModel(t["head"], t["modality"], t["fusion"], doc["video_dim"], doc["audio_dim"],
-                         len(doc["class_names"]), doc["steps"], t.get("head_options") or {})
-    load_weights(model, Path(rundir) / WEIGHTS)
-    return model.eval(), doc
+def load_run(rundir: str | Path) -> tuple[AnomalyModel, RunConfig]:
+    """The trained model of a run (eval mode) and its config. A path that is not a run,
+    or a run without weights, raises :class:`~temporal.rundir.MissingRunFile`."""
+    run = RunDir(rundir)
+    config = run.read_config()
+    t = config.train
+    model = AnomalyModel(t.head, t.modality, t.fusion, config.video_dim, config.audio_dim,
+                         len(config.class_names), config.steps, t.head_options or {})
+    load_weights(model, run.weights)
+    return model.eval(), config
 
 
 @torch.no_grad()
@@ -72,9 +66,9 @@ class RunTestClips:
     """A run and its own test clips (those holding its modality)."""
 
     model: AnomalyModel
-    doc: dict[str, Any]       # the run's config.json
+    config: RunConfig         # the run's config.json
     data: CacheData
-    split: dict[str, Any]     # the run's split.json
+    split: Split              # the run's split.json
     rows: np.ndarray          # the test clips' rows in ``data``
     clips: Clips
 
@@ -82,53 +76,50 @@ class RunTestClips:
 def load_test_split(rundir: str | Path, cache: str | Path | None = None, data: CacheData | None = None) -> RunTestClips:
     """Reload a run and the clips of its test split, from the cache (or task view, for
     XD-Violence task runs) it was trained on; another cache is refused."""
-    rundir = Path(rundir)
-    model, doc = load_run(rundir)
-    if data is None:
-        from .xd_tasks import load_task_data, task_of_run  # a task run (XD-Violence) sees its relabelled view
-
-        data = load_task_data(cache or doc["cache"], task_of_run(doc))
-    if json.dumps(data.identity, sort_keys=True) != json.dumps(doc["cache_identity"], sort_keys=True):
-        raise ValueError(f"{data.path} is not the cache this run was trained on (other backbones, steps, classes "
-                         f"or task view); evaluate with --cache pointing at {doc['cache']}")
-    split = json.loads((rundir / "split.json").read_text())
-    rows = data.rows_of(split["test"])
-    rows = rows[has_modality(data.clips, doc["train"]["modality"])[rows]]
-    return RunTestClips(model, doc, data, split, rows, data.clips.take(rows))
+    run = RunDir(rundir)
+    model, config = load_run(run.path)
+    if data is None:  # a task run (XD-Violence) sees its relabelled view
+        data = load_task_data(cache or config.cache, config.task)
+    if json.dumps(data.identity, sort_keys=True) != json.dumps(config.cache_identity, sort_keys=True):
+        raise RunMismatch(f"{data.path} is not the cache this run was trained on (other backbones, steps, classes "
+                          f"or task view); evaluate with --cache pointing at {config.cache}")
+    split = run.read_split()
+    rows = data.rows_of(split.test)
+    rows = rows[has_modality(data.clips, config.train.modality)[rows]]
+    return RunTestClips(model, config, data, split, rows, data.clips.take(rows))
 
 
 def evaluate_run(rundir: str | Path, cache: str | Path | None = None, data: CacheData | None = None,
                  write: bool = True) -> dict[str, Any]:
     """Test metrics of a run; writes ``metrics.json``, ``per_class.md`` and ``confusion.png``."""
-    rundir = Path(rundir)
-    run = load_test_split(rundir, cache, data)
-    doc, data, split, rows = run.doc, run.data, run.split, run.rows
-    t = doc["train"]
-    pred = predict(run.model, run.clips)
-    metrics = classification_metrics(run.clips.label.numpy(), pred.clip_probs, data.class_names)
-    training = _read_json(rundir / "training.json")
+    run = RunDir(rundir)
+    test = load_test_split(run.path, cache, data)
+    config, data, split, rows = test.config, test.data, test.split, test.rows
+    t = config.train
+    pred = predict(test.model, test.clips)
+    metrics = classification_metrics(test.clips.label.numpy(), pred.clip_probs, data.class_names)
+    training = run.read_training()
     metrics.update({
-        "head": t["head"], "modality": t["modality"], "fusion": t["fusion"], "seed": t["seed"],
-        "params": doc["params"], "pretrained_backbones": data.pretrained_backbones(),
-        "split": split.get("info", {}), "cache": str(data.path),
-        "n_test_left_out": int(len(split["test"]) - len(rows)),
+        "head": t.head, "modality": t.modality, "fusion": t.fusion, "seed": t.seed,
+        "params": config.params, "pretrained_backbones": data.pretrained_backbones(),
+        "split": split.info, "cache": str(data.path),
+        "n_test_left_out": int(len(split.test) - len(rows)),
         **{k: training[k] for k in ("best_epoch", "epochs_run", "best_val_accuracy", "train_seconds",
                                    "seconds_per_epoch", "left_out", "n_train", "n_val", "batch_size") if k in training},
     })
     if write:
-        (rundir / METRICS).write_text(json.dumps(metrics, indent=1))
+        run.write_metrics(metrics)
         note = "" if metrics["pretrained_backbones"]["both"] else \
             "\n\n> Features from UNTRAINED backbone weights: these numbers test the pipeline, not recognition.\n"
-        (rundir / PER_CLASS).write_text(
-            f"# {t['head']} / {t['modality']} ({t['fusion']} fusion), seed {t['seed']}\n\n"
+        run.write_per_class(
+            f"# {t.head} / {t.modality} ({t.fusion} fusion), seed {t.seed}\n\n"
             f"accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, n_test {metrics['n_test']}"
             f"{note}\n\n{per_class_table(metrics)}\n")
-        plot_confusion(metrics["confusion_matrix"], data.class_names, rundir / CONFUSION,
-                       f"{t['head']} / {t['modality']} ({t['fusion']}): acc {metrics['accuracy']:.3f}")
-    logger.info("%s: test accuracy %.3f, macro F1 %.3f on %d clips", rundir, metrics["accuracy"],
+        save_figure(confusion_figure(metrics["confusion_matrix"], data.class_names,
+                                     f"{config.label}: acc {metrics['accuracy']:.3f}"), run.confusion)
+    logger.info("%s: test accuracy %.3f, macro F1 %.3f on %d clips", run.path, metrics["accuracy"],
                 metrics["f1_macro"], metrics["n_test"])
     return metrics
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+__all__ = ["Prediction", "RunTestClips", "evaluate_run", "load_run", "load_test_split", "predict"]

@@ -2,11 +2,9 @@
 paper's schedule), the best-on-validation weights kept, optional early stop and class
 weights, deterministic under a seed.
 
-A run directory ends up holding ``config.json`` (what was asked), ``split.json`` (the
-clips of each part), ``model.safetensors`` (best weights), ``train_state.*`` (for a
-later resume), ``history.csv`` (one row per epoch), ``training.json`` (what happened),
-``curves.png`` and, from the evaluation that ends every run, ``metrics.json``,
-``per_class.md`` and ``confusion.png``.
+What a run directory ends up holding, and how each file is written and read, is
+:mod:`temporal.rundir`'s; :class:`TrainConfig` (what a run is asked to do) is
+:mod:`temporal.train_config`'s, re-exported here.
 
 "Best on validation" means the highest validation accuracy, ties broken by the lower
 validation loss: accuracy is what is reported, and the loss separates the many ties a
@@ -15,12 +13,11 @@ small validation set produces.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,65 +26,20 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
-from .checkpoint import TRAIN_STATE, WEIGHTS, load_train_state, save_train_state, save_weights
+from cache_schema import InvalidInput
+
+from .checkpoint import load_train_state, read_weights, save_train_state, save_weights
 from .data import (BatchGatherer, CacheData, HeadInputs, drop_features, drop_modalities, has_modality,
-                   load_cache, streams_for)
+                   load_cache)
 from .evaluate import evaluate_run
-from .heads import HEADS
 from .losses import LossConfig, head_loss
 from .model import AnomalyModel, ModelOutput
-from .plots import plot_history
-from .split import Split, SplitConfig, load_or_create_split
+from .plots import curves_figure, save_figure
+from .rundir import MissingRunFile, RunConfig, RunDir, RunMismatch
+from .split import Split, load_or_create_split
+from .train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-CONFIG = "config.json"
-SPLIT = "split.json"
-HISTORY = "history.csv"
-TRAINING = "training.json"
-CURVES = "curves.png"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    head: str = "mtcn"
-    modality: str = "fused"
-    fusion: str = "early"
-    epochs: int = 50
-    seed: int = 0
-    batch_size: int = 16            # see docs/temporal.md: larger is faster per epoch, and less accurate at 50 epochs
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    plateau_patience: int = 5       # epochs without a lower val loss before the LR is cut
-    plateau_factor: float = 0.5
-    min_lr: float = 1e-5
-    early_stop: int = 0             # stop after this many epochs without a better val score; 0 = never
-    class_weights: bool = False     # inverse-frequency class weights in the loss
-    input_dropout: float = 0.5      # drops whole feature dimensions of a training clip
-    modality_dropout: float = 0.0   # fused runs: chance that a training clip loses one stream
-    threads: int | None = 1         # torch intra-op threads during the run (None: leave as is); see torch_threads
-    checkpoint_every: int = 1       # epochs between saved training states (for --resume); 0 = only at the end
-    head_options: dict[str, Any] = field(default_factory=dict)
-    loss: LossConfig = LossConfig()
-    split: SplitConfig = SplitConfig()
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
-        streams_for(self.modality, self.fusion)  # raises with the valid choices
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["loss"] = LossConfig(**d.get("loss", {}))
-        d["split"] = SplitConfig(**d.get("split", {}))
-        return TrainConfig(**d)
 
 
 @dataclass(frozen=True)
@@ -198,26 +150,25 @@ def train(cache: str | Path, out: str | Path, config: TrainConfig = TrainConfig(
         return _train(cache, out, config, data, resume)
 
 
-def _check_resumable(out: Path, config: TrainConfig) -> None:
-    saved = json.loads((out / CONFIG).read_text()).get("train") if (out / CONFIG).exists() else None
-    if saved is None or not (out / TRAIN_STATE).exists():
-        raise FileNotFoundError(f"{out} holds no training state to resume; train without --resume")
-    if json.dumps(saved, sort_keys=True) != json.dumps(config.to_json(), sort_keys=True):
-        raise ValueError(f"{out} was trained with another configuration ({out / CONFIG}); "
-                         "resume with the same options, or train into a new --out")
+def _check_resumable(run: RunDir, config: TrainConfig) -> None:
+    if not run.can_resume():
+        raise MissingRunFile(f"{run.path} holds no training state to resume; train without --resume")
+    saved = run.read_config().train
+    if json.dumps(saved.to_json(), sort_keys=True) != json.dumps(config.to_json(), sort_keys=True):
+        raise RunMismatch(f"{run.path} was trained with another configuration ({run.config}); "
+                          "resume with the same options, or train into a new --out")
 
 
 def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheData | None,
            resume: bool = False) -> RunResult:
     torch.set_flush_denormal(True)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out).create()
     data = data if data is not None else load_cache(cache)
     split = load_or_create_split(data, config.split)
     rows, missing = usable_rows(data, split, config.modality)
     for part in ("train", "val"):
         if len(rows[part]) == 0:
-            raise ValueError(f"the {part} split has no clip with {config.modality} data; "
+            raise InvalidInput(f"the {part} split has no clip with {config.modality} data; "
                              "use another modality, more clips, or a split file")
     if any(missing.values()):
         logger.warning("left out of this %s run, clips without %s data: %s", config.modality, config.modality, missing)
@@ -236,25 +187,24 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_lr)
 
     if resume:
-        _check_resumable(out, config)
-    _write_json(out / CONFIG, {
-        "cache": str(Path(cache).resolve()), "cache_identity": data.identity, "class_names": list(data.class_names),
-        "steps": data.steps, "video_dim": data.config.video.dim, "audio_dim": data.config.audio.dim,
-        "streams": list(model.streams), "params": params, "train": config.to_json(),
-    })
-    _write_json(out / SPLIT, split.to_json())
+        _check_resumable(run, config)
+    run.write_config(RunConfig(
+        cache=str(Path(cache).resolve()), cache_identity=data.identity, class_names=tuple(data.class_names),
+        steps=data.steps, video_dim=data.config.video.dim, audio_dim=data.config.audio.dim,
+        streams=tuple(model.streams), params=params, train=config))
+    run.write_split(split)
 
     history: list[dict[str, float]] = []
     best: tuple[float, float] = (-1.0, float("inf"))
     best_state: dict[str, torch.Tensor] = {}
     best_epoch, since_best, start, stopped = 0, 0, 1, False
     if resume:
-        loop = load_train_state(out, model, optimizer, scheduler, generator)
+        loop = load_train_state(run.path, model, optimizer, scheduler, generator)
         history, best_epoch, since_best = loop["history"], loop["best_epoch"], loop["since_best"]
         best, stopped = (loop["best_val_accuracy"], loop["best_val_loss"]), loop.get("stopped", False)
         start = loop["epoch"] + 1
-        best_state = _read_weights(out / WEIGHTS)
-        logger.info("resuming %s after epoch %d", out, loop["epoch"])
+        best_state = read_weights(run.weights)
+        logger.info("resuming %s after epoch %d", run.path, loop["epoch"])
 
     def loop_state(epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "best_epoch": best_epoch, "best_val_accuracy": best[0], "best_val_loss": best[1],
@@ -284,9 +234,9 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
             since_best += 1
             stopped = bool(config.early_stop and since_best >= config.early_stop)
         if config.checkpoint_every and (epoch % config.checkpoint_every == 0 or stopped or epoch == config.epochs):
-            if improved or not (out / WEIGHTS).exists():
-                save_weights(best_state, out / WEIGHTS)
-            save_train_state(out, model, optimizer, scheduler, generator, loop_state(epoch))
+            if improved or not run.weights.exists():
+                save_weights(best_state, run.weights)
+            save_train_state(run.path, model, optimizer, scheduler, generator, loop_state(epoch))
         if stopped:
             logger.info("early stop at epoch %d: no better validation score for %d epochs", epoch, since_best)
             break
@@ -294,36 +244,20 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
     bar.close()
 
     if not config.checkpoint_every:
-        save_weights(best_state, out / WEIGHTS)
-        save_train_state(out, model, optimizer, scheduler, generator, loop_state(len(history)))
-    _write_history(out / HISTORY, history)
-    plot_history(history, out / CURVES, f"{config.head} / {config.modality} ({config.fusion}), seed {config.seed}")
-    _write_json(out / TRAINING, {
+        save_weights(best_state, run.weights)
+        save_train_state(run.path, model, optimizer, scheduler, generator, loop_state(len(history)))
+    run.write_history(history)
+    save_figure(curves_figure(history, f"{config.head} / {config.modality} ({config.fusion}), seed {config.seed}",
+                              best_epoch), run.curves)
+    run.write_training({
         "best_epoch": best_epoch, "epochs_run": len(history), "best_val_accuracy": best[0],
         "best_val_loss": best[1], "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(history)),
         "left_out": {**data.left_out, **{f"no_{config.modality}_{p}": n for p, n in missing.items()}},
         "split": split.info, "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])),
         "batch_size": config.batch_size,
     })
-    metrics = evaluate_run(out, data=data)
-    return RunResult(out, metrics, history)
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path)) if path.exists() else {}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1))
-
-
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
+    metrics = evaluate_run(run.path, data=data)
+    return RunResult(run.path, metrics, history)
 
 
 __all__ = ["TrainConfig", "RunResult", "train", "build_model", "model_loss", "train_epoch", "validate"]

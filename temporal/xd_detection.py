@@ -46,7 +46,9 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from cache_schema import open_cache
 
 from .data import CacheData
-from .evaluate import METRICS, Prediction, load_test_split, predict
+from .evaluate import Prediction, load_test_split, predict
+from .rundir import RunDir
+from .split import Split
 
 logger = logging.getLogger(__name__)
 
@@ -226,9 +228,9 @@ def step_anomaly(pred: Prediction, class_names: Sequence[str]) -> np.ndarray:
     return np.where(pred.step_mask, step, clip[:, None])
 
 
-def _annotations_from_split(split: dict[str, Any]) -> str | None:
+def _annotations_from_split(split: Split) -> str | None:
     """The annotations path recorded by extraction in the official split file, if any."""
-    file = (split.get("info") or {}).get("file")
+    file = split.info.get("file")
     if not file or not Path(file).is_file():
         return None
     try:
@@ -266,9 +268,7 @@ def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None
     metrics = {"detection": result, "ap_frame_pr_auc": result["ap_frame_pr_auc"],
                "ap_frame_average_precision": result["ap_frame_average_precision"]}
     if write:
-        path = rundir / METRICS
-        existing = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps({**existing, **metrics}, indent=1))
+        RunDir(rundir).update_metrics(metrics)
     logger.info("%s: frame-level AP %.4f (PR-AUC, official) / %.4f (average precision) over %d videos, %d frames",
                 rundir, result["ap_frame_pr_auc"], result["ap_frame_average_precision"], result["n_videos"],
                 result["n_frames"])

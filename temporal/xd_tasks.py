@@ -10,9 +10,10 @@ subset of the loaded cache, made in memory, so no feature is copied:
   weakly supervised protocol trains); the anomaly score is ``1 - p(normal)``.
 
 The task name is written into the view's identity (``identity["task"]``), which training
-copies into the run's ``config.json`` as ``cache_identity``. So a run remembers its task,
-and evaluation must apply the same view (``load_task_data(cache, task_of_run(doc))``)
-before the identity check, or the check refuses the raw cache, as it should.
+copies into the run's ``config.json`` as ``cache_identity``. So a run remembers its task
+(``RunConfig.task``), and evaluation must apply the same view
+(``load_task_data(cache, config.task)``) before the identity check, or the check refuses
+the raw cache, as it should.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -94,10 +95,11 @@ def load_task_data(cache: str | Path, task: str | None) -> CacheData:
     return apply_task(load_cache(cache), task)
 
 
-def task_of_run(run_config: dict[str, Any]) -> str | None:
-    """The task a run was trained on, from its ``config.json`` (None: the plain cache)."""
-    return (run_config.get("cache_identity") or {}).get("task")
+def task_of_identity(identity: Mapping[str, Any] | None) -> str | None:
+    """The task view a cache identity (a view's, or the one a run's ``config.json``
+    records) was made for; None: the plain cache."""
+    return (identity or {}).get("task")
 
 
 __all__ = ["RECOGNITION", "DETECTION", "TASKS", "recognition_view", "detection_view", "apply_task",
-           "load_task_data", "task_of_run"]
+           "load_task_data", "task_of_identity"]

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
 
-from temporal import figures as F
+from temporal import plots as P
+from temporal.rundir import RunDir
 from tests.cache_factory import make_config, write_class_cache
 from tests.test_predict import build_synthetic_run
 
@@ -91,9 +92,9 @@ def test_figures_command_writes_every_figure_at_its_size(compared: Path, tmp_pat
     result = _cli("figures", str(run), "--out", str(out))  # table2.csv found two levels up
     assert result.exit_code == 0, result.output
     n = len(VAAR)
-    expected = {"confusion_counts.png": F.png_size("confusion", n), "confusion_normalized.png": F.png_size("confusion", n),
-                "f1_per_class.png": F.png_size("f1", n), "training_curves.png": F.png_size("curves"),
-                "comparison_heatmap.png": F.png_size("heatmap", 2, 12)}
+    expected = {"confusion_counts.png": P.png_size("confusion", n), "confusion_normalized.png": P.png_size("confusion", n),
+                "f1_per_class.png": P.png_size("f1", n), "training_curves.png": P.png_size("curves"),
+                "comparison_heatmap.png": P.png_size("heatmap", 2, 12)}
     for name, size in expected.items():
         path = out / name
         assert path.is_file() and path.stat().st_size > 5_000, name
@@ -107,15 +108,24 @@ def test_a_comparison_folder_alone_gives_the_heatmap(compared: Path, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["comparison_heatmap.png"]
 
 
+def test_a_run_draws_its_own_pngs_with_the_figures_drawings(compared: Path) -> None:
+    """One drawing per figure: the run's confusion.png and curves.png and the comparison's
+    table2.png are the figures command's drawings (same kind, same size)."""
+    run = _run(compared)
+    assert Image.open(run / "confusion.png").size == P.png_size("confusion", len(VAAR))
+    assert Image.open(run / "curves.png").size == P.png_size("curves")
+    assert Image.open(compared / "table2.png").size == P.png_size("heatmap", 2, 12)
+
+
 def test_no_text_overlaps_in_the_run_figures(compared: Path) -> None:
     run = _run(compared)
     m = json.loads((run / "metrics.json").read_text())
     figs = {
-        "counts": F.confusion_figure(m["confusion_matrix"], VAAR, "counts"),
-        "normalized": F.confusion_figure(m["confusion_matrix"], VAAR, "normalised", normalize=True),
-        "f1": F.f1_figure(m["per_class"], "F1", m["f1_macro"]),
-        "curves": F.curves_figure(F.read_history(run / "history.csv"), "curves", best_epoch=1),
-        "heatmap": F.heatmap_figure(compared / "table2.csv"),
+        "counts": P.confusion_figure(m["confusion_matrix"], VAAR, "counts"),
+        "normalized": P.confusion_figure(m["confusion_matrix"], VAAR, "normalised", normalize=True),
+        "f1": P.f1_figure(m["per_class"], "F1", m["f1_macro"]),
+        "curves": P.curves_figure(RunDir(run).read_history(), "curves", best_epoch=1),
+        "heatmap": P.heatmap_figure(P.read_comparison(compared / "table2.csv")),
     }
     for name, fig in figs.items():
         assert _overlapping_texts(fig) == [], name
@@ -123,7 +133,7 @@ def test_no_text_overlaps_in_the_run_figures(compared: Path) -> None:
 
 def test_normalized_confusion_rows_sum_to_one() -> None:
     cm = np.array([[3, 1], [0, 0]])
-    fig = F.confusion_figure(cm, ("normal", "crash"), "t", normalize=True)
+    fig = P.confusion_figure(cm, ("normal", "crash"), "t", normalize=True)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts == ["0.75", "0.25", "–", "–"]  # a class without test clips has no row to normalise
 

@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from cache_schema import AvarError
+from temporal.atomic import replace_atomically, write_json
 from temporal.checkpoint import load_train_state, save_train_state
 from temporal.data import load_cache
 from temporal.evaluate import evaluate_run, load_run
 from temporal.heads import HEADS
 from temporal.losses import LossConfig
 from temporal.model import AnomalyModel
+from temporal.rundir import MissingRunFile, RunDir, RunMismatch
 from temporal.train import TrainConfig, make_optimizer, train, train_epoch, validate
 from tests.cache_factory import make_config, write_class_cache
 
@@ -86,6 +89,66 @@ def test_run_directory_metrics_and_evaluate(cache: Path, tmp_path: Path) -> None
     assert len(rows) == 3 and {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"} <= set(rows[0])
     again = evaluate_run(run, write=False)  # from the run directory alone
     assert again["accuracy"] == result.metrics["accuracy"] and again["confusion_matrix"] == m["confusion_matrix"]
+    # config.json reads back as a RunConfig that writes the same bytes; no temporary is left behind
+    text = (run / "config.json").read_text()
+    config = RunDir(run).read_config()
+    assert json.dumps(config.to_json(), indent=1) == text and config.train == QUICK
+    assert RunDir(run).is_run() and RunDir(run).is_finished() and not list(run.glob(".*.tmp"))
+
+
+def _config_as_train_wrote_it(**drop: bool) -> dict:
+    """config.json as `train` wrote it before RunDir existed (keys and order)."""
+    doc = {"cache": "/data/c.zarr", "cache_identity": {"steps": 10, "class_names": list(CLASSES)},
+           "class_names": list(CLASSES), "steps": 10, "video_dim": 8, "audio_dim": 6, "streams": ["video", "audio"],
+           "params": 1234, "train": replace(QUICK, fusion="late").to_json()}
+    return {k: v for k, v in doc.items() if not drop.get(k)}
+
+
+def test_run_config_reads_run_directories_of_the_previous_layout(tmp_path: Path) -> None:
+    doc = _config_as_train_wrote_it()
+    (tmp_path / "config.json").write_text(json.dumps(doc, indent=1))
+    config = RunDir(tmp_path).read_config()
+    assert config.train == replace(QUICK, fusion="late") and config.class_names == CLASSES
+    assert (config.steps, config.video_dim, config.audio_dim, config.params) == (10, 8, 6, 1234)
+    assert config.task is None and config.label == "mtcn / fused (late)"
+    assert json.dumps(config.to_json(), indent=1) == (tmp_path / "config.json").read_text()
+    # older runs without streams or cache identity still read
+    (tmp_path / "config.json").write_text(json.dumps(_config_as_train_wrote_it(streams=True, cache_identity=True)))
+    config = RunDir(tmp_path).read_config()
+    assert config.streams == ("video", "audio") and config.cache_identity == {}
+
+
+def test_a_missing_or_damaged_run_is_an_expected_error(tmp_path: Path) -> None:
+    with pytest.raises(MissingRunFile, match="not a run directory.*cli.py train") as info:
+        load_run(tmp_path / "nothing")
+    assert isinstance(info.value, AvarError) and isinstance(info.value, FileNotFoundError)
+    assert str(tmp_path / "nothing") in str(info.value)
+    (tmp_path / "config.json").write_text("")  # what a full disk left behind before writes were atomic
+    with pytest.raises(RunMismatch, match="config.json is damaged") as info:
+        load_run(tmp_path)
+    assert isinstance(info.value, AvarError) and str(tmp_path) in str(info.value)
+    (tmp_path / "config.json").write_text(json.dumps(_config_as_train_wrote_it(params=True)))
+    with pytest.raises(RunMismatch, match="no 'params'"):
+        RunDir(tmp_path).read_config()
+    (tmp_path / "config.json").write_text(json.dumps(_config_as_train_wrote_it()))
+    with pytest.raises(MissingRunFile, match="model.safetensors"):
+        load_run(tmp_path)  # a run stopped before its first checkpoint
+    with pytest.raises(MissingRunFile, match="no metrics.json"):
+        RunDir(tmp_path).read_metrics()
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    write_json(path, {"accuracy": 0.5})
+
+    def full_disk(tmp: Path) -> None:
+        tmp.write_text('{"accu')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        replace_atomically(path, full_disk)
+    assert json.loads(path.read_text()) == {"accuracy": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
 def test_same_seed_same_run(cache: Path, tmp_path: Path) -> None:
@@ -111,8 +174,8 @@ def test_single_modality_runs_leave_out_and_count_clips_without_it(cache: Path, 
 
 def test_late_fusion_run(cache: Path, tmp_path: Path) -> None:
     r = train(cache, tmp_path / "late", replace(QUICK, fusion="late"))
-    model, doc = load_run(tmp_path / "late")
-    assert doc["streams"] == ["video", "audio"] and set(model.heads) == {"video", "audio"}
+    model, config = load_run(tmp_path / "late")
+    assert config.streams == ("video", "audio") and set(model.heads) == {"video", "audio"}
     assert 0.0 <= r.metrics["accuracy"] <= 1.0 and r.metrics["fusion"] == "late"
 
 

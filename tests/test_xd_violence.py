@@ -247,7 +247,7 @@ def test_annotation_file_and_test_set_must_agree(tmp_path: Path) -> None:
 def test_task_views_relabel_without_copying_features(tmp_path: Path) -> None:
     from tests.cache_factory import make_config, write_class_cache
     from temporal.data import load_cache
-    from temporal.xd_tasks import apply_task, task_of_run
+    from temporal.xd_tasks import apply_task, task_of_identity
 
     cache = tmp_path / "xd.zarr"
     write_class_cache(cache, make_config(classes=XD_CLASSES), 21)
@@ -261,6 +261,6 @@ def test_task_views_relabel_without_copying_features(tmp_path: Path) -> None:
     assert det.class_names == ("normal", "violent") and len(det.keys) == 21
     assert det.clips.label.tolist() == [int(k.split("/")[0] != "normal") for k in det.keys]
     assert np.array_equal(det.clips.video.numpy(), data.clips.video.numpy())
-    assert task_of_run({"cache_identity": det.identity}) == "xd-detection" and apply_task(data, None) is data
+    assert task_of_identity(det.identity) == "xd-detection" and apply_task(data, None) is data
     with pytest.raises(ValueError, match="unknown task"):
         apply_task(data, "xd-nothing")

@@ -46,6 +46,11 @@ def list_heads() -> list[str]:
     return list(HEADS)
 
 
+def describe_heads() -> dict[str, str]:
+    """Each head's name and its one-line description, in registry order (``train --list-heads``)."""
+    return {name: spec.description for name, spec in HEADS.items()}
+
+
 def head_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """The head's config dataclass with ``options`` applied."""
     spec = _spec(name)
@@ -75,5 +80,6 @@ def _spec(name: str) -> HeadSpec:
 __all__ = [
     "HEADS", "PAPER_HEADS", "HeadOutput", "HeadSpec", "MTCN", "MTCNConfig", "RecurrentHead", "RecurrentConfig",
     "TransformerHead", "TransformerConfig", "PoolHead", "PoolConfig", "count_parameters", "create_head",
-    "head_config", "layers_for_steps", "list_heads", "masked_mean", "mean_probability_logits", "receptive_field",
+    "describe_heads", "head_config", "layers_for_steps", "list_heads", "masked_mean", "mean_probability_logits",
+    "receptive_field",
 ]

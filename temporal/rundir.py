@@ -1,0 +1,254 @@
+"""A run directory: its files, and the typed content of each, written and read here only.
+
+A run directory holds, from training, ``config.json`` (what was asked: a
+:class:`RunConfig`), ``split.json`` (the clips of each part), ``model.safetensors`` (the
+best weights), ``train_state.safetensors`` (for a later ``--resume``), ``history.csv``
+(one row per epoch), ``training.json`` (what happened) and ``curves.png``; and, from the
+evaluation that ends every run, ``metrics.json``, ``per_class.md`` and ``confusion.png``.
+``figures/`` is where ``cli.py figures`` puts the paper's figures by default.
+
+Other modules reach these files through :class:`RunDir`'s properties and read/write
+methods, never by name, so the layout is defined once and a reader of a run (evaluation,
+figures, the predictor) gets typed values instead of indexing a JSON dict by hand. Every
+write goes through :mod:`temporal.atomic`: a full disk or a killed run leaves the previous
+file, never a torn one. The JSON files keep the layout the code wrote before this module
+existed (same keys, same order, ``indent=1``), so older run directories still read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from cache_schema import AvarError, InvalidInput, MissingInput
+
+from .atomic import write_json, write_text
+from .data import streams_for
+from .split import Split
+from .train_config import TrainConfig
+from .xd_tasks import task_of_identity
+
+
+class RunError(AvarError):
+    """A run directory cannot be used as asked; the message names the path and the fix."""
+
+
+class MissingRunFile(RunError, MissingInput):
+    """The path is not a run directory, or lacks a file the command needs (an unfinished run)."""
+
+
+class RunMismatch(RunError, InvalidInput):
+    """A run's file is unreadable, or the run does not match what was asked (another cache,
+    another configuration to resume)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``config.json``: what a run was trained on and how, enough to rebuild its model."""
+
+    cache: str                        # the cache's resolved path at training time
+    cache_identity: dict[str, Any]    # the cache's identity (backbones, steps, classes, task view)
+    class_names: tuple[str, ...]
+    steps: int
+    video_dim: int
+    audio_dim: int
+    streams: tuple[str, ...]          # one head per stream
+    params: int
+    train: TrainConfig
+
+    @property
+    def task(self) -> str | None:
+        """The task view (XD-Violence) the run was trained on; None: the plain cache."""
+        return task_of_identity(self.cache_identity)
+
+    @property
+    def label(self) -> str:
+        """``head / modality (fusion)``, as figure and report titles name a run."""
+        t = self.train
+        return f"{t.head} / {t.modality} ({t.fusion})"
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``config.json`` document (its keys in the order they have always been written)."""
+        return {"cache": self.cache, "cache_identity": self.cache_identity, "class_names": list(self.class_names),
+                "steps": self.steps, "video_dim": self.video_dim, "audio_dim": self.audio_dim,
+                "streams": list(self.streams), "params": self.params, "train": self.train.to_json()}
+
+    @staticmethod
+    def from_json(doc: dict[str, Any], source: str | Path = "config.json") -> "RunConfig":
+        """Read a ``config.json`` document; ``source`` names it in the error. Runs from
+        before ``streams`` and ``cache_identity`` were recorded still read (streams follow
+        from modality and fusion; an empty identity makes its users say what is missing)."""
+        try:
+            train = TrainConfig.from_json(doc["train"])
+            return RunConfig(cache=str(doc["cache"]), cache_identity=dict(doc.get("cache_identity") or {}),
+                             class_names=tuple(doc["class_names"]), steps=int(doc["steps"]),
+                             video_dim=int(doc["video_dim"]), audio_dim=int(doc["audio_dim"]),
+                             streams=tuple(doc.get("streams") or streams_for(train.modality, train.fusion)),
+                             params=int(doc["params"]), train=train)
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise RunMismatch(f"{source} is not a run configuration this version can read ({detail}); "
+                              "train the run again into a new --out") from None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run directory. ``RunDir(path)`` touches nothing on disk; the
+    ``read_*`` methods raise :class:`MissingRunFile` or :class:`RunMismatch` with a
+    one-line message naming the file and the fix."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ the files
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def train_state(self) -> Path:
+        return self.path / "train_state.safetensors"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def training(self) -> Path:
+        return self.path / "training.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def per_class(self) -> Path:
+        return self.path / "per_class.md"
+
+    @property
+    def confusion(self) -> Path:
+        return self.path / "confusion.png"
+
+    @property
+    def figures(self) -> Path:
+        """The default folder of ``cli.py figures``' PNGs."""
+        return self.path / "figures"
+
+    # ------------------------------------------------------------------ state
+    def is_run(self) -> bool:
+        """Training has started here (``config.json`` exists)."""
+        return self.config.is_file()
+
+    def is_finished(self) -> bool:
+        """Training and its evaluation have ended here (``metrics.json`` exists)."""
+        return self.metrics.is_file()
+
+    def has_history(self) -> bool:
+        return self.history.is_file()
+
+    def can_resume(self) -> bool:
+        return self.is_run() and self.train_state.is_file()
+
+    def require_run(self) -> "RunDir":
+        if not self.is_run():
+            raise MissingRunFile(f"{self.path} is not a run directory (no {self.config.name}); "
+                                 "train one with `cli.py train`")
+        return self
+
+    def create(self) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # ------------------------------------------------------------------ config.json
+    def read_config(self) -> RunConfig:
+        return RunConfig.from_json(self._read_json(self.require_run().config), self.config)
+
+    def write_config(self, config: RunConfig) -> None:
+        write_json(self.config, config.to_json())
+
+    # ------------------------------------------------------------------ split.json
+    def read_split(self) -> Split:
+        doc = self._read_json(self._require(self.split, "train it again"))
+        try:
+            return Split(tuple(doc["train"]), tuple(doc["val"]), tuple(doc["test"]), dict(doc.get("info") or {}))
+        except (KeyError, TypeError) as exc:
+            raise RunMismatch(f"{self.split} is not a split file (no {exc}); train the run again") from None
+
+    def write_split(self, split: Split) -> None:
+        write_json(self.split, split.to_json())
+
+    # ------------------------------------------------------------------ history.csv
+    def read_history(self) -> list[dict[str, float]]:
+        with self._require(self.history, "train it again").open(newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def write_history(self, history: Sequence[dict[str, float]]) -> None:
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+        write_text(self.history, buf.getvalue())
+
+    # ------------------------------------------------------------------ training.json
+    def read_training(self) -> dict[str, Any]:
+        """What training recorded (best epoch, timings, clips left out); ``{}`` if absent."""
+        return self._read_json(self.training) if self.training.is_file() else {}
+
+    def write_training(self, doc: dict[str, Any]) -> None:
+        write_json(self.training, doc)
+
+    # ------------------------------------------------------------------ metrics.json, per_class.md
+    def read_metrics(self) -> dict[str, Any]:
+        return self._read_json(self._require(self.metrics, "evaluate it with `cli.py evaluate`"))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.metrics, metrics)
+
+    def update_metrics(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``extra`` into ``metrics.json`` (created if absent); the merged document."""
+        merged = {**(self._read_json(self.metrics) if self.metrics.is_file() else {}), **extra}
+        self.write_metrics(merged)
+        return merged
+
+    def write_per_class(self, text: str) -> None:
+        write_text(self.per_class, text)
+
+    # ------------------------------------------------------------------ helpers
+    def _require(self, path: Path, fix: str) -> Path:
+        if not path.is_file():
+            raise MissingRunFile(f"{self.path} has no {path.name} (an unfinished run?); {fix}")
+        return path
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:  # an empty or torn file, e.g. written by an older version on a full disk
+            raise RunMismatch(f"{path} is damaged ({exc}); train the run again into a new --out") from None
+
+
+__all__ = ["MissingRunFile", "RunConfig", "RunDir", "RunError", "RunMismatch"]
