@@ -148,14 +148,6 @@ def _train_config(head: str, modality: str, fusion: str, seed: int, epochs: int,
                        progress=progress)
 
 
-def _official_split(cache_path: Path, split_file: Path | None, task: str | None) -> Path | None:
-    """XD-Violence runs use the official split written beside the cache at extraction."""
-    if split_file or not task:
-        return split_file
-    candidate = cache_path.with_name(cache_path.name + ".official_split.json")
-    return candidate if candidate.exists() else None
-
-
 def _list_heads(ctx: click.Context, _: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -180,11 +172,12 @@ def _list_heads(ctx: click.Context, _: click.Parameter, value: bool) -> None:
 def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, out: Path, resume: bool,
           task: str | None, **kw) -> None:
     """Stage 2: train a head on the cache only, then evaluate it on the test split."""
+    from cache_schema import split_file_for
     from temporal.metrics import format_summary
     from temporal.train import train as train_run
     from temporal.xd_tasks import load_task_data
 
-    kw["split_file"] = _official_split(cache_path, kw["split_file"], task)
+    kw["split_file"] = split_file_for(cache_path, kw["split_file"], task)
     cfg = _train_config(head, modality, fusion, seed, **kw)
     data = load_task_data(cache_path, task) if task else None
     result = train_run(cache_path, out, cfg, data=data, resume=resume)
@@ -237,9 +230,10 @@ def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: i
     """The paper's Table 2: every head x modality from one cache and one split."""
     from dataclasses import replace
 
+    from cache_schema import split_file_for
     from temporal.compare import compare as compare_run
 
-    kw["split_file"] = _official_split(cache_path, kw["split_file"], task)
+    kw["split_file"] = split_file_for(cache_path, kw["split_file"], task)
     base = replace(_train_config("mtcn", "fused", "early", seed, progress=False, **kw), checkpoint_every=0)
     compare_run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
                         modalities=tuple(m for m in modalities.split(",") if m),
@@ -418,13 +412,16 @@ def figures(rundir: Path, out: Path | None, compare_csv: Path | None, media_root
     training curves, the comparison heat-map, and test clips' frames with truth and prediction."""
     from apply import plot_clip_strips
     from cache_schema import AvarError
-    from temporal.figures import FIGURES_DIR, run_figures
+    from temporal.figures import figure_file, run_figures
+    from temporal.rundir import RunDir
 
-    out = out or rundir / FIGURES_DIR
+    run = RunDir(rundir)
+    out = out or run.figures
     written = run_figures(rundir, out, compare_csv)
-    if (rundir / "config.json").is_file():
+    if run.is_run():
         try:
-            written["clip_strips"] = plot_clip_strips(rundir, out / "clip_strips.png", media_root, n_clips=n_clips)
+            written["clip_strips"] = plot_clip_strips(rundir, figure_file(out, "clip_strips"), media_root,
+                                                      n_clips=n_clips)
         except AvarError as exc:
             click.echo(f"skipped the frame-strip view: {exc}", err=True)
     for name, path in written.items():

@@ -23,6 +23,7 @@ from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone,
 from extract.frozen_model import resolve_device
 from extract.pipeline import SAMPLE_RATE
 from temporal.evaluate import load_run
+from temporal.rundir import RunDir
 
 from .predictor import PredictConfig, Predictor
 
@@ -119,26 +120,26 @@ def load_predictor(rundir: str | Path, config: PredictConfig = PredictConfig()) 
     Raises an ``AvarError`` for a path that is not a finished run, and ``BackboneMismatch``
     when the backbones cannot be loaded or differ from the run's."""
     rundir = Path(rundir)
-    model, doc = load_run(rundir)
-    identity = doc.get("cache_identity") or {}
+    model, run = load_run(rundir)
+    identity = run.cache_identity or {}
     missing = [k for k in ("video_backbone", "audio_backbone", "steps") if k not in identity]
     if missing:
-        raise BackboneMismatch(f"{rundir}/config.json records no {', '.join(missing)} for its cache: it cannot "
+        raise BackboneMismatch(f"{RunDir(rundir).config} records no {', '.join(missing)} for its cache: it cannot "
                                "say which backbones made its features. Retrain it with this version of `train`.")
     if int(identity.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
         raise BackboneMismatch(f"the run's cache has audio at {identity['sample_rate']} Hz; this pipeline decodes at "
                                f"{SAMPLE_RATE} Hz. Re-extract the cache and retrain.")
     device = resolve_device(config.device)
-    streams = set(doc.get("streams") or model.streams)
+    streams = set(run.streams or model.streams)
     needs_video = bool(streams & {"fused", "video"})
     needs_audio = bool(streams & {"fused", "audio"})
     video = load_checked_backbone("video", identity["video_backbone"], config.video_model, device, config.precision) \
         if needs_video else AbsentVideo(int(identity["video_backbone"]["dim"]))
     audio = load_checked_backbone("audio", identity["audio_backbone"], config.audio_model, device, config.precision) \
         if needs_audio else AbsentAudio(int(identity["audio_backbone"]["dim"]))
-    logger.info("run %s: %s head on %s, %d steps, classes %s", rundir, doc["train"]["head"],
-                doc["train"]["modality"], identity["steps"], ", ".join(doc["class_names"]))
-    return Predictor(model, doc["class_names"], int(identity["steps"]), str(identity.get("feature_dtype", "float32")),
+    logger.info("run %s: %s head on %s, %d steps, classes %s", rundir, run.train.head, run.train.modality,
+                identity["steps"], ", ".join(run.class_names))
+    return Predictor(model, run.class_names, int(identity["steps"]), str(identity.get("feature_dtype", "float32")),
                      video, audio, device=device, precision=config.precision)
 
 

@@ -20,8 +20,9 @@ from PIL import Image
 from cache_schema import AvarError, InvalidInput, MissingInput
 from extract.decode import decode_clip
 from extract.windows import thumbnail
-from temporal.figures import DPI, predict_test_split
+from temporal.figures import predict_test_split
 from temporal.metrics import NORMAL
+from temporal.plots import DPI, save_figure
 
 from .predictor import THUMB_HEIGHT
 from .results import VideoPrediction
@@ -70,8 +71,7 @@ def plot_timeline(pred: VideoPrediction, path: str | Path, max_frames: int = 8) 
     Frames come from ``pred.thumbnails`` (predict with ``thumbnails=True``)."""
     fig = timeline_figure(pred, max_frames)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path)
     return path
 
 
@@ -187,8 +187,7 @@ def plot_clip_strips(rundir: str | Path, path: str | Path, media_root: str | Pat
     fig.suptitle(f"Test clips of {Path(rundir).name}: true vs predicted class ({wrong} of {len(rows)} shown are "
                  "wrong, in red)", fontsize=10)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path)
     return path
 
 

@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cache_schema import InvalidInput, MissingInput
+from cache_schema import InvalidInput, MissingInput, official_split_path
 
 from .manifest import MEDIA_SUFFIXES, Manifest, ManifestRow
 
@@ -56,7 +56,6 @@ LIST_FILES: dict[str, tuple[str, ...]] = {
     "test": ("test.list", "test.txt", "test.csv", "xd_CLIP_rgbtest.csv", "rgb_test.list"),
 }
 ANNOTATIONS_FILE = "annotations.txt"
-OFFICIAL_SPLIT_SUFFIX = ".official_split.json"
 VIDEO_PREFERENCE = (".mp4", "")  # then other video suffixes, then audio-only ones
 AUDIO_SUFFIXES = frozenset(".mp3 .wav .m4a .aac .ogg .opus .flac".split())
 
@@ -342,11 +341,6 @@ class XDViolence:
         return path
 
 
-def official_split_path(cache: str | Path) -> Path:
-    p = Path(cache)
-    return p.with_name(p.name + OFFICIAL_SPLIT_SUFFIX)
-
-
 def load_xd_violence(root: str | Path, lists: str | Path | None = None) -> XDViolence:
     """Read the lists (``lists`` or the default folder) and find their videos under ``root``."""
     root = Path(root)
@@ -383,7 +377,7 @@ def xd_violence_manifest(root: Path) -> Manifest:
 
 
 __all__ = [
-    "CODE_CLASSES", "XD_CLASSES", "VIOLENT_CLASSES", "LIST_FILES", "ANNOTATIONS_FILE", "OFFICIAL_SPLIT_SUFFIX",
+    "CODE_CLASSES", "XD_CLASSES", "VIOLENT_CLASSES", "LIST_FILES", "ANNOTATIONS_FILE",
     "XDListError", "ParsedName", "XDVideo", "XDLists", "XDViolence", "parse_entry", "video_name", "label_codes",
     "read_name_list", "find_list_files", "default_lists_dir", "read_lists", "index_videos", "load_xd_violence",
     "official_split_path", "xd_violence_manifest",

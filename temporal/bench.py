@@ -31,7 +31,7 @@ def build_bench_cache(path: str | Path, n_clips: int = 3000, steps: int = 10, vi
     """A cache of random fp16 features with the real schema (untrained-backbone flags)."""
     path = Path(path)
     config = CacheConfig(
-        steps=steps, sample_rate=16000,
+        steps=steps, sample_rate=SAMPLE_RATE,
         video=BackboneInfo("bench", "random", "0" * 8, False, video_dim),
         audio=BackboneInfo("bench", "random", "0" * 8, False, audio_dim),
         class_names=tuple(f"class{i}" for i in range(num_classes - 1)) + ("normal",),
@@ -60,7 +60,6 @@ def bench_train(out_json: str | Path | None = None, n_clips: int = 3000, steps: 
     ``grid``. Every setting gets its own model; the settings take turns epoch by epoch, so
     that a slow spell of this shared machine hits them all alike (the ratios between them
     are what one run can vouch for)."""
-    torch.set_flush_denormal(True)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         t0 = time.perf_counter()
         cache = build_bench_cache(Path(tmp) / "bench.zarr", n_clips=n_clips, steps=steps, video_dim=video_dim,

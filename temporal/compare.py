@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from .atomic import replace_atomically, write_text
 from .data import CacheData, load_cache
@@ -86,7 +87,10 @@ def run_cells(specs: Sequence[CellSpec], out: Path, seeds: Sequence[int], jobs: 
         for i, spec, seed in tasks:
             done(i, seed, _train_run(spec.data, _rundir(out, spec, seed), replace(spec.config, seed=seed)))
     else:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # A spawned worker starts in the default floating-point mode: flush denormals there
+        # as every entry point does (cli.main), so its runs match the sequential ones.
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_flush_denormal, initargs=(True,)) as pool:
             futures = [pool.submit(_train_run_in_worker, str(spec.data.path), _rundir(out, spec, seed),
                                    replace(spec.config, seed=seed)) for i, spec, seed in tasks]
             for (i, _, seed), future in zip(tasks, futures):

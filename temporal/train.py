@@ -161,7 +161,6 @@ def _check_resumable(run: RunDir, config: TrainConfig) -> None:
 
 def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheData | None,
            resume: bool = False) -> RunResult:
-    torch.set_flush_denormal(True)
     run = RunDir(out).create()
     data = data if data is not None else load_cache(cache)
     split = load_or_create_split(data, config.split)
