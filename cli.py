@@ -96,7 +96,7 @@ def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int,
     Runs alone, or as every rank of `torchrun --nproc-per-node N cli.py extract ...`
     (Zarr caches only; see the README's cluster section)."""
     from extract.backbones import preset_models
-    from extract.datasets import dataset_manifest
+    from extract.datasets import prepare_dataset
     from extract.pipeline import ExtractConfig, run_extract
 
     video, audio = preset_models(backbones, video_model, audio_model)
@@ -105,7 +105,10 @@ def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int,
         batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
         retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout,
     )
-    summary = run_extract(dataset_manifest(dataset, root, out, lists), out, cfg)
+    prepared = prepare_dataset(dataset, root, out, lists)
+    if prepared.summary:
+        click.echo(prepared.summary)
+    summary = run_extract(prepared.manifest, out, cfg)
     click.echo(summary.describe())
 
 

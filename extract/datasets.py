@@ -6,28 +6,33 @@ rank 0 alone under torchrun) so that stage 2's ``--task`` runs find it.
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from .distributed import DistEnv
 from .manifest import DATASETS, Manifest, build_manifest
 from .xd_violence import load_xd_violence
 
-logger = logging.getLogger(__name__)
-
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 
-def dataset_manifest(dataset: str, root: str | Path, out: str | Path, lists: str | Path | None = None,
-                     env: DistEnv | None = None) -> Manifest:
+@dataclass(frozen=True)
+class PreparedDataset:
+    """The manifest to extract, and what to tell the user about the dataset first."""
+
+    manifest: Manifest
+    summary: str = ""
+
+
+def prepare_dataset(dataset: str, root: str | Path, out: str | Path, lists: str | Path | None = None,
+                    env: DistEnv | None = None) -> PreparedDataset:
     """The manifest of ``dataset`` under ``root``, for a cache at ``out``."""
     if dataset != "xd-violence":
-        return build_manifest(dataset, root)
+        return PreparedDataset(build_manifest(dataset, root))
     xd = load_xd_violence(root, lists)
-    if (env or DistEnv.from_environ()).is_main:  # under torchrun, one rank speaks and writes
-        logger.info("%s", xd.describe())
-        logger.info("official split -> %s", xd.write_official_split(out))
-    return xd.manifest
+    if not (env or DistEnv.from_environ()).is_main:  # under torchrun, one rank speaks and writes
+        return PreparedDataset(xd.manifest)
+    return PreparedDataset(xd.manifest, f"{xd.describe()}\nofficial split -> {xd.write_official_split(out)}")
 
 
-__all__ = ["DATASET_NAMES", "dataset_manifest"]
+__all__ = ["DATASET_NAMES", "PreparedDataset", "prepare_dataset"]
