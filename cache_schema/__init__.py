@@ -2,8 +2,18 @@
 reader and validation of the per-clip feature cache."""
 
 from .errors import AvarError, InvalidInput, MissingInput
+from .identity import (
+    backbone_differences,
+    cache_identity,
+    feature_identity_differences,
+    identity_informational_differences,
+    informational_differences,
+)
+from .preprocessing import AudioPreprocessing, Crop, Normalization, Resize, VideoPreprocessing
 from .reader import CacheReader, open_cache
 from .schema import (
+    IDENTITY_KEYS,
+    SAMPLE_RATE,
     SCHEMA_VERSION,
     STATUS_ERROR,
     STATUS_OK,
@@ -23,6 +33,10 @@ from .writer import CacheWriter
 
 __all__ = [
     "AvarError", "InvalidInput", "MissingInput",
+    "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
+    "informational_differences",
+    "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",
+    "IDENTITY_KEYS", "SAMPLE_RATE",
     "SCHEMA_VERSION", "STATUS_ERROR", "STATUS_OK", "STATUS_PENDING", "UNLABELLED", "BackboneInfo",
     "CacheConfig", "CacheConfigMismatch", "CacheError", "CacheSchemaError", "ClipEntry", "ClipRecord",
     "FORMATS", "detect_format", "ValidationReport", "validate", "CacheWriter", "CacheReader", "open_cache",
