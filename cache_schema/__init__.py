@@ -1,5 +1,7 @@
 """The contract between stage 1 (extract) and stage 2 (temporal): schema, writer,
-reader and validation of the per-clip feature cache."""
+reader and validation of the per-clip feature cache, and the one definition of when two
+caches (or a run and the backbones loaded for new media) hold the same features
+(``feature_identity_differences``, ``backbone_differences``)."""
 
 from .errors import AvarError, InvalidInput, MissingInput
 from .identity import (
