@@ -1,11 +1,22 @@
 """The contract between stage 1 (extract) and stage 2 (temporal): schema, writer,
-reader and validation of the per-clip feature cache."""
+reader and validation of the per-clip feature cache, and the one definition of when two
+caches (or a run and the backbones loaded for new media) hold the same features
+(``feature_identity_differences``, ``backbone_differences``)."""
 
 from .errors import AvarError, InvalidInput, MissingInput
+from .identity import (
+    backbone_differences,
+    cache_identity,
+    feature_identity_differences,
+    identity_informational_differences,
+    informational_differences,
+)
 from .info import cache_info, format_cache_info
-from .sidecars import official_split_path, split_file_for
+from .preprocessing import AudioPreprocessing, Crop, Normalization, Resize, VideoPreprocessing
 from .reader import CacheReader, open_cache
 from .schema import (
+    IDENTITY_KEYS,
+    SAMPLE_RATE,
     SCHEMA_VERSION,
     STATUS_ERROR,
     STATUS_OK,
@@ -19,12 +30,18 @@ from .schema import (
     ClipEntry,
     ClipRecord,
 )
+from .sidecars import official_split_path, split_file_for
 from .storage import FORMATS, detect_format
 from .validate import ValidationReport, validate
 from .writer import CacheWriter
 
 __all__ = [
-    "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path", "split_file_for",
+    "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path",
+    "split_file_for",
+    "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
+    "informational_differences",
+    "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",
+    "IDENTITY_KEYS", "SAMPLE_RATE",
     "SCHEMA_VERSION", "STATUS_ERROR", "STATUS_OK", "STATUS_PENDING", "UNLABELLED", "BackboneInfo",
     "CacheConfig", "CacheConfigMismatch", "CacheError", "CacheSchemaError", "ClipEntry", "ClipRecord",
     "FORMATS", "detect_format", "ValidationReport", "validate", "CacheWriter", "CacheReader", "open_cache",

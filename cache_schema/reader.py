@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .identity import cache_identity
 from .schema import ARRAY_BY_NAME, STATUS_ERROR, STATUS_OK, STATUS_PENDING, CacheConfig, CacheSchemaError
 from .storage import open_backend
 
@@ -25,6 +26,13 @@ class CacheReader:
             raise CacheSchemaError(f"{self.path} has no cache attributes; is it an AVAR feature cache?")
         self.config = CacheConfig.from_attrs(self.attrs)
         self.format = self.backend.format
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The cache's identity attributes, preprocessing in today's form (a cache written
+        before preprocessing had named fields reads as if written today, see
+        ``cache_schema.legacy``); what a run records as its ``cache_identity``."""
+        return cache_identity(self.attrs)
 
     @property
     def n(self) -> int:

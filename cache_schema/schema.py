@@ -14,8 +14,13 @@ from typing import Any
 import numpy as np
 
 from .errors import AvarError
+from .legacy import upgrade_preprocessing
 
 SCHEMA_VERSION = 1
+
+SAMPLE_RATE = 16000
+"""The contract's audio rate (Hz): stage 1 decodes every clip's audio to mono at this rate
+and its audio backbone must expect it; a cache records it as its ``sample_rate``."""
 
 # Per-clip status. A clip is "pending" until its features and its status were written;
 # the status is always written last, so a clip whose write was interrupted stays pending.
@@ -42,8 +47,9 @@ class CacheSchemaError(CacheError):
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """What identifies a frozen backbone's features: two caches whose backbones differ in
-    any of these fields hold features that must never be mixed."""
+    """What a cache records about a frozen backbone. Which of these fields identify the
+    features (two caches differing in them must never be mixed) and which only describe
+    them is said once, in ``cache_schema.identity``."""
 
     name: str
     arch: str
@@ -63,8 +69,14 @@ class BackboneInfo:
             checksum=str(d["checksum"]),
             pretrained=bool(d["pretrained"]),
             dim=int(d["dim"]),
-            preprocessing=dict(d.get("preprocessing", {})),
+            # preprocessing of caches written before it had named fields, in today's form
+            preprocessing=upgrade_preprocessing(d.get("preprocessing", {})),
         )
+
+
+IDENTITY_KEYS = ("schema_version", "steps", "sample_rate", "feature_dtype", "video_backbone", "audio_backbone",
+                 "class_names")
+"""The cache attributes that form its identity (``CacheConfig.identity()``)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,9 @@ class CacheConfig:
             raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}")
 
     def identity(self) -> dict[str, Any]:
-        """The JSON-comparable form used to refuse mixing configurations."""
+        """The JSON-comparable form used to refuse mixing configurations (compared by
+        ``cache_schema.identity.feature_identity_differences``); its keys are
+        ``IDENTITY_KEYS``."""
         return {
             "schema_version": SCHEMA_VERSION,
             "steps": self.steps,
@@ -114,18 +128,6 @@ class CacheConfig:
     def pretrained(self) -> bool:
         """True only when both backbones carry trained weights; reports must say otherwise."""
         return self.video.pretrained and self.audio.pretrained
-
-
-def identity_differences(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable list of the fields that differ between two identities."""
-    out: list[str] = []
-    for k in sorted(set(expected) | set(found)):
-        a, b = expected.get(k), found.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += identity_differences(a, b, prefix=f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: cache has {b!r}, requested {a!r}")
-    return out
 
 
 @dataclass(frozen=True)

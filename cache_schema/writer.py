@@ -39,8 +39,8 @@ from .schema import (
     CacheSchemaError,
     ClipEntry,
     ClipRecord,
-    identity_differences,
 )
+from .identity import WRITER_SIDES, feature_identity_differences, identity_informational_differences
 from .storage import Backend, open_backend
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class CacheWriter:
         path = Path(path)
         backend = open_backend(path, "r+", fmt)
         try:
-            cls._check_identity(path, backend.get_attrs(), config)
+            cls._check_identity(path, backend.get_attrs(), config, warn=False)  # rank 0 warned
         except BaseException:
             backend.close()
             raise
@@ -170,21 +170,24 @@ class CacheWriter:
         )
 
     @staticmethod
-    def _check_identity(path: Path, attrs: dict[str, Any], config: CacheConfig) -> None:
+    def _check_identity(path: Path, attrs: dict[str, Any], config: CacheConfig, warn: bool = True) -> None:
         version = attrs.get("schema_version")
         if version != SCHEMA_VERSION:
             raise CacheSchemaError(
                 f"{path} has schema version {version!r}, this code writes {SCHEMA_VERSION}; "
                 "extract into a new cache path"
             )
-        found = {k: attrs.get(k) for k in config.identity()}
-        diffs = identity_differences(config.identity(), found)
+        requested = config.identity()
+        recorded = {k: attrs.get(k) for k in requested}
+        diffs = feature_identity_differences(requested, recorded, WRITER_SIDES)
         if diffs:
             raise CacheConfigMismatch(
                 f"{path} was extracted with another configuration, and features of two "
                 "configurations are never mixed:\n  " + "\n  ".join(diffs) + "\n"
                 "Use another --out path, or the options the cache was made with (see `cli.py cache info`)."
             )
+        for line in identity_informational_differences(requested, recorded, WRITER_SIDES) if warn else ():
+            logger.warning("%s: %s (the features are the same; the cache keeps what it recorded)", path, line)
 
     def _extend(self, new: list[ClipEntry]) -> None:
         """Give new clips rows: free rows first (rows without a key, left by a run killed

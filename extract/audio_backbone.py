@@ -11,6 +11,9 @@ over time, so zero padding changes every frame: their windows are only batched w
 of exactly the same length (all full windows share one length, so long clips still batch
 well). Models with feat_extract_norm == "layer" (their feature extractor returns an
 attention mask) are padded and given the mask.
+
+The cache records these rules as ``cache_schema.AudioPreprocessing`` fields; the audio
+rate is the contract's ``cache_schema.SAMPLE_RATE``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ from transformers import (
     Wav2Vec2Model,
 )
 
+from cache_schema import SAMPLE_RATE, AudioPreprocessing, Normalization
+from cache_schema.preprocessing import (
+    BATCHING_EQUAL_LENGTH,
+    BATCHING_PADDED_WITH_MASK,
+    NORMALIZE_NONE,
+    NORMALIZE_ZERO_MEAN_UNIT_VAR,
+)
+
 from .audio_windows import (
     NORM_EPS,
     FrameGeometry,
@@ -57,7 +68,6 @@ from .frozen_model import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_AUDIO_MODEL = "facebook/wav2vec2-base"
-SAMPLE_RATE = 16000
 DEFAULT_WINDOW_S = 30.0
 
 AudioClip = tuple[np.ndarray, np.ndarray]
@@ -192,26 +202,20 @@ class AudioBackbone(DescribedBackbone):
             raise ValueError(f"window_s={window_s} is shorter than the model's receptive field")
         self.do_normalize = bool(getattr(feature_extractor, "do_normalize", True))
         self.uses_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
-        self.preprocessing = {
-            "library": f"transformers {transformers.__version__}",
-            "sample_rate": SAMPLE_RATE,
-            "channels": "mono",
-            "window_s": window_s,
-            "windows": "consecutive, non-overlapping, last one shorter",
-            "normalize": (
-                f"per window: (x - mean) / sqrt(var + {NORM_EPS}) as Wav2Vec2FeatureExtractor"
+        self.preprocessing = AudioPreprocessing(
+            sample_rate=SAMPLE_RATE,
+            window_s=float(window_s),
+            normalize=(
+                Normalization(NORMALIZE_ZERO_MEAN_UNIT_VAR, eps=NORM_EPS, per="window")
                 if self.do_normalize
-                else "none (feature extractor has do_normalize=False)"
+                else Normalization(NORMALIZE_NONE)  # the feature extractor has do_normalize=False
             ),
-            "min_window_samples": self.geometry.receptive_field_samples,
-            "pad": "zeros after normalisation",
-            "attention_mask": self.uses_attention_mask,
-            "batching": "padded with attention mask" if self.uses_attention_mask else "equal-length windows only",
-            "layer": "last_hidden_state",
-            "frame_stride_s": self.geometry.stride_s,
-            "frame_time": "window start + (k*stride + receptive_field/2) / sample_rate",
-            "pooling": "mean of frames with time in [start, end) of the step; nearest frame if none",
-        }
+            min_window_samples=self.geometry.receptive_field_samples,
+            attention_mask=self.uses_attention_mask,
+            batching=BATCHING_PADDED_WITH_MASK if self.uses_attention_mask else BATCHING_EQUAL_LENGTH,
+            frame_stride_s=self.geometry.stride_s,
+            library=f"transformers {transformers.__version__}",
+        ).to_dict()
         self.model.to(device)
 
     def embed(self, clips: Sequence[AudioClip]) -> list[np.ndarray]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cache_schema import SAMPLE_RATE
+
 NORM_EPS = 1e-7
 """Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7)."""
 
@@ -27,10 +29,11 @@ class FrameGeometry:
 
     stride_samples: int
     receptive_field_samples: int
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
 
     @classmethod
-    def from_conv(cls, kernels: Sequence[int], strides: Sequence[int], sample_rate: int = 16000) -> FrameGeometry:
+    def from_conv(cls, kernels: Sequence[int], strides: Sequence[int], sample_rate: int = SAMPLE_RATE,
+                  ) -> FrameGeometry:
         stride, field = 1, 1
         for kernel, step in zip(kernels, strides, strict=True):
             field += (kernel - 1) * stride

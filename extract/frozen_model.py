@@ -90,6 +90,9 @@ class DescribedBackbone:
     pretrained: bool
     checksum: str
     preprocessing: dict
+    """``cache_schema.VideoPreprocessing`` / ``AudioPreprocessing`` as ``to_dict()``: named
+    fields, compared by ``cache_schema.identity`` (sentences would make every rewording a
+    new identity)."""
     device: str
     precision: str
 

@@ -9,6 +9,9 @@ channels in timm's RGB order. timm's pretrained_cfg has no channel-order field; 
 the transformers port of the same Apple checkpoints (apple/mobilevit-*) flips RGB to BGR,
 because the original cvnets models were trained on BGR, so whether timm's converted
 weights expect RGB cannot be checked without them; we follow timm's pipeline.
+
+The cache records this preprocessing as ``cache_schema.VideoPreprocessing`` fields
+(resize, crop, mean, std, channel order, input scale), derived from the same data config.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch import nn
+
+from cache_schema import VideoPreprocessing
 
 from .frozen_model import (
     BackboneUnavailable,
@@ -49,14 +54,6 @@ TINY_VIDEO_SIZE = 64
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
 
 
 class VideoTransform:
@@ -115,14 +112,12 @@ class VideoBackbone(DescribedBackbone):
         self.dim = int(self.model.num_features)
         data_config = resolve_data_config({}, model=self.model)
         self.transform = VideoTransform(data_config)
-        self.preprocessing = {
-            "library": f"timm {timm.__version__}",
-            "data_config": _jsonable(data_config),
-            "transform": "timm.data.create_transform(**data_config) (eval: resize short side to "
-            "size/crop_pct, centre crop, to [0,1], (x-mean)/std)",
-            "channel_order": "RGB",
-            "pretrained_tag": self.model.pretrained_cfg.get("tag") if pretrained else None,
-        }
+        self.preprocessing = VideoPreprocessing.from_timm_data_config(
+            data_config,
+            library=f"timm {timm.__version__}",
+            pretrained_tag=self.model.pretrained_cfg.get("tag") if pretrained else None,
+            channel_order="RGB",  # VideoTransform feeds PIL's RGB as it is (see the module doc)
+        ).to_dict()
         self.model.to(device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

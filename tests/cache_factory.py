@@ -7,16 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_schema import BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
+from cache_schema import SAMPLE_RATE, BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
 
 
 def make_config(dv: int = 8, da: int = 6, steps: int = 10, classes: tuple[str, ...] = ("normal", "crash"),
-                feature_dtype: str = "float32", video_name: str = "tiny") -> CacheConfig:
+                feature_dtype: str = "float32", video_name: str = "tiny", video_checksum: str = "v" * 8,
+                audio_preprocessing: dict | None = None) -> CacheConfig:
     return CacheConfig(
         steps=steps,
-        sample_rate=16000,
-        video=BackboneInfo(video_name, "test-video", "v" * 8, False, dv, {"input_size": [3, 8, 8]}),
-        audio=BackboneInfo("tiny", "test-audio", "a" * 8, False, da, {"sample_rate": 16000}),
+        sample_rate=SAMPLE_RATE,
+        video=BackboneInfo(video_name, "test-video", video_checksum, False, dv, {"input_size": [3, 8, 8]}),
+        audio=BackboneInfo("tiny", "test-audio", "a" * 8, False, da,
+                           {"sample_rate": SAMPLE_RATE} if audio_preprocessing is None else audio_preprocessing),
         class_names=classes,
         feature_dtype=feature_dtype,
     )

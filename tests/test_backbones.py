@@ -19,12 +19,13 @@ from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+from cache_schema import SAMPLE_RATE, VideoPreprocessing
 from extract.audio_backbone import AudioBackbone, default_feature_extractor, tiny_wav2vec2_config
 from extract.audio_windows import FrameGeometry, normalize_like_wav2vec2, plan_windows, pool_frames_per_step
 from extract.backbones import BackboneUnavailable, load_audio_backbone, load_video_backbone
 
 torch.set_flush_denormal(True)
-SR = 16000
+SR = SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +78,42 @@ def test_transform_is_timms_own_and_pickles(tiny_video) -> None:
     assert torch.equal(ours, reference)
     assert torch.equal(pickle.loads(pickle.dumps(tiny_video.transform))(frame), reference)
     # cvnets MobileViT: inputs stay in [0, 1] (mean 0, std 1), RGB, bicubic, crop 0.9
-    data_config = tiny_video.preprocessing["data_config"]
-    assert data_config["mean"] == [0.0, 0.0, 0.0] and data_config["std"] == [1.0, 1.0, 1.0]
-    assert tiny_video.preprocessing["channel_order"] == "RGB"
+    pre = tiny_video.preprocessing
+    assert pre["mean"] == [0.0, 0.0, 0.0] and pre["std"] == [1.0, 1.0, 1.0] and pre["input_scale"] == "unit_interval"
+    assert pre["channel_order"] == "RGB" and pre["resize"]["interpolation"] == "bicubic"
+    assert pre["crop"] == {"mode": "center", "size": [64, 64], "crop_pct": 0.9}
     json.dumps(tiny_video.describe())  # must be storable as cache attributes
+
+
+@pytest.mark.parametrize("data_config", [
+    {"input_size": (3, 256, 256), "interpolation": "bicubic", "mean": (0.0,) * 3, "std": (1.0,) * 3,
+     "crop_pct": 0.9, "crop_mode": "center"},
+    {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+     "std": (0.229, 0.224, 0.225), "crop_pct": 0.875, "crop_mode": "center"},
+    {"input_size": (3, 192, 256), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+     "crop_pct": 0.95, "crop_mode": "center"},
+    {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+     "crop_pct": 1.0, "crop_mode": "squash"},
+    {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+     "crop_pct": 0.9, "crop_mode": "border"},
+])
+def test_recorded_video_preprocessing_is_the_transform_timm_builds(data_config: dict) -> None:
+    """The cache's fields are derived without timm (old caches are upgraded from their data
+    config): they must say what timm's eval transform really does."""
+    pre = VideoPreprocessing.from_timm_data_config(data_config)
+    steps = create_transform(**data_config).transforms
+    resize, crop, normalize = steps[0], steps[1], steps[-1]
+    size = resize.size if isinstance(resize.size, (tuple, list)) else (resize.size, resize.size)
+    assert tuple(size) == pre.resize.size
+    interpolation = getattr(resize, "interpolation", None)
+    assert str(getattr(interpolation, "value", interpolation)).lower().endswith(pre.resize.interpolation)
+    edge = {"Resize": "shortest" if not isinstance(resize.size, (tuple, list)) else "both"}.get(type(resize).__name__)
+    if type(resize).__name__ == "ResizeKeepRatio":
+        edge = "longest" if resize.longest == 1.0 else "shortest"
+    assert edge == pre.resize.edge
+    assert tuple(crop.size) == pre.crop.size
+    assert normalize.mean.tolist() == pytest.approx(list(pre.mean)) and normalize.std.tolist() == pytest.approx(list(pre.std))
+    assert VideoPreprocessing.from_dict(pre.to_dict()) == pre
 
 
 def test_video_embed_equals_direct_model_call(tiny_video) -> None:
@@ -129,6 +162,15 @@ def test_normalisation_matches_wav2vec2_feature_extractor() -> None:
     assert np.array_equal(normalize_like_wav2vec2(audio), reference)
 
 
+def test_recorded_normalisation_follows_the_feature_extractor(tiny_audio) -> None:
+    assert tiny_audio.preprocessing["normalize"] == {"kind": "zero_mean_unit_var", "eps": 1e-7, "per": "window"}
+    assert tiny_audio.preprocessing["sample_rate"] == SR and tiny_audio.preprocessing["min_window_samples"] == 400
+    extractor = default_feature_extractor(tiny_audio.model.config)
+    extractor.do_normalize = False
+    plain = AudioBackbone(tiny_audio.model, extractor, name="t", pretrained=False)
+    assert plain.preprocessing["normalize"] == {"kind": "none", "eps": None, "per": None}
+
+
 def test_frame_geometry_matches_model(tiny_audio) -> None:
     geometry = tiny_audio.geometry
     assert (geometry.stride_samples, geometry.receptive_field_samples) == (320, 400)
@@ -166,6 +208,9 @@ def test_batching_clips_gives_the_same_features(encoder_norm: str) -> None:
         model, default_feature_extractor(config), name="t", pretrained=False, window_s=1.0, batch_size=8
     )
     assert backbone.uses_attention_mask is (encoder_norm == "layer")
+    assert backbone.preprocessing["attention_mask"] is backbone.uses_attention_mask
+    assert backbone.preprocessing["batching"] == ("padded_with_mask" if encoder_norm == "layer" else "equal_length_only")
+    assert backbone.preprocessing["window_s"] == 1.0
     rng = np.random.default_rng(3)
     clip_a = (rng.standard_normal(int(2.5 * SR)).astype(np.float32), _steps(2.5, 5))
     clip_b = (rng.standard_normal(int(3.2 * SR)).astype(np.float32) * 3, _steps(3.2, 5))

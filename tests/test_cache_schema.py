@@ -85,8 +85,26 @@ def test_config_mismatch_is_refused(tmp_path: Path) -> None:
     other = make_config(steps=5)
     with pytest.raises(CacheConfigMismatch, match="steps"):
         CacheWriter.open(tmp_path / "c.zarr", other, [ClipEntry("x.mp4")])
-    with pytest.raises(CacheConfigMismatch, match="video_backbone.name"):
-        CacheWriter.open(tmp_path / "c.zarr", make_config(video_name="random"), [ClipEntry("x.mp4")])
+    # other weights (as the presets tiny and random are): refused, naming the field
+    with pytest.raises(CacheConfigMismatch, match="video weights: requested sha256 rrrr"):
+        CacheWriter.open(tmp_path / "c.zarr", make_config(video_name="random", video_checksum="r" * 8),
+                         [ClipEntry("x.mp4")])
+    with pytest.raises(CacheConfigMismatch, match="audio preprocessing sample_rate: requested 8000, cache has 16000"):
+        CacheWriter.open(tmp_path / "c.zarr", make_config(audio_preprocessing={"sample_rate": 8000}),
+                         [ClipEntry("x.mp4")])
+
+
+def test_same_weights_under_another_name_extend_the_cache(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The checksum identifies the weights: a local copy of them (another name) gives the
+    same features, so it may resume the cache; the name is only reported."""
+    write_cache(tmp_path / "c.zarr", make_config(), n=3)
+    with caplog.at_level("WARNING", logger="cache_schema.writer"):
+        with CacheWriter.open(tmp_path / "c.zarr", make_config(video_name="/models/copy.safetensors"),
+                              [ClipEntry("x.mp4")]) as w:
+            assert w.todo(["x.mp4"]) == ["x.mp4"]
+    assert "video name: requested '/models/copy.safetensors', cache has 'tiny'" in caplog.text
+    with CacheReader(tmp_path / "c.zarr") as r:  # the cache keeps what it recorded
+        assert r.n == 4 and r.config.video.name == "tiny"
 
 
 def test_status_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,193 @@
+"""What a backbone does to its input before the network sees it, as named fields.
+
+Preprocessing is part of a cache's identity (other resizing or other audio windows give
+other features), so it is recorded with every cache and compared field by field. The
+fields are short enum-like values, not sentences, so that rewording a description never
+invalidates a cache; each family's fields are named once, here, by a frozen dataclass
+that the backbone fills in and the cache stores as ``to_dict()``.
+
+This module knows no library: the video fields are derived from timm's ``data_config``
+by :meth:`VideoPreprocessing.from_timm_data_config`, a pure function that mirrors timm's
+eval transform (``tests/test_backbones.py`` checks it against the transform timm builds),
+so that the legacy upgrade of old caches (``cache_schema.legacy``) can use it without timm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+# timm's defaults when a data_config leaves crop_pct / crop_mode unset
+# (timm.data.constants.DEFAULT_CROP_PCT, transforms_imagenet_eval's "center").
+TIMM_DEFAULT_CROP_PCT = 0.875
+TIMM_DEFAULT_CROP_MODE = "center"
+
+# resize.edge: which edge(s) the resize fits to resize.size
+RESIZE_EDGES = {"center": "shortest", "squash": "both", "border": "longest"}
+
+
+@dataclass(frozen=True)
+class Resize:
+    """``edge``: "shortest" (aspect kept, the short side fits), "both" (squashed to
+    ``size``) or "longest" (aspect kept, the long side fits); ``size`` [H, W]."""
+
+    edge: str
+    size: tuple[int, int]
+    interpolation: str
+
+
+@dataclass(frozen=True)
+class Crop:
+    """``mode`` as timm names it ("center", "squash", "border": centre crop, padded with
+    the mean colour for "border"); ``size`` [H, W] is the network's input size."""
+
+    mode: str
+    size: tuple[int, int]
+    crop_pct: float
+
+
+@dataclass(frozen=True)
+class VideoPreprocessing:
+    """A frame's way from decoded RGB uint8 pixels to the network's input tensor:
+    resize, crop, scale to ``input_scale`` ("unit_interval": x / 255), then
+    ``(x - mean) / std`` per channel, channels in ``channel_order``.
+
+    ``library`` and ``pretrained_tag`` describe where the values came from but do not
+    define the tensors (see ``cache_schema.identity``)."""
+
+    resize: Resize
+    crop: Crop
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str = "RGB"
+    input_scale: str = "unit_interval"
+    library: str = ""
+    pretrained_tag: str | None = None
+
+    @classmethod
+    def from_timm_data_config(cls, data_config: Mapping[str, Any], *, library: str = "",
+                              pretrained_tag: str | None = None, channel_order: str = "RGB") -> "VideoPreprocessing":
+        """The fields of ``timm.data.create_transform(**data_config)`` in eval mode (as
+        ``transforms_imagenet_eval`` computes them: resize to floor(size / crop_pct),
+        then crop to size)."""
+        size = data_config["input_size"]
+        h, w = (int(size[-2]), int(size[-1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        crop_pct = float(data_config.get("crop_pct") or TIMM_DEFAULT_CROP_PCT)
+        mode = str(data_config.get("crop_mode") or TIMM_DEFAULT_CROP_MODE)
+        mode = mode if mode in RESIZE_EDGES else TIMM_DEFAULT_CROP_MODE  # timm treats any other mode as centre
+        scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
+        return cls(
+            resize=Resize(edge=RESIZE_EDGES[mode], size=scale, interpolation=str(data_config["interpolation"])),
+            crop=Crop(mode=mode, size=(h, w), crop_pct=crop_pct),
+            mean=tuple(float(x) for x in data_config["mean"]),
+            std=tuple(float(x) for x in data_config["std"]),
+            channel_order=channel_order,
+            library=library,
+            pretrained_tag=pretrained_tag,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in a cache's ``preprocessing`` attribute (lists, not tuples)."""
+        return _jsonable(asdict(self))
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "VideoPreprocessing":
+        r, c = d["resize"], d["crop"]
+        return VideoPreprocessing(
+            resize=Resize(str(r["edge"]), (int(r["size"][0]), int(r["size"][1])), str(r["interpolation"])),
+            crop=Crop(str(c["mode"]), (int(c["size"][0]), int(c["size"][1])), float(c["crop_pct"])),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+            channel_order=str(d["channel_order"]),
+            input_scale=str(d["input_scale"]),
+            library=str(d.get("library", "")),
+            pretrained_tag=d.get("pretrained_tag"),
+        )
+
+
+# AudioPreprocessing's enum-like values, each meaning one rule of extract/audio_backbone.py
+NORMALIZE_ZERO_MEAN_UNIT_VAR = "zero_mean_unit_var"  # (x - mean) / sqrt(var + eps), float32
+NORMALIZE_NONE = "none"
+BATCHING_PADDED_WITH_MASK = "padded_with_mask"  # windows zero-padded, attention mask given
+BATCHING_EQUAL_LENGTH = "equal_length_only"  # only windows of the same length share a batch
+WINDOWS_CONSECUTIVE = "consecutive"  # non-overlapping, from sample 0, the last one shorter
+PAD_ZEROS_AFTER_NORMALIZE = "zeros_after_normalize"  # to min_window_samples
+FRAME_TIME_RECEPTIVE_FIELD_CENTRE = "receptive_field_centre"  # window start + (k*stride + field/2) / rate
+POOLING_MEAN_IN_STEP_ELSE_NEAREST = "mean_in_step_else_nearest"  # frames in [start, end); else nearest centre
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``kind`` "zero_mean_unit_var" over each ``per`` unit ("window") with ``eps`` under
+    the root, as Wav2Vec2FeatureExtractor does; or "none" (``eps`` and ``per`` None)."""
+
+    kind: str
+    eps: float | None = None
+    per: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudioPreprocessing:
+    """A clip's way from decoded audio to per-step features: ``channels`` audio at
+    ``sample_rate``, cut into ``windows`` of ``window_s``, each normalised, padded to at
+    least ``min_window_samples``, run through the encoder in ``batching`` groups (with an
+    attention mask or not), ``layer`` taken; each output frame is placed in time by
+    ``frame_time`` (``frame_stride_s`` apart) and a step's feature is ``pooling`` of them.
+
+    ``library`` describes but does not define the features (see ``cache_schema.identity``)."""
+
+    sample_rate: int
+    channels: str = "mono"
+    window_s: float
+    windows: str = WINDOWS_CONSECUTIVE
+    normalize: Normalization
+    min_window_samples: int
+    pad: str = PAD_ZEROS_AFTER_NORMALIZE
+    attention_mask: bool
+    batching: str
+    layer: str = "last_hidden_state"
+    frame_stride_s: float
+    frame_time: str = FRAME_TIME_RECEPTIVE_FIELD_CENTRE
+    pooling: str = POOLING_MEAN_IN_STEP_ELSE_NEAREST
+    library: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in a cache's ``preprocessing`` attribute."""
+        return _jsonable(asdict(self))
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "AudioPreprocessing":
+        n = d["normalize"]
+        return AudioPreprocessing(
+            sample_rate=int(d["sample_rate"]),
+            window_s=float(d["window_s"]),
+            normalize=Normalization(str(n["kind"]), None if n.get("eps") is None else float(n["eps"]), n.get("per")),
+            min_window_samples=int(d["min_window_samples"]),
+            attention_mask=bool(d["attention_mask"]),
+            batching=str(d["batching"]),
+            frame_stride_s=float(d["frame_stride_s"]),
+            channels=str(d["channels"]),
+            windows=str(d["windows"]),
+            pad=str(d["pad"]),
+            layer=str(d["layer"]),
+            frame_time=str(d["frame_time"]),
+            pooling=str(d["pooling"]),
+            library=str(d.get("library", "")),
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+__all__ = [
+    "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",
+    "NORMALIZE_ZERO_MEAN_UNIT_VAR", "NORMALIZE_NONE", "BATCHING_PADDED_WITH_MASK", "BATCHING_EQUAL_LENGTH",
+    "WINDOWS_CONSECUTIVE", "PAD_ZEROS_AFTER_NORMALIZE", "FRAME_TIME_RECEPTIVE_FIELD_CENTRE",
+    "POOLING_MEAN_IN_STEP_ELSE_NEAREST",
+]
