@@ -2,7 +2,7 @@
 
 A run directory records the identity of the cache it was trained on. The backbones named
 there are loaded again and compared with it (weights checksum, dimension, preprocessing)
-through the cache contract's own sameness rule, so the head only ever sees features of the
+through the cache contract's own sameness rule (``cache_schema.backbone_differences``), so the head only ever sees features of the
 kind it was trained on. A run whose backbones cannot be reproduced is refused with what
 differs and how to fix it (``BackboneMismatch``).
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cache_schema import AvarError, BackboneInfo
+from cache_schema import AvarError, backbone_differences, informational_differences
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.frozen_model import resolve_device
 from extract.pipeline import SAMPLE_RATE
@@ -29,40 +29,8 @@ from .predictor import PredictConfig, Predictor
 
 logger = logging.getLogger(__name__)
 
-# Preprocessing fields that describe, not define, the input: a library upgrade or a
-# checkpoint loaded from a file instead of the hub changes them, never the tensors.
-INFORMATIONAL_PREPROCESSING = ("library", "pretrained_tag")
-
-
 class BackboneMismatch(AvarError):
     """The run's features came from backbones that cannot be reproduced here."""
-
-
-def backbone_differences(kind: str, expected: dict[str, Any], loaded: VideoBackbone | AudioBackbone) -> list[str]:
-    """What differs between the backbone a run was trained on and the one loaded here."""
-    import json
-
-    def canonical(d: dict[str, Any]) -> dict[str, Any]:
-        return json.loads(json.dumps(d, sort_keys=True, default=str))
-
-    want = BackboneInfo.from_dict(expected)
-    out = []
-    if want.checksum != loaded.checksum:
-        out.append(f"{kind} weights: run has sha256 {want.checksum[:12]}…, loaded {loaded.checksum[:12]}…")
-    if want.arch != loaded.arch:
-        out.append(f"{kind} architecture: run has {want.arch}, loaded {loaded.arch}")
-    if want.dim != loaded.dim:
-        out.append(f"{kind} feature dim: run has {want.dim}, loaded {loaded.dim}")
-    a = canonical({k: v for k, v in want.preprocessing.items() if k not in INFORMATIONAL_PREPROCESSING})
-    b = canonical({k: v for k, v in loaded.preprocessing.items() if k not in INFORMATIONAL_PREPROCESSING})
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            out.append(f"{kind} preprocessing {key}: run has {a.get(key)!r}, loaded {b.get(key)!r}")
-    for key in INFORMATIONAL_PREPROCESSING:
-        if want.preprocessing.get(key) != loaded.preprocessing.get(key):
-            logger.warning("%s preprocessing %s differs (run: %r, here: %r); the tensors are the same, going on",
-                           kind, key, want.preprocessing.get(key), loaded.preprocessing.get(key))
-    return out
 
 
 class AbsentVideo:
@@ -104,7 +72,10 @@ def load_checked_backbone(kind: str, expected: dict[str, Any], override: str | N
             f"cannot load the {kind} backbone {name!r} that this run's features came from ({exc}). "
             f"Pass {flag} PATH to a local copy of the same weights (sha256 {expected['checksum'][:12]}…)."
         ) from exc
-    diffs = backbone_differences(kind, expected, backbone)
+    loaded = backbone.describe()
+    diffs = backbone_differences(kind, expected, loaded)
+    for line in informational_differences(kind, expected, loaded):
+        logger.warning("%s; the tensors are the same, going on", line)
     if diffs:
         raise BackboneMismatch(
             f"the {kind} backbone {name!r} loaded here is not the one this run was trained on: "
@@ -143,5 +114,5 @@ def load_predictor(rundir: str | Path, config: PredictConfig = PredictConfig()) 
                      video, audio, device=device, precision=config.precision)
 
 
-__all__ = ["AbsentAudio", "AbsentVideo", "BackboneMismatch", "backbone_differences", "load_checked_backbone",
+__all__ = ["AbsentAudio", "AbsentVideo", "BackboneMismatch", "load_checked_backbone",
            "load_predictor"]

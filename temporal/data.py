@@ -96,7 +96,7 @@ def load_cache(path: str | Path) -> CacheData:
         counts = reader.counts()
         d = reader.load(fields=("group", "label", "video", "audio", "video_mask", "audio_mask"), only_ok=True)
         config = reader.config
-        identity = {k: reader.attrs.get(k) for k in config.identity()}
+        identity = reader.identity
     labels = d["label"].astype(np.int64)
     labelled = labels != UNLABELLED
     left_out = {"error": counts["error"], "pending": counts["pending"], "unlabelled": int((~labelled).sum())}

@@ -8,7 +8,6 @@ cache's identity: features of other backbones or step counts are refused).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cache_schema import feature_identity_differences
 
 from .checkpoint import load_weights
 from .data import CacheData, Clips, has_modality
@@ -80,9 +81,10 @@ def load_test_split(rundir: str | Path, cache: str | Path | None = None, data: C
     model, config = load_run(run.path)
     if data is None:  # a task run (XD-Violence) sees its relabelled view
         data = load_task_data(cache or config.cache, config.task)
-    if json.dumps(data.identity, sort_keys=True) != json.dumps(config.cache_identity, sort_keys=True):
-        raise RunMismatch(f"{data.path} is not the cache this run was trained on (other backbones, steps, classes "
-                          f"or task view); evaluate with --cache pointing at {config.cache}")
+    diffs = feature_identity_differences(config.cache_identity, data.identity, ("run was trained on", "cache has"))
+    if diffs:
+        raise RunMismatch(f"{data.path} is not the cache this run was trained on ({'; '.join(diffs)}); evaluate "
+                          f"with --cache pointing at {config.cache}")
     split = run.read_split()
     rows = data.rows_of(split.test)
     rows = rows[has_modality(data.clips, config.train.modality)[rows]]
