@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-import extract.decode as decode_module
+import extract.media_reader as media_reader
 from extract.decode import ClipTimeout, DecodeError, decode_all_frames_sequentially, decode_clip
 from extract.probe import probe
 from extract.sampling import step_centres, step_segments, target_frames
@@ -270,13 +270,13 @@ def test_avi_falls_back_to_display_order_timing(media):
 
 
 def _patched_probe(monkeypatch, change):
-    real = decode_module.probe
+    real = media_reader.probe
 
     def fake(path, **kwargs):
         info = real(path, **kwargs)
         return dataclasses.replace(info, video=change(info.video))
 
-    monkeypatch.setattr(decode_module, "probe", fake)
+    monkeypatch.setattr(media_reader, "probe", fake)
 
 
 def test_missing_keyframe_flags_fall_back_to_one_sequential_pass(cfr_clip, monkeypatch):
