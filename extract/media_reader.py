@@ -298,19 +298,7 @@ class MediaReader:
         def pts_time(key: float) -> float:
             return key * tb - start
 
-        group_pts: np.ndarray | None = None
-        if video.pts_reliable and video.frame_pts.size > 0:
-            frame_times = video.frame_pts * tb - start
-            group_pts = video.frame_pts[target_frames(frame_times, groups.reshape(-1))].reshape(groups.shape)
-            stats.min_frames = min_frames_needed(video.frame_pts, video.keyframe_pts, group_pts)
-            mode = PLANNED if video.keyframe_pts.size else SEQUENTIAL_PTS
-            reason = None if mode == PLANNED else "no packet is flagged as a keyframe"
-        else:
-            mode, reason = SEQUENTIAL_ORDINAL, f"timestamps unusable ({video.pts_note})"
-        if reason is not None:
-            stats.fallback_reason = reason
-            logger.info("%s: %s decode (%s)", self.path, mode, reason)
-
+        mode, group_pts = self._first_rung(video, groups)
         first = 0
         while True:
             if mode == SEQUENTIAL_ORDINAL:
@@ -331,6 +319,7 @@ class MediaReader:
                 if mode == SEQUENTIAL_ORDINAL:  # cannot happen: frame order always increases
                     raise DecodeError(f"{self.path}: cannot decode the video in order ({exc}). Re-encode it.") from exc
                 first = assembler.next
+                # Pts that go backwards are no use to a pass by pts either.
                 mode = SEQUENTIAL_ORDINAL if isinstance(exc, _OrderBroken) or mode == SEQUENTIAL_PTS \
                     else SEQUENTIAL_PTS
                 stats.fallback_reason = str(exc) if stats.fallback_reason is None \
@@ -349,6 +338,22 @@ class MediaReader:
                 assembler.finish(f"{self.path}: the video yielded no frame for these targets "
                                  "(the file ends early or is damaged)")
             return
+
+    def _first_rung(self, video: VideoStreamInfo, groups: np.ndarray) -> tuple[str, np.ndarray | None]:
+        """Where the ladder starts, and each target's frame pts where pts can be trusted
+        (then ``stats.min_frames`` is the plan's minimum for them)."""
+        if not (video.pts_reliable and video.frame_pts.size > 0):
+            mode, reason, group_pts = SEQUENTIAL_ORDINAL, f"timestamps unusable ({video.pts_note})", None
+        else:
+            frame_times = video.frame_pts * float(video.time_base) - self.info.start
+            group_pts = video.frame_pts[target_frames(frame_times, groups.reshape(-1))].reshape(groups.shape)
+            self.stats.min_frames = min_frames_needed(video.frame_pts, video.keyframe_pts, group_pts)
+            mode = PLANNED if video.keyframe_pts.size else SEQUENTIAL_PTS
+            reason = None if mode == PLANNED else "no packet is flagged as a keyframe"
+        if reason is not None:
+            self.stats.fallback_reason = reason
+            logger.info("%s: %s decode (%s)", self.path, mode, reason)
+        return mode, group_pts
 
     def _converter(self, transform: FrameTransform | None) -> Callable[[av.VideoFrame], Any]:
         """One RGB conversion of a chosen frame, upright (the orientation is read from the
