@@ -352,7 +352,8 @@ class MediaReader:
             reason = None if mode == PLANNED else "no packet is flagged as a keyframe"
         if reason is not None:
             self.stats.fallback_reason = reason
-            logger.info("%s: %s decode (%s)", self.path, mode, reason)
+            if mode != SEQUENTIAL_ORDINAL:  # containers without pts (AVI) are routine, not news
+                logger.info("%s: %s decode (%s)", self.path, mode, reason)
         return mode, group_pts
 
     def _converter(self, transform: FrameTransform | None) -> Callable[[av.VideoFrame], Any]:
