@@ -2,8 +2,8 @@
 
 Probing reads every packet once without decoding video, which is cheap next to decoding
 and gives exact answers where headers are missing or wrong (webm/mkv without frame
-counts or durations). The frame index it builds is what lets decode.py decode only the
-frames that the step targets need.
+counts or durations). The frame index it builds is what lets the decoding engine
+(media_reader.py) decode only the frames that the step targets need.
 
 The errors a clip can raise live here because probing is the first step that can find
 a file unreadable; decode.py re-exports them.
@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 class DecodeError(AvarError):
     """A clip cannot be turned into frames/audio; the message says why and what to do.
 
-    The pipeline records it per clip and goes on with the other clips.
+    An expected failure (damaged or unsupported input): the pipeline records it per clip
+    and goes on with the other clips.
     """
 
 
@@ -56,9 +57,10 @@ class VideoStreamInfo:
     ``frame_pts`` holds one entry per presented frame (packets the container marks as
     discarded are left out), sorted, i.e. in display order. ``pts_reliable`` is False
     where presentation timestamps are guessed or missing (AVI stores none; some packets
-    lack pts), in which case decode.py times frames by their display order instead.
+    lack pts), in which case the decoding engine (media_reader.py) times frames by their
+    display order instead.
     Rotation is not here: FFmpeg attaches the display matrix to each decoded frame,
-    which decode.py applies, so demuxing cannot see it reliably.
+    which the engine applies (orientation.py), so demuxing cannot see it reliably.
     """
 
     index: int

@@ -39,7 +39,7 @@ def target_frames(frame_times: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Index into ``frame_times`` (sorted ascending) of the frame nearest each centre.
 
     Ties go to the earlier frame so that the choice is deterministic and matches the
-    streaming selection in decode.py, which prefers the frame already seen.
+    streaming selection in frame_picker.py, which prefers the frame already seen.
     """
     times = np.asarray(frame_times, dtype=np.float64)
     if times.size == 0:

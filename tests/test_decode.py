@@ -16,8 +16,10 @@ import av
 import numpy as np
 import pytest
 
-import extract.decode as decode_module
+import extract.media_reader as media_reader
+from cache_schema.errors import AvarError
 from extract.decode import ClipTimeout, DecodeError, decode_all_frames_sequentially, decode_clip
+from extract.media_reader import FrameGroup, MediaReader
 from extract.probe import probe
 from extract.sampling import step_centres, step_segments, target_frames
 
@@ -270,13 +272,13 @@ def test_avi_falls_back_to_display_order_timing(media):
 
 
 def _patched_probe(monkeypatch, change):
-    real = decode_module.probe
+    real = media_reader.probe
 
     def fake(path, **kwargs):
         info = real(path, **kwargs)
         return dataclasses.replace(info, video=change(info.video))
 
-    monkeypatch.setattr(decode_module, "probe", fake)
+    monkeypatch.setattr(media_reader, "probe", fake)
 
 
 def test_missing_keyframe_flags_fall_back_to_one_sequential_pass(cfr_clip, monkeypatch):
@@ -396,17 +398,23 @@ def test_probe_reports_streams_and_index_without_decoding(cfr_clip):
     ]
 
 
-def test_damaged_video_fails_only_steps_that_depend_on_the_damage(media, monkeypatch):
-    """Packet 60 of GOP [50, 75) is overwritten with noise."""
+def _damaged_clip(media: Path) -> Path:
+    """100 frames, GOP 25 without B-frames; packet 60 of GOP [50, 75) is overwritten with noise."""
+    damaged = media / "damaged.mp4"
+    if damaged.exists():
+        return damaged
     path = write_media(media / "gop25.mp4", n_frames=100, gop=25, bframes=0)
     with av.open(str(path)) as container:
         packets = [p for p in container.demux(video=0) if p.size]
     bad = next(p for p in packets if p.pts * p.time_base == Fraction(60, 25))
     data = bytearray(path.read_bytes())
     data[bad.pos : bad.pos + bad.size] = np.random.default_rng(0).integers(0, 256, bad.size, dtype=np.uint8).tobytes()
-    damaged = media / "damaged.mp4"
     damaged.write_bytes(bytes(data))
+    return damaged
 
+
+def test_damaged_video_fails_only_steps_that_depend_on_the_damage(media, monkeypatch):
+    damaged = _damaged_clip(media)
     clip = decode_clip(damaged, 2)  # frames 25 and 75: a seek skips the damage
     assert [read_index(f) for f in clip.frames] == [25, 75]
     with pytest.raises(DecodeError, match=r"damaged.*2\.400 s"):
@@ -416,3 +424,53 @@ def test_damaged_video_fails_only_steps_that_depend_on_the_damage(media, monkeyp
     clip = decode_clip(damaged, 2)
     assert [read_index(f) for f in clip.frames] == [25, 75]
     assert clip.stats.video_packets_failed == 1
+
+
+# ------------------------------------------------------------------ the engine itself
+
+
+def test_reader_groups_fail_only_where_their_chosen_frame_is_damaged(media):
+    """Groups of targets come out in order; the one whose frame 65 depends on the damaged
+    packet 60 carries the error, its neighbours (before the damage, after keyframe 75)
+    are whole, and a frame shared by two groups is converted once."""
+    reader = MediaReader(_damaged_clip(media))
+    groups = np.array([[1.0, 1.48], [2.2, 2.6], [3.2, 3.6], [3.6, 3.8]])  # frames 25 37 | 55 65 | 80 90 | 90 95
+    got: list[FrameGroup] = []
+    reader.read_frames(groups, got.append)
+    assert [g.index for g in got] == [0, 1, 2, 3]
+    assert [read_index(f) for f in got[0].frames] == [25, 37]
+    assert got[1].frames is None and got[1].times is None and "2.400 s" in got[1].error
+    assert [read_index(f) for f in got[2].frames] == [80, 90]
+    assert got[3].frames[0] is got[2].frames[1]
+    np.testing.assert_allclose(got[3].times, [3.6, 3.8], atol=1e-9)
+    assert reader.stats.mode == "planned" and reader.stats.seeks == 3
+    assert reader.stats.frames_converted == 6  # 25 37 55 80 90 95; the tainted 65 is not converted
+
+
+def test_reader_stops_once_every_waiting_group_has_failed(media):
+    """One group (a clip) whose first frame depends on the damage: the decode stops there
+    instead of reading on to the group's later frames (90 would need frames 75-90)."""
+    reader = MediaReader(_damaged_clip(media))
+    with pytest.raises(DecodeError, match=r"damaged.*2\.400 s"):
+        reader.frames_at(np.array([2.6, 3.6]))
+    assert reader.stats.seeks == 1 and reader.stats.frames_decoded <= 16  # frames 50-66 less the lost 60
+    assert reader.stats.frames_converted == 0
+
+
+def test_reader_audio_whole_and_lazy_by_ranges_agree(cfr_clip):
+    """The track gathered during the probe equals the lazy one on its own handle, read in
+    ranges with everything behind released."""
+    gathered = MediaReader(cfr_clip, gather_audio_rate=16000)
+    whole, covered = gathered.gathered_audio().read(0, 64000)
+    assert covered == 64000
+    with MediaReader(cfr_clip, info=gathered.info).open_audio(16000) as track:
+        for lo in range(0, 64000, 6000):
+            hi = min(lo + 8000, 64000)
+            part, _ = track.read(lo, hi)
+            assert np.array_equal(part, whole[lo:hi])
+            track.release(lo + 6000)
+        assert track.failed == 0
+
+
+def test_decode_error_is_an_expected_failure():
+    assert issubclass(DecodeError, AvarError) and issubclass(ClipTimeout, AvarError)
