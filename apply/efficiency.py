@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from cache_schema import SAMPLE_RATE
 from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.decode import DecodedClip, decode_clip
 from extract.manifest import ManifestRow
-from extract.pipeline import SAMPLE_RATE, Decoded, ExtractConfig, iter_decoded
+from extract.pipeline import Decoded, ExtractConfig, iter_decoded
 from synth.bench_clip import write_bench_clip
 from temporal.model import AnomalyModel
 

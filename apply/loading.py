@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cache_schema import AvarError, backbone_differences, informational_differences
+from cache_schema import SAMPLE_RATE, AvarError, backbone_differences, informational_differences
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.frozen_model import resolve_device
-from extract.pipeline import SAMPLE_RATE
 from temporal.evaluate import load_run
 from temporal.rundir import RunDir
 

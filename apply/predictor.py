@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cache_schema import AvarError, ClipRecord, InvalidInput
+from cache_schema import SAMPLE_RATE, AvarError, ClipRecord, InvalidInput
 from extract.frozen_model import autocast_context
 from extract.decode import DecodeError, decode_clip
-from extract.pipeline import SAMPLE_RATE, Decoded, FeatureExtractor
+from extract.pipeline import Decoded, FeatureExtractor
 from extract.windows import DecodedWindow, decode_windows, thumbnail
 from temporal.data import Clips
 from temporal.metrics import NORMAL

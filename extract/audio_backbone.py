@@ -60,7 +60,6 @@ from .frozen_model import (
     autocast_context,
     check_precision,
     freeze,
-    prepare_torch_for,
     seeded_rng,
     state_dict_checksum,
 )
@@ -185,7 +184,6 @@ class AudioBackbone(DescribedBackbone):
             )
         if window_s <= 0:
             raise ValueError(f"window_s must be positive, got {window_s}")
-        prepare_torch_for(device)
         self.name = name
         self.pretrained = pretrained
         self.precision = check_precision(precision)

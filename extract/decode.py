@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cache_schema import SAMPLE_RATE
 from extract.audio_track import SILENCE_PEAK
 from extract.media_reader import DecodeStats, FrameTransform, MediaReader
 from extract.orientation import frame_rotation, to_display_image
@@ -90,7 +91,7 @@ def decode_clip(
     path: str | os.PathLike,
     steps: int,
     *,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     frame_transform: FrameTransform | None = None,
     deadline: float | None = None,
     threads: int = 1,

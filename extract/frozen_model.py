@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from cache_schema import AvarError
+
 logger = logging.getLogger(__name__)
 
 PRESET_SEED = 0
@@ -31,7 +33,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }
 
 
-class BackboneUnavailable(RuntimeError):
+class BackboneUnavailable(AvarError):
     """Raised when a backbone's weights cannot be obtained (offline, not cached, bad path).
 
     A separate type so that callers (the CLI) can show the message as a user error instead
@@ -67,17 +69,6 @@ def autocast_context(device: str, precision: str) -> contextlib.AbstractContextM
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-def prepare_torch_for(device: str) -> None:
-    """Flush denormals on CPU.
-
-    Untrained (and some trained) networks produce denormal floats deep in the stack; on x86
-    CPUs these are ~10x slower to compute. Flushing them to zero changes values below 1e-38
-    only. The setting is per process, so this is called at every backbone load.
-    """
-    if torch.device(device).type == "cpu":
-        torch.set_flush_denormal(True)
 
 
 class DescribedBackbone:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cache_schema import STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord, detect_format
+from cache_schema import SAMPLE_RATE, STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord, detect_format
 from cache_schema.lock import CacheLock, CacheWriteError
 
 from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone, VideoBackbone, load_audio_backbone,
@@ -39,7 +39,6 @@ from .manifest import Manifest, ManifestRow
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 WEIGHED_CLIPS = 200_000  # up to this many pending clips, shards are balanced by file size
 
 

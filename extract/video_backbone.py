@@ -36,7 +36,6 @@ from .frozen_model import (
     autocast_context,
     check_precision,
     freeze,
-    prepare_torch_for,
     seeded_rng,
     state_dict_checksum,
     variance_preserving_init_,
@@ -99,7 +98,6 @@ class VideoBackbone(DescribedBackbone):
         batch_size: int = 32,
         channels_last: bool | None = None,
     ) -> None:
-        prepare_torch_for(device)
         self.name = name
         self.pretrained = pretrained
         self.precision = check_precision(precision)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cache_schema import SAMPLE_RATE
 from extract.audio_track import SILENCE_PEAK, AudioTrack
 from extract.decode import DecodedClip, DecodeError, FrameTransform
 from extract.media_reader import FrameGroup, MediaReader
@@ -167,7 +168,7 @@ def decode_windows(
     hop: float,
     on_window: Callable[[DecodedWindow], None],
     *,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     frame_transform: FrameTransform | None = None,
     thumb_height: int | None = None,
     threads: int = 1,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cache_schema import BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
+from cache_schema import SAMPLE_RATE, BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
 
 from .data import CacheData, HeadInputs, load_cache
 from .train import TrainConfig, build_model, make_optimizer, torch_threads, train_epoch
