@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AvarError
+from .errors import AvarError, InvalidInput
 from .legacy import upgrade_preprocessing
 
 SCHEMA_VERSION = 1
@@ -92,9 +92,9 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise InvalidInput(f"steps must be >= 1, got {self.steps}")
         if self.feature_dtype not in FEATURE_DTYPES:
-            raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}")
+            raise InvalidInput(f"feature_dtype must be one of {FEATURE_DTYPES}")
 
     def identity(self) -> dict[str, Any]:
         """The JSON-comparable form used to refuse mixing configurations (compared by

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
+from .errors import InvalidInput, MissingInput
 from .schema import CacheSchemaError
 
 FORMATS = ("zarr", "hdf5")
@@ -254,11 +255,11 @@ def open_backend(path: Path, mode: str, fmt: str | None = None) -> Backend:
     (read/write, create) or ``w`` (new)."""
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown cache format {fmt!r}; choose one of {FORMATS}")
+        raise InvalidInput(f"unknown cache format {fmt!r}; choose one of {FORMATS}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     if mode in ("r", "r+") and not path.exists():
-        raise FileNotFoundError(f"no cache at {path}; run `python cli.py extract ... --out {path}` first")
+        raise MissingInput(f"no cache at {path}; run `python cli.py extract ... --out {path}` first")
     if fmt == "hdf5":
         return H5Backend(path, mode)
     return ZarrBackend(path, mode)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .integrity import ALL_CHUNKS_STORED, ChunkDamage, find_damage
 from .lock import CacheWriteError
+from .errors import InvalidInput
 from .schema import (
     ARRAY_BY_NAME,
     ARRAYS,
@@ -106,7 +107,7 @@ class CacheWriter:
         _check_zarr_target(path, fmt)
         by_key = {e.key: e for e in entries}
         if len(by_key) != len(entries):
-            raise ValueError("manifest has duplicate keys; keys must be unique paths relative to the root")
+            raise InvalidInput("manifest has duplicate keys; keys must be unique paths relative to the root")
         try:
             backend = open_backend(path, "a", fmt)
         except OSError as exc:

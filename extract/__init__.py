@@ -1,0 +1,50 @@
+"""Stage 1: media -> per-step features in the cache.
+
+The public face, by job (each name is loaded on first use, so importing one small module
+of the package, e.g. ``extract.sampling``, does not import timm and transformers):
+
+* datasets as manifests: ``prepare_dataset``, ``build_manifest``, ``Manifest``, ``ManifestRow``;
+* the decoding engine: ``MediaReader`` (probe, frames nearest target times, 16 kHz audio),
+  and its two callers ``decode_clip`` (a clip cut into T steps) and ``decode_windows``
+  (sliding windows over a video of any length); ``probe``, ``MediaInfo``, ``DecodeError``;
+* the frozen backbones, picked by name: ``load_video_backbone``, ``load_audio_backbone``,
+  ``BACKBONE_PRESETS``, ``preset_models``, ``BackboneUnavailable``;
+* the pipeline: ``ExtractConfig``, ``run_extract`` (workers, batching, resume, torchrun),
+  ``FeatureExtractor`` (backbones over decoded clips, as the cache stores them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "prepare_dataset": "datasets", "DATASET_NAMES": "datasets",
+    "build_manifest": "manifest", "Manifest": "manifest", "ManifestRow": "manifest", "VAAR_CLASSES": "manifest",
+    "MediaReader": "media_reader", "DecodeStats": "media_reader", "FrameGroup": "media_reader",
+    "probe": "probe", "MediaInfo": "probe", "DecodeError": "probe", "ClipTimeout": "probe",
+    "decode_clip": "decode", "DecodedClip": "decode",
+    "decode_windows": "windows", "DecodedWindow": "windows", "plan_windows": "windows",
+    "load_video_backbone": "backbones", "load_audio_backbone": "backbones", "VideoBackbone": "backbones",
+    "AudioBackbone": "backbones", "BACKBONE_PRESETS": "backbones", "preset_models": "backbones",
+    "BackboneUnavailable": "backbones", "resolve_device": "backbones",
+    "autocast_context": "frozen_model",
+    "ExtractConfig": "pipeline", "ExtractSummary": "pipeline", "run_extract": "pipeline",
+    "FeatureExtractor": "pipeline", "Decoded": "pipeline", "iter_decoded": "pipeline",
+    "DistEnv": "distributed", "RankFailed": "distributed",
+    "load_xd_violence": "xd_violence",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'extract' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"extract.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

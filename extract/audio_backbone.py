@@ -38,7 +38,7 @@ from transformers import (
     Wav2Vec2Model,
 )
 
-from cache_schema import SAMPLE_RATE, AudioPreprocessing, Normalization
+from cache_schema import SAMPLE_RATE, AudioPreprocessing, InvalidInput, Normalization
 from cache_schema.preprocessing import (
     BATCHING_EQUAL_LENGTH,
     BATCHING_PADDED_WITH_MASK,
@@ -183,7 +183,7 @@ class AudioBackbone(DescribedBackbone):
                 f"Audio model {name!r} expects {sample_rate} Hz; decode provides {SAMPLE_RATE} Hz."
             )
         if window_s <= 0:
-            raise ValueError(f"window_s must be positive, got {window_s}")
+            raise InvalidInput(f"window_s must be positive, got {window_s}")
         self.name = name
         self.pretrained = pretrained
         self.precision = check_precision(precision)
@@ -197,7 +197,7 @@ class AudioBackbone(DescribedBackbone):
         self.geometry = FrameGeometry.from_conv(config.conv_kernel, config.conv_stride, SAMPLE_RATE)
         self.window_samples = int(round(window_s * SAMPLE_RATE))
         if self.window_samples < self.geometry.receptive_field_samples:
-            raise ValueError(f"window_s={window_s} is shorter than the model's receptive field")
+            raise InvalidInput(f"window_s={window_s} is shorter than the model's receptive field")
         self.do_normalize = bool(getattr(feature_extractor, "do_normalize", True))
         self.uses_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
         self.preprocessing = AudioPreprocessing(

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cache_schema import AvarError
+from cache_schema import AvarError, InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,15 @@ def resolve_device(device: str = "auto") -> str:
     try:
         parsed = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from err
+        raise InvalidInput(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from err
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {device!r} requested but CUDA is not available: use --device cpu or auto.")
+        raise InvalidInput(f"Device {device!r} requested but CUDA is not available: use --device cpu or auto.")
     return device
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}: choose one of {sorted(PRECISIONS)}.")
+        raise InvalidInput(f"Unknown precision {precision!r}: choose one of {sorted(PRECISIONS)}.")
     return precision
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cache_schema import SAMPLE_RATE
+from cache_schema import SAMPLE_RATE, InvalidInput
 from extract.audio_track import SILENCE_PEAK, AudioTrack
 from extract.decode import DecodedClip, DecodeError, FrameTransform
 from extract.media_reader import FrameGroup, MediaReader
@@ -52,9 +52,9 @@ def plan_windows(duration: float, window: float, hop: float) -> np.ndarray:
     window over the whole video (the clip itself).
     """
     if not (np.isfinite(window) and window > 0 and np.isfinite(hop) and hop > 0):
-        raise ValueError(f"--window and --hop must be positive seconds, got window={window}, hop={hop}")
+        raise InvalidInput(f"--window and --hop must be positive seconds, got window={window}, hop={hop}")
     if not np.isfinite(duration) or duration <= 0:
-        raise ValueError(f"duration must be a positive number of seconds, got {duration}")
+        raise InvalidInput(f"duration must be a positive number of seconds, got {duration}")
     if duration <= window:
         return np.array([[0.0, float(duration)]])
     count = int(np.floor((duration - window) / hop + 1e-9)) + 1

@@ -5,10 +5,11 @@
 (key -> source video). docs/synthetic.md describes the classes and the design.
 """
 
+from synth.bench_clip import write_bench_clip
 from synth.generator import GROUPS_FILE, META_FILE, SynthClip, SynthConfig, generate, plan_clips, read_meta
 from synth.scenes import CLASSES, PAIRS, RECIPES
 
 __all__ = [
     "CLASSES", "PAIRS", "RECIPES", "GROUPS_FILE", "META_FILE",
-    "SynthClip", "SynthConfig", "generate", "plan_clips", "read_meta",
+    "SynthClip", "SynthConfig", "generate", "plan_clips", "read_meta", "write_bench_clip",
 ]

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from cache_schema import InvalidInput
+
 from .atomic import replace_atomically, write_text
 from .data import CacheData, load_cache
 from .heads import PAPER_HEADS
@@ -198,7 +200,7 @@ def ablate_steps(caches: Sequence[str | Path], out: str | Path, head: str = "mtc
     scored on the first cache's split. Writes ``table3.md`` / ``table3.csv``."""
     out = Path(out)
     if not caches:
-        raise ValueError("give at least one cache (one per number of steps)")
+        raise InvalidInput("give at least one cache (one per number of steps)")
     first = load_cache(caches[0])
     load_or_create_split(first, base.split)
     split_file = base.split.split_file or str(default_split_path(first.path))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cache_schema import UNLABELLED, CacheConfig, open_cache
+from cache_schema import UNLABELLED, CacheConfig, InvalidInput, open_cache
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def load_cache(path: str | Path) -> CacheData:
         logger.info("%s: %d clips failed extraction (status error); they are left out", path, counts["error"])
     keep = np.flatnonzero(labelled)
     if len(keep) == 0:
-        raise ValueError(f"{path} has no labelled clip with status ok; extract a labelled dataset into it first")
+        raise InvalidInput(f"{path} has no labelled clip with status ok; extract a labelled dataset into it first")
     clips = Clips(
         video=torch.from_numpy(np.ascontiguousarray(d["video"][keep])),
         audio=torch.from_numpy(np.ascontiguousarray(d["audio"][keep])),
@@ -121,9 +121,9 @@ def load_cache(path: str | Path) -> CacheData:
 def streams_for(modality: str, fusion: str) -> tuple[str, ...]:
     """The input streams a run needs: one head per stream."""
     if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; choose one of {MODALITIES}")
+        raise InvalidInput(f"unknown modality {modality!r}; choose one of {MODALITIES}")
     if fusion not in FUSIONS:
-        raise ValueError(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
+        raise InvalidInput(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
     if modality == "fused":
         return ("fused",) if fusion == "early" else ("video", "audio")
     return (modality,)

@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from cache_schema import InvalidInput
+
 from .atomic import replace_atomically
 
 DPI = 110
@@ -161,7 +163,7 @@ def read_comparison(path: str | Path) -> Comparison:
             cells[(h, m)] = {k: float(row[f"{k}_mean"]) for k, _ in METRIC_COLUMNS
                              if row.get(f"{k}_mean") not in (None, "")}
     if not cells:
-        raise ValueError(f"{path} holds no rows; run `compare` to completion first")
+        raise InvalidInput(f"{path} holds no rows; run `compare` to completion first")
     return Comparison(tuple(heads), tuple(modalities), cells)
 
 

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from cache_schema import InvalidInput
+
 from .data import CacheData
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 PARTS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(InvalidInput):
     """A split cannot be made or reused as asked; the message says what to do."""
 
 

@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
-from cache_schema import open_cache
+from cache_schema import InvalidInput, MissingInput, open_cache
 
 from .data import CacheData
 from .evaluate import Prediction, load_test_split, predict
@@ -58,7 +58,7 @@ _NAME_RE = re.compile(r"^(?P<name>.*_label_(?:[A-Z]\d?|0)(?:-(?:[A-Z]\d?|0))*)")
 _EXT_RE = re.compile(r"\.[A-Za-z0-9]{1,5}$")
 
 
-class XDDetectionError(ValueError):
+class XDDetectionError(InvalidInput):
     """The scores and the ground truth do not describe the same videos; the message says how."""
 
 
@@ -76,7 +76,7 @@ def read_annotations(path: str | Path) -> dict[str, tuple[tuple[int, int], ...]]
     indices or a segment with ``e <= s`` is an error naming the line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no annotations file at {path}; pass --annotations PATH (XD-Violence's "
+        raise MissingInput(f"no annotations file at {path}; pass --annotations PATH (XD-Violence's "
                                 "annotations.txt)")
     out: dict[str, tuple[tuple[int, int], ...]] = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -251,7 +251,7 @@ def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None
     data, rows, test = run.data, run.rows, run.clips
     annotations = annotations or _annotations_from_split(run.split)
     if annotations is None:
-        raise FileNotFoundError("no annotations file given or recorded with the split; pass --annotations PATH "
+        raise MissingInput("no annotations file given or recorded with the split; pass --annotations PATH "
                                 "(XD-Violence's annotations.txt)")
     if len(rows) == 0:
         raise XDDetectionError(f"{rundir}: no test clip is usable in this cache")

@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from cache_schema import InvalidInput
+
 from .data import CacheData, load_cache
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ DETECTION = "xd-detection"
 def _normal_index(data: CacheData, task: str) -> int:
     names = list(data.class_names)
     if NORMAL not in names:
-        raise ValueError(f"{task} needs a cache whose classes include {NORMAL!r} (an xd-violence extraction); "
+        raise InvalidInput(f"{task} needs a cache whose classes include {NORMAL!r} (an xd-violence extraction); "
                          f"{data.path} has {names}")
     return names.index(NORMAL)
 
@@ -60,7 +62,7 @@ def recognition_view(data: CacheData) -> CacheData:
     labels = data.clips.label.numpy()
     rows = np.flatnonzero(labels != normal)
     if len(rows) == 0:
-        raise ValueError(f"{data.path} holds no violent video; {RECOGNITION} has nothing to train on")
+        raise InvalidInput(f"{data.path} holds no violent video; {RECOGNITION} has nothing to train on")
     names = tuple(n for i, n in enumerate(data.class_names) if i != normal)
     old_to_new = {old: new for new, old in enumerate(i for i in range(len(data.class_names)) if i != normal)}
     new_labels = np.array([old_to_new[int(y)] for y in labels[rows]], dtype=np.int64)
@@ -85,7 +87,7 @@ def apply_task(data: CacheData, task: str | None) -> CacheData:
     try:
         view = TASKS[task]
     except KeyError:
-        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}") from None
+        raise InvalidInput(f"unknown task {task!r}; choose one of {sorted(TASKS)}") from None
     out = view(data)
     logger.info("%s view of %s: %d clips, classes %s", task, data.path, len(out.keys), list(out.class_names))
     return out

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from cache_schema import InvalidInput
+
 from .base import HeadOutput, mean_probability_logits, masked_mean
 from .mtcn import MTCN, MTCNConfig, layers_for_steps, receptive_field
 from .pool import PoolConfig, PoolHead
@@ -58,7 +60,7 @@ def head_config(name: str, options: dict[str, Any] | None = None) -> Any:
     fields = {f.name for f in dataclasses.fields(spec.config_type)}
     unknown = sorted(set(options) - fields)
     if unknown:
-        raise ValueError(f"head {name!r} has no option(s) {unknown}; its options are {sorted(fields)}")
+        raise InvalidInput(f"head {name!r} has no option(s) {unknown}; its options are {sorted(fields)}")
     return spec.config_type(**options)
 
 
@@ -73,7 +75,7 @@ def count_parameters(module: nn.Module) -> int:
 
 def _spec(name: str) -> HeadSpec:
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
+        raise InvalidInput(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
     return HEADS[name]
 
 
