@@ -234,6 +234,7 @@ def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: i
     from dataclasses import replace
 
     from cache_schema import split_file_for
+    from temporal.compare import TABLE2_MD
     from temporal.compare import compare as compare_run
 
     kw["split_file"] = split_file_for(cache_path, kw["split_file"], task)
@@ -241,7 +242,7 @@ def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: i
     compare_run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
                         modalities=tuple(m for m in modalities.split(",") if m),
                         seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
-    click.echo((out / "table2.md").read_text())
+    click.echo((out / TABLE2_MD).read_text())
 
 
 @main.command("ablate-steps")
@@ -257,11 +258,12 @@ def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: i
 def ablate_steps(caches: tuple[Path, ...], out: Path, head: str, n_seeds: int, seed: int, jobs: int,
                  task: str | None, **kw) -> None:
     """The paper's Table 3: the same head on caches of different step counts."""
+    from temporal.compare import TABLE3_MD
     from temporal.compare import ablate_steps as run
 
     base = _train_config(head, "fused", "early", seed, progress=False, **kw)
     run(caches, out, head=head, seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
-    click.echo((out / "table3.md").read_text())
+    click.echo((out / TABLE3_MD).read_text())
 
 
 @main.command("ablate-fusion")
@@ -276,12 +278,13 @@ def ablate_steps(caches: tuple[Path, ...], out: Path, head: str, n_seeds: int, s
 def ablate_fusion(cache_path: Path, out: Path, heads: str, n_seeds: int, seed: int, jobs: int, task: str | None,
                   **kw) -> None:
     """Early (concatenation, the paper's choice) vs late (averaged probabilities) fusion."""
+    from temporal.compare import FUSION_MD
     from temporal.compare import ablate_fusion as run
 
     base = _train_config("mtcn", "fused", "early", seed, progress=False, **kw)
     run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
                 seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
-    click.echo((out / "fusion.md").read_text())
+    click.echo((out / FUSION_MD).read_text())
 
 
 @main.group()
@@ -381,7 +384,7 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
     The backbones of the run's cache are loaded and checked (weights checksum, preprocessing);
     a run they cannot reproduce is refused. A file that cannot be read gives an error entry
     and the others are still predicted; the exit status is 1 if any video failed."""
-    from apply import PredictConfig, format_table, load_predictor, plot_timeline
+    from apply import PredictConfig, format_table, load_predictor, plot_timeline, to_json_lines
 
     config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
                            window=window, hop=hop, thumbnails=plot is not None)
@@ -390,7 +393,7 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
     for pred in predictor.predict_many(videos, config):
         preds.append(pred)
         if as_json:
-            click.echo(json.dumps(pred.to_json()))
+            click.echo(next(to_json_lines([pred])))
         if plot is not None and pred.error is None:
             target = plot if len(videos) == 1 else plot.with_name(f"{plot.stem}-{Path(pred.video).stem}{plot.suffix}")
             plot_timeline(pred, target)

@@ -35,6 +35,8 @@ from .train import TrainConfig, train
 logger = logging.getLogger(__name__)
 
 TABLE2_CSV = "table2.csv"
+# The markdown tables each command writes into its report folder (and ``cli.py`` prints).
+TABLE2_MD, TABLE3_MD, FUSION_MD = "table2.md", "table3.md", "fusion.md"
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def compare(cache: str | Path, out: str | Path, heads: Sequence[str] = PAPER_HEA
                       {"head": head, "modality": modality}) for head in heads for modality in modalities]
     cells = run_cells(specs, out, seeds, jobs)
     _write_csv(out / TABLE2_CSV, cells)
-    write_text(out / "table2.md", _table2_markdown(cells, heads, modalities, data, base, seeds))
+    write_text(out / TABLE2_MD, _table2_markdown(cells, heads, modalities, data, base, seeds))
     table = Comparison(tuple(heads), tuple(modalities),
                        {(h, m): {k: _find(cells, head=h, modality=m).mean(k) for k, _ in METRIC_COLUMNS}
                         for h in heads for m in modalities})
@@ -144,7 +146,7 @@ def compare(cache: str | Path, out: str | Path, heads: Sequence[str] = PAPER_HEA
     save_figure(heatmap_figure(table, f"Comparison of temporal heads (test split, %), {data.path.name}{untrained}"),
                 out / "table2.png")
     write_text(out / "per_class.md", _per_class_markdown(cells, heads, modalities, data))
-    logger.info("wrote %s", out / "table2.md")
+    logger.info("wrote %s", out / TABLE2_MD)
     return cells
 
 
@@ -212,7 +214,7 @@ def ablate_steps(caches: Sequence[str | Path], out: str | Path, head: str = "mtc
                               {"steps": data.steps, "cache": str(cache), "head": head, "modality": modality}))
     cells = run_cells(specs, out, seeds, jobs)
     _write_csv(out / "table3.csv", cells)
-    _write_simple_table(out / "table3.md", "Table 3: number of temporal steps", "Steps", "steps", cells, first, cfg, seeds)
+    _write_simple_table(out / TABLE3_MD, "Table 3: number of temporal steps", "Steps", "steps", cells, first, cfg, seeds)
     return cells
 
 
@@ -229,7 +231,7 @@ def ablate_fusion(cache: str | Path, out: str | Path, heads: Sequence[str] = ("m
     _write_csv(out / "fusion.csv", cells)
     for c in cells:
         c.labels["row"] = f"{c.labels['head']} {c.labels['fusion']}"
-    _write_simple_table(out / "fusion.md", "Early vs late fusion", "Head, fusion", "row", cells, data, base, seeds)
+    _write_simple_table(out / FUSION_MD, "Early vs late fusion", "Head, fusion", "row", cells, data, base, seeds)
     return cells
 
 
@@ -295,4 +297,4 @@ def _write_csv_rows(path: Path, cells: Sequence[Cell], label_keys: list[str], me
                        + [f"{v:.4f}" for k in metric_keys for v in (c.mean(k), c.std(k))])
 
 
-__all__ = ["Cell", "compare", "ablate_steps", "ablate_fusion", "top_confusions"]
+__all__ = ["TABLE2_MD", "TABLE3_MD", "FUSION_MD", "Cell", "compare", "ablate_steps", "ablate_fusion", "top_confusions"]

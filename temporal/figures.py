@@ -33,8 +33,6 @@ from .rundir import MissingRunFile, RunDir
 
 logger = logging.getLogger(__name__)
 
-# The name of a run's default figure folder, for callers that join it themselves; prefer RunDir(path).figures.
-FIGURES_DIR = RunDir(Path(".")).figures.name
 
 
 def figure_file(out: str | Path, name: str) -> Path:
@@ -133,5 +131,5 @@ def run_figures(rundir: str | Path, out: str | Path | None = None, compare: str 
     return written
 
 
-__all__ = ["DPI", "FIGURES_DIR", "SplitPredictions", "figure_file", "find_comparison", "predict_test_split",
+__all__ = ["DPI", "SplitPredictions", "figure_file", "find_comparison", "predict_test_split",
            "run_figures"]
