@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cache_schema import SAMPLE_RATE
-from extract.backbones import load_audio_backbone, load_video_backbone
+from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.decode import DecodedClip, decode_clip
 from extract.manifest import ManifestRow
 from extract.pipeline import Decoded, ExtractConfig, iter_decoded
@@ -109,20 +109,33 @@ def targets_for(device: str, precision: str | None) -> tuple[tuple[str, str], ..
     return tuple((device, p) for p in precisions)
 
 
-def build_predictor(cfg: BenchConfig, device: str, precision: str) -> Predictor:
+@dataclass(frozen=True)
+class BenchSetup:
+    """What one row of the table times: the backbones and head it built, and the
+    predictor over them (the same object ``predict`` uses on raw files)."""
+
+    video: VideoBackbone
+    audio: AudioBackbone
+    model: AnomalyModel
+    predictor: Predictor
+
+
+def build_setup(cfg: BenchConfig, device: str, precision: str) -> BenchSetup:
     """Full-size backbones and an (untrained) head on the fused 640 + 768 features."""
     video = load_video_backbone(cfg.video_model, device=device, precision=precision)
     audio = load_audio_backbone(cfg.audio_model, device=device, precision=precision)
     torch.manual_seed(0)
     names = tuple(f"class{i}" for i in range(CLASSES - 1)) + ("normal",)
     model = AnomalyModel(cfg.head, "fused", "early", video.dim, audio.dim, CLASSES, cfg.steps)
-    return Predictor(model, names, cfg.steps, "float16", video, audio, device=device, precision=precision)
+    return BenchSetup(video, audio, model, Predictor(model, names, cfg.steps, "float16", video, audio,
+                                                     device=device, precision=precision))
 
 
 def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) -> dict[str, Any]:
     """One row of the table: FPS, latency and inference on ``device`` at ``precision``."""
-    pred = build_predictor(cfg, device, precision)
-    transform = pred.video_backbone.transform
+    setup = build_setup(cfg, device, precision)
+    pred = setup.predictor
+    transform = setup.video.transform
 
     def decode(p: Path) -> DecodedClip:
         return decode_clip(p, cfg.steps, sample_rate=SAMPLE_RATE, frame_transform=transform)
@@ -143,9 +156,9 @@ def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) ->
         _sync(device)
         t0 = time.perf_counter()
         frames = torch.stack([torch.as_tensor(f) for f in clip.frames])
-        pred.video_backbone.embed(frames)
+        setup.video.embed(frames)
         t1 = time.perf_counter()
-        pred.audio_backbone.embed([(clip.audio, clip.step_bounds)])
+        setup.audio.embed([(clip.audio, clip.step_bounds)])
         t2 = time.perf_counter()
         parts["video_backbone"].append(t1 - t0)
         parts["audio_backbone"].append(t2 - t1)
@@ -153,7 +166,7 @@ def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) ->
         to_probs(clip)
         _sync(device)
         latency.append(time.perf_counter() - t0)
-    record = pred.feature_extractor.records([Decoded(decoded[0].path, clip=decoded[0])])
+    record = [pred.score([Decoded(decoded[0].path, clip=decoded[0])])[0].record]
     for _ in paths:
         t0 = time.perf_counter()
         pred.score_records(record)
@@ -190,10 +203,9 @@ def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) ->
         "latency_breakdown_ms": {k: ms(v) for k, v in parts.items()},
         "decode_ms": round(ms(inference) - ms(latency), 2),
         "fps_pipeline": {"workers": cfg.workers, "batch_size": cfg.batch_size, "wall_s": round(wall, 3)},
-        "params": {"video_backbone": _params(pred.video_backbone.model),
-                   "audio_backbone": _params(pred.audio_backbone.model),
-                   "head": _params(pred.model)},
-        "video_arch": pred.video_backbone.arch, "audio_arch": pred.audio_backbone.arch,
+        "params": {"video_backbone": _params(setup.video.model), "audio_backbone": _params(setup.audio.model),
+                   "head": _params(setup.model)},
+        "video_arch": setup.video.arch, "audio_arch": setup.audio.arch,
     }
 
 

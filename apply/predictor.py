@@ -35,7 +35,7 @@ from extract.decode import DecodeError, decode_clip
 from extract.pipeline import Decoded, FeatureExtractor
 from extract.windows import DecodedWindow, decode_windows, thumbnail
 from temporal.data import Clips
-from temporal.metrics import NORMAL
+from temporal.metrics import NORMAL, anomaly_score
 from temporal.model import AnomalyModel
 from temporal.timeline import clip_segments, merged_timeline, window_segments
 
@@ -138,7 +138,7 @@ class Predictor:
 
     def anomaly(self, probs: np.ndarray) -> np.ndarray | None:
         """``1 - p(normal)`` over the last axis; None when the run has no normal class."""
-        return None if self.normal is None else 1.0 - probs[..., self.normal]
+        return anomaly_score(probs, self.class_names)
 
     def score(self, decoded: Sequence[Decoded]) -> list[ScoredClip]:
         """Backbones and head over a batch of decoded clips, one ``ScoredClip`` each."""

@@ -131,3 +131,19 @@ def test_the_checks_see_a_private_import(tmp_path: Path) -> None:
     planted.write_text("from extract.decode import (\n    decode_clip,\n    _secret,\n)\n")
     found = [(m, n) for _, m, n in _imports(planted)]
     assert ("extract.decode", "_secret") in found and _is_private("_secret") and not _is_private("__all__")
+
+
+def test_cli_choices_are_the_librarys() -> None:
+    """cli.py spells a few choices out so that ``--help`` imports nothing heavy; they must
+    be exactly the library's own lists."""
+    import cli
+    from extract.backbones import BACKBONE_PRESETS
+    from extract.datasets import DATASET_NAMES
+    from temporal.heads import PAPER_HEADS
+
+    def option(command: str, name: str):
+        return next(p for p in cli.main.commands[command].params if p.name == name)
+
+    assert tuple(option("extract", "dataset").type.choices) == DATASET_NAMES
+    assert sorted(option("extract", "backbones").type.choices) == sorted(BACKBONE_PRESETS)
+    assert tuple(option("compare", "heads").default.split(",")) == PAPER_HEADS

@@ -24,7 +24,6 @@ from extract.audio_backbone import AudioBackbone, default_feature_extractor, tin
 from extract.audio_windows import FrameGeometry, normalize_like_wav2vec2, plan_windows, pool_frames_per_step
 from extract.backbones import BackboneUnavailable, load_audio_backbone, load_video_backbone
 
-torch.set_flush_denormal(True)
 SR = SAMPLE_RATE
 
 
