@@ -5,6 +5,13 @@ and gives exact answers where headers are missing or wrong (webm/mkv without fra
 counts or durations). The frame index it builds is what lets the decoding engine
 (media_reader.py) decode only the frames that the step targets need.
 
+The probe is also where a file's facts are checked before anything is sized by them: a
+timeline that is mostly a jump of the timestamps (an audio clock that leaps by an hour or
+a year) is refused here (``check_timeline``), so that decode_clip, decode_windows and the
+extraction pipeline all refuse it before allocating its audio or planning its steps.
+Paths that are not regular files (a FIFO, a device, a directory) are named as such and
+never handed to FFmpeg.
+
 The errors a clip can raise live here because probing is the first step that can find
 a file unreadable; decode.py re-exports them.
 """
