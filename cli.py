@@ -80,7 +80,7 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per backbone batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
-@click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip is given up.")
+@click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip's decoding is given up (the backbones run later, on batches; a clip's length is checked against its packets first).")
 @click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--retry-errors", is_flag=True, help="Also redo clips that failed in an earlier run.")
 @click.option("--chunk-clips", default=32, show_default=True, type=click.IntRange(1),

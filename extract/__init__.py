@@ -23,6 +23,7 @@ _WHERE = {
     "build_manifest": "manifest", "Manifest": "manifest", "ManifestRow": "manifest", "VAAR_CLASSES": "manifest",
     "MediaReader": "media_reader", "DecodeStats": "media_reader", "FrameGroup": "media_reader",
     "probe": "probe", "MediaInfo": "probe", "DecodeError": "probe", "ClipTimeout": "probe",
+    "ImplausibleTimeline": "probe",
     "decode_clip": "decode", "DecodedClip": "decode",
     "decode_windows": "windows", "DecodedWindow": "windows", "plan_windows": "windows",
     "load_video_backbone": "backbones", "load_audio_backbone": "backbones", "VideoBackbone": "backbones",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import av
 import numpy as np
 
-__all__ = ["SILENCE_PEAK", "AudioDecoder", "AudioTrack"]
+__all__ = ["SILENCE_PEAK", "AudioDecoder", "AudioTrack", "nothing_decoded_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,22 @@ class AudioTrack:
     def first_error(self) -> str | None:
         return self._decoder.first_error
 
+    def clip_audio(self, lo: int, length: float) -> tuple[np.ndarray | None, float, bool]:
+        """The audio of a clip of ``length`` seconds from sample ``lo``, as a decoded clip
+        holds it: (samples, or None where nothing has been decoded at all; seconds of real
+        audio from the clip's start; whether it is digital silence, ``SILENCE_PEAK``)."""
+        samples, covered = self.read(lo, lo + int(round(length * self.sample_rate)))
+        if not self.any_audio:
+            return None, 0.0, False
+        # min(): the end is where real samples stop, not the rounding of the last one.
+        return samples, min(covered / self.sample_rate, length), bool(np.abs(samples).max(initial=0.0) <= SILENCE_PEAK)
+
+    def warn_failed_packets(self, path: str) -> None:
+        """Log, once per file, that some packets failed to decode (they are silent)."""
+        if self.failed:
+            logger.warning("%s: %d audio packet(s) failed to decode (first: %s); they are silent",
+                           path, self.failed, self.first_error)
+
     def read(self, lo: int, hi: int) -> tuple[np.ndarray, int]:
         """Samples ``[lo, hi)`` of clip time (zero where there is no audio), and how many
         of them real audio reaches (from ``lo`` to the end of the last sample written)."""
@@ -196,3 +212,8 @@ class AudioTrack:
                 self._chunks.append((pos, samples))
                 self.decoded_end = max(self.decoded_end, pos + len(samples))
                 self.any_audio = True
+
+
+def nothing_decoded_note(codec: str, first_error: str | None) -> str:
+    """Why a clip has no audio although its file has an audio stream (``audio_error``)."""
+    return f"audio stream ({codec}) present but nothing decoded" + (f": {first_error}" if first_error else "")

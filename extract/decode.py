@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cache_schema import SAMPLE_RATE
-from extract.audio_track import SILENCE_PEAK
+from extract.audio_track import SILENCE_PEAK, nothing_decoded_note
 from extract.media_reader import DecodeStats, FrameTransform, MediaReader
 from extract.orientation import frame_rotation, to_display_image
 from extract.probe import ClipTimeout, DecodeError, MediaInfo, choose_streams, open_container
@@ -114,25 +114,16 @@ def decode_clip(
     bounds = step_segments(info.duration, steps)
     centres = step_centres(bounds)
 
-    audio, audio_end, audio_error = None, 0.0, None
+    audio, audio_end, audio_silent, audio_error = None, 0.0, False, None
     track = reader.gathered_audio()
     if track is not None:
         stats.audio_packets_failed = track.failed
-        samples, covered = track.read(0, int(round(info.duration * sample_rate)))
-        if track.any_audio:
-            audio = samples
-            audio_end = min(covered / sample_rate, info.duration)  # not the rounding of the last sample
-        else:
-            audio_error = (
-                f"audio stream ({info.audio.codec}) present but nothing decoded"
-                + (f": {track.first_error}" if track.first_error else "")
-            )
+        audio, audio_end, audio_silent = track.clip_audio(0, info.duration)
+        if audio is None:
+            audio_error = nothing_decoded_note(info.audio.codec, track.first_error)
             logger.warning("%s: %s; continuing without audio", path, audio_error)
-        if audio is not None and track.failed:
-            logger.warning(
-                "%s: %d audio packet(s) failed to decode (first: %s); they are silent",
-                path, track.failed, track.first_error,
-            )
+        else:
+            track.warn_failed_packets(path)
 
     frames, frame_times, video_end = None, None, 0.0
     if info.video is not None:
@@ -158,7 +149,7 @@ def decode_clip(
         audio=audio,
         sample_rate=sample_rate,
         audio_end=audio_end,
-        audio_silent=bool(audio is not None and np.abs(audio).max(initial=0.0) <= SILENCE_PEAK),
+        audio_silent=audio_silent,
         audio_error=audio_error,
         stats=stats,
         info=info,

@@ -52,6 +52,10 @@ class ExtractConfig:
     precision: str = "fp32"
     batch_size: int = 8
     workers: int = 2
+    # Seconds one clip's decoding (probe, frames, audio, in its worker) may take. The backbones
+    # run afterwards on batches in the main process and are not timed per clip; their cost
+    # is bounded by the clip's duration, which the probe checks against the packets
+    # (probe.check_timeline) before anything is sized by it.
     clip_timeout: float = 300.0
     feature_dtype: str = "float16"
     chunk_clips: int = 32  # rows per chunk of a new cache: also the unit of work of one rank

@@ -5,6 +5,13 @@ and gives exact answers where headers are missing or wrong (webm/mkv without fra
 counts or durations). The frame index it builds is what lets the decoding engine
 (media_reader.py) decode only the frames that the step targets need.
 
+The probe is also where a file's facts are checked before anything is sized by them: a
+timeline that is mostly a jump of the timestamps (an audio clock that leaps by an hour or
+a year) is refused here (``check_timeline``), so that decode_clip, decode_windows and the
+extraction pipeline all refuse it before allocating its audio or planning its steps.
+Paths that are not regular files (a FIFO, a device, a directory) are named as such and
+never handed to FFmpeg.
+
 The errors a clip can raise live here because probing is the first step that can find
 a file unreadable; decode.py re-exports them.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 import time
 from array import array
@@ -35,6 +43,11 @@ class DecodeError(AvarError):
     An expected failure (damaged or unsupported input): the pipeline records it per clip
     and goes on with the other clips.
     """
+
+
+class ImplausibleTimeline(DecodeError):
+    """The packets' timestamps jump so far that the clip would be mostly nothing (a
+    broken clock): refused before any buffer the length of that timeline is allocated."""
 
 
 class ClipTimeout(DecodeError):
@@ -126,12 +139,94 @@ class MediaInfo:
 
 AudioPacketSink = Callable[[av.Packet], None]
 
+# How much of a clip's timeline may lie where no selected stream has a packet: at most
+# EMPTY_RATIO times what the packets cover, and EMPTY_FLOOR_S seconds in any case. Real
+# files are nearly gap-free where it matters (mp4 gives every frame a duration; a constant
+# rate, however slow, makes no gaps; a stream missing for a while is covered by the
+# other); a stream whose clock jumps by an hour inside a clip of seconds is broken, and
+# would make every buffer, decode and backbone pass as long as the jump.
+EMPTY_RATIO = 10.0
+EMPTY_FLOOR_S = 60.0
+
+
+def merge_intervals(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``[N, 2]`` disjoint, sorted intervals covering the union of ``[starts, ends]``."""
+    starts = np.asarray(starts, dtype=np.float64)
+    if starts.size == 0:
+        return np.zeros((0, 2))
+    order = np.argsort(starts, kind="stable")
+    s = starts[order]
+    reach = np.maximum.accumulate(np.maximum(np.asarray(ends, dtype=np.float64)[order], s))
+    breaks = s[1:] > reach[:-1]
+    return np.stack([s[np.concatenate([[True], breaks])], reach[np.concatenate([breaks, [True]])]], axis=1)
+
+
+def check_timeline(path: str, covered: dict[str, np.ndarray], start: float, duration: float) -> None:
+    """Refuse (``ImplausibleTimeline``) a timeline mostly made of a gap where no stream has
+    a packet (see ``EMPTY_RATIO``). ``covered`` maps a stream's name to its merged packet
+    intervals (absolute seconds); ``start``/``duration`` are the clip's, from the same packets.
+
+    This runs in the probe, so every command (extract, predict, predict --window) refuses
+    such a file before sizing anything by its duration.
+    """
+    parts = [iv for iv in covered.values() if iv.size]
+    if not parts:
+        return
+    union = merge_intervals(np.concatenate([iv[:, 0] for iv in parts]), np.concatenate([iv[:, 1] for iv in parts]))
+    content = float((union[:, 1] - union[:, 0]).sum())
+    empty = duration - content
+    if empty <= max(EMPTY_FLOOR_S, EMPTY_RATIO * content):
+        return
+    gaps = union[1:, 0] - union[:-1, 1]
+    g = int(np.argmax(gaps))
+    after = float(union[g + 1, 0])
+    jumps = []
+    for name, iv in covered.items():
+        if iv.size and bool((iv[:, 0] >= after).any()) and bool((iv[:, 0] < after).any()):
+            last = float(iv[iv[:, 0] < after][:, 1].max())
+            nxt = float(iv[iv[:, 0] >= after][:, 0].min())
+            jumps.append(f"the {name} timestamps jump by {nxt - last:.0f} s (from {last - start:.1f} s "
+                         f"to {nxt - start:.1f} s)")
+    if not jumps:  # a stream that starts only after the gap
+        jumps.append(f"nothing plays from {float(union[g, 1]) - start:.1f} s to {after - start:.1f} s")
+    raise ImplausibleTimeline(
+        f"{path}: {' and '.join(jumps)}: the clip would last {duration:.0f} s but its packets cover "
+        f"only {content:.1f} s. The file's clock is broken: re-time it (e.g. ffmpeg -i IN -c:v copy "
+        "-af asetpts=N/SR/TB OUT.mkv re-times the audio by its samples) or drop it."
+    )
+
+
+def not_a_media_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be opened as a media file without opening it (so a FIFO never
+    blocks), as a one-line message; None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{path}: no such file; check the dataset path or manifest."
+    except OSError as exc:
+        return f"{path}: cannot read it ({exc.strerror or exc}); check its permissions."
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return f"{path}: is a directory, not a media file; pass the media files in it."
+    if stat.S_ISFIFO(mode):
+        return (f"{path}: is a FIFO (named pipe), not a regular media file; reading a live stream is "
+                "for the coming live mode: save the stream to a file and pass the file.")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"{path}: is a device, not a regular media file; save its stream to a file and pass the file."
+    if stat.S_ISSOCK(mode):
+        return f"{path}: is a socket, not a regular media file; save its stream to a file and pass the file."
+    return f"{path}: is not a regular file; pass a media file."
+
 
 def open_container(path: str | os.PathLike) -> av.container.InputContainer:
-    """Open a file for reading, turning every way that can fail into a ``DecodeError``."""
+    """Open a file for reading, turning every way that can fail into a ``DecodeError``.
+
+    Only regular files are opened: FFmpeg would block on a FIFO with no writer."""
     file = Path(path)
-    if not file.is_file():
-        raise DecodeError(f"{path}: no such file; check the dataset path or manifest.")
+    problem = not_a_media_file(file)
+    if problem is not None:
+        raise DecodeError(problem)
     if file.stat().st_size == 0:
         raise DecodeError(f"{path}: the file is empty (0 bytes); re-download or drop it.")
     try:
@@ -182,6 +277,7 @@ class _StreamPackets:
         self.missing_pts = 0
         self.keyframes = 0
         self.trims: dict[int, tuple[float, float]] = {}  # packet -> (start, end) trim in tb
+        self.covered = np.zeros((0, 2))  # set by span()
 
     def add(self, packet: av.Packet, trim_rate: int = 0) -> None:
         """Record one packet; ``trim_rate`` (audio sample rate) enables gapless trims."""
@@ -216,7 +312,10 @@ class _StreamPackets:
         return fallback
 
     def span(self, time_base: Fraction, fallback_duration: float) -> tuple[float, float] | None:
-        """(start, end) in seconds, or None where no packet had a pts."""
+        """(start, end) in seconds, or None where no packet had a pts.
+
+        Also keeps ``covered``: the packets' time intervals merged (seconds, ``[N, 2]``),
+        which the timeline check of ``probe`` compares with the span."""
         if not self.pts:
             return None
         pts = np.asarray(self.pts, dtype=np.float64)
@@ -228,6 +327,7 @@ class _StreamPackets:
             starts[i] += head
             ends[i] -= tail
         tb = float(time_base)
+        self.covered = merge_intervals(starts * tb, ends * tb)
         return float(starts.min() * tb), float(ends.max() * tb)
 
 
@@ -402,6 +502,11 @@ def _probe_open(
             "%s: packets end at %.2f s but the header says %.2f s; the file looks "
             "truncated, only the readable part is used", path, duration, header,
         )
+    if source == "packets":
+        check_timeline(path, {name: stream_facts.covered for name, stream, stream_facts in (
+            ("video", vinfo, facts[video.index] if video is not None else None),
+            ("audio", ainfo, facts[audio.index] if audio is not None else None),
+        ) if stream is not None and stream_facts is not None}, start, duration)
     if not np.isfinite(duration) or duration <= 0:
         raise DecodeError(
             f"{path}: cannot establish a positive duration (packets carry no timestamps "

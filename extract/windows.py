@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from cache_schema import SAMPLE_RATE, InvalidInput
-from extract.audio_track import SILENCE_PEAK, AudioTrack
+from extract.audio_track import AudioTrack, nothing_decoded_note
 from extract.decode import DecodedClip, DecodeError, FrameTransform
 from extract.media_reader import FrameGroup, MediaReader
 from extract.probe import MediaInfo
@@ -106,8 +106,7 @@ class _Windows:
         info = self.reader.info
         if info.audio is None:
             return None
-        first = self.audio.first_error if self.audio is not None else None
-        return f"audio stream ({info.audio.codec}) present but nothing decoded" + (f": {first}" if first else "")
+        return nothing_decoded_note(info.audio.codec, self.audio.first_error if self.audio is not None else None)
 
     def emit_group(self, group: FrameGroup) -> None:
         self.emit(group.index, group.frames, group.times, group.error)
@@ -129,11 +128,7 @@ class _Windows:
             thumb = thumbs[len(thumbs) // 2]
         audio, audio_end, silent = None, 0.0, False
         if self.audio is not None:
-            lo = int(round(a * self.sample_rate))
-            samples, covered = self.audio.read(lo, lo + int(round(length * self.sample_rate)))
-            if self.audio.any_audio:
-                audio, audio_end = samples, min(covered / self.sample_rate, length)
-                silent = bool(np.abs(samples).max(initial=0.0) <= SILENCE_PEAK)
+            audio, audio_end, silent = self.audio.clip_audio(int(round(a * self.sample_rate)), length)
         video = info.video
         clip = DecodedClip(
             path=path, duration=length, step_bounds=bounds, step_times=step_centres(bounds),
@@ -202,7 +197,6 @@ def decode_windows(
     finally:
         if audio is not None:
             audio.close()
-    if audio is not None and audio.failed:
-        logger.warning("%s: %d audio packet(s) failed to decode (first: %s); they are silent",
-                       reader.path, audio.failed, audio.first_error)
+    if audio is not None:
+        audio.warn_failed_packets(reader.path)
     return info

@@ -76,3 +76,50 @@ def write_clip(
             for p in aus.encode():
                 out.mux(p)
     return path
+
+
+def write_audio_jump_clip(
+    path: Path,
+    jump: float,
+    duration: float = 4.0,
+    fps: int = 15,
+    sample_rate: int = 44100,
+    acodec: str = "aac",
+    video: bool = True,
+) -> Path:
+    """A clip (mkv or mpegts, by suffix) whose audio packets' pts jump forward by ``jump``
+    seconds halfway (a camera whose audio clock broke), beside a normal video stream; the
+    packets are encoded normally and only their timestamps are moved before muxing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        vs = None
+        if video:
+            vs = out.add_stream("libx264", rate=fps)
+            vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+            vs.options = {"preset": "ultrafast"}
+        aus = out.add_stream(acodec, rate=sample_rate)
+        aus.layout = "mono"
+        if vs is not None:
+            for i in range(int(round(duration * fps))):
+                img = np.full((64, 96, 3), (17 * i) % 256, dtype=np.uint8)
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                for p in vs.encode(frame):
+                    out.mux(p)
+            for p in vs.encode():
+                out.mux(p)
+        n = int(duration * sample_rate)
+        wave = (0.3 * np.sin(2 * np.pi * 440.0 * np.arange(n) / sample_rate)).astype(np.float32)
+        packets = []
+        for s in range(0, n, 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, s: s + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = sample_rate, s, Fraction(1, sample_rate)
+            packets += list(aus.encode(frame))
+        packets += list(aus.encode())
+        for j, p in enumerate(packets):
+            if j >= len(packets) // 2:
+                shift = int(round(jump / p.time_base))
+                p.pts += shift
+                p.dts += shift
+            out.mux(p)
+    return path

@@ -286,3 +286,25 @@ def test_plot_draws_the_timeline_png(synthetic_run: Path, long_video, tmp_path: 
     assert out.stat().st_size > 10_000
     assert Image.open(out).size == timeline_png_size()
     assert "explosion" in result.output
+
+
+def test_an_audio_clock_jump_is_an_error_entry_and_the_next_file_is_predicted(synthetic_run: Path,
+                                                                              tmp_path: Path) -> None:
+    """Audio pts that jump by a year once made predict die with a MemoryError (1.8 TiB of
+    audio) before the other files, and --window grow without bound; a jump of an hour was a
+    3604 s clip whose steps all showed the last frame. Now each is that file's error entry,
+    whole-clip and windowed, and the next file is predicted."""
+    from tests.media_factory import write_audio_jump_clip
+
+    good = synthetic_run.parent / "media" / "normal" / "clip_02.mp4"
+    year = write_audio_jump_clip(tmp_path / "year.mkv", 365 * 86400.0)
+    hour = write_audio_jump_clip(tmp_path / "hour.ts", 3600.0)
+    for extra in ([], ["--window", str(WINDOW)]):
+        result = _cli("predict", str(synthetic_run), str(year), str(hour), str(good), "--json", *extra)
+        assert result.exit_code == 1
+        lines = [json.loads(x) for x in result.stdout.strip().splitlines()]
+        assert [x["error"] is None for x in lines] == [False, False, True]
+        for bad in lines[:2]:
+            assert "timestamps jump" in bad["error"] and "MemoryError" not in bad["error"]
+            assert bad["probs"] is None
+        assert lines[2]["label"] in CLASSES
