@@ -24,7 +24,11 @@ class CacheReader:
         if not self.attrs:
             self.backend.close()
             raise CacheSchemaError(f"{self.path} has no cache attributes; is it an AVAR feature cache?")
-        self.config = CacheConfig.from_attrs(self.attrs)
+        try:
+            self.config = CacheConfig.from_attrs(self.attrs)
+        except CacheSchemaError as exc:
+            self.backend.close()
+            raise CacheSchemaError(f"{self.path}: {exc}") from None
         self.format = self.backend.format
 
     @property

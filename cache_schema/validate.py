@@ -24,6 +24,7 @@ from .schema import (
     CacheError,
 )
 from .integrity import find_damage, unreadable_chunks
+from .lock import CacheLocked
 from .storage import Backend, iter_chunks, open_backend
 
 
@@ -48,6 +49,8 @@ def validate(path: str | Path) -> ValidationReport:
     report = ValidationReport()
     try:
         backend = open_backend(Path(path), "r")
+    except CacheLocked:  # an HDF5 file being written cannot be read: not a defect, nothing is known
+        raise
     except (CacheError, FileNotFoundError) as exc:
         report.problems.append(str(exc))
         return report
