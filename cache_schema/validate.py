@@ -4,6 +4,10 @@ A pending clip (interrupted before its status was written) is not a defect: the 
 extract run completes it. A clip that claims ``ok`` but whose data is unreadable, missing
 (a deleted chunk file), non-finite or inconsistent is. What counts as a damaged chunk is
 defined once, in ``integrity``, and shared with the writer that repairs it.
+
+An HDF5 cache that another process is writing cannot be read at all (HDF5 locks the file):
+:func:`validate` then raises ``CacheLocked`` saying so, because nothing about the file can be
+known, and calling it a defect would invite deleting a good file.
 """
 
 from __future__ import annotations
