@@ -175,8 +175,11 @@ class H5Backend:
         h5mode = {"r": "r", "r+": "r+", "a": "a", "w": "w"}[mode]
         try:
             self._f = h5py.File(path, h5mode)
-        except BlockingIOError as exc:  # HDF5's file lock: another process has it open for writing
-            raise CacheLocked(being_written_message(path, exc)) from None
+        except BlockingIOError:  # HDF5's file lock: another process has it open (for writing, if we only read)
+            if h5mode == "r":
+                raise CacheLocked(being_written_message(path)) from None
+            raise CacheLocked(f"{path} is open in another process (HDF5 locks the file while it is read or "
+                              "written); wait for that process to finish and rerun, or use another --out") from None
         except OSError as exc:
             raise CacheSchemaError(
                 f"cannot open {path} as an HDF5 cache ({exc}); an HDF5 file interrupted while "
@@ -268,7 +271,7 @@ class H5Backend:
             self._f.close()
 
 
-def being_written_message(path: Path, exc: BaseException | None = None) -> str:
+def being_written_message(path: Path) -> str:
     """Why an HDF5 cache cannot be read now, honestly: another process holds it open for
     writing (HDF5 locks the file), so nothing about its content can be known until that
     process ends; the file is not known to be damaged, and must not be deleted."""
