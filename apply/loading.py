@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cache_schema import SAMPLE_RATE, AvarError, backbone_differences, informational_differences
+from cache_schema import (SAMPLE_RATE, AvarError, BackboneInfo, CacheConfig, backbone_differences,
+                          informational_differences)
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.frozen_model import resolve_device
 from temporal.evaluate import load_run
@@ -57,11 +58,19 @@ class AbsentAudio:
         return [np.zeros((len(bounds), self.dim), np.float32) for _, bounds in clips]
 
 
-def load_checked_backbone(kind: str, expected: dict[str, Any], override: str | None, device: str,
+def load_checked_backbone(kind: str, expected: BackboneInfo | dict[str, Any], override: str | None, device: str,
                           precision: str) -> VideoBackbone | AudioBackbone:
     """The backbone a run's features came from (or ``override``, a local copy), refused
-    with what differs when it is not the same."""
-    name = override or expected["name"]
+    with what differs when it is not the same. ``expected`` is the run's record of it (a
+    dict is read as a :class:`~cache_schema.BackboneInfo`; one lacking a field is refused)."""
+    if not isinstance(expected, BackboneInfo):
+        try:
+            expected = BackboneInfo.from_dict(expected)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise BackboneMismatch(f"the run's record of its {kind} backbone is incomplete ({detail}); "
+                                   "retrain the run with this version of `train`") from None
+    name = override or expected.name
     load = load_video_backbone if kind == "video" else load_audio_backbone
     flag = f"--{kind}-model"
     try:
@@ -69,7 +78,7 @@ def load_checked_backbone(kind: str, expected: dict[str, Any], override: str | N
     except AvarError as exc:
         raise BackboneMismatch(
             f"cannot load the {kind} backbone {name!r} that this run's features came from ({exc}). "
-            f"Pass {flag} PATH to a local copy of the same weights (sha256 {expected['checksum'][:12]}…)."
+            f"Pass {flag} PATH to a local copy of the same weights (sha256 {expected.checksum[:12]}…)."
         ) from exc
     loaded = backbone.describe()
     diffs = backbone_differences(kind, expected, loaded)
@@ -79,7 +88,7 @@ def load_checked_backbone(kind: str, expected: dict[str, Any], override: str | N
         raise BackboneMismatch(
             f"the {kind} backbone {name!r} loaded here is not the one this run was trained on: "
             + "; ".join(diffs) + f". Pass {flag} PATH to the weights the run's cache was extracted with "
-            f"(recorded name {expected['name']!r}), or retrain the head on a cache of these backbones."
+            f"(recorded name {expected.name!r}), or retrain the head on a cache of these backbones."
         )
     return backbone
 
@@ -91,27 +100,34 @@ def load_predictor(rundir: str | Path, config: PredictConfig = PredictConfig()) 
     when the backbones cannot be loaded or differ from the run's."""
     rundir = Path(rundir)
     model, run = load_run(rundir)
+    source = RunDir(rundir).config
     identity = run.cache_identity or {}
-    missing = [k for k in ("video_backbone", "audio_backbone", "steps") if k not in identity]
+    missing = [k for k in ("video_backbone", "audio_backbone", "steps") if identity.get(k) is None]
     if missing:
-        raise BackboneMismatch(f"{RunDir(rundir).config} records no {', '.join(missing)} for its cache: it cannot "
+        raise BackboneMismatch(f"{source} records no {', '.join(missing)} for its cache: it cannot "
                                "say which backbones made its features. Retrain it with this version of `train`.")
-    if int(identity.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
-        raise BackboneMismatch(f"the run's cache has audio at {identity['sample_rate']} Hz; this pipeline decodes at "
+    # Typed, through the cache contract: older runs lack sample_rate / feature_dtype (then 16 kHz, float32)
+    defaults = {"sample_rate": SAMPLE_RATE, "feature_dtype": "float32", "class_names": list(run.class_names)}
+    try:
+        cache = CacheConfig.from_attrs({**defaults, **{k: v for k, v in identity.items() if v is not None}})
+    except AvarError as exc:  # CacheSchemaError: a field missing or of the wrong type
+        raise BackboneMismatch(f"{source} records its cache's identity incompletely ({exc}); it cannot say which "
+                               "backbones made its features. Retrain it with this version of `train`.") from None
+    if cache.sample_rate != SAMPLE_RATE:
+        raise BackboneMismatch(f"the run's cache has audio at {cache.sample_rate} Hz; this pipeline decodes at "
                                f"{SAMPLE_RATE} Hz. Re-extract the cache and retrain.")
     device = resolve_device(config.device)
     streams = set(run.streams or model.streams)
     needs_video = bool(streams & {"fused", "video"})
     needs_audio = bool(streams & {"fused", "audio"})
-    video = load_checked_backbone("video", identity["video_backbone"], config.video_model, device, config.precision) \
-        if needs_video else AbsentVideo(int(identity["video_backbone"]["dim"]))
-    audio = load_checked_backbone("audio", identity["audio_backbone"], config.audio_model, device, config.precision) \
-        if needs_audio else AbsentAudio(int(identity["audio_backbone"]["dim"]))
+    video = load_checked_backbone("video", cache.video, config.video_model, device, config.precision) \
+        if needs_video else AbsentVideo(cache.video.dim)
+    audio = load_checked_backbone("audio", cache.audio, config.audio_model, device, config.precision) \
+        if needs_audio else AbsentAudio(cache.audio.dim)
     logger.info("run %s: %s head on %s, %d steps, classes %s", rundir, run.train.head, run.train.modality,
-                identity["steps"], ", ".join(run.class_names))
-    return Predictor(model, run.class_names, int(identity["steps"]), str(identity.get("feature_dtype", "float32")),
+                cache.steps, ", ".join(run.class_names))
+    return Predictor(model, run.class_names, cache.steps, cache.feature_dtype,
                      video, audio, device=device, precision=config.precision)
-
 
 __all__ = ["AbsentAudio", "AbsentVideo", "BackboneMismatch", "load_checked_backbone",
            "load_predictor"]

@@ -20,11 +20,19 @@ class CacheReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.backend = open_backend(self.path, "r")
-        self.attrs: dict[str, Any] = self.backend.get_attrs()
+        try:
+            self.attrs: dict[str, Any] = self.backend.get_attrs()
+        except BaseException:
+            self.backend.close()
+            raise
         if not self.attrs:
             self.backend.close()
             raise CacheSchemaError(f"{self.path} has no cache attributes; is it an AVAR feature cache?")
-        self.config = CacheConfig.from_attrs(self.attrs)
+        try:
+            self.config = CacheConfig.from_attrs(self.attrs)
+        except CacheSchemaError as exc:
+            self.backend.close()
+            raise CacheSchemaError(f"{self.path}: {exc}") from None
         self.format = self.backend.format
 
     @property

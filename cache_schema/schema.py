@@ -123,6 +123,8 @@ class CacheConfig:
             )
         except KeyError as exc:
             raise CacheSchemaError(f"cache attributes lack {exc}; is this an AVAR feature cache?") from None
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+            raise CacheSchemaError(f"cache attributes are malformed ({exc}); is this an AVAR feature cache?") from None
 
     @property
     def pretrained(self) -> bool:

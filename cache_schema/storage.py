@@ -20,6 +20,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from .errors import InvalidInput, MissingInput
+from .lock import CacheLock, CacheLocked, lock_path
 from .schema import CacheSchemaError
 
 FORMATS = ("zarr", "hdf5")
@@ -71,9 +72,14 @@ class ZarrBackend:
     def __init__(self, path: Path, mode: str) -> None:
         import zarr
 
+        from zarr.errors import NodeNotFoundError
+
         self.path = path
         try:
             self._g = zarr.open_group(str(path), mode=mode)
+        except NodeNotFoundError:  # (a FileNotFoundError too) a folder, but no Zarr group in it
+            raise CacheSchemaError(f"{path} is a folder but not a Zarr cache (no zarr.json in it); pass the path of "
+                                   "a cache written by `cli.py extract`") from None
         except OSError:  # a folder that cannot be created or written: the caller says what to do
             raise
         except Exception as exc:  # zarr raises several types for "not a group"
@@ -169,6 +175,11 @@ class H5Backend:
         h5mode = {"r": "r", "r+": "r+", "a": "a", "w": "w"}[mode]
         try:
             self._f = h5py.File(path, h5mode)
+        except BlockingIOError:  # HDF5's file lock: another process has it open (for writing, if we only read)
+            if h5mode == "r":
+                raise CacheLocked(being_written_message(path)) from None
+            raise CacheLocked(f"{path} is open in another process (HDF5 locks the file while it is read or "
+                              "written); wait for that process to finish and rerun, or use another --out") from None
         except OSError as exc:
             raise CacheSchemaError(
                 f"cannot open {path} as an HDF5 cache ({exc}); an HDF5 file interrupted while "
@@ -177,7 +188,17 @@ class H5Backend:
 
     def get_attrs(self) -> dict[str, Any]:
         raw = self._f.attrs.get(_H5_ATTR)
-        return {} if raw is None else json.loads(raw)
+        if raw is None:
+            return {}
+        try:
+            attrs = json.loads(raw)
+        except (TypeError, ValueError) as exc:
+            raise CacheSchemaError(f"{self.path}: the cache attributes are not readable JSON ({exc}); "
+                                   "extract it again into a new --out") from None
+        if not isinstance(attrs, dict):
+            raise CacheSchemaError(f"{self.path}: the cache attributes are not a JSON object; "
+                                   "extract it again into a new --out")
+        return attrs
 
     def set_attrs(self, attrs: dict[str, Any]) -> None:
         merged = {**self.get_attrs(), **attrs}
@@ -248,6 +269,18 @@ class H5Backend:
     def close(self) -> None:
         if self._f.id.valid:
             self._f.close()
+
+
+def being_written_message(path: Path) -> str:
+    """Why an HDF5 cache cannot be read now, honestly: another process holds it open for
+    writing (HDF5 locks the file), so nothing about its content can be known until that
+    process ends; the file is not known to be damaged, and must not be deleted."""
+    owner = CacheLock(path).owner()  # reads the lock file's note only; takes no lock
+    who = (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} since {owner.get('since', '?')}, "
+           f"as {lock_path(path).name} records" if owner.get("pid") else "another process")
+    return (f"{path} is being written by {who}: HDF5 keeps a file locked while it is written, so it cannot be "
+            "read or checked until that process finishes (it is not known to be damaged; do not delete it). "
+            "Wait for it and rerun, or extract to a Zarr cache (--out NAME.zarr), which can be read at any moment")
 
 
 def open_backend(path: Path, mode: str, fmt: str | None = None) -> Backend:

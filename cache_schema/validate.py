@@ -4,6 +4,10 @@ A pending clip (interrupted before its status was written) is not a defect: the 
 extract run completes it. A clip that claims ``ok`` but whose data is unreadable, missing
 (a deleted chunk file), non-finite or inconsistent is. What counts as a damaged chunk is
 defined once, in ``integrity``, and shared with the writer that repairs it.
+
+An HDF5 cache that another process is writing cannot be read at all (HDF5 locks the file):
+:func:`validate` then raises ``CacheLocked`` saying so, because nothing about the file can be
+known, and calling it a defect would invite deleting a good file.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .schema import (
     CacheError,
 )
 from .integrity import find_damage, unreadable_chunks
+from .lock import CacheLocked
 from .storage import Backend, iter_chunks, open_backend
 
 
@@ -48,6 +53,8 @@ def validate(path: str | Path) -> ValidationReport:
     report = ValidationReport()
     try:
         backend = open_backend(Path(path), "r")
+    except CacheLocked:  # an HDF5 file being written cannot be read: not a defect, nothing is known
+        raise
     except (CacheError, FileNotFoundError) as exc:
         report.problems.append(str(exc))
         return report

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import replace_atomically
-from .rundir import MissingRunFile, RunDir
+from .rundir import MissingRunFile, RunDir, RunMismatch
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -37,14 +37,32 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.exists():
         raise MissingRunFile(f"no checkpoint at {path}; was this run trained to the end? Train it with `cli.py train`")
-    model.load_state_dict(load_file(str(path)), strict=True)
+    state = read_weights(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunMismatch(f"{path} holds the weights of another model than its config.json describes ({first}); "
+                          "train the run again into a new --out") from None
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, ``{}`` if there is none yet (a resumed run that had
-    not saved its best weights)."""
+    not saved its best weights). A damaged file (empty, truncated, not safetensors) is a
+    :class:`~temporal.rundir.RunMismatch` naming it."""
     path = Path(path)
-    return load_file(str(path)) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise RunMismatch(f"{path} is damaged ({damage(exc)}); train the run again into a new --out") from None
+
+
+def damage(exc: BaseException) -> str:
+    """One line of what safetensors (or the OS) said about a file it could not read."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def _json_safe(x: Any) -> Any:
@@ -93,18 +111,34 @@ def load_train_state(rundir: str | Path, model: nn.Module, optimizer: torch.opti
     path = RunDir(rundir).train_state
     if not path.exists():
         raise MissingRunFile(f"no training state in {rundir} to resume from; train without --resume")
-    with safe_open(str(path), framework="pt") as f:
-        doc = _from_json(json.loads((f.metadata() or {})["train_state"]))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        if key.startswith("optimizer."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in doc["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    scheduler.load_state_dict(doc["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    generator.set_state(tensors["rng.shuffle"])
-    return doc["loop"]
+    fix = "train without --resume into a new --out (this state cannot be continued)"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            doc = _from_json(json.loads((f.metadata() or {})["train_state"]))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise RunMismatch(f"{path} is damaged ({damage(exc)}); {fix}") from None
+    except KeyError:
+        raise RunMismatch(f"{path} holds no training state metadata (not written by `train`); {fix}") from None
+    except ValueError as exc:
+        raise RunMismatch(f"{path} holds unreadable training state metadata ({exc}); {fix}") from None
+    try:
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+                              strict=True)
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, v in tensors.items():
+            if key.startswith("optimizer."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in doc["param_groups"]]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        scheduler.load_state_dict(doc["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        generator.set_state(tensors["rng.shuffle"])
+        loop = doc["loop"]
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        detail = f"no {exc}" if isinstance(exc, KeyError) else (str(exc).strip().splitlines() or [""])[0]
+        raise RunMismatch(f"{path} is not a training state of this run ({detail}); {fix}") from None
+    if not isinstance(loop, dict):
+        raise RunMismatch(f"{path} holds no loop counters; {fix}")
+    return loop

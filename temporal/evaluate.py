@@ -83,12 +83,32 @@ def load_test_split(rundir: str | Path, cache: str | Path | None = None, data: C
         data = load_task_data(cache or config.cache, config.task)
     diffs = feature_identity_differences(config.cache_identity, data.identity, ("run was trained on", "cache has"))
     if diffs:
-        raise RunMismatch(f"{data.path} is not the cache this run was trained on ({'; '.join(diffs)}); evaluate "
-                          f"with --cache pointing at {config.cache}")
+        raise RunMismatch(identity_refusal(data.path, config.cache, diffs))
     split = run.read_split()
     rows = data.rows_of(split.test)
     rows = rows[has_modality(data.clips, config.train.modality)[rows]]
     return RunTestClips(model, config, data, split, rows, data.clips.take(rows))
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def identity_refusal(cache: str | Path, trained_on: str | Path, diffs: list[str]) -> str:
+    """Why a run refuses the features at ``cache`` (what differs) and what to do. When
+    ``cache`` is the very path the run was trained on, it was re-extracted with other
+    settings since: pointing ``--cache`` at it again cannot help, so the fix is to retrain
+    on it or to re-extract it with the run's settings."""
+    what = "; ".join(diffs)
+    if _same_path(cache, trained_on):
+        return (f"{cache} no longer holds the features this run was trained on: it was re-extracted with other "
+                f"settings since ({what}); retrain on it (`cli.py train --cache {cache} --out NEW_RUN`), or "
+                "re-extract it with the run's settings")
+    return (f"{cache} is not the cache this run was trained on ({what}); evaluate with --cache pointing at a cache "
+            f"extracted with the run's settings (it was trained on {trained_on}), or retrain on {cache}")
 
 
 def evaluate_run(rundir: str | Path, cache: str | Path | None = None, data: CacheData | None = None,

@@ -100,7 +100,7 @@ def run_figures(rundir: str | Path, out: str | Path | None = None, compare: str 
         raise MissingRunFile(f"{run.path} has neither {run.metrics.name} (a finished run) nor {TABLE2_CSV} "
                              "(a comparison); train or compare first, or pass --compare TABLE2.CSV")
     if run.is_finished():
-        m = run.read_metrics()
+        m = run.read_metrics(required=("class_names", "confusion_matrix", "per_class", "n_test"))
         names = m["class_names"]
         what = f"{m.get('head')} / {m.get('modality')} ({m.get('fusion')})"
         note = _untrained_note(m)

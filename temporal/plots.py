@@ -155,13 +155,20 @@ def read_comparison(path: str | Path) -> Comparison:
     heads: list[str] = []
     modalities: list[str] = []
     cells: dict[tuple[str, str], dict[str, float]] = {}
-    with Path(path).open(newline="") as f:
-        for row in csv.DictReader(f):
-            h, m = row.get("head", ""), row.get("modality") or "fused"
-            heads += [h] if h not in heads else []
-            modalities += [m] if m not in modalities else []
-            cells[(h, m)] = {k: float(row[f"{k}_mean"]) for k, _ in METRIC_COLUMNS
-                             if row.get(f"{k}_mean") not in (None, "")}
+    fix = "run `compare` again to rewrite it, or pass --compare with another table2.csv"
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as f:
+            for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
+                h, m = row.get("head") or "", row.get("modality") or "fused"
+                heads += [h] if h not in heads else []
+                modalities += [m] if m not in modalities else []
+                try:
+                    cells[(h, m)] = {k: float(row[f"{k}_mean"]) for k, _ in METRIC_COLUMNS
+                                     if row.get(f"{k}_mean") not in (None, "")}
+                except (TypeError, ValueError) as exc:
+                    raise InvalidInput(f"{path}:{n}: a metric that is not a number ({exc}); {fix}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInput(f"{path} cannot be read as a comparison table ({exc}); {fix}") from None
     if not cells:
         raise InvalidInput(f"{path} holds no rows; run `compare` to completion first")
     return Comparison(tuple(heads), tuple(modalities), cells)

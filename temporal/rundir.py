@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from cache_schema import AvarError, InvalidInput, MissingInput
+from cache_schema import AvarError, BackboneInfo, InvalidInput, MissingInput
 
 from .atomic import write_json, write_text
 from .data import streams_for
-from .split import Split
+from .split import Split, split_from_json
 from .train_config import TrainConfig
 from .xd_tasks import task_of_identity
 
@@ -82,17 +82,68 @@ class RunConfig:
         """Read a ``config.json`` document; ``source`` names it in the error. Runs from
         before ``streams`` and ``cache_identity`` were recorded still read (streams follow
         from modality and fusion; an empty identity makes its users say what is missing)."""
+        fix = "train the run again into a new --out"
+        if not isinstance(doc, dict):
+            raise RunMismatch(f"{source} is not a run configuration (a JSON {type(doc).__name__}, not an object); {fix}")
         try:
+            if not isinstance(doc["train"], dict):
+                raise TypeError(f"'train' is a {type(doc['train']).__name__}, not an object")
             train = TrainConfig.from_json(doc["train"])
-            return RunConfig(cache=str(doc["cache"]), cache_identity=dict(doc.get("cache_identity") or {}),
-                             class_names=tuple(doc["class_names"]), steps=int(doc["steps"]),
+            identity = doc.get("cache_identity") or {}
+            if not isinstance(identity, dict):
+                raise TypeError(f"'cache_identity' is a {type(identity).__name__}, not an object")
+            for key in ("video_backbone", "audio_backbone"):  # recorded backbones must be complete
+                if identity.get(key) is not None:
+                    try:
+                        BackboneInfo.from_dict(identity[key])
+                    except KeyError as exc:
+                        raise ValueError(f"cache_identity.{key} has no {exc}") from None
+                    except (TypeError, ValueError, AttributeError) as exc:
+                        raise ValueError(f"cache_identity.{key} is malformed: {exc}") from None
+            names = doc["class_names"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise TypeError("'class_names' is not a list of names")
+            return RunConfig(cache=str(doc["cache"]), cache_identity=dict(identity),
+                             class_names=tuple(names), steps=int(doc["steps"]),
                              video_dim=int(doc["video_dim"]), audio_dim=int(doc["audio_dim"]),
                              streams=tuple(doc.get("streams") or streams_for(train.modality, train.fusion)),
                              params=int(doc["params"]), train=train)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, AvarError) as exc:
             detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise RunMismatch(f"{source} is not a run configuration this version can read ({detail}); "
-                              "train the run again into a new --out") from None
+            raise RunMismatch(f"{source} is not a run configuration this version can read ({detail}); {fix}") from None
+
+
+METRIC_NUMBERS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
+                  "recall_weighted", "f1_weighted", "n_test")
+"""Keys of ``metrics.json`` that must be numbers when present (readers format and draw them)."""
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def metrics_problem(doc: dict[str, Any]) -> str | None:
+    """What makes a ``metrics.json`` document unusable by its readers, or None. Keys that
+    are absent are not checked (a detection run adds its own); present ones must have the
+    type ``evaluate`` writes."""
+    bad = [k for k in METRIC_NUMBERS if k in doc and doc[k] is not None and not _is_number(doc[k])]
+    if bad:
+        return f"{', '.join(repr(k) for k in bad)} not numbers"
+    names = doc.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        return "'class_names' is not a list of names"
+    cm = doc.get("confusion_matrix")
+    if cm is not None:
+        n = len(names) if isinstance(names, list) else None
+        if not (isinstance(cm, list) and all(isinstance(r, list) and all(_is_number(v) for v in r) for r in cm)
+                and (n is None or (len(cm) == n and all(len(r) == n for r in cm)))):
+            return "'confusion_matrix' is not a square table of counts, one row per class"
+    per_class = doc.get("per_class")
+    if per_class is not None:
+        if not isinstance(per_class, dict) or not all(
+                isinstance(v, dict) and all(_is_number(x) for x in v.values()) for v in per_class.values()):
+            return "'per_class' is not a table of numbers per class"
+    return None
 
 
 @dataclass(frozen=True)
@@ -194,17 +245,22 @@ class RunDir:
     def read_split(self) -> Split:
         doc = self._read_json(self._require(self.split, "train it again"))
         try:
-            return Split(tuple(doc["train"]), tuple(doc["val"]), tuple(doc["test"]), dict(doc.get("info") or {}))
-        except (KeyError, TypeError) as exc:
-            raise RunMismatch(f"{self.split} is not a split file (no {exc}); train the run again") from None
+            return split_from_json(doc)
+        except ValueError as exc:
+            raise RunMismatch(f"{self.split} is not a split file ({exc}); train the run again") from None
 
     def write_split(self, split: Split) -> None:
         write_json(self.split, split.to_json())
 
     # ------------------------------------------------------------------ history.csv
     def read_history(self) -> list[dict[str, float]]:
-        with self._require(self.history, "train it again").open(newline="") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        path = self._require(self.history, "train it again")
+        try:
+            with path.open(newline="") as f:
+                return [{str(k): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:  # TypeError: a short row (None)
+            raise RunMismatch(f"{path} is not a training history of numbers ({exc}); train the run again "
+                              "into a new --out") from None
 
     def write_history(self, history: Sequence[dict[str, float]]) -> None:
         buf = io.StringIO(newline="")
@@ -222,8 +278,15 @@ class RunDir:
         write_json(self.training, doc)
 
     # ------------------------------------------------------------------ metrics.json, per_class.md
-    def read_metrics(self) -> dict[str, Any]:
-        return self._read_json(self._require(self.metrics, "evaluate it with `cli.py evaluate`"))
+    def read_metrics(self, required: Sequence[str] = ()) -> dict[str, Any]:
+        """``metrics.json``, checked (:func:`metrics_problem`); ``required`` keys must be there."""
+        path = self._require(self.metrics, "evaluate it with `cli.py evaluate`")
+        doc = self._read_json(path)
+        missing = [k for k in required if k not in doc]
+        problem = f"no {', '.join(repr(k) for k in missing)}" if missing else metrics_problem(doc)
+        if problem:
+            raise RunMismatch(f"{path} is damaged ({problem}); evaluate the run again with `cli.py evaluate {self.path}`")
+        return doc
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.metrics, metrics)
@@ -245,10 +308,17 @@ class RunDir:
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any]:
+        """A run file's JSON object; anything else (empty, torn, not JSON, a list) is a
+        :class:`RunMismatch` naming the file."""
         try:
-            return json.loads(path.read_text())
-        except ValueError as exc:  # an empty or torn file, e.g. written by an older version on a full disk
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:  # an empty or torn file, e.g. written by an older version on a full disk
             raise RunMismatch(f"{path} is damaged ({exc}); train the run again into a new --out") from None
+        if not isinstance(doc, dict):
+            raise RunMismatch(f"{path} is damaged (a JSON {type(doc).__name__}, not an object); "
+                              "train the run again into a new --out")
+        return doc
 
 
-__all__ = ["MissingRunFile", "RunConfig", "RunDir", "RunError", "RunMismatch"]
+__all__ = ["METRIC_NUMBERS", "MissingRunFile", "RunConfig", "RunDir", "RunError", "RunMismatch",
+           "metrics_problem"]

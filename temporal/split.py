@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cache_schema import InvalidInput
+from cache_schema import InvalidInput, MissingInput
 
 from .data import CacheData
 
@@ -75,6 +75,25 @@ class Split:
         return {"info": self.info, "train": list(self.train), "val": list(self.val), "test": list(self.test)}
 
 
+def split_from_json(doc: Any) -> Split:
+    """A :class:`Split` from its JSON form (``train``/``val``/``test`` lists of keys, an
+    optional ``info`` object); ``ValueError`` saying what is wrong otherwise."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+    parts = []
+    for part in PARTS:
+        if part not in doc:
+            raise ValueError(f"no {part!r} list")
+        keys = doc[part]
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"{part!r} is not a list of keys")
+        parts.append(tuple(keys))
+    info = doc.get("info") or {}
+    if not isinstance(info, dict):
+        raise ValueError("'info' is not an object")
+    return Split(*parts, info=dict(info))
+
+
 def default_split_path(cache: str | Path) -> Path:
     p = Path(cache)
     return p.with_name(p.name + ".split.json")
@@ -84,16 +103,39 @@ def default_split_path(cache: str | Path) -> Path:
 def read_groups_file(path: str | Path) -> dict[str, str]:
     """``key<TAB>source`` per line; blank lines, ``#`` comments and a ``key`` header skipped."""
     out: dict[str, str] = {}
-    with open(path, newline="") as f:
-        for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-            if not row or not row[0].strip() or row[0].startswith("#"):
-                continue
-            if len(row) < 2:
-                raise SplitError(f"{path}:{n}: expected 'key<TAB>source id', got {row!r}")
-            if n == 1 and row[0].strip().lower() == "key":
-                continue
-            out[row[0].strip()] = row[1].strip()
+    for n, row in _tsv_rows(path, "--groups-file"):
+        if not row or not row[0].strip() or row[0].startswith("#"):
+            continue
+        if len(row) < 2:
+            raise SplitError(f"{path}:{n}: expected 'key<TAB>source id', got {row!r}")
+        if n == 1 and row[0].strip().lower() == "key":
+            continue
+        out[row[0].strip()] = row[1].strip()
     return out
+
+
+def _tsv_rows(path: str | Path, option: str) -> list[tuple[int, list[str]]]:
+    """The numbered rows of a TSV file the user passed with ``option``; a missing,
+    unreadable or non-text file is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "no file"
+        raise MissingInput(f"{option} {path}: {what} there; pass the path of a tab-separated text file")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(enumerate(csv.reader(f, delimiter="\t"), 1))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SplitError(f"{option} {path} cannot be read as tab-separated UTF-8 text ({exc}); "
+                         "fix or replace the file") from None
+
+
+def compile_group_pattern(pattern: str) -> re.Pattern[str]:
+    """``--group-pattern`` as a regular expression; an invalid one is a :class:`SplitError`."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise SplitError(f"--group-pattern {pattern!r} is not a regular expression ({exc}); fix it "
+                         "(e.g. '^([^/]+/[^_]+)_' takes the key up to its first '_' as the source id)") from None
 
 
 def resolve_groups(data: CacheData, config: SplitConfig) -> tuple[np.ndarray, str]:
@@ -107,7 +149,7 @@ def resolve_groups(data: CacheData, config: SplitConfig) -> tuple[np.ndarray, st
                              "add them, or use --group-pattern instead")
         return np.array([table[k] for k in keys], dtype=object), f"file:{config.groups_file}"
     if config.group_pattern:
-        rx = re.compile(config.group_pattern)
+        rx = compile_group_pattern(config.group_pattern)
         groups = []
         for k in keys:
             m = rx.search(k)
@@ -127,6 +169,16 @@ def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     if n_groups < k:
         raise SplitError(f"only {n_groups} groups for a {what} fold of {fraction:.0%} (needs {k}); "
                          "use more clips, a larger fraction, or a split file")
+    labels_seen, counts = np.unique(labels, return_counts=True)
+    if len(counts) and counts.max() < k:
+        # scikit-learn refuses when every class has fewer clips than folds
+        per_class = ", ".join(f"class {int(c)}: {int(n)}" for c, n in zip(labels_seen, counts))
+        raise SplitError(
+            f"too few clips for a stratified, group-aware {what} part of {fraction:.0%}: it is one of {k} folds, "
+            f"so at least one class needs {k} clips there, and the largest has {int(counts.max())} ({per_class}); "
+            "add clips (at least {k} of some class), or pass --split-file PATH with your own train/val/test "
+            "key lists (JSON, or TSV key<TAB>train|val|test; without val, val is carved from train)"
+            .replace("{k}", str(k)))
     sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # "least populated class has only n members": expected on small sets
         warnings.simplefilter("ignore", UserWarning)
@@ -165,19 +217,53 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
     """Key lists per part from our JSON or from ``key<TAB>part`` lines."""
     path = Path(path)
     if not path.exists():
-        raise SplitError(f"no split file at {path}")
+        raise MissingInput(f"no split file at {path}; pass --split-file PATH to an existing file")
     if path.suffix == ".json":
-        d = json.loads(path.read_text())
+        d = _read_json(path, "--split-file")
+        fix = ("a split file is a JSON object with 'train', 'test' and optionally 'val' lists of cache keys "
+               "(and an 'info' object)")
+        if not isinstance(d, dict):
+            raise SplitError(f"--split-file {path} is a JSON {type(d).__name__}; {fix}")
+        unknown = sorted(set(d) - set(PARTS) - {"info"})
+        if unknown:
+            raise SplitError(f"--split-file {path} has unknown parts {unknown}; {fix}")
+        for part in PARTS:
+            keys = d.get(part, [])
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise SplitError(f"--split-file {path}: {part!r} is not a list of keys; {fix}")
         return {p: list(d.get(p, [])) for p in PARTS}
     out: dict[str, list[str]] = {p: [] for p in PARTS}
-    with path.open(newline="") as f:
-        for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-            if not row or row[0].startswith("#"):
-                continue
-            if len(row) < 2 or row[1].strip() not in PARTS:
-                raise SplitError(f"{path}:{n}: expected 'key<TAB>train|val|test', got {row!r}")
-            out[row[1].strip()].append(row[0].strip())
+    for n, row in _tsv_rows(path, "--split-file"):
+        if not row or row[0].startswith("#"):
+            continue
+        if len(row) < 2 or row[1].strip() not in PARTS:
+            raise SplitError(f"{path}:{n}: expected 'key<TAB>train|val|test', got {row!r}")
+        out[row[1].strip()].append(row[0].strip())
     return out
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, empty, not UTF-8
+        raise SplitError(f"{what} {path} is not readable JSON ({exc}); fix or replace the file") from None
+
+
+def read_stored_split(path: str | Path) -> Split:
+    """The split stored beside a cache (``<cache>.split.json``), checked. A damaged one
+    (empty, torn, not a split) is a :class:`SplitError` that names it and says how to
+    make it again."""
+    path = Path(path)
+    fix = ("delete it to make it again (the same seed and groups give the same split), "
+           "or pass --split-file PATH")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SplitError(f"the stored split {path} is damaged ({exc}); {fix}") from None
+    try:
+        return split_from_json(doc)
+    except ValueError as exc:
+        raise SplitError(f"the stored split {path} is damaged ({exc}); {fix}") from None
 
 
 def load_or_create_split(data: CacheData, config: SplitConfig) -> Split:
@@ -192,15 +278,15 @@ def load_or_create_split(data: CacheData, config: SplitConfig) -> Split:
     else:
         path = default_split_path(data.path)
         if path.exists():
-            stored = json.loads(path.read_text())
-            info = stored.get("info", {})
+            stored = read_stored_split(path)
+            info = stored.info
             want = config.recipe(source)
             diffs = {k: (info.get(k), v) for k, v in want.items() if info.get(k) != v}
             if diffs:
                 raise SplitError(
                     f"{path} holds a split made with other settings ({', '.join(f'{k}: stored {a!r}, asked {b!r}' for k, (a, b) in diffs.items())}); "
                     f"delete it to re-split every run of this cache, or pass the stored settings")
-            split = Split(*(tuple(stored[p]) for p in PARTS), info=info)
+            split = stored
             logger.info("using the stored split %s", path)
         else:
             split = make_split(data.keys, labels, groups, config, source)
@@ -253,5 +339,6 @@ def _reconcile(data: CacheData, groups: np.ndarray, split: Split) -> Split:
     return Split(*(parts[p] for p in PARTS), info=info)
 
 
-__all__ = ["SplitConfig", "Split", "SplitError", "default_split_path", "load_or_create_split", "make_split",
-           "read_groups_file", "read_split_file", "resolve_groups"]
+__all__ = ["SplitConfig", "Split", "SplitError", "compile_group_pattern", "default_split_path",
+           "load_or_create_split", "make_split", "read_groups_file", "read_split_file", "read_stored_split",
+           "resolve_groups", "split_from_json"]

@@ -79,7 +79,12 @@ def read_annotations(path: str | Path) -> dict[str, tuple[tuple[int, int], ...]]
         raise MissingInput(f"no annotations file at {path}; pass --annotations PATH (XD-Violence's "
                                 "annotations.txt)")
     out: dict[str, tuple[tuple[int, int], ...]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise XDDetectionError(f"{path} cannot be read as an annotations text file ({exc}); pass --annotations PATH "
+                               "(XD-Violence's annotations.txt)") from None
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -229,14 +234,23 @@ def step_anomaly(pred: Prediction, class_names: Sequence[str]) -> np.ndarray:
 
 
 def _annotations_from_split(split: Split) -> str | None:
-    """The annotations path recorded by extraction in the official split file, if any."""
+    """The annotations path recorded by extraction in the official split file, if any. A
+    split file that is there but damaged is an error naming it (not "nothing recorded")."""
     file = split.info.get("file")
     if not file or not Path(file).is_file():
         return None
+    fix = "pass --annotations PATH (XD-Violence's annotations.txt), or extract again to rewrite the split file"
     try:
-        return (json.loads(Path(file).read_text()).get("info") or {}).get("annotations")
-    except (OSError, ValueError):
-        return None
+        doc = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise XDDetectionError(f"the official split {file} is damaged ({exc}); {fix}") from None
+    info = doc.get("info") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(info or {}, dict):
+        raise XDDetectionError(f"the official split {file} is not a split file (no 'info' object); {fix}")
+    annotations = (info or {}).get("annotations")
+    if annotations is not None and not isinstance(annotations, str):
+        raise XDDetectionError(f"the official split {file} records annotations as {annotations!r}, not a path; {fix}")
+    return annotations
 
 
 def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None, fps: float = DEFAULT_FPS,
