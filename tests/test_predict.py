@@ -83,11 +83,6 @@ def build_synthetic_run(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_synthetic_run(tmp_path_factory.getbasetemp() / "synthetic_run")
-
-
-@pytest.fixture(scope="session")
 def long_video(synthetic_run: Path) -> tuple[Path, float, float]:
     """30 s of a calm scene from a source not in training, an explosion centred at 15 s."""
     path = synthetic_run.parent / "long_explosion.mp4"
