@@ -208,12 +208,9 @@ def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations
     if detection:
         from temporal.xd_detection import evaluate_detection
 
-        metrics = evaluate_detection(rundir, annotations=annotations, fps=fps, cache=cache_path,
-                                     snippet_frames=snippet_frames)
+        metrics = {**metrics, **evaluate_detection(rundir, annotations=annotations, fps=fps, cache=cache_path,
+                                                   snippet_frames=snippet_frames)}
     click.echo(format_summary(metrics))
-    if detection:
-        click.echo(f"frame AP (official PR-AUC) {metrics['ap_frame_pr_auc']:.4f}, "
-                   f"average precision {metrics['ap_frame_average_precision']:.4f}")
 
 
 @main.command()
@@ -372,7 +369,7 @@ def _int_list(text: str) -> list[int]:
               help="Seconds between window starts [window/2].")
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="Draw the timeline with sampled frames (Figure 5) to this PNG; with several videos, "
-                   "OUT-<video>.png each.")
+                   "OUT-<video>.png each (plus a short hash where names collide).")
 @click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
 @click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -384,23 +381,22 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
     The backbones of the run's cache are loaded and checked (weights checksum, preprocessing);
     a run they cannot reproduce is refused. A file that cannot be read gives an error entry
     and the others are still predicted; the exit status is 1 if any video failed."""
-    from apply import PredictConfig, format_table, load_predictor, plot_timeline, to_json_lines
+    from apply import PredictConfig, format_table, load_predictor, predict_batch, timeline_paths, to_json_lines
 
+    plots = timeline_paths(plot, videos) if plot is not None else None  # refused here, before any work
     config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
                            window=window, hop=hop, thumbnails=plot is not None)
     predictor = load_predictor(rundir, config)
     preds = []
-    for pred in predictor.predict_many(videos, config):
+    for pred in predict_batch(predictor, videos, config, plots):
         preds.append(pred)
         if as_json:
             click.echo(next(to_json_lines([pred])))
-        if plot is not None and pred.error is None:
-            target = plot if len(videos) == 1 else plot.with_name(f"{plot.stem}-{Path(pred.video).stem}{plot.suffix}")
-            plot_timeline(pred, target)
-            click.echo(f"timeline -> {target}", err=as_json)
+        if pred.plot:
+            click.echo(f"timeline -> {pred.plot}", err=as_json)
     if not as_json:
         click.echo(format_table(preds))
-    if any(p.error for p in preds):
+    if any(p.failed for p in preds):
         sys.exit(1)
 
 
@@ -416,21 +412,12 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 def figures(rundir: Path, out: Path | None, compare_csv: Path | None, media_root: Path | None, n_clips: int) -> None:
     """The paper's figures of RUNDIR as PNG: confusion matrices (counts, normalised), per-class F1,
     training curves, the comparison heat-map, and test clips' frames with truth and prediction."""
-    from apply import plot_clip_strips
-    from cache_schema import AvarError
-    from temporal.figures import figure_file, run_figures
-    from temporal.rundir import RunDir
+    from apply import all_figures
 
-    run = RunDir(rundir)
-    out = out or run.figures
-    written = run_figures(rundir, out, compare_csv)
-    if run.is_run():
-        try:
-            written["clip_strips"] = plot_clip_strips(rundir, figure_file(out, "clip_strips"), media_root,
-                                                      n_clips=n_clips)
-        except AvarError as exc:
-            click.echo(f"skipped the frame-strip view: {exc}", err=True)
-    for name, path in written.items():
+    result = all_figures(rundir, out, compare_csv, media_root, n_clips)
+    for why in result.skipped.values():
+        click.echo(why, err=True)
+    for name, path in result.written.items():
         click.echo(f"{name:<22} {path}")
 
 

@@ -13,13 +13,16 @@ imports ``extract``.
         print(format_table([pred]))
 """
 
+from .batch import predict_batch
 from .loading import BackboneMismatch, load_predictor
-from .media_figures import plot_clip_strips, plot_timeline, timeline_figure
+from .media_figures import (FiguresResult, all_figures, check_figure_path, plot_clip_strips, plot_timeline,
+                            timeline_figure, timeline_paths)
 from .predictor import PredictConfig, Predictor
 from .report import format_table, to_json_lines
 from .results import ScoredClip, Segment, VideoPrediction, WindowResult
 
 __all__ = [
-    "BackboneMismatch", "PredictConfig", "Predictor", "ScoredClip", "Segment", "VideoPrediction", "WindowResult",
-    "format_table", "load_predictor", "plot_clip_strips", "plot_timeline", "timeline_figure", "to_json_lines",
+    "BackboneMismatch", "FiguresResult", "PredictConfig", "Predictor", "ScoredClip", "Segment", "VideoPrediction",
+    "WindowResult", "all_figures", "check_figure_path", "format_table", "load_predictor", "plot_clip_strips",
+    "plot_timeline", "predict_batch", "timeline_figure", "timeline_paths", "to_json_lines",
 ]

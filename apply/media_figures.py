@@ -8,8 +8,12 @@ object API, fixed sizes, constrained layout, titles and axis labels on everythin
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +24,10 @@ from PIL import Image
 from cache_schema import AvarError, InvalidInput, MissingInput
 from extract.decode import decode_clip
 from extract.windows import thumbnail
-from temporal.figures import predict_test_split
+from temporal.figures import figure_file, predict_test_split, run_figures
 from temporal.metrics import NORMAL
 from temporal.plots import DPI, save_figure
+from temporal.rundir import RunDir
 
 from .predictor import THUMB_HEIGHT
 from .results import VideoPrediction
@@ -42,6 +47,12 @@ def class_colours(class_names: Sequence[str]) -> dict[str, str]:
     colours = {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(anomalies)}
     colours[NORMAL] = "#55A868"
     return colours
+
+
+def display_name(name: str) -> str:
+    """A file name as text a figure can draw: bytes that are not valid UTF-8 (kept in a
+    ``str`` as surrogate escapes, which matplotlib's font engine refuses) shown as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _evenly(items: Sequence, k: int) -> list:
@@ -110,7 +121,7 @@ def timeline_figure(pred: VideoPrediction, max_frames: int = 8) -> Figure:
     conf = float(np.max(pred.probs)) if pred.probs is not None else float("nan")
     mode = (f"windows of {pred.window:g} s every {pred.hop:g} s" if pred.mode == "window"
             else f"whole video as one clip of {len(pred.times)} steps")
-    ax.set_title(f"{Path(pred.video).name}: {pred.label} (p = {conf:.2f}); {mode}", fontsize=10)
+    ax.set_title(f"{display_name(Path(pred.video).name)}: {pred.label} (p = {conf:.2f}); {mode}", fontsize=10)
     if frames:
         axes = np.atleast_1d(bottom.subplots(1, max_frames))
         for a in axes:
@@ -172,7 +183,7 @@ def plot_clip_strips(rundir: str | Path, path: str | Path, media_root: str | Pat
         truth, guess = tp.class_names[tp.y_true[i]], tp.class_names[tp.y_pred[i]]
         ok = truth == guess
         wrong += not ok
-        sub.suptitle(f"{tp.keys[i]}   true: {truth}   predicted: {guess} (p = {tp.probs[i].max():.2f})"
+        sub.suptitle(f"{display_name(tp.keys[i])}   true: {truth}   predicted: {guess} (p = {tp.probs[i].max():.2f})"
                      + ("" if ok else "   WRONG"), fontsize=9, color="black" if ok else "#C00000",
                      fontweight="normal" if ok else "bold")
         axes = np.atleast_1d(sub.subplots(1, frames_per_clip))
@@ -191,6 +202,141 @@ def plot_clip_strips(rundir: str | Path, path: str | Path, media_root: str | Pat
     return path
 
 
+# ------------------------------------------------------------------- output names
+
+# Bytes a file name may not use up: the temporary name of an atomic write adds a dot, the
+# process id and ``.tmp`` around it (``temporal.atomic``), with room to spare.
+_TMP_NAME_MARGIN = 32
+
+
+def figure_formats() -> tuple[str, ...]:
+    """File suffixes (without the dot) matplotlib can write a figure as."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return tuple(sorted(FigureCanvasBase.get_supported_filetypes()))
+
+
+def _existing_ancestor(path: Path) -> Path:
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def check_figure_path(path: str | Path, option: str = "--plot") -> Path:
+    """``path`` as a place a figure can be written, or ``InvalidInput`` saying why not:
+    a suffix matplotlib cannot write, a name too long for the file system, a folder that
+    is a file or not writable. Called before any work starts, so that a batch never
+    computes everything and then fails on its output option. No suffix means ``.png``."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    fmt = path.suffix[1:].lower()
+    if fmt not in figure_formats():
+        raise InvalidInput(f"{option} {path}: matplotlib cannot write '.{fmt}' figures; use one of "
+                           f"{', '.join('.' + f for f in figure_formats())} (e.g. .png)")
+    if path.exists() and path.is_dir():
+        raise InvalidInput(f"{option} {path} is a folder; give a file name such as {path / 'timeline.png'}")
+    folder = _existing_ancestor(path)
+    if not folder.is_dir():
+        raise InvalidInput(f"{option} {path}: {folder} is not a folder; choose another output path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInput(f"{option} {path}: the folder {folder} is not writable; choose another output path")
+    limit = _name_max(folder) - _TMP_NAME_MARGIN
+    if len(os.fsencode(path.name)) > limit:
+        raise InvalidInput(f"{option} {path}: the file name is longer than this file system allows "
+                           f"({limit} bytes with the temporary name); choose a shorter name")
+    return path
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(os.fsencode(text)).hexdigest()[:8]
+
+
+def _safe_stem(stem: str) -> str:
+    """``stem`` with every character that is not printable UTF-8 (an undecodable byte of a
+    file name, a control character, a path separator) replaced by ``_``."""
+    out = []
+    for ch in stem:
+        try:
+            ch.encode("utf-8")
+            ok = ch.isprintable() and ch not in "/\\"
+        except UnicodeEncodeError:
+            ok = False
+        out.append(ch if ok else "_")
+    return "".join(out)
+
+
+def timeline_paths(plot: str | Path, videos: Sequence[str | Path]) -> list[Path]:
+    """The Figure-5 file of each video of a ``predict --plot PLOT`` batch, one per input,
+    never two the same.
+
+    One video: ``PLOT`` itself. Several: ``PLOT-<video stem>.<suffix>``; when two videos
+    share a stem (``pa/cam.mp4``, ``pb/cam.mp4``, ``pb/cam.mkv``), or a stem had to be
+    cleaned (characters that are not valid UTF-8) or shortened (the file system's name
+    limit), a short hash of the video's path as given is added, so the names are
+    deterministic and distinct. ``PLOT`` is checked first (``check_figure_path``): an
+    unusable one raises ``InvalidInput`` before any video is decoded."""
+    plot = check_figure_path(plot)
+    if len(videos) == 1:
+        return [plot]
+    budget = _name_max(_existing_ancestor(plot)) - _TMP_NAME_MARGIN - len(os.fsencode(f"{plot.stem}-{plot.suffix}"))
+    if budget < 16:
+        raise InvalidInput(f"--plot {plot}: the name leaves no room for the video names of a batch "
+                           f"(PLOT-<video>{plot.suffix}); choose a shorter name")
+    stems = [Path(v).stem for v in videos]
+    # distinct inputs per stem: the same path given twice is one input and one figure
+    by_stem = Counter(Path(v).stem for v in dict.fromkeys(str(v) for v in videos))
+    paths = []
+    for video, stem in zip(videos, stems):
+        name = _safe_stem(stem)
+        if name != stem or by_stem[stem] > 1 or len(os.fsencode(name)) > budget:
+            room = max(budget - 9, 1)   # 9: "-" and the hash
+            name = os.fsencode(name)[:room].decode("utf-8", "ignore") + "-" + _short_hash(str(video))
+        paths.append(plot.with_name(f"{plot.stem}-{name}{plot.suffix}"))
+    return paths
+
+
+# ------------------------------------------------------------------- every figure
+
+
+@dataclass(frozen=True)
+class FiguresResult:
+    """What ``all_figures`` wrote (name -> PNG) and what it could not draw (name -> why)."""
+
+    written: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def all_figures(rundir: str | Path, out: str | Path | None = None, compare_csv: str | Path | None = None,
+                media_root: str | Path | None = None, n_clips: int = 8) -> FiguresResult:
+    """Every figure of a run (``cli.py figures``): those drawn from the run's files
+    (``temporal.figures.run_figures``) and, for a run, the frame strips of its test clips
+    (Figure 4), which need the media. A figure that cannot be drawn for an expected reason
+    (no media, an unreadable clip) is skipped with its reason and the others are still
+    written; a run with none of its files is an error."""
+    run = RunDir(rundir)
+    out = Path(out) if out is not None else run.figures
+    check_figure_path(out / "figure.png", "--out")   # an unusable folder is refused before any drawing
+    skipped: dict[str, str] = {}
+    written = dict(run_figures(rundir, out, compare_csv, skipped=skipped))
+    if run.is_run():
+        try:
+            written["clip_strips"] = plot_clip_strips(rundir, figure_file(out, "clip_strips"), media_root,
+                                                      n_clips=n_clips)
+        except (AvarError, OSError) as exc:
+            skipped["clip_strips"] = f"skipped the frame-strip view: {exc}"
+            logger.warning("%s", skipped["clip_strips"])
+    return FiguresResult(written, skipped)
+
+
 def strip_png_size(n_rows: int) -> tuple[int, int]:
     """(width, height) in pixels of a frame-strip figure of ``n_rows`` clips."""
     return int(round(STRIP_WIDTH * DPI)), int(round((STRIP_ROW_HEIGHT * n_rows + 0.5) * DPI))
@@ -200,5 +346,6 @@ def timeline_png_size() -> tuple[int, int]:
     return int(round(TIMELINE_SIZE[0] * DPI)), int(round(TIMELINE_SIZE[1] * DPI))
 
 
-__all__ = ["class_colours", "plot_clip_strips", "plot_timeline", "strip_png_size",
-           "timeline_figure", "timeline_png_size"]
+__all__ = ["FiguresResult", "all_figures", "check_figure_path", "class_colours", "display_name", "figure_formats",
+           "plot_clip_strips", "plot_timeline", "strip_png_size", "timeline_figure", "timeline_paths",
+           "timeline_png_size"]

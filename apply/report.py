@@ -32,6 +32,8 @@ def format_table(preds: Sequence[VideoPrediction]) -> str:
         for s in p.segments:
             lines.append(f"{'':<{name_w}}    {s.start:7.1f}-{s.end:.1f} s  {s.label}"
                          + (f" (peak {s.peak:.2f})" if s.peak is not None else ""))
+        if p.plot_error:
+            lines.append(f"{'':<{name_w}}    plot failed: {p.plot_error}")
         failed = [w for w in p.windows if w.error]
         if failed:
             lines.append(f"{'':<{name_w}}    {len(failed)} window(s) failed, first at {failed[0].start:.1f} s: "

@@ -86,6 +86,8 @@ class VideoPrediction:
     hop: float | None = None
     error: str | None = None
     seconds: float = 0.0
+    plot: str | None = None         # the timeline figure written for it (predict --plot)
+    plot_error: str | None = None   # why that figure could not be written; the prediction stands
     thumbnails: list[tuple[float, Image.Image]] = field(default_factory=list, repr=False)  # (time, frame), plots
 
     @property
@@ -104,7 +106,13 @@ class VideoPrediction:
             "window": self.window, "hop": self.hop,
             "windows": [w.to_json(self.class_names) for w in self.windows],
             "segments": [s.to_json() for s in self.segments],
+            "plot": self.plot, "plot_error": self.plot_error,
         }
+
+    @property
+    def failed(self) -> bool:
+        """True when any part of what was asked for this file failed (its prediction or its plot)."""
+        return self.error is not None or self.plot_error is not None
 
 
 def probs_json(probs: np.ndarray | None, class_names: Sequence[str]) -> dict[str, float] | None:

@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from cache_schema import MissingInput, open_cache
+from cache_schema import AvarError, MissingInput, open_cache
 
 from .compare import TABLE2_CSV
 from .evaluate import load_test_split, predict
@@ -89,9 +90,13 @@ def predict_test_split(rundir: str | Path, cache: str | Path | None = None) -> S
 
 
 def run_figures(rundir: str | Path, out: str | Path | None = None, compare: str | Path | None = None,
-                ) -> dict[str, Path]:
+                skipped: dict[str, str] | None = None) -> dict[str, Path]:
     """Every figure a run (and its comparison table, if found) supports, as PNG in ``out``
-    (default ``RUNDIR/figures``). A folder holding only ``table2.csv`` gives the heat-map."""
+    (default ``RUNDIR/figures``). A folder holding only ``table2.csv`` gives the heat-map.
+
+    With ``skipped`` (a dict to fill), one figure that cannot be drawn or written for an
+    expected reason (a damaged comparison table, a full disk) is recorded there as
+    ``name -> reason`` and the other figures are still written; without it, it raises."""
     run = RunDir(rundir)
     out = Path(out) if out is not None else run.figures
     written: dict[str, Path] = {}
@@ -99,33 +104,49 @@ def run_figures(rundir: str | Path, out: str | Path | None = None, compare: str 
     if not run.is_finished() and table is None:
         raise MissingRunFile(f"{run.path} has neither {run.metrics.name} (a finished run) nor {TABLE2_CSV} "
                              "(a comparison); train or compare first, or pass --compare TABLE2.CSV")
+
+    def draw(names: tuple[str, ...], make: Callable[[], dict[str, Figure]]) -> None:
+        try:
+            for name, fig in make().items():
+                written[name] = save_figure(fig, figure_file(out, name))
+        except (AvarError, OSError) as exc:
+            if skipped is None:
+                raise
+            for name in names:
+                if name not in written:
+                    skipped[name] = f"skipped {name}: {exc}"
+                    logger.warning("%s", skipped[name])
+
     if run.is_finished():
-        m = run.read_metrics(required=("class_names", "confusion_matrix", "per_class", "n_test"))
-        names = m["class_names"]
-        what = f"{m.get('head')} / {m.get('modality')} ({m.get('fusion')})"
-        note = _untrained_note(m)
-        figs = {
-            "confusion_counts": confusion_figure(m["confusion_matrix"], names,
-                                                 f"Confusion matrix, {what}: {m['n_test']} test clips{note}"),
-            "confusion_normalized": confusion_figure(
-                m["confusion_matrix"], names, f"Normalised confusion matrix (rows sum to 1), {what}{note}",
-                normalize=True),
-            "f1_per_class": f1_figure(m["per_class"], f"Per-class F1, {what}{note}", macro=m.get("f1_macro")),
-        }
-        written.update({name: save_figure(fig, figure_file(out, name)) for name, fig in figs.items()})
+        def run_figs() -> dict[str, Figure]:
+            m = run.read_metrics(required=("class_names", "confusion_matrix", "per_class", "n_test"))
+            names = m["class_names"]
+            what = f"{m.get('head')} / {m.get('modality')} ({m.get('fusion')})"
+            note = _untrained_note(m)
+            return {
+                "confusion_counts": confusion_figure(m["confusion_matrix"], names,
+                                                     f"Confusion matrix, {what}: {m['n_test']} test clips{note}"),
+                "confusion_normalized": confusion_figure(
+                    m["confusion_matrix"], names, f"Normalised confusion matrix (rows sum to 1), {what}{note}",
+                    normalize=True),
+                "f1_per_class": f1_figure(m["per_class"], f"Per-class F1, {what}{note}", macro=m.get("f1_macro")),
+            }
+        draw(("confusion_counts", "confusion_normalized", "f1_per_class"), run_figs)
     if run.has_history():
-        what = run.path.name
-        if run.is_run():
-            cfg = run.read_config()
-            what = f"{cfg.label}, seed {cfg.train.seed}"
-        curves = curves_figure(run.read_history(), f"Training curves, {what}",
-                               best_epoch=run.read_training().get("best_epoch"))
-        written["training_curves"] = save_figure(curves, figure_file(out, "training_curves"))
+        def curves() -> dict[str, Figure]:
+            what = run.path.name
+            if run.is_run():
+                cfg = run.read_config()
+                what = f"{cfg.label}, seed {cfg.train.seed}"
+            return {"training_curves": curves_figure(run.read_history(), f"Training curves, {what}",
+                                                     best_epoch=run.read_training().get("best_epoch"))}
+        draw(("training_curves",), curves)
     if table is not None:
-        if not table.is_file():
-            raise MissingInput(f"no comparison table at {table}; run `compare` first")
-        written["comparison_heatmap"] = save_figure(heatmap_figure(read_comparison(table)),
-                                                    figure_file(out, "comparison_heatmap"))
+        def heatmap() -> dict[str, Figure]:
+            if not table.is_file():
+                raise MissingInput(f"no comparison table at {table}; run `compare` first")
+            return {"comparison_heatmap": heatmap_figure(read_comparison(table))}
+        draw(("comparison_heatmap",), heatmap)
     for name, path in written.items():
         logger.info("wrote %s: %s", name, path)
     return written

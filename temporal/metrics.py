@@ -61,19 +61,39 @@ def per_class_table(metrics: dict[str, Any]) -> str:
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
-    """A few lines for the terminal at the end of ``train`` / ``evaluate``."""
-    ap = metrics.get("ap_anomaly")
-    split = metrics.get("split", {})
-    lines = [
-        f"{metrics.get('head')} / {metrics.get('modality')} ({metrics.get('fusion')} fusion), "
-        f"{metrics.get('params', 0):,} parameters, seed {metrics.get('seed')}",
-        f"test: accuracy {metrics['accuracy']:.3f}  precision {metrics['precision_macro']:.3f}  "
-        f"recall {metrics['recall_macro']:.3f}  F1 {metrics['f1_macro']:.3f} (macro)  "
-        f"AP(anomaly) {'n/a' if ap is None else f'{ap:.3f}'}  on {metrics['n_test']} clips",
-        f"split: {split.get('kind')} (seed {split.get('seed')}, groups from {split.get('groups_source')}), "
-        f"sizes {split.get('sizes')}",
-    ]
+    """A few lines for the terminal at the end of ``train`` / ``evaluate``.
+
+    Every part is optional, because ``metrics`` may hold the recognition metrics, the
+    XD-Violence detection metrics (``evaluate --detection``), or both merged: a summary
+    must never fail on metrics that were computed and written correctly."""
+    lines = []
+    if "head" in metrics or "params" in metrics:
+        lines.append(f"{metrics.get('head')} / {metrics.get('modality')} ({metrics.get('fusion')} fusion), "
+                     f"{metrics.get('params', 0):,} parameters, seed {metrics.get('seed')}")
+    if "accuracy" in metrics:
+        ap = metrics.get("ap_anomaly")
+        lines.append(
+            f"test: accuracy {_num(metrics['accuracy'])}  precision {_num(metrics.get('precision_macro'))}  "
+            f"recall {_num(metrics.get('recall_macro'))}  F1 {_num(metrics.get('f1_macro'))} (macro)  "
+            f"AP(anomaly) {_num(ap)}  on {metrics.get('n_test')} clips")
+    if "ap_frame_pr_auc" in metrics:
+        det = metrics.get("detection") or {}
+        lines.append(f"detection: frame AP (official PR-AUC) {_num(metrics['ap_frame_pr_auc'], 4)}, "
+                     f"average precision {_num(metrics.get('ap_frame_average_precision'), 4)}"
+                     + (f" over {det['n_videos']} videos, {det['n_frames']} frames"
+                        if "n_videos" in det and "n_frames" in det else ""))
+    split = metrics.get("split")
+    if isinstance(split, dict):
+        lines.append(f"split: {split.get('kind')} (seed {split.get('seed')}, groups from "
+                     f"{split.get('groups_source')}), sizes {split.get('sizes')}")
     pb = metrics.get("pretrained_backbones", {})
     if pb and not pb.get("both"):
         lines.append("NOTE: features from UNTRAINED backbone weights: this tests the pipeline, not recognition.")
-    return "\n".join(lines)
+    return "\n".join(lines) or "no metrics"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    """A metric for the terminal: ``n/a`` for a missing or non-numeric value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:.{digits}f}"

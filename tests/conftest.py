@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +21,39 @@ def one_thread():
     Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Media, a tiny-backbone cache and a trained MTCN (tests/test_predict.py), built once
+    per session and shared by every module that predicts or draws from a real run."""
+    from tests.test_predict import build_synthetic_run
+
+    with torch_threads(1):
+        return build_synthetic_run(tmp_path_factory.getbasetemp() / "synthetic_run")
+
+
+@pytest.fixture(scope="session")
+def xd_standin(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The generated XD-Violence stand-in extracted through the documented command
+    (``cli.py extract --dataset xd-violence --root R/videos --lists R/lists``), once per session."""
+    from click.testing import CliRunner
+
+    from cli import main
+    from synth.xd_standin import StandinConfig, generate_standin
+
+    tmp = tmp_path_factory.mktemp("xd")
+    root = tmp / "XD-Violence"
+    cfg = StandinConfig(train_normal=8, train_per_class=2, test_normal=3, test_per_class=1, missing=1)
+    with torch_threads(1):
+        videos = generate_standin(root, cfg)
+        cache = tmp / "cache" / "xd.zarr"
+        result = CliRunner().invoke(main, ["extract", "--dataset", "xd-violence", "--root", str(root / "videos"),
+                                           "--lists", str(root / "lists"), "--out", str(cache),
+                                           "--backbones", "tiny", "--workers", "0", "--steps", "12"])
+    assert result.exit_code == 0, result.output
+    return {"root": root, "cache": cache, "videos": videos, "output": result.output,
+            "split": cache.with_name(cache.name + ".official_split.json")}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

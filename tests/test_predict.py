@@ -83,11 +83,6 @@ def build_synthetic_run(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_synthetic_run(tmp_path_factory.getbasetemp() / "synthetic_run")
-
-
-@pytest.fixture(scope="session")
 def long_video(synthetic_run: Path) -> tuple[Path, float, float]:
     """30 s of a calm scene from a source not in training, an explosion centred at 15 s."""
     path = synthetic_run.parent / "long_explosion.mp4"
@@ -308,3 +303,39 @@ def test_an_audio_clock_jump_is_an_error_entry_and_the_next_file_is_predicted(sy
             assert "timestamps jump" in bad["error"] and "MemoryError" not in bad["error"]
             assert bad["probs"] is None
         assert lines[2]["label"] in CLASSES
+
+
+def test_plot_failures_are_entries_and_names_are_unique_per_video(synthetic_run: Path, tmp_path: Path) -> None:
+    """Issue 16, fault 6: a 251-character name, a name that is not valid UTF-8 and three
+    videos sharing the base name ``cam`` each get their own timeline; a figure that cannot
+    be written is that video's plot error, the others go on, exit 1; an unusable --plot
+    (``.txt``, a folder that is a file) is refused before any work, exit 2, one line."""
+    import os
+
+    from apply import timeline_paths
+
+    src = synthetic_run.parent / "media" / "normal" / "clip_00.mp4"
+    videos = [tmp_path / "pa" / "cam.mp4", tmp_path / "pb" / "cam.mp4", tmp_path / "pb" / "cam.mkv",
+              tmp_path / ("x" * 247 + ".mp4"), tmp_path / "caf\udce9.mp4"]
+    for v in videos:
+        v.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, v)
+    out = tmp_path / "plots" / "t.png"
+    paths = timeline_paths(out, videos)
+    assert len(set(paths)) == len(videos) and paths == timeline_paths(out, videos)   # unique, deterministic
+    paths[1].mkdir(parents=True)    # this figure cannot be written: a folder holds its name
+    result = _cli("predict", str(synthetic_run), *map(str, videos), "--plot", str(out), "--json")
+    assert result.exit_code == 1, result.output
+    lines = [json.loads(x) for x in result.stdout.strip().splitlines()]
+    assert [x["error"] for x in lines] == [None] * 5 and all(x["label"] for x in lines)
+    assert [x["plot_error"] is not None for x in lines] == [False, True, False, False, False]
+    for line, path in zip(lines, paths):
+        if line["plot"]:
+            assert Path(line["plot"]) == path and path.stat().st_size > 10_000
+    table = _cli("predict", str(synthetic_run), str(videos[0]), str(videos[1]), "--plot", str(out))
+    assert table.exit_code == 1 and "plot failed" in table.output
+    (tmp_path / "afile").write_text("")
+    for bad in (tmp_path / "out.txt", tmp_path / "afile" / "t.png", tmp_path / ("y" * 251 + ".png")):
+        refused = _cli("predict", str(synthetic_run), str(videos[0]), "--plot", str(bad))
+        assert refused.exit_code == 2 and refused.output.count("\n") == 1 and "--plot" in refused.output, \
+            refused.output

@@ -9,10 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from cache_schema import open_cache
-from synth.xd_standin import StandinConfig, generate_standin
 
 STEPS = 12
 # Recognition: the paper's head, kept small. Detection: the per-step MLP whose clip score is
@@ -32,20 +30,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def extracted(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict:
-    from cli import main
-
-    tmp = tmp_path_factory.mktemp("xd")
-    root = tmp / "XD-Violence"
-    cfg = StandinConfig(train_normal=8, train_per_class=2, test_normal=3, test_per_class=1, missing=1)
-    videos = generate_standin(root, cfg)
-    cache = tmp / "cache" / "xd.zarr"
-    result = CliRunner().invoke(main, ["extract", "--dataset", "xd-violence", "--root", str(root / "videos"),
-                                       "--lists", str(root / "lists"), "--out", str(cache),
-                                       "--backbones", "tiny", "--workers", "0", "--steps", str(STEPS)])
-    assert result.exit_code == 0, result.output
-    return {"root": root, "cache": cache, "videos": videos, "output": result.output,
-            "split": cache.with_name(cache.name + ".official_split.json")}
+def extracted(xd_standin: dict) -> dict:
+    """The stand-in extracted once per session (``tests/conftest.py``), shared with
+    tests/test_documented_commands.py."""
+    assert xd_standin["cache"].name == "xd.zarr" and STEPS == 12
+    return xd_standin
 
 
 def test_extract_keeps_the_official_split_and_counts_missing(extracted: dict) -> None:
