@@ -19,6 +19,7 @@ the temporary fails, the target is untouched); surviving a power cut is not prom
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,7 +32,10 @@ def temporary_path(path: str | Path) -> Path:
     rename stays on one file system), a hidden name carrying the process id (so two
     processes writing the same file never share a temporary)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    name = f".{path.name}.{os.getpid()}.tmp"
+    if len(os.fsencode(name)) > 255:  # a target name near the file system's limit: a short, unique temporary
+        name = f".{hashlib.sha1(os.fsencode(path.name)).hexdigest()[:16]}.{os.getpid()}.tmp"
+    return path.with_name(name)
 
 
 def replace_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:

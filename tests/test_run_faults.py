@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cache_schema import AvarError, InvalidInput, write_json
+from cache_schema import AvarError, InvalidInput, write_json, write_text
 from cli import main
 from temporal.compare import CellSpec, run_cells
 from temporal.data import load_cache
@@ -225,6 +225,13 @@ def test_the_write_scan_sees_raw_writes(tmp_path: Path) -> None:
 
 
 # -- smaller: strict JSON, a diverged run, an --out that cannot hold a run ---------------------
+def test_a_name_at_the_length_limit_is_still_written_atomically(tmp_path: Path) -> None:
+    """The temporary of a 250-byte name must not itself exceed the 255-byte name limit."""
+    target = tmp_path / ("t" * 246 + ".png")
+    write_text(target, "whole")
+    assert target.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
 def test_json_files_are_strict_json(tmp_path: Path) -> None:
     write_json(tmp_path / "m.json", {"loss": float("nan"), "best": [float("inf"), 0.5], "n": 3})
     assert _strict_json(tmp_path / "m.json") == {"loss": None, "best": [None, 0.5], "n": 3}
