@@ -291,4 +291,5 @@ def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData 
     return RunResult(run.path, metrics, history)
 
 
-__all__ = ["TrainConfig", "TrainingDiverged", "RunResult", "refuse_out_inside_cache", "train", "build_model", "model_loss", "train_epoch", "validate"]
+__all__ = ["TrainConfig", "TrainingDiverged", "RunResult", "refuse_out_inside_cache", "train", "build_model",
+           "model_loss", "train_epoch", "validate"]
