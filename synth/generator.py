@@ -277,7 +277,7 @@ def _render_and_write(out: str, job: ClipJob) -> SynthClip:
         audio = (np.zeros((clip.channels, int(round(clip.duration * clip.sample_rate))), np.float32)
                  if clip.silent_audio else render_audio(plan, clip.sample_rate, clip.channels))
     write_clip(path, clip.container, job.acodec_encoder, clip.width, clip.height, job.fps_fraction, times,
-               clip.variable_fps, render_frames(plan, clip.width, clip.height, times), audio, clip.sample_rate)  # atomic
+               clip.variable_fps, render_frames(plan, clip.width, clip.height, times), audio, clip.sample_rate)
     return clip
 
 
