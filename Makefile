@@ -1,6 +1,6 @@
 # Everyday verbs. Every target installs into .venv first (once; again when setup.cfg or
 # constraints.txt change). Variables: DATASET, DATA_ROOT, STEPS, FORMAT, BACKBONES, HEAD,
-# MODALITY, FUSION, EPOCHS, SEED, SEEDS, NPROC, TORCHRUN_ARGS.
+# MODALITY, FUSION, EPOCHS, SEED, SEEDS, NPROC, TORCHRUN_ARGS, TRAIN_ARGS.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -31,6 +31,8 @@ SEEDS ?= 1
 # Training runs of a table side by side (one CPU thread each); default: the machine's cores.
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 RUN ?= runs/$(DATASET)/$(HEAD)-$(MODALITY)-$(FUSION)-s$(SEED)
+# An existing RUN is refused: TRAIN_ARGS=--overwrite replaces it, TRAIN_ARGS=--resume continues it.
+TRAIN_ARGS ?=
 # XD-Violence: the folder holding the official lists and annotations.txt, and the task view.
 LISTS ?=
 TASK ?=
@@ -78,7 +80,7 @@ cache-info: $(STAMP)
 
 train: $(STAMP)
 	$(PY) cli.py train --cache $(CACHE) --head $(HEAD) --modality $(MODALITY) --fusion $(FUSION) \
-		--epochs $(EPOCHS) --seed $(SEED) $(TASK_ARG) --out $(RUN)
+		--epochs $(EPOCHS) --seed $(SEED) $(TASK_ARG) --out $(RUN) $(TRAIN_ARGS)
 
 evaluate: $(STAMP)
 	$(PY) cli.py evaluate $(RUN)
@@ -108,7 +110,7 @@ demo: $(STAMP)
 		--steps $(STEPS) --backbones tiny --workers $(WORKERS)
 	$(PY) cli.py cache info $(DEMO_CACHE)
 	$(PY) cli.py train --cache $(DEMO_CACHE) --head mtcn --epochs $(DEMO_EPOCHS) --seed $(SEED) \
-		--out runs/synth-demo/mtcn-fused-early-s$(SEED)
+		--out runs/synth-demo/mtcn-fused-early-s$(SEED) --overwrite
 	$(PY) cli.py compare --cache $(DEMO_CACHE) --epochs $(DEMO_EPOCHS) --seed $(SEED) --seeds $(DEMO_SEEDS) \
 		--jobs $(JOBS) --out reports/synth-demo
 

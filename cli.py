@@ -171,9 +171,10 @@ def _list_heads(ctx: click.Context, _: click.Parameter, value: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last saved epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are removed first).")
 @_train_options
 def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, out: Path, resume: bool,
-          task: str | None, **kw) -> None:
+          overwrite: bool, task: str | None, **kw) -> None:
     """Stage 2: train a head on the cache only, then evaluate it on the test split."""
     from cache_schema import split_file_for
     from temporal.metrics import format_summary
@@ -183,7 +184,7 @@ def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, ou
     kw["split_file"] = split_file_for(cache_path, kw["split_file"], task)
     cfg = _train_config(head, modality, fusion, seed, **kw)
     data = load_task_data(cache_path, task) if task else None
-    result = train_run(cache_path, out, cfg, data=data, resume=resume)
+    result = train_run(cache_path, out, cfg, data=data, resume=resume, overwrite=overwrite)
     click.echo(format_summary(result.metrics))
     click.echo(f"run -> {result.rundir}")
 

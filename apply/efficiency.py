@@ -20,7 +20,6 @@ Ti) are written beside ours; they are from another machine, so compare with care
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache_schema import SAMPLE_RATE
+from cache_schema import SAMPLE_RATE, write_json, write_text
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.decode import DecodedClip, decode_clip
 from extract.manifest import ManifestRow
@@ -231,8 +230,8 @@ def run(cfg: BenchConfig, out: Path) -> dict[str, Any]:
                         "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(to_markdown(result))
+    write_json(out, result, indent=2)
+    write_text(out.with_suffix(".md"), to_markdown(result))
     return result
 
 

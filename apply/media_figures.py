@@ -205,7 +205,7 @@ def plot_clip_strips(rundir: str | Path, path: str | Path, media_root: str | Pat
 # ------------------------------------------------------------------- output names
 
 # Bytes a file name may not use up: the temporary name of an atomic write adds a dot, the
-# process id and ``.tmp`` around it (``temporal.atomic``), with room to spare.
+# process id and ``.tmp`` around it (``cache_schema.atomic``), with room to spare.
 _TMP_NAME_MARGIN = 32
 
 

@@ -1,8 +1,10 @@
 """The contract between stage 1 (extract) and stage 2 (temporal): schema, writer,
 reader and validation of the per-clip feature cache, and the one definition of when two
 caches (or a run and the backbones loaded for new media) hold the same features
-(``feature_identity_differences``, ``backbone_differences``)."""
+(``feature_identity_differences``, ``backbone_differences``); and the atomic writes
+(``replace_atomically``, ``write_json``, ``write_text``) every stage uses for its files."""
 
+from .atomic import finite_json, json_text, replace_atomically, temporary_path, write_bytes, write_json, write_text
 from .errors import AvarError, InvalidInput, MissingInput
 from .identity import (
     backbone_differences,
@@ -37,7 +39,8 @@ from .writer import CacheWriter
 
 __all__ = [
     "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path",
-    "split_file_for",
+    "split_file_for", "finite_json", "json_text", "replace_atomically", "temporary_path", "write_bytes", "write_json",
+    "write_text",
     "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
     "informational_differences",
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",

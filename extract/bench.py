@@ -8,7 +8,6 @@ per clip length), since a process's peak RSS never goes down.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import platform
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cache_schema import write_json
 from synth.bench_clip import write_bench_clip
 
 from .decode import decode_all_frames_sequentially, decode_clip
@@ -138,5 +138,5 @@ def run_bench(out: Path, cfg: ExtractConfig, n_clips: int = 8) -> dict[str, Any]
         "time_120s_over_10s <= 13": result["time_120s_over_10s"] <= 13,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result, indent=2)
     return result

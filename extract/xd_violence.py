@@ -23,15 +23,13 @@ empty ``val`` (XD-Violence has none; stage 2 carves one out of train).
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cache_schema import InvalidInput, MissingInput, official_split_path
+from cache_schema import InvalidInput, MissingInput, official_split_path, write_json
 
 from .manifest import MEDIA_SUFFIXES, Manifest, ManifestRow
 
@@ -332,10 +330,7 @@ class XDViolence:
             },
             **parts,
         }
-        # Atomic: under torchrun every rank writes this same file.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        write_json(path, doc)  # atomic: under torchrun every rank writes this same file
         logger.info("official split written to %s (train %d, test %d videos)", path, len(parts["train"]),
                     len(parts["test"]))
         return path

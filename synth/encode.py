@@ -17,6 +17,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from cache_schema import replace_atomically
+
 
 @dataclass(frozen=True)
 class Container:
@@ -68,6 +70,26 @@ def _video_stream(out: av.container.OutputContainer, spec: Container, width: int
 
 
 def write_clip(
+    path: Path,
+    container: str,
+    acodec: str | None,
+    width: int,
+    height: int,
+    fps: Fraction,
+    frame_times: np.ndarray,
+    variable_fps: bool,
+    frames: Iterable[np.ndarray],
+    audio: np.ndarray | None,
+    sample_rate: int | None,
+) -> None:
+    """Encode a clip into ``path`` (see :func:`_encode_clip`), written to a temporary name
+    and renamed into place: a killed or failed encode never leaves a truncated video that
+    a later extraction would take for a complete short clip."""
+    replace_atomically(path, lambda tmp: _encode_clip(tmp, container, acodec, width, height, fps, frame_times,
+                                                      variable_fps, frames, audio, sample_rate))
+
+
+def _encode_clip(
     path: Path,
     container: str,
     acodec: str | None,

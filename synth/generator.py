@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_schema import InvalidInput
+from cache_schema import InvalidInput, write_json, write_text
 from synth.encode import ACODEC_NAMES, CONTAINERS, FIXED_RATES, write_clip
 from synth.scenes import CLASSES, PAIRS, RECIPES, ClipPlan, draw_events, draw_nuisance, draw_scene, render_audio, render_frames
 
@@ -271,15 +271,13 @@ def plan_clips(cfg: SynthConfig) -> list[ClipJob]:
 def _render_and_write(out: str, job: ClipJob) -> SynthClip:
     clip, plan = job.clip, job.plan
     path = Path(out) / clip.key
-    tmp = path.with_name(f".{path.name}.part")
     times = np.asarray(job.frame_times)
     audio = None
     if clip.has_audio:
         audio = (np.zeros((clip.channels, int(round(clip.duration * clip.sample_rate))), np.float32)
                  if clip.silent_audio else render_audio(plan, clip.sample_rate, clip.channels))
-    write_clip(tmp, clip.container, job.acodec_encoder, clip.width, clip.height, job.fps_fraction, times,
+    write_clip(path, clip.container, job.acodec_encoder, clip.width, clip.height, job.fps_fraction, times,
                clip.variable_fps, render_frames(plan, clip.width, clip.height, times), audio, clip.sample_rate)
-    os.replace(tmp, path)
     return clip
 
 
@@ -305,8 +303,8 @@ def generate(out: Path, cfg: SynthConfig = SynthConfig(), progress: bool = False
     keep = {j.clip.key for j in jobs}
     for cls in CLASSES:
         for p in (out / cls).iterdir():
-            if p.is_file() and (_CLIP_NAME.match(p.name) or p.name.endswith(".part")) \
-                    and f"{cls}/{p.name}" not in keep:
+            leftover = p.name.startswith(".") and p.name.endswith((".part", ".tmp"))  # a killed write's temporary
+            if p.is_file() and (_CLIP_NAME.match(p.name) or leftover) and f"{cls}/{p.name}" not in keep:
                 p.unlink()
     workers = min(os.cpu_count() or 1, 8) if workers is None else max(int(workers), 1)
     workers = min(workers, len(jobs))
@@ -351,11 +349,9 @@ def write_meta(out: Path, cfg: SynthConfig, clips: list[SynthClip]) -> None:
                     for c, r in RECIPES.items()},
         "clips": [c.to_meta() for c in clips],
     }
-    tmp = out / f".{META_FILE}.part"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, out / META_FILE)
+    write_json(out / META_FILE, meta, newline=True)
     lines = ["key\tgroup"] + [f"{c.key}\t{c.group}" for c in clips]
-    (out / GROUPS_FILE).write_text("\n".join(lines) + "\n")
+    write_text(out / GROUPS_FILE, "\n".join(lines) + "\n")
 
 
 def read_meta(out: Path) -> dict:

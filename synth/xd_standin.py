@@ -24,13 +24,13 @@ and sound follow one of the video's codes (first segment: the first code).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from cache_schema import write_json, write_text
 from synth.encode import write_clip
 
 FPS = 24
@@ -182,12 +182,12 @@ def _write_lists(out: Path, videos: list[StandinVideo]) -> None:
         for v in (v for v in videos if v.split == split):
             label = v.name.rsplit("_label_", 1)[1]
             rows += [f"{root}/{v.name}__{c}.npy,{label}" for c in range(crops)]
-        (lists / fname).write_text("\n".join(rows) + "\n")
+        write_text(lists / fname, "\n".join(rows) + "\n")
     lines = []
     for i, v in enumerate(v for v in videos if v.split == "test" and v.violent):
         name = v.name + (".mp4" if i == 0 else "")  # the official file names a few videos with .mp4
         lines.append(" ".join([name, *(str(x) for seg in v.segments for x in seg)]))
-    (lists / "annotations.txt").write_text("\n".join(lines))  # no trailing newline, as the official file
+    write_text(lists / "annotations.txt", "\n".join(lines))  # no trailing newline, as the official file
 
 
 def generate_standin(out: str | Path, cfg: StandinConfig = StandinConfig()) -> list[StandinVideo]:
@@ -205,7 +205,7 @@ def generate_standin(out: str | Path, cfg: StandinConfig = StandinConfig()) -> l
     _write_lists(out, videos)
     meta = {"config": asdict(cfg), "fps": FPS,
             "videos": [{**asdict(v), "seconds": [[a / FPS, b / FPS] for a, b in v.segments]} for v in videos]}
-    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    write_json(out / META_FILE, meta)
     return videos
 
 

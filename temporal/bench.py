@@ -7,7 +7,6 @@ figure is the wall time of one training epoch over all clips on this machine.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -20,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cache_schema import SAMPLE_RATE, BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord
+from cache_schema import SAMPLE_RATE, BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord, write_json
 
 from .data import CacheData, HeadInputs, load_cache
 from .train import TrainConfig, build_model, make_optimizer, torch_threads, train_epoch
@@ -93,7 +92,7 @@ def bench_train(out_json: str | Path | None = None, n_clips: int = 3000, steps: 
     }
     if out_json is not None:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=1))
+        write_json(out_json, result)
     return result
 
 

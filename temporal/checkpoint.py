@@ -21,7 +21,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import replace_atomically
+from cache_schema import replace_atomically
+
 from .rundir import MissingRunFile, RunDir, RunMismatch
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 import multiprocessing
 import time
@@ -23,9 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cache_schema import InvalidInput
+from cache_schema import InvalidInput, write_text
 
-from .atomic import replace_atomically, write_text
 from .data import CacheData, load_cache
 from .heads import PAPER_HEADS
 from .plots import METRIC_COLUMNS, MODALITY_TITLES, Comparison, heatmap_figure, save_figure
@@ -107,8 +107,11 @@ def _rundir(out: Path, spec: CellSpec, seed: int) -> Path:
 
 
 def _train_run(data: CacheData, rundir: Path, config: TrainConfig) -> dict[str, Any]:
+    """One run of a table. A report's runs belong to the report: rerunning a command into
+    the same ``--out`` replaces them (``overwrite``), while a process still writing one of
+    them is refused by its lock (two commands into one ``--out`` never mix)."""
     t0 = time.perf_counter()
-    result = train(data.path, rundir, config, data=data)
+    result = train(data.path, rundir, config, data=data, overwrite=True)
     return {**result.metrics, "wall_seconds": time.perf_counter() - t0}
 
 
@@ -284,17 +287,14 @@ def _write_csv(path: Path, cells: Sequence[Cell]) -> None:
     label_keys = list(dict.fromkeys(k for c in cells for k in c.labels))
     metric_keys = [k for k, _ in METRIC_COLUMNS] + ["precision_weighted", "recall_weighted", "f1_weighted",
                                                     "ap_anomaly", "train_seconds"]
-    replace_atomically(path, lambda p: _write_csv_rows(p, cells, label_keys, metric_keys))
-
-
-def _write_csv_rows(path: Path, cells: Sequence[Cell], label_keys: list[str], metric_keys: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(label_keys + ["seeds", "params", "n_test"] + [f"{k}_{s}" for k in metric_keys for s in ("mean", "std")])
-        for c in cells:
-            r0 = c.runs[0]
-            w.writerow([c.labels.get(k, "") for k in label_keys] + [len(c.runs), r0["params"], r0["n_test"]]
-                       + [f"{v:.4f}" for k in metric_keys for v in (c.mean(k), c.std(k))])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(label_keys + ["seeds", "params", "n_test"] + [f"{k}_{s}" for k in metric_keys for s in ("mean", "std")])
+    for c in cells:
+        r0 = c.runs[0]
+        w.writerow([c.labels.get(k, "") for k in label_keys] + [len(c.runs), r0["params"], r0["n_test"]]
+                   + [f"{v:.4f}" for k in metric_keys for v in (c.mean(k), c.std(k))])
+    write_text(path, buf.getvalue())
 
 
 __all__ = ["TABLE2_MD", "TABLE3_MD", "FUSION_MD", "Cell", "compare", "ablate_steps", "ablate_fusion", "top_confusions"]

@@ -25,9 +25,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from cache_schema import InvalidInput
-
-from .atomic import replace_atomically
+from cache_schema import InvalidInput, replace_atomically
 
 DPI = 110
 METRIC_COLUMNS = (("accuracy", "Acc"), ("precision_macro", "Pre"), ("recall_macro", "Rec"), ("f1_macro", "F1"))

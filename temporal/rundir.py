@@ -7,30 +7,47 @@ best weights), ``train_state.safetensors`` (for a later ``--resume``), ``history
 evaluation that ends every run, ``metrics.json``, ``per_class.md`` and ``confusion.png``.
 ``figures/`` is where ``cli.py figures`` puts the paper's figures by default.
 
+One process writes a run at a time: :meth:`RunDir.claim` creates the folder and holds an
+advisory ``flock`` on its ``.lock`` file for as long as training writes it (the kernel
+releases it when the process exits, even by ``kill -9``, so it never goes stale), and it
+refuses a folder that already holds a run unless the run is resumed or explicitly
+overwritten. Two ``train`` commands into one ``--out`` would otherwise interleave their
+files and each report a mixture as its own.
+
 Other modules reach these files through :class:`RunDir`'s properties and read/write
 methods, never by name, so the layout is defined once and a reader of a run (evaluation,
 figures, the predictor) gets typed values instead of indexing a JSON dict by hand. Every
-write goes through :mod:`temporal.atomic`: a full disk or a killed run leaves the previous
+write goes through :mod:`cache_schema.atomic`: a full disk or a killed run leaves the previous
 file, never a torn one. The JSON files keep the layout the code wrote before this module
 existed (same keys, same order, ``indent=1``), so older run directories still read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime as _dt
+import errno
+import fcntl
 import io
 import json
+import logging
+import os
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from cache_schema import AvarError, BackboneInfo, InvalidInput, MissingInput
 
-from .atomic import write_json, write_text
+from cache_schema import write_json, write_text
 from .data import streams_for
 from .split import Split, split_from_json
 from .train_config import TrainConfig
 from .xd_tasks import task_of_identity
+
+logger = logging.getLogger(__name__)
 
 
 class RunError(AvarError):
@@ -44,6 +61,74 @@ class MissingRunFile(RunError, MissingInput):
 class RunMismatch(RunError, InvalidInput):
     """A run's file is unreadable, or the run does not match what was asked (another cache,
     another configuration to resume)."""
+
+
+class RunBusy(RunError):
+    """Another process is writing this run directory right now."""
+
+
+class RunExists(RunError, InvalidInput):
+    """The folder already holds a run, and neither resuming nor overwriting it was asked."""
+
+
+class RunLock:
+    """The exclusive, non-blocking ``flock`` of one run directory, held while a run writes
+    it (see :meth:`RunDir.claim`). The lock file's content (pid, host, start time) only
+    serves the refusal message; the lock itself is the ``flock``."""
+
+    def __init__(self, run: "RunDir") -> None:
+        self.run = run
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        path = self.run.lock_file
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunBusy(self._refusal()) from None
+            raise RunError(f"cannot lock {path} ({exc.strerror or exc}); the filesystem may not support flock: "
+                           "choose an --out on a local disk") from exc
+        self._fd = fd
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        except OSError as exc:  # the lock holds; only a refused peer's message suffers
+            logger.warning("could not record the owner in %s: %s", path, exc)
+        return self
+
+    def _refusal(self) -> str:
+        try:
+            o = json.loads(self.run.lock_file.read_text() or "{}")
+            o = o if isinstance(o, dict) else {}
+        except (OSError, ValueError):
+            o = {}
+        who = f"pid {o.get('pid', '?')} (host {o.get('host', '?')}) since {o.get('since', '?')}"
+        return (f"run directory {self.run.path} is being written by another process, {who}; wait for it to "
+                f"finish or choose another --out (the lock {self.run.lock_file} is released when that process exits)")
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self if self.held else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -209,6 +294,16 @@ class RunDir:
         """The default folder of ``cli.py figures``' PNGs."""
         return self.path / "figures"
 
+    @property
+    def lock_file(self) -> Path:
+        """Held (``flock``) by the process writing this run; see :meth:`claim`."""
+        return self.path / ".lock"
+
+    def run_files(self) -> tuple[Path, ...]:
+        """Every file training and evaluation write here (what ``overwrite`` removes)."""
+        return (self.config, self.split, self.weights, self.train_state, self.history, self.training, self.curves,
+                self.metrics, self.per_class, self.confusion)
+
     # ------------------------------------------------------------------ state
     def is_run(self) -> bool:
         """Training has started here (``config.json`` exists)."""
@@ -231,8 +326,55 @@ class RunDir:
         return self
 
     def create(self) -> "RunDir":
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Make the folder (parents too); a path that cannot be a folder is a :class:`RunError`."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"--out {self.path} is an existing file, not a run directory; choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                why = f"a part of {self.path.parent} is a file, not a folder"
+            raise RunError(f"cannot create the run directory {self.path}: {why}; "
+                           "choose an --out inside a folder you can write to") from None
         return self
+
+    def claim(self, resume: bool = False, overwrite: bool = False) -> RunLock:
+        """Create the folder and lock it for one writing process; the returned lock is held
+        (release it, or use it as a context manager, when the run is written).
+
+        Refused: another process holds the lock (:class:`RunBusy`); the folder holds a run
+        already (:class:`RunExists`) unless ``resume`` (continue it; whether it can be
+        resumed is the caller's check) or ``overwrite`` (its files are removed first, so an
+        overwriting run that fails leaves no mixture of two runs)."""
+        if resume and overwrite:
+            raise InvalidInput(f"--resume continues the run in {self.path} and --overwrite replaces it; pass one")
+        if resume and not self.path.is_dir():
+            raise MissingRunFile(f"{self.path} holds no run to resume; train without --resume")
+        lock = RunLock(self.create()).acquire()
+        try:
+            existing = [p for p in self.run_files() if p.exists()]
+            if existing and not resume:
+                if not overwrite:
+                    state = "a finished" if self.is_finished() else "an unfinished"
+                    raise RunExists(f"{self.path} already holds {state} run ({existing[0].name}); pass --overwrite "
+                                    "to replace it" + ("" if self.is_finished() else ", --resume to continue it")
+                                    + ", or choose another --out")
+                for p in existing:
+                    p.unlink()
+                if self.figures.is_dir():
+                    shutil.rmtree(self.figures)
+                logger.info("overwriting the run in %s", self.path)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    @contextlib.contextmanager
+    def writing(self, resume: bool = False, overwrite: bool = False) -> Iterator["RunDir"]:
+        """:meth:`claim` for the duration of a ``with`` block."""
+        with self.claim(resume, overwrite):
+            yield self
 
     # ------------------------------------------------------------------ config.json
     def read_config(self) -> RunConfig:
@@ -320,5 +462,5 @@ class RunDir:
         return doc
 
 
-__all__ = ["METRIC_NUMBERS", "MissingRunFile", "RunConfig", "RunDir", "RunError", "RunMismatch",
-           "metrics_problem"]
+__all__ = ["METRIC_NUMBERS", "MissingRunFile", "RunBusy", "RunConfig", "RunDir", "RunError", "RunExists", "RunLock",
+           "RunMismatch", "metrics_problem"]

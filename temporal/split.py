@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cache_schema import InvalidInput, MissingInput
+from cache_schema import InvalidInput, MissingInput, write_json
 
 from .data import CacheData
 
@@ -291,7 +291,7 @@ def load_or_create_split(data: CacheData, config: SplitConfig) -> Split:
         else:
             split = make_split(data.keys, labels, groups, config, source)
             try:
-                path.write_text(json.dumps(split.to_json(), indent=1))
+                write_json(path, split.to_json())
             except OSError as exc:
                 raise SplitError(f"cannot write the split beside the cache ({exc}); pass --split-file PATH") from exc
             logger.info("wrote a new %s split to %s: %s", split.info["kind"], path, split.info["sizes"])

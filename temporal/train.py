@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,11 +36,15 @@ from .evaluate import evaluate_run
 from .losses import LossConfig, head_loss
 from .model import AnomalyModel, ModelOutput
 from .plots import curves_figure, save_figure
-from .rundir import MissingRunFile, RunConfig, RunDir, RunMismatch
+from .rundir import MissingRunFile, RunConfig, RunDir, RunError, RunMismatch
 from .split import Split, load_or_create_split
 from .train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RunError, InvalidInput):
+    """A training or validation loss became NaN or infinite: the run cannot learn as set up."""
 
 
 @dataclass(frozen=True)
@@ -141,13 +146,35 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def train(cache: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
-          data: CacheData | None = None, resume: bool = False) -> RunResult:
+          data: CacheData | None = None, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Train one head on one cache into run directory ``out``, then evaluate it on the
     test split. ``data`` skips reading the cache again (``compare`` loads it once).
     ``resume`` continues an interrupted run from its last saved epoch; with the same
-    config it ends with the same weights and metrics as an uninterrupted run."""
-    with torch_threads(config.threads):
-        return _train(cache, out, config, data, resume)
+    config it ends with the same weights and metrics as an uninterrupted run.
+
+    ``out`` is locked for this process while the run is written (a second process is
+    refused) and must not hold a run already unless ``resume`` or ``overwrite`` (which
+    removes the old run's files first) is given: see :meth:`RunDir.claim`."""
+    refuse_out_inside_cache(cache, out)
+    with torch_threads(config.threads), RunDir(out).writing(resume=resume, overwrite=overwrite) as run:
+        return _train(cache, run, config, data, resume)
+
+
+def refuse_out_inside_cache(cache: str | Path, out: str | Path) -> None:
+    """A run written into the cache folder would land inside the Zarr store (which must
+    hold only the store) or next to chunks a later ``extract`` rewrites."""
+    cache_path, out_path = Path(cache).resolve(), Path(out).resolve()
+    if out_path == cache_path or cache_path in out_path.parents:
+        raise InvalidInput(f"--out {out} is inside the cache {cache}; write the run outside the cache folder "
+                           f"(e.g. --out {cache_path.parent / 'runs' / out_path.name})")
+
+
+def _diverged(run: RunDir, epoch: int, losses: dict[str, float], config: TrainConfig) -> TrainingDiverged:
+    what = ", ".join(f"{k} loss {v}" for k, v in losses.items() if not math.isfinite(v))
+    return TrainingDiverged(
+        f"training diverged at epoch {epoch} ({what}) with learning rate {config.lr:g}; train again with a "
+        f"lower --lr (e.g. {config.lr / 100:g}) and --overwrite (the unfinished run is in {run.path}, its "
+        f"losses in {run.history.name})")
 
 
 def _check_resumable(run: RunDir, config: TrainConfig) -> None:
@@ -159,9 +186,8 @@ def _check_resumable(run: RunDir, config: TrainConfig) -> None:
                           "resume with the same options, or train into a new --out")
 
 
-def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheData | None,
+def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData | None,
            resume: bool = False) -> RunResult:
-    run = RunDir(out).create()
     data = data if data is not None else load_cache(cache)
     split = load_or_create_split(data, config.split)
     rows, missing = usable_rows(data, split, config.modality)
@@ -224,6 +250,12 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
         history.append({"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
                         "val_accuracy": va_acc, "lr": optimizer.param_groups[0]["lr"],
                         "seconds": time.perf_counter() - te})
+        if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
+            # Stop at the first non-finite loss: every later epoch would train on NaN and
+            # the evaluation would end in scikit-learn's "Input contains NaN".
+            bar.close()
+            run.write_history(history)
+            raise _diverged(run, epoch, {"train": tr_loss, "validation": va_loss}, config)
         bar.set_postfix(loss=f"{tr_loss:.3f}", acc=f"{tr_acc:.2f}", val_acc=f"{va_acc:.2f}")
         improved = (va_acc, -va_loss) > (best[0], -best[1])
         if improved:
@@ -259,4 +291,5 @@ def _train(cache: str | Path, out: str | Path, config: TrainConfig, data: CacheD
     return RunResult(run.path, metrics, history)
 
 
-__all__ = ["TrainConfig", "RunResult", "train", "build_model", "model_loss", "train_epoch", "validate"]
+__all__ = ["TrainConfig", "TrainingDiverged", "RunResult", "refuse_out_inside_cache", "train", "build_model",
+           "model_loss", "train_epoch", "validate"]

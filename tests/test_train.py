@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cache_schema import AvarError
-from temporal.atomic import replace_atomically, write_json
+from cache_schema import replace_atomically, write_json
 from temporal.checkpoint import load_train_state, save_train_state
 from temporal.data import load_cache
 from temporal.evaluate import evaluate_run, load_run
