@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 from matplotlib.figure import Figure
 
-from cache_schema import AvarError, MissingInput, open_cache
+from cache_schema import MissingInput, open_cache
 
 from .compare import TABLE2_CSV
 from .evaluate import load_test_split, predict
@@ -94,9 +94,10 @@ def run_figures(rundir: str | Path, out: str | Path | None = None, compare: str 
     """Every figure a run (and its comparison table, if found) supports, as PNG in ``out``
     (default ``RUNDIR/figures``). A folder holding only ``table2.csv`` gives the heat-map.
 
-    With ``skipped`` (a dict to fill), one figure that cannot be drawn or written for an
-    expected reason (a damaged comparison table, a full disk) is recorded there as
-    ``name -> reason`` and the other figures are still written; without it, it raises."""
+    With ``skipped`` (a dict to fill), one figure that cannot be written (a full disk, a
+    name the file system refuses) is recorded there as ``name -> reason`` and the other
+    figures are still written; without it, it raises. A damaged run file (``metrics.json``,
+    ``table2.csv``) is the run's error, not one figure's: it always raises."""
     run = RunDir(rundir)
     out = Path(out) if out is not None else run.figures
     written: dict[str, Path] = {}
@@ -109,7 +110,7 @@ def run_figures(rundir: str | Path, out: str | Path | None = None, compare: str 
         try:
             for name, fig in make().items():
                 written[name] = save_figure(fig, figure_file(out, name))
-        except (AvarError, OSError) as exc:
+        except OSError as exc:  # this figure could not be written; a damaged run file is the run's error
             if skipped is None:
                 raise
             for name in names:
