@@ -13,6 +13,7 @@ from .identity import (
 )
 from .info import cache_info, format_cache_info
 from .preprocessing import AudioPreprocessing, Crop, Normalization, Resize, VideoPreprocessing
+from .processes import die_with_parent, spawned_worker_init
 from .reader import CacheReader, open_cache
 from .schema import (
     IDENTITY_KEYS,
@@ -37,7 +38,7 @@ from .writer import CacheWriter
 
 __all__ = [
     "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path",
-    "split_file_for",
+    "split_file_for", "die_with_parent", "spawned_worker_init",
     "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
     "informational_differences",
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",

@@ -14,8 +14,11 @@ the cache, and records completion once every rank has reported.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -28,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cache_schema import SAMPLE_RATE, STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord, detect_format
+from cache_schema import (SAMPLE_RATE, STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord,
+                          detect_format, die_with_parent)
 from cache_schema.lock import CacheLock, CacheWriteError
 
 from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone, VideoBackbone, load_audio_backbone,
@@ -164,7 +168,11 @@ def _batch_timeout_s(cfg: ExtractConfig, clips: int) -> float:
     return (clips + 1) * hard_limit_s(cfg.clip_timeout)
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(parent_pid: int | None, _: int) -> None:
+    # A worker dies with the process that forked it (kill -9 and the OOM killer run no
+    # cleanup, and an orphaned worker can wait for ever on its result pipe); the lock's
+    # descriptor was already closed here by ``cache_schema.lock``'s fork hook.
+    die_with_parent(parent_pid)
     torch.set_num_threads(1)  # a forked worker keeps the parent's floating-point mode (denormals flushed)
 
 
@@ -180,15 +188,27 @@ def _collect_before_fork() -> None:
     gc.collect()
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Decode workers are forked where the platform can (they start in milliseconds and
+    inherit the parent's start-up), whatever the process's default start method is (a
+    process started by a forkserver defaults to one, and Python 3.14 makes it the default)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else None)
+
+
 def _loader(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable | None, workers: int,
             batch_size: int | None = None) -> DataLoader:
     if workers:
         _collect_before_fork()
     ds = ClipDecodeDataset(rows, cfg.steps, transform, cfg.clip_timeout)
     bs = batch_size or cfg.batch_size
+    ctx = _worker_context() if workers else None
+    # a forked worker's parent is this process, which lets the worker check it is still there
+    parent = os.getpid() if ctx is not None and ctx.get_start_method() == "fork" else None
     return DataLoader(
-        ds, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+        ds, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=_collate, multiprocessing_context=ctx,
+        worker_init_fn=functools.partial(_worker_init, parent) if workers else None,
+        prefetch_factor=2 if workers else None,
         persistent_workers=False, timeout=_batch_timeout_s(cfg, bs) if workers else 0,
     )
 

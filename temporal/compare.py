@@ -14,6 +14,7 @@ import csv
 import functools
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -21,9 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from cache_schema import InvalidInput
+from cache_schema import InvalidInput, spawned_worker_init
 
 from .atomic import replace_atomically, write_text
 from .data import CacheData, load_cache
@@ -92,9 +92,10 @@ def run_cells(specs: Sequence[CellSpec], out: Path, seeds: Sequence[int], jobs: 
             done(i, seed, _train_run(spec.data, _rundir(out, spec, seed), replace(spec.config, seed=seed)))
     else:
         # A spawned worker starts in the default floating-point mode: flush denormals there
-        # as every entry point does (cli.main), so its runs match the sequential ones.
+        # as every entry point does (cli.main), so its runs match the sequential ones; it
+        # dies with this process.
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_flush_denormal, initargs=(True,)) as pool:
+                                 initializer=spawned_worker_init, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_train_run_in_worker, str(spec.data.path), _rundir(out, spec, seed),
                                    replace(spec.config, seed=seed)) for i, spec, seed in tasks]
             for (i, _, seed), future in zip(tasks, futures):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from cache_schema.lock import CacheLocked, CacheWriteError
 from cache_schema.storage import ZarrBackend
 from cli import main as cli_main
 from tests.extract_harness import (
+    CFG,
     CLI_TINY,
     PauseBeforeStatus,
     PauseInResize,
@@ -97,6 +100,71 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(data: Path, r
 
     summary = extract_here(data, out)
     assert summary.skipped + summary.done + len(summary.failed) == n_clips
+    _assert_valid(out)
+    assert_same_cache(ref, out)
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the live processes whose parent is ``pid`` (from /proc: no psutil here)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat and stat[1] == pid and stat[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"  # a zombie holds no memory and no descriptor
+
+
+def _holds(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_kill_9_of_the_main_process_alone_takes_its_decode_workers_and_never_leaves_the_cache_locked(
+        data: Path, ref: Path, tmp_path: Path) -> None:
+    """What the OOM killer does: kill -9 of the main process only, with decode workers on."""
+    out = tmp_path / "c.zarr"
+    lock = tmp_path / "c.zarr.lock"
+    marker = tmp_path / "writing"
+    p = fork_extract(data, out, cfg=replace(CFG, workers=2), faults=(PauseBeforeStatus(nth=2, marker=marker),))
+    wait_for(lambda: marker.exists() or not p.is_alive(), "the extract to be writing with its workers")
+    assert p.is_alive(), f"the extract stopped early (exit code {p.exitcode})"
+    workers = _children(p.pid)
+    assert len(workers) == 2, f"expected two decode workers of pid {p.pid}, found {workers}"
+    assert _holds(p.pid, lock)
+    assert not [w for w in workers if _holds(w, lock)], "a decode worker holds the cache lock"
+
+    os.kill(p.pid, signal.SIGKILL)  # the main process only, not its process group
+    kill(p)  # reap it
+    wait_for(lambda: not any(_alive(w) for w in workers), "the decode workers to die with their parent",
+             timeout=5.0)
+    extract_here(data, out)  # not refused: no process holds the lock
     _assert_valid(out)
     assert_same_cache(ref, out)
 
