@@ -12,6 +12,7 @@ from .identity import (
     informational_differences,
 )
 from .info import cache_info, format_cache_info
+from .keys import key_from_relpath, media_path, relpath_from_key, storable_text
 from .preprocessing import AudioPreprocessing, Crop, Normalization, Resize, VideoPreprocessing
 from .processes import die_with_parent, spawned_worker_init
 from .reader import CacheReader, open_cache
@@ -31,14 +32,15 @@ from .schema import (
     ClipEntry,
     ClipRecord,
 )
-from .sidecars import official_split_path, split_file_for
+from .sidecars import official_split_path, optional_file, split_file_for
 from .storage import FORMATS, detect_format
 from .validate import ValidationReport, validate
 from .writer import CacheWriter
 
 __all__ = [
     "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path",
-    "split_file_for", "die_with_parent", "spawned_worker_init",
+    "split_file_for", "optional_file", "die_with_parent", "spawned_worker_init", "key_from_relpath", "media_path",
+    "relpath_from_key", "storable_text",
     "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
     "informational_differences",
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",

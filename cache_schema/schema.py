@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import AvarError, InvalidInput
+from .keys import storable_text
 from .legacy import upgrade_preprocessing
 
 SCHEMA_VERSION = 1
@@ -30,6 +31,7 @@ STATUS_ERROR = "error"
 STATUSES = (STATUS_PENDING, STATUS_OK, STATUS_ERROR)
 
 UNLABELLED = -1
+UNKNOWN_SIZE = -1  # ``source_size`` of a clip whose source file was not looked at
 FEATURE_DTYPES = ("float16", "float32")
 
 
@@ -140,6 +142,9 @@ class ArraySpec:
     per_step: bool = False
     feature: str | None = None  # "video" | "audio"
     fill: Any = 0
+    # Added after caches of this schema version existed: a cache without it still opens,
+    # validates and resumes (readers see ``fill``); the writer adds it, filled, on open.
+    optional: bool = False
 
     def shape(self, n: int, config: CacheConfig) -> tuple[int, ...]:
         shape: tuple[int, ...] = (n,)
@@ -172,6 +177,10 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("audio_silent", "bool", fill=False),
     ArraySpec("duration", "float64", fill=0.0),
     ArraySpec("step_time", "float64", per_step=True, fill=0.0),
+    # The source file as it was when the clip was decoded (size -1: unknown), so that a
+    # later run re-extracts a clip whose file changed (say, one still being copied).
+    ArraySpec("source_size", "int64", fill=UNKNOWN_SIZE, optional=True),
+    ArraySpec("source_mtime", "float64", fill=0.0, optional=True),
     ArraySpec("error", "str", fill=""),
     ArraySpec("status", "str", fill=STATUS_PENDING),
 )
@@ -206,6 +215,8 @@ class ClipRecord:
     audio_silent: bool = False
     duration: float = 0.0
     step_time: np.ndarray | None = None  # [T]
+    source_size: int = UNKNOWN_SIZE  # bytes of the source file when it was decoded
+    source_mtime: float = 0.0  # its modification time (seconds since the epoch)
 
     @staticmethod
     def failed(key: str, reason: str, duration: float = 0.0) -> "ClipRecord":
@@ -237,6 +248,8 @@ class ClipRecord:
             "audio_silent": bool(self.audio_silent),
             "duration": float(self.duration),
             "step_time": np.zeros(t) if self.step_time is None else np.asarray(self.step_time, np.float64),
-            "error": self.error,
+            "source_size": np.int64(self.source_size),
+            "source_mtime": np.float64(self.source_mtime),
+            "error": storable_text(self.error),
             "status": self.status,
         }

@@ -74,6 +74,7 @@ class ExtractSummary:
     cache: str = ""
     rank: int = 0
     ranks: list[dict[str, Any]] = field(default_factory=list)  # per rank, on rank 0 of a distributed run
+    changed: list[str] = field(default_factory=list)  # finished clips redone because their file changed
 
     def describe(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
@@ -83,6 +84,10 @@ class ExtractSummary:
             f"extract: {self.done} clips done ({rate:.2f} clips/s), {self.skipped} already in the cache, "
             f"{len(self.failed)} failed, {self.seconds:.1f} s -> {self.cache}"
         ]
+        if self.changed:
+            lines.append(f"  {len(self.changed)} clips extracted again because their file changed since "
+                         f"(size or modification time): {', '.join(self.changed[:5])}"
+                         + (" ..." if len(self.changed) > 5 else ""))
         if self.ranks:
             lines.append("  ranks: " + ", ".join(f"{r['rank']}: {r['done']} done, {r['failed']} failed"
                                                  for r in self.ranks))
@@ -99,6 +104,7 @@ class Decoded:
     key: str
     clip: DecodedClip | None = None
     error: str = ""
+    source: tuple[int, float] | None = None  # (size, mtime) of the file before it was decoded
 
 
 @contextmanager
@@ -143,17 +149,27 @@ class ClipDecodeDataset(Dataset):
         self._decoded += 1
         if self._decoded % self.GC_EVERY == 0:
             gc.collect()
+        source = source_stat(row.path)  # before decoding: a file still growing then is seen to change later
         try:
             with _hard_limit(hard_limit_s(self.timeout)):
                 clip = decode_clip(
                     row.path, self.steps, sample_rate=SAMPLE_RATE, frame_transform=self.frame_transform,
                     deadline=time.monotonic() + self.timeout,
                 )
-            return Decoded(row.key, clip=clip)
+            return Decoded(row.key, clip=clip, source=source)
         except DecodeError as exc:
-            return Decoded(row.key, error=str(exc))
+            return Decoded(row.key, error=str(exc), source=source)
         except Exception as exc:  # any library failure on a bad file is that file's error
-            return Decoded(row.key, error=f"{type(exc).__name__}: {exc}")
+            return Decoded(row.key, error=f"{type(exc).__name__}: {exc}", source=source)
+
+
+def source_stat(path: str | Path) -> tuple[int, float] | None:
+    """(size, mtime) of a source file, or None when it cannot be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), float(st.st_mtime)
 
 
 def hard_limit_s(clip_timeout: float) -> float:
@@ -319,7 +335,7 @@ class FeatureExtractor:
         out = {d.key: ClipRecord.failed(d.key, d.error) for d in batch if d.clip is None}
         if not isolate_failures:
             out.update({r.key: r for r in self._embed(good)})
-            return [out[d.key] for d in batch]
+            return _with_sources(batch, out)
         try:
             out.update({r.key: r for r in self._embed(good)})
         except Exception as exc:
@@ -330,7 +346,7 @@ class FeatureExtractor:
                 except Exception as exc2:
                     out[d.key] = ClipRecord.failed(d.key, f"backbone failed: {type(exc2).__name__}: {exc2}",
                                                    d.clip.duration if d.clip else 0.0)
-        return [out[d.key] for d in batch]
+        return _with_sources(batch, out)
 
     def _embed(self, batch: Sequence[Decoded]) -> list[ClipRecord]:
         t = self.steps
@@ -362,6 +378,17 @@ class FeatureExtractor:
         return records
 
 
+def _with_sources(batch: Sequence[Decoded], records: dict[str, ClipRecord]) -> list[ClipRecord]:
+    """The records in batch order, each with its source file's size and mtime."""
+    out = []
+    for d in batch:
+        r = records[d.key]
+        if d.source is not None:
+            r.source_size, r.source_mtime = d.source
+        out.append(r)
+    return out
+
+
 def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
     return BackboneInfo.from_dict(b.describe())
 
@@ -381,6 +408,7 @@ class ShardPlan:
     shards: tuple[tuple[tuple[int, str], ...], ...]
     chunks: tuple[frozenset[int], ...]
     skipped: int
+    changed: tuple[str, ...] = ()  # finished clips planned again because their file changed
 
 
 def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
@@ -402,7 +430,8 @@ def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
     _check_distributed_format(out, cfg, env)
     with process_group(env, cfg.dist_timeout) as group, ExitStack() as stack:
         (video, audio), cache_config, plan, writer = _open_cache(group, stack, manifest, out, cfg, backbones)
-        summary = ExtractSummary(total=len(manifest), skipped=plan.skipped, cache=str(out), rank=env.rank)
+        summary = ExtractSummary(total=len(manifest), skipped=plan.skipped, cache=str(out), rank=env.rank,
+                                 changed=list(plan.changed))
         failure: Exception | None = None
         try:
             if writer is None:
@@ -450,7 +479,8 @@ def _open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, c
             cache_config = _cache_config(manifest, cfg, *backbones)
             writer = CacheWriter.open(out, cache_config, manifest.entries(), fmt=cfg.fmt,
                                       chunk_clips=cfg.chunk_clips,
-                                      info={"dataset": manifest.dataset, "root": str(manifest.root)})
+                                      # absolute: a relative root means nothing from another folder
+                                      info={"dataset": manifest.dataset, "root": os.path.abspath(manifest.root)})
             stack.callback(writer.close)
             plan = _plan(writer, manifest, cfg, env.world)
             if env.distributed:
@@ -476,6 +506,8 @@ def _open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, c
 def _plan(writer: CacheWriter, manifest: Manifest, cfg: ExtractConfig, world: int) -> ShardPlan:
     by_key = {r.key: r for r in manifest.rows}
     todo = writer.todo(list(by_key), retry_errors=cfg.retry_errors)
+    changed = _changed_sources(writer, by_key, set(todo))
+    todo += changed
     key_of = {writer.row_of(k): k for k in todo}
     rows = sorted(key_of)
     # file sizes balance the ranks' decoding time; past WEIGHED_CLIPS the stat calls (slow
@@ -492,7 +524,19 @@ def _plan(writer: CacheWriter, manifest: Manifest, cfg: ExtractConfig, world: in
         shards=tuple(tuple((r, key_of[r]) for r in s.rows) for s in shards),
         chunks=tuple(s.chunks for s in shards),
         skipped=len(manifest) - len(todo),
+        changed=tuple(changed),
     )
+
+
+def _changed_sources(writer: CacheWriter, by_key: dict[str, ManifestRow], todo: set[str]) -> list[str]:
+    """Finished clips whose source file's size or modification time differs from when
+    they were extracted (a file extracted while still being copied, or replaced since)."""
+    recorded = writer.recorded_sources([k for k in by_key if k not in todo])
+    changed = [k for k, was in recorded.items() if source_stat(by_key[k].path) not in (None, was)]
+    if changed:
+        logger.warning("%d clips changed on disk since they were extracted and are extracted again: %s",
+                       len(changed), ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
+    return changed
 
 
 def _file_size(path: Path) -> float:
@@ -589,7 +633,7 @@ def _merge(own: ExtractSummary, reports: list[dict[str, Any]]) -> ExtractSummary
         failed.update(r["failed"])
     return ExtractSummary(
         total=own.total, skipped=own.skipped, done=sum(r["done"] for r in reports), failed=failed,
-        seconds=max([own.seconds] + [r["seconds"] for r in reports]), cache=own.cache, rank=0,
+        seconds=max([own.seconds] + [r["seconds"] for r in reports]), cache=own.cache, rank=0, changed=own.changed,
         ranks=[{k: r[k] for k in ("rank", "done", "seconds")} | {"failed": len(r["failed"])} for r in reports],
     )
 
