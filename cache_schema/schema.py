@@ -220,7 +220,9 @@ class ClipRecord:
 
     @staticmethod
     def failed(key: str, reason: str, duration: float = 0.0) -> "ClipRecord":
-        return ClipRecord(key=key, status=STATUS_ERROR, error=reason or "unknown error", duration=duration)
+        # a message may quote a file name that is not UTF-8: it is stored, printed and logged as text
+        return ClipRecord(key=key, status=STATUS_ERROR, error=storable_text(reason) or "unknown error",
+                          duration=duration)
 
     def as_row(self, config: CacheConfig) -> dict[str, Any]:
         """Arrays for this clip, with zeros wherever a modality is absent so that a reader

@@ -261,3 +261,67 @@ def test_unwritable_output_folder_is_a_clear_error(data: Path, tmp_path: Path) -
     assert result.exit_code == 2
     assert "cannot write the cache" in result.output and "choose an --out" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two clips and a file that is no video, each once more under a name that is not UTF-8."""
+    root = make_dataset(tmp_path_factory.mktemp("names") / "data", n=2)
+    for src, name in ((root / "abuse/c0.mp4", b"caf\xe9.mp4"), (root / "crash/bad.mp4", b"bad\xe9.mp4")):
+        fd = os.open(os.fsencode(src.parent) + b"/" + name, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, src.read_bytes())
+        os.close(fd)
+    return root
+
+
+def test_a_file_name_that_is_not_utf8_costs_one_clip_at_most_and_the_root_is_stored_absolute(
+        small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(small.parent)  # a relative --root, as typed in the dataset's parent folder
+    out = tmp_path / "c.zarr"
+    summary = extract_here(Path(small.name), out)
+    assert summary.done == 3 and set(summary.failed) == {"crash/bad.mp4", "crash/bad\\xe9.mp4"}
+    assert "bad\\xe9.mp4" in summary.failed["crash/bad\\xe9.mp4"]  # the message names the file, escaped
+    _assert_valid(out)
+    with CacheReader(out) as r:
+        keys, status = list(r.keys), r.status
+        assert status[keys.index("abuse/caf\\xe9.mp4")] == "ok"
+        np.testing.assert_array_equal(r.read("video")[keys.index("abuse/caf\\xe9.mp4")],
+                                      r.read("video")[keys.index("abuse/c0.mp4")])  # the same bytes, decoded
+        assert r.attrs["root"] == str(small) and r.attrs["complete"] is True
+    result = CliRunner().invoke(cli_main, ["cache", "info", str(out)])
+    assert result.exit_code == 0 and "0 pending" in result.output and "complete: True" in result.output
+
+
+def test_a_file_that_changed_since_its_extraction_is_extracted_again_and_old_caches_still_resume(
+        small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.zarr"
+    first = extract_here(small, out)
+    assert first.changed == []
+    grown = small / "abuse/c0.mp4"  # as if it was extracted while still being copied
+    before = grown.read_bytes()
+    with grown.open("ab") as f:
+        f.write(b"\0" * 64)
+    try:
+        again = extract_here(small, out)
+    finally:
+        grown.write_bytes(before)
+    assert again.changed == ["abuse/c0.mp4"] and again.done == 1 and again.skipped == first.total - 1
+    assert "1 clips extracted again because their file changed" in again.describe()
+    with CacheReader(out) as r:
+        row = list(r.keys).index("abuse/c0.mp4")
+        assert r.read("source_size")[row] == len(before) + 64
+    _assert_valid(out)
+
+    old = tmp_path / "old.zarr"  # a cache written before the source arrays existed
+    shutil.copytree(out, old)
+    for name in ("source_size", "source_mtime"):
+        shutil.rmtree(old / name)
+    _assert_valid(old)
+    with CacheReader(old) as r:
+        assert (r.read("source_size") == -1).all()  # unknown
+    resumed = extract_here(small, old)  # nothing known to have changed: nothing redone
+    assert resumed.done == 0 and resumed.changed == [] and resumed.skipped == first.total
+    _assert_valid(old)
+    with CacheReader(old) as r:
+        assert (r.read("source_size") == -1).all()  # added on open, as unknown
+    assert sorted(p.name for p in old.iterdir()) == sorted(p.name for p in out.iterdir())
