@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
-from cache_schema import AvarError, InvalidInput, MissingInput
+from cache_schema import AvarError, InvalidInput, MissingInput, media_path
 from extract.decode import decode_clip
 from extract.windows import thumbnail
 from temporal.figures import figure_file, predict_test_split, run_figures
@@ -166,7 +166,7 @@ def plot_clip_strips(rundir: str | Path, path: str | Path, media_root: str | Pat
     for i in _pick_clips(tp.y_true, tp.y_pred, max(n_clips * 2, n_clips)):
         if len(rows) == n_clips:
             break
-        file = root / tp.keys[i]
+        file = media_path(root, tp.keys[i])  # a key escapes bytes that are not UTF-8
         try:
             clip = decode_clip(file, frames_per_clip, frame_transform=lambda im: thumbnail(im, THUMB_HEIGHT))
         except AvarError as exc:

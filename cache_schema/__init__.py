@@ -14,7 +14,9 @@ from .identity import (
     informational_differences,
 )
 from .info import cache_info, format_cache_info
+from .keys import key_from_relpath, media_path, relpath_from_key, storable_text
 from .preprocessing import AudioPreprocessing, Crop, Normalization, Resize, VideoPreprocessing
+from .processes import die_with_parent, spawned_worker_init
 from .reader import CacheReader, open_cache
 from .schema import (
     IDENTITY_KEYS,
@@ -32,7 +34,7 @@ from .schema import (
     ClipEntry,
     ClipRecord,
 )
-from .sidecars import official_split_path, split_file_for
+from .sidecars import official_split_path, optional_file, split_file_for
 from .storage import FORMATS, detect_format
 from .validate import ValidationReport, validate
 from .writer import CacheWriter
@@ -40,7 +42,8 @@ from .writer import CacheWriter
 __all__ = [
     "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path",
     "split_file_for", "finite_json", "json_text", "replace_atomically", "temporary_path", "write_bytes", "write_json",
-    "write_text",
+    "write_text", "optional_file", "die_with_parent", "spawned_worker_init", "key_from_relpath", "media_path",
+    "relpath_from_key", "storable_text",
     "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
     "informational_differences",
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",

@@ -6,6 +6,12 @@ the next one, and no PID has to be checked for liveness (which is impossible acr
 nodes of a cluster). The file itself stays after a run: deleting it while another process
 has it open would let two processes lock two different inodes of the same name.
 
+A forked child inherits the descriptor, and an flock belongs to the open file
+description, not to a process: a child that outlived a killed parent would keep the
+cache locked. So every forked child closes its copies at once (an ``os.register_at_fork``
+hook; :meth:`CacheLock.release_in_child` is the same for one lock), without unlocking,
+which would release the parent's lock too. Descriptors are also close-on-exec.
+
 The file's content (pid, host, start time) is only there to make the refusal message
 useful; the lock is the ``flock``. On a shared filesystem, flock must be supported there
 (NFS emulates it with POSIX locks; Lustre needs the ``flock`` mount option).
@@ -20,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +49,22 @@ def lock_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".lock")
 
 
+_HELD: "weakref.WeakSet[CacheLock]" = weakref.WeakSet()  # locks this process holds now
+
+
+def _close_held_in_child() -> None:
+    for lock in list(_HELD):
+        lock.release_in_child()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class CacheLock:
     """Exclusive, non-blocking lock of one cache path for the life of a job.
 
-    Use as a context manager, or :meth:`acquire` / :meth:`release`.
+    Use as a context manager, or :meth:`acquire` / :meth:`release`. Never held by a
+    forked child (module doc).
     """
 
     def __init__(self, cache: str | Path) -> None:
@@ -75,6 +94,7 @@ class CacheLock:
                 "(Lustre: mount with -o flock)"
             ) from exc
         self._fd = fd
+        _HELD.add(self)
         self._write_owner()
         return self
 
@@ -114,11 +134,24 @@ class CacheLock:
     def release(self) -> None:
         if self._fd is None:
             return
+        _HELD.discard(self)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             os.close(self._fd)
             self._fd = None
+
+    def release_in_child(self) -> None:
+        """Drop a forked child's copy of the descriptor, leaving the parent's lock held
+        (``flock(LOCK_UN)`` here would unlock the shared file description for both)."""
+        if self._fd is None:
+            return
+        _HELD.discard(self)
+        try:
+            os.close(self._fd)
+        except OSError:  # already closed by whoever forked us
+            pass
+        self._fd = None
 
     def __enter__(self) -> "CacheLock":
         return self.acquire()

@@ -34,6 +34,7 @@ class CacheReader:
             self.backend.close()
             raise CacheSchemaError(f"{self.path}: {exc}") from None
         self.format = self.backend.format
+        self._names = frozenset(self.backend.names())
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -49,6 +50,10 @@ class CacheReader:
     def read(self, name: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
         if name not in ARRAY_BY_NAME:
             raise KeyError(f"unknown cache array {name!r}; arrays are {sorted(ARRAY_BY_NAME)}")
+        spec = ARRAY_BY_NAME[name]
+        if spec.optional and name not in self._names:  # a cache from before the array existed
+            n = len(np.arange(self.n)[rows]) if rows is not None else self.n
+            return np.full(spec.shape(n, self.config), spec.fill, dtype=spec.numpy_dtype(self.config))
         return self.backend.read(name, rows)
 
     @property
@@ -93,7 +98,7 @@ class CacheReader:
     def clips(self) -> list[dict[str, Any]]:
         """One summary dict per clip, as ``cache info --json`` lists them."""
         d = {n: self.read(n) for n in ("key", "status", "error", "video_mask", "audio_mask", "duration")}
-        return [
+        return [  # rows without a key hold no clip (free rows)
             {
                 "key": str(d["key"][i]),
                 "status": "pending" if d["status"][i] == STATUS_PENDING else str(d["status"][i]),
@@ -102,17 +107,24 @@ class CacheReader:
                 "has_audio": bool(d["audio_mask"][i].any()),
                 "duration": float(d["duration"][i]),
             }
-            for i in range(self.n)
+            for i in range(self.n) if d["key"][i]
         ]
 
     def counts(self) -> dict[str, int]:
-        s = self.status
-        return {
-            "total": int(len(s)),
+        """Status counts over the clips; rows without a key (free rows: an interrupted
+        extension) hold no clip, are not pending and are counted apart, as the writer
+        counts them when it records ``complete``."""
+        s = self.status[: self.n]
+        free = self.keys == ""
+        out = {
+            "total": int(np.sum(~free)),
             "ok": int(np.sum(s == STATUS_OK)),
             "error": int(np.sum(s == STATUS_ERROR)),
-            "pending": int(np.sum(s == STATUS_PENDING)),
+            "pending": int(np.sum((s == STATUS_PENDING) & ~free)),
         }
+        if free.any():
+            out["free_rows"] = int(free.sum())
+        return out
 
     def close(self) -> None:
         self.backend.close()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import AvarError, InvalidInput
+from .keys import storable_text
 from .legacy import upgrade_preprocessing
 
 SCHEMA_VERSION = 1
@@ -30,6 +31,7 @@ STATUS_ERROR = "error"
 STATUSES = (STATUS_PENDING, STATUS_OK, STATUS_ERROR)
 
 UNLABELLED = -1
+UNKNOWN_SIZE = -1  # ``source_size`` of a clip whose source file was not looked at
 FEATURE_DTYPES = ("float16", "float32")
 
 
@@ -142,6 +144,9 @@ class ArraySpec:
     per_step: bool = False
     feature: str | None = None  # "video" | "audio"
     fill: Any = 0
+    # Added after caches of this schema version existed: a cache without it still opens,
+    # validates and resumes (readers see ``fill``); the writer adds it, filled, on open.
+    optional: bool = False
 
     def shape(self, n: int, config: CacheConfig) -> tuple[int, ...]:
         shape: tuple[int, ...] = (n,)
@@ -174,6 +179,10 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("audio_silent", "bool", fill=False),
     ArraySpec("duration", "float64", fill=0.0),
     ArraySpec("step_time", "float64", per_step=True, fill=0.0),
+    # The source file as it was when the clip was decoded (size -1: unknown), so that a
+    # later run re-extracts a clip whose file changed (say, one still being copied).
+    ArraySpec("source_size", "int64", fill=UNKNOWN_SIZE, optional=True),
+    ArraySpec("source_mtime", "float64", fill=0.0, optional=True),
     ArraySpec("error", "str", fill=""),
     ArraySpec("status", "str", fill=STATUS_PENDING),
 )
@@ -208,10 +217,14 @@ class ClipRecord:
     audio_silent: bool = False
     duration: float = 0.0
     step_time: np.ndarray | None = None  # [T]
+    source_size: int = UNKNOWN_SIZE  # bytes of the source file when it was decoded
+    source_mtime: float = 0.0  # its modification time (seconds since the epoch)
 
     @staticmethod
     def failed(key: str, reason: str, duration: float = 0.0) -> "ClipRecord":
-        return ClipRecord(key=key, status=STATUS_ERROR, error=reason or "unknown error", duration=duration)
+        # a message may quote a file name that is not UTF-8: it is stored, printed and logged as text
+        return ClipRecord(key=key, status=STATUS_ERROR, error=storable_text(reason) or "unknown error",
+                          duration=duration)
 
     def as_row(self, config: CacheConfig) -> dict[str, Any]:
         """Arrays for this clip, with zeros wherever a modality is absent so that a reader
@@ -239,6 +252,8 @@ class ClipRecord:
             "audio_silent": bool(self.audio_silent),
             "duration": float(self.duration),
             "step_time": np.zeros(t) if self.step_time is None else np.asarray(self.step_time, np.float64),
-            "error": self.error,
+            "source_size": np.int64(self.source_size),
+            "source_mtime": np.float64(self.source_mtime),
+            "error": storable_text(self.error),
             "status": self.status,
         }

@@ -1,12 +1,21 @@
-"""Files that stage 1 writes beside a cache for stage 2 to find, named here once.
+"""Files that stage 1 writes beside a cache for stage 2 to find, named here once, and
+the one rule for every optional file the project reads by its name.
 
 XD-Violence's official train/test split is one: extraction writes it, and a ``--task``
 run without an explicit ``--split-file`` uses it.
+
+The rule (:func:`optional_file`): an optional file that is absent is simply not used;
+one whose name is taken by something that is not a regular file (a folder, a FIFO, a
+socket) is refused with a message naming it. Not ignored: its presence says someone
+meant to use it, and silently dropping, say, a ``groups.tsv`` would let clips of one
+source fall on both sides of a split. Not opened: a FIFO would block the run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from .errors import InvalidInput
 
 OFFICIAL_SPLIT_SUFFIX = ".official_split.json"
 
@@ -17,13 +26,26 @@ def official_split_path(cache: str | Path) -> Path:
     return p.with_name(p.name + OFFICIAL_SPLIT_SUFFIX)
 
 
+def optional_file(path: str | Path, what: str) -> Path | None:
+    """``path`` when it is a regular file, None when nothing has that name; raises
+    :class:`InvalidInput` when something else (a folder, a FIFO) has it (module doc).
+    ``what`` says what the file is for, in the message."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_file():
+        return path
+    kind = "a folder" if path.is_dir() else "a broken link" if not path.exists() else "not a regular file"
+    raise InvalidInput(f"{path} is {kind}, but that name is reserved for {what}; rename or remove it, "
+                       "or make it that file")
+
+
 def split_file_for(cache: str | Path, split_file: str | Path | None, task: str | None) -> Path | None:
     """The split a run uses: ``split_file`` when given; for a task run (XD-Violence), the
     official split beside the cache when there is one; otherwise None (a seeded split)."""
     if split_file or not task:
         return Path(split_file) if split_file else None
-    candidate = official_split_path(cache)
-    return candidate if candidate.exists() else None
+    return optional_file(official_split_path(cache), "the official split that extraction writes beside the cache")
 
 
-__all__ = ["OFFICIAL_SPLIT_SUFFIX", "official_split_path", "split_file_for"]
+__all__ = ["OFFICIAL_SPLIT_SUFFIX", "official_split_path", "optional_file", "split_file_for"]

@@ -77,12 +77,12 @@ def _validate(backend: Backend, report: ValidationReport) -> None:
         p.append(str(exc))
         return
     names = set(backend.names())
-    missing = [a.name for a in ARRAYS if a.name not in names]
+    missing = [a.name for a in ARRAYS if a.name not in names and not a.optional]
     if missing:
         p.append(f"missing arrays: {', '.join(missing)}")
         return
     n = backend.shape("key")[0]  # the key array is resized last: it says how many rows exist
-    for spec in ARRAYS:
+    for spec in (a for a in ARRAYS if a.name in names):  # an absent optional array: an older cache
         want = spec.shape(n, config)
         got = backend.shape(spec.name)
         if got[1:] != want[1:] or got[0] < n:  # longer: a run killed while adding rows; harmless
@@ -103,11 +103,12 @@ def _validate(backend: Backend, report: ValidationReport) -> None:
     bad_status = sorted({s for s in status if s not in STATUSES})
     if bad_status:
         p.append(f"unknown status values: {bad_status}")
+    free = (keys == "") & (status == STATUS_PENDING)  # a free row holds no clip (see below)
     report.counts = {
         "ok": int(np.sum(status == STATUS_OK)),
         "error": int(np.sum(status == STATUS_ERROR)),
-        "pending": int(np.sum(status == STATUS_PENDING)),
-        "total": n,
+        "pending": int(np.sum((status == STATUS_PENDING) & ~free)),
+        "total": int(n - free.sum()),
     }
     named = [k for k in keys.tolist() if k]  # a row without a key is free (an interrupted extension)
     if len(set(named)) != len(named):

@@ -26,6 +26,7 @@ import numpy as np
 from .integrity import ALL_CHUNKS_STORED, ChunkDamage, find_damage
 from .lock import CacheWriteError
 from .errors import InvalidInput
+from .keys import storable_text
 from .schema import (
     ARRAY_BY_NAME,
     ARRAYS,
@@ -34,6 +35,7 @@ from .schema import (
     STATUS_ERROR,
     STATUS_OK,
     STATUS_PENDING,
+    UNKNOWN_SIZE,
     UNLABELLED,
     CacheConfig,
     CacheConfigMismatch,
@@ -122,9 +124,13 @@ class CacheWriter:
                 if discarded:
                     logger.info("removed %d temporary files of writes a killed run never finished", discarded)
                 _equalise_lengths(backend)
+                _add_optional_arrays(backend, config)
+                if info:  # descriptive only (dataset, root): the latest run's are the true ones
+                    backend.set_attrs(info)
             writer = cls(backend, config, _read_rows(backend))
             writer._repair(find_damage(backend), by_key)
             writer._extend([e for e in entries if e.key not in writer._row])
+            writer._trim_free_tail()
         except OSError as exc:
             backend.close()
             raise CacheWriteError(f"cannot write the cache at {path}: {exc}; free space or choose another --out") from exc
@@ -195,6 +201,11 @@ class CacheWriter:
         while extending or by a repaired key chunk), then new rows at the end."""
         if not new:
             return
+        for e in new:  # checked before any write: a half-added row would be left without a key
+            for what, text in (("key", e.key), ("group", e.group)):
+                if storable_text(text) != text:
+                    raise InvalidInput(f"the clip {storable_text(e.key)!r} has a {what} that is not valid UTF-8 "
+                                       "text; make keys with cache_schema.key_from_relpath")
         free = self._free_rows()
         n0 = self.backend.shape("key")[0]
         n1 = n0 + max(0, len(new) - len(free))
@@ -214,6 +225,21 @@ class CacheWriter:
             self._row[e.key] = int(i)
         self.backend.set_attrs({"complete": False})
         logger.info("extended cache with %d new clips (%d in all)", len(new), len(self._row))
+
+    def _trim_free_tail(self) -> None:
+        """Drop free rows at the end (left by a run killed while adding clips, or by
+        clips that left the dataset before they got a key), so that no keyless row stays.
+        ``key`` is shrunk first: a run killed in here leaves longer arrays, which readers
+        ignore and the next open equalises."""
+        keys = self.backend.read("key")
+        n = len(keys)
+        while n and keys[n - 1] == "":
+            n -= 1
+        if n == len(keys):
+            return
+        for spec in sorted(ARRAYS, key=lambda a: a.name != "key"):
+            self.backend.resize(spec.name, n)
+        logger.info("removed %d rows without a clip at the end of the cache", len(keys) - n)
 
     def _free_rows(self) -> list[int]:
         keys = self.backend.read("key")
@@ -289,6 +315,19 @@ class CacheWriter:
         status = self.statuses()
         redo = {STATUS_PENDING, STATUS_ERROR} if retry_errors else {STATUS_PENDING}
         return [k for k in keys if status[self._row[k]] in redo]
+
+    def recorded_sources(self, keys: Sequence[str]) -> dict[str, tuple[int, float]]:
+        """(size, mtime) of the source file of each finished clip among ``keys`` as it was
+        when the clip was extracted, where that is known (caches before ``source_size``
+        existed, and clips whose file could not be looked at, are left out)."""
+        status = self.statuses()
+        size, mtime = self.backend.read("source_size"), self.backend.read("source_mtime")
+        out = {}
+        for k in keys:
+            r = self._row[k]
+            if status[r] != STATUS_PENDING and size[r] != UNKNOWN_SIZE:
+                out[k] = (int(size[r]), float(mtime[r]))
+        return out
 
     def counts(self) -> dict[str, int]:
         """Status counts over the clips (free rows, which hold no clip, are not pending)."""
@@ -383,6 +422,22 @@ def _read_rows(backend: Backend) -> dict[str, int]:
             )
         rows[k] = i
     return rows
+
+
+def _add_optional_arrays(backend: Backend, config: CacheConfig) -> None:
+    """Give a cache made before an optional array existed that array, holding its fill
+    value (unknown) for every row. Every chunk is stored, so that integrity does not
+    take the new array's chunks for deleted ones."""
+    names = set(backend.names())
+    n = backend.shape("key")[0]
+    for spec in ARRAYS:
+        if spec.optional and spec.name not in names:
+            backend.create(spec.name, spec.shape(n, config), spec.numpy_dtype(config), backend.chunk_rows("status"),
+                           spec.fill)
+            if n:
+                backend.write_slice(spec.name, slice(0, n),
+                                    np.full(spec.shape(n, config), spec.fill, dtype=spec.numpy_dtype(config)))
+            logger.info("%s: added the array %s (unknown for the clips extracted before)", backend.path, spec.name)
 
 
 def _equalise_lengths(backend: Backend) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import platform
 import resource
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache_schema import write_json
+from cache_schema import spawned_worker_init, write_json
 from synth.bench_clip import write_bench_clip
 
 from .decode import decode_all_frames_sequentially, decode_clip
@@ -99,8 +100,9 @@ def _probe_in_subprocess(path: Path, cfg: ExtractConfig) -> dict[str, Any]:
     """``probe_one`` in a fresh (spawned) process, whose peak RSS is this clip's alone."""
     ctx = multiprocessing.get_context("spawn")
     # A spawned process starts with the default floating-point mode: flush denormals there
-    # too, as every entry point does (untrained MobileViT is ~10x slower without it).
-    with ctx.Pool(1, initializer=torch.set_flush_denormal, initargs=(True,)) as pool:
+    # too, as every entry point does (untrained MobileViT is ~10x slower without it); it
+    # dies with this process.
+    with ctx.Pool(1, initializer=spawned_worker_init, initargs=(os.getpid(),)) as pool:
         return pool.apply(probe_one, (path, replace(cfg, workers=0)))
 
 

@@ -3,7 +3,9 @@
 Everything after this module reads the manifest, never the folder layout, so adding a
 dataset means adding one function to ``DATASETS``. A clip's key is its path relative to
 the dataset root (posix form), so two ``clip.mp4`` in different folders never collide
-and a cache stays valid when the root moves.
+and a cache stays valid when the root moves; a name that is not valid UTF-8 has its
+undecodable bytes escaped (``cache_schema.key_from_relpath``), while the row keeps the
+real path to open.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cache_schema import UNLABELLED, ClipEntry, InvalidInput, MissingInput
+from cache_schema import UNLABELLED, ClipEntry, InvalidInput, MissingInput, key_from_relpath, optional_file
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +69,21 @@ def _media_files(root: Path) -> list[Path]:
 
 
 def _read_groups(root: Path) -> dict[str, str]:
-    path = root / GROUPS_FILE
-    if not path.exists():
+    """``groups.tsv`` by key. Its names may be written as keys or as raw file names (bytes
+    that are not UTF-8 are read as such, and both become keys the same way)."""
+    path = optional_file(root / GROUPS_FILE, "the optional groups file (key<TAB>source id per line)")
+    if path is None:
         return {}
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = [r for r in csv.reader(f, delimiter="\t") if r and not r[0].startswith("#")]
     if rows and rows[0][:2] == ["key", "group"]:
         rows = rows[1:]
-    return {r[0]: r[1] for r in rows if len(r) >= 2}
+    return {key_from_relpath(r[0]): key_from_relpath(r[1]) for r in rows if len(r) >= 2}
+
+
+def relative_key(path: Path, root: Path) -> str:
+    """The key of ``path`` under ``root`` (module doc)."""
+    return key_from_relpath(path.relative_to(root).as_posix())
 
 
 def _check_root(root: Path) -> None:
@@ -98,7 +107,7 @@ def class_folders(root: Path, dataset: str, class_names: tuple[str, ...] = VAAR_
         if cls not in index:
             unknown.add(rel.parts[0])
             continue
-        key = rel.as_posix()
+        key = relative_key(path, root)
         rows.append(ManifestRow(key, path, index[cls], groups.get(key, "")))
     if unknown:
         raise InvalidInput(
@@ -122,10 +131,8 @@ def folder(root: Path) -> Manifest:
     """Any tree of media files, unlabelled (for prediction or feature export)."""
     _check_root(root)
     groups = _read_groups(root)
-    rows = tuple(
-        ManifestRow(p.relative_to(root).as_posix(), p, UNLABELLED, groups.get(p.relative_to(root).as_posix(), ""))
-        for p in _media_files(root)
-    )
+    rows = tuple(ManifestRow(relative_key(p, root), p, UNLABELLED, groups.get(relative_key(p, root), ""))
+                 for p in _media_files(root))
     if not rows:
         raise MissingInput(f"no media files found under {root}")
     return Manifest("folder", root, (), rows)

@@ -14,8 +14,11 @@ the cache, and records completion once every rank has reported.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -28,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cache_schema import SAMPLE_RATE, STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord, detect_format
+from cache_schema import (SAMPLE_RATE, STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord,
+                          detect_format, die_with_parent)
 from cache_schema.lock import CacheLock, CacheWriteError
 
 from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone, VideoBackbone, load_audio_backbone,
@@ -74,6 +78,7 @@ class ExtractSummary:
     cache: str = ""
     rank: int = 0
     ranks: list[dict[str, Any]] = field(default_factory=list)  # per rank, on rank 0 of a distributed run
+    changed: list[str] = field(default_factory=list)  # finished clips redone because their file changed
 
     def describe(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
@@ -83,6 +88,10 @@ class ExtractSummary:
             f"extract: {self.done} clips done ({rate:.2f} clips/s), {self.skipped} already in the cache, "
             f"{len(self.failed)} failed, {self.seconds:.1f} s -> {self.cache}"
         ]
+        if self.changed:
+            lines.append(f"  {len(self.changed)} clips extracted again because their file changed since "
+                         f"(size or modification time): {', '.join(self.changed[:5])}"
+                         + (" ..." if len(self.changed) > 5 else ""))
         if self.ranks:
             lines.append("  ranks: " + ", ".join(f"{r['rank']}: {r['done']} done, {r['failed']} failed"
                                                  for r in self.ranks))
@@ -99,6 +108,7 @@ class Decoded:
     key: str
     clip: DecodedClip | None = None
     error: str = ""
+    source: tuple[int, float] | None = None  # (size, mtime) of the file before it was decoded
 
 
 @contextmanager
@@ -143,17 +153,27 @@ class ClipDecodeDataset(Dataset):
         self._decoded += 1
         if self._decoded % self.GC_EVERY == 0:
             gc.collect()
+        source = source_stat(row.path)  # before decoding: a file still growing then is seen to change later
         try:
             with _hard_limit(hard_limit_s(self.timeout)):
                 clip = decode_clip(
                     row.path, self.steps, sample_rate=SAMPLE_RATE, frame_transform=self.frame_transform,
                     deadline=time.monotonic() + self.timeout,
                 )
-            return Decoded(row.key, clip=clip)
+            return Decoded(row.key, clip=clip, source=source)
         except DecodeError as exc:
-            return Decoded(row.key, error=str(exc))
+            return Decoded(row.key, error=str(exc), source=source)
         except Exception as exc:  # any library failure on a bad file is that file's error
-            return Decoded(row.key, error=f"{type(exc).__name__}: {exc}")
+            return Decoded(row.key, error=f"{type(exc).__name__}: {exc}", source=source)
+
+
+def source_stat(path: str | Path) -> tuple[int, float] | None:
+    """(size, mtime) of a source file, or None when it cannot be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), float(st.st_mtime)
 
 
 def hard_limit_s(clip_timeout: float) -> float:
@@ -168,7 +188,11 @@ def _batch_timeout_s(cfg: ExtractConfig, clips: int) -> float:
     return (clips + 1) * hard_limit_s(cfg.clip_timeout)
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(parent_pid: int | None, _: int) -> None:
+    # A worker dies with the process that forked it (kill -9 and the OOM killer run no
+    # cleanup, and an orphaned worker can wait for ever on its result pipe); the lock's
+    # descriptor was already closed here by ``cache_schema.lock``'s fork hook.
+    die_with_parent(parent_pid)
     torch.set_num_threads(1)  # a forked worker keeps the parent's floating-point mode (denormals flushed)
 
 
@@ -184,15 +208,27 @@ def _collect_before_fork() -> None:
     gc.collect()
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Decode workers are forked where the platform can (they start in milliseconds and
+    inherit the parent's start-up), whatever the process's default start method is (a
+    process started by a forkserver defaults to one, and Python 3.14 makes it the default)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else None)
+
+
 def _loader(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable | None, workers: int,
             batch_size: int | None = None) -> DataLoader:
     if workers:
         _collect_before_fork()
     ds = ClipDecodeDataset(rows, cfg.steps, transform, cfg.clip_timeout)
     bs = batch_size or cfg.batch_size
+    ctx = _worker_context() if workers else None
+    # a forked worker's parent is this process, which lets the worker check it is still there
+    parent = os.getpid() if ctx is not None and ctx.get_start_method() == "fork" else None
     return DataLoader(
-        ds, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+        ds, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=_collate, multiprocessing_context=ctx,
+        worker_init_fn=functools.partial(_worker_init, parent) if workers else None,
+        prefetch_factor=2 if workers else None,
         persistent_workers=False, timeout=_batch_timeout_s(cfg, bs) if workers else 0,
     )
 
@@ -303,7 +339,7 @@ class FeatureExtractor:
         out = {d.key: ClipRecord.failed(d.key, d.error) for d in batch if d.clip is None}
         if not isolate_failures:
             out.update({r.key: r for r in self._embed(good)})
-            return [out[d.key] for d in batch]
+            return _with_sources(batch, out)
         try:
             out.update({r.key: r for r in self._embed(good)})
         except Exception as exc:
@@ -314,7 +350,7 @@ class FeatureExtractor:
                 except Exception as exc2:
                     out[d.key] = ClipRecord.failed(d.key, f"backbone failed: {type(exc2).__name__}: {exc2}",
                                                    d.clip.duration if d.clip else 0.0)
-        return [out[d.key] for d in batch]
+        return _with_sources(batch, out)
 
     def _embed(self, batch: Sequence[Decoded]) -> list[ClipRecord]:
         t = self.steps
@@ -346,6 +382,17 @@ class FeatureExtractor:
         return records
 
 
+def _with_sources(batch: Sequence[Decoded], records: dict[str, ClipRecord]) -> list[ClipRecord]:
+    """The records in batch order, each with its source file's size and mtime."""
+    out = []
+    for d in batch:
+        r = records[d.key]
+        if d.source is not None:
+            r.source_size, r.source_mtime = d.source
+        out.append(r)
+    return out
+
+
 def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
     return BackboneInfo.from_dict(b.describe())
 
@@ -365,6 +412,7 @@ class ShardPlan:
     shards: tuple[tuple[tuple[int, str], ...], ...]
     chunks: tuple[frozenset[int], ...]
     skipped: int
+    changed: tuple[str, ...] = ()  # finished clips planned again because their file changed
 
 
 def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
@@ -386,7 +434,8 @@ def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
     _check_distributed_format(out, cfg, env)
     with process_group(env, cfg.dist_timeout) as group, ExitStack() as stack:
         (video, audio), cache_config, plan, writer = _open_cache(group, stack, manifest, out, cfg, backbones)
-        summary = ExtractSummary(total=len(manifest), skipped=plan.skipped, cache=str(out), rank=env.rank)
+        summary = ExtractSummary(total=len(manifest), skipped=plan.skipped, cache=str(out), rank=env.rank,
+                                 changed=list(plan.changed))
         failure: Exception | None = None
         try:
             if writer is None:
@@ -434,7 +483,8 @@ def _open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, c
             cache_config = _cache_config(manifest, cfg, *backbones)
             writer = CacheWriter.open(out, cache_config, manifest.entries(), fmt=cfg.fmt,
                                       chunk_clips=cfg.chunk_clips,
-                                      info={"dataset": manifest.dataset, "root": str(manifest.root)})
+                                      # absolute: a relative root means nothing from another folder
+                                      info={"dataset": manifest.dataset, "root": os.path.abspath(manifest.root)})
             stack.callback(writer.close)
             plan = _plan(writer, manifest, cfg, env.world)
             if env.distributed:
@@ -460,6 +510,8 @@ def _open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, c
 def _plan(writer: CacheWriter, manifest: Manifest, cfg: ExtractConfig, world: int) -> ShardPlan:
     by_key = {r.key: r for r in manifest.rows}
     todo = writer.todo(list(by_key), retry_errors=cfg.retry_errors)
+    changed = _changed_sources(writer, by_key, set(todo))
+    todo += changed
     key_of = {writer.row_of(k): k for k in todo}
     rows = sorted(key_of)
     # file sizes balance the ranks' decoding time; past WEIGHED_CLIPS the stat calls (slow
@@ -476,7 +528,19 @@ def _plan(writer: CacheWriter, manifest: Manifest, cfg: ExtractConfig, world: in
         shards=tuple(tuple((r, key_of[r]) for r in s.rows) for s in shards),
         chunks=tuple(s.chunks for s in shards),
         skipped=len(manifest) - len(todo),
+        changed=tuple(changed),
     )
+
+
+def _changed_sources(writer: CacheWriter, by_key: dict[str, ManifestRow], todo: set[str]) -> list[str]:
+    """Finished clips whose source file's size or modification time differs from when
+    they were extracted (a file extracted while still being copied, or replaced since)."""
+    recorded = writer.recorded_sources([k for k in by_key if k not in todo])
+    changed = [k for k, was in recorded.items() if source_stat(by_key[k].path) not in (None, was)]
+    if changed:
+        logger.warning("%d clips changed on disk since they were extracted and are extracted again: %s",
+                       len(changed), ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
+    return changed
 
 
 def _file_size(path: Path) -> float:
@@ -573,7 +637,7 @@ def _merge(own: ExtractSummary, reports: list[dict[str, Any]]) -> ExtractSummary
         failed.update(r["failed"])
     return ExtractSummary(
         total=own.total, skipped=own.skipped, done=sum(r["done"] for r in reports), failed=failed,
-        seconds=max([own.seconds] + [r["seconds"] for r in reports]), cache=own.cache, rank=0,
+        seconds=max([own.seconds] + [r["seconds"] for r in reports]), cache=own.cache, rank=0, changed=own.changed,
         ranks=[{k: r[k] for k in ("rank", "done", "seconds")} | {"failed": len(r["failed"])} for r in reports],
     )
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_schema import InvalidInput, write_json, write_text
+from cache_schema import InvalidInput, die_with_parent, write_json, write_text
 from synth.encode import ACODEC_NAMES, CONTAINERS, FIXED_RATES, write_clip
 from synth.scenes import CLASSES, PAIRS, RECIPES, ClipPlan, draw_events, draw_nuisance, draw_scene, render_audio, render_frames
 
@@ -281,7 +281,8 @@ def _render_and_write(out: str, job: ClipJob) -> SynthClip:
     return clip
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int) -> None:
+    die_with_parent(parent_pid)  # a killed generate leaves no encoder behind
     # One encoder thread per process, and no oversubscription from BLAS in numpy.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -324,7 +325,8 @@ def generate(out: Path, cfg: SynthConfig = SynthConfig(), progress: bool = False
         for job in jobs:
             report(_render_and_write(str(out), job))
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_render_and_write, str(out), job) for job in jobs]
             for fut in futures:
                 report(fut.result())

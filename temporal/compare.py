@@ -15,6 +15,7 @@ import functools
 import io
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -22,9 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from cache_schema import InvalidInput, write_text
+from cache_schema import InvalidInput, spawned_worker_init, write_text
 
 from .data import CacheData, load_cache
 from .heads import PAPER_HEADS
@@ -92,9 +92,10 @@ def run_cells(specs: Sequence[CellSpec], out: Path, seeds: Sequence[int], jobs: 
             done(i, seed, _train_run(spec.data, _rundir(out, spec, seed), replace(spec.config, seed=seed)))
     else:
         # A spawned worker starts in the default floating-point mode: flush denormals there
-        # as every entry point does (cli.main), so its runs match the sequential ones.
+        # as every entry point does (cli.main), so its runs match the sequential ones; it
+        # dies with this process.
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_flush_denormal, initargs=(True,)) as pool:
+                                 initializer=spawned_worker_init, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_train_run_in_worker, str(spec.data.path), _rundir(out, spec, seed),
                                    replace(spec.config, seed=seed)) for i, spec, seed in tasks]
             for (i, _, seed), future in zip(tasks, futures):

@@ -187,9 +187,11 @@ def _context() -> mp.context.BaseContext:
 
 def fork_extract(root: Path, out: Path, cfg: ExtractConfig = CFG, env: DistEnv | None = None,
                  faults: tuple[Fault, ...] = (), port: int | None = None) -> mp.Process:
-    """``run_extract`` in a child process (started), after installing ``faults``."""
+    """``run_extract`` in a child process (started), after installing ``faults``. The
+    child is a daemon (it dies with the test session) unless it decodes in workers:
+    multiprocessing forbids a daemon to have children."""
     p = _context().Process(target=_child_main, args=(Job(root, out, cfg, env or DistEnv(), port, faults),),
-                           daemon=True)
+                           daemon=cfg.workers == 0)
     p.start()
     return p
 

@@ -14,8 +14,10 @@ from cache_schema import (
     CacheWriter,
     ClipEntry,
     ClipRecord,
+    cache_info,
     validate,
 )
+from cache_schema.schema import ARRAYS
 from cache_schema.storage import open_backend
 from tests.cache_factory import make_config, ok_record, write_cache
 
@@ -154,3 +156,26 @@ def test_validate_catches_inconsistent_clip(tmp_path: Path) -> None:
 def test_validate_missing_cache(tmp_path: Path) -> None:
     rep = validate(tmp_path / "nope.zarr")
     assert not rep.ok and "no cache" in rep.problems[0]
+
+
+def test_a_keyless_row_is_no_pending_clip_and_does_not_stay(tmp_path: Path) -> None:
+    """A run that failed between giving a new clip a row and its key (the state a name
+    that could not be stored left) must not leave ``cache info`` saying complete while a
+    row is pending."""
+    config = make_config(steps=4)
+    path = tmp_path / "c.zarr"
+    keys = write_cache(path, config, 3, chunk_clips=2)
+    backend = open_backend(path, "r+")
+    for spec in ARRAYS:  # one row more, with no key and pending, as the interrupted extension left it
+        backend.resize(spec.name, 4)
+    backend.write("status", np.array([3]), np.array([""], dtype=object))
+    backend.close()
+    info = cache_info(path)
+    assert info["counts"]["pending"] == 0 and info["counts"]["total"] == 3 and info["attrs"]["complete"] is True
+    assert [c["key"] for c in info["clips"]] == keys
+    assert validate(path).counts["pending"] == 0
+    with CacheWriter.open(path, config, [ClipEntry(k) for k in keys]) as w:  # the next run: the row is gone
+        assert w.counts() == {"ok": 3, "error": 0, "pending": 0}
+    with CacheReader(path) as r:
+        assert r.n == 3
+    assert validate(path).ok

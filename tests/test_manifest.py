@@ -1,12 +1,14 @@
-"""Datasets become manifests: keys are root-relative paths, labels come from class
-folders, groups from an optional groups file."""
+"""Datasets become manifests: keys are root-relative paths (any name the file system
+holds makes one), labels come from class folders, groups from an optional groups file."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from cache_schema import InvalidInput, key_from_relpath, media_path, relpath_from_key, split_file_for
 from extract.manifest import VAAR_CLASSES, build_manifest
 
 
@@ -45,3 +47,50 @@ def test_missing_root_and_unknown_dataset(tmp_path: Path) -> None:
         build_manifest("vaar", tmp_path / "nope")
     with pytest.raises(ValueError, match="unknown dataset"):
         build_manifest("kinetics", tmp_path)
+
+
+# Names a POSIX file system holds, as bytes: not UTF-8, backslashes that look like escapes.
+AWKWARD_NAMES = (b"caf\xe9.mp4", b"caf\\xe9.mp4", b"a\\b.mp4", b"a\\\\x41.mp4", b"a\\\xe9.mp4", b"end\\",
+                 b"\xff\xfe\\x.mp4", "caf\u00e9.mp4".encode())
+
+
+def test_a_key_is_made_from_any_name_and_turns_back_into_it() -> None:
+    keys = [key_from_relpath(b"crash/" + n) for n in AWKWARD_NAMES]
+    assert len(set(keys)) == len(keys), keys  # reversible, so never two files on one key
+    for name, key in zip(AWKWARD_NAMES, keys):
+        key.encode("utf-8")  # storable as text
+        assert os.fsencode(relpath_from_key(key)) == b"crash/" + name
+    assert key_from_relpath(b"crash/caf\xe9.mp4") == "crash/caf\\xe9.mp4"
+    assert key_from_relpath("normal/café clip (1).mp4") == "normal/café clip (1).mp4"  # every usual name is its key
+    assert key_from_relpath("a\\b.mp4") == "a\\b.mp4"
+
+
+def test_a_name_that_is_not_utf8_becomes_a_key_not_a_crash(tmp_path: Path) -> None:
+    _touch(tmp_path, "crash/a.mp4")
+    fd = os.open(os.fsencode(tmp_path / "crash") + b"/caf\xe9.mp4", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.close(fd)
+    (tmp_path / "groups.tsv").write_bytes(b"crash/caf\xe9.mp4\tsrc\xe9\n")
+    rows = {r.key: r for r in build_manifest("synth", tmp_path).rows}
+    assert set(rows) == {"crash/a.mp4", "crash/caf\\xe9.mp4"}
+    row = rows["crash/caf\\xe9.mp4"]
+    assert row.path.is_file() and os.fsencode(row.path).endswith(b"/caf\xe9.mp4")  # the real file, to open
+    assert media_path(tmp_path, row.key) == row.path
+    assert row.group == "src\\xe9"
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_groups_file_that_is_not_a_file_is_refused_by_name(tmp_path: Path, kind: str) -> None:
+    _touch(tmp_path, "crash/a.mp4")
+    if kind == "folder":
+        (tmp_path / "groups.tsv").mkdir()
+    else:
+        os.mkfifo(tmp_path / "groups.tsv")  # opening it would block the run
+    for dataset in ("synth", "folder"):
+        with pytest.raises(InvalidInput, match=r"groups\.tsv is (a folder|not a regular file).*rename or remove it"):
+            build_manifest(dataset, tmp_path)
+
+
+def test_official_split_name_taken_by_a_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "c.zarr.official_split.json").mkdir()
+    with pytest.raises(InvalidInput, match="official_split.json is a folder"):
+        split_file_for(tmp_path / "c.zarr", None, "recognition")
