@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cache_schema import InvalidInput, MissingInput, write_json
+from cache_schema import InvalidInput, MissingInput, optional_file, write_json
 
 from .data import CacheData
 
@@ -277,7 +277,7 @@ def load_or_create_split(data: CacheData, config: SplitConfig) -> Split:
         split = _from_explicit(data, groups, labels, config, source)
     else:
         path = default_split_path(data.path)
-        if path.exists():
+        if optional_file(path, "the split stored beside the cache") is not None:
             stored = read_stored_split(path)
             info = stored.info
             want = config.recipe(source)

@@ -188,6 +188,16 @@ def test_a_damaged_stored_split_is_named(trained, tmp_path: Path, damage: str) -
     assert "delete it" in line
 
 
+def test_a_folder_in_place_of_the_stored_split_is_named(trained, tmp_path: Path) -> None:
+    """The name ``<cache>.split.json`` taken by a folder was an IsADirectoryError traceback."""
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(trained[0], cache)
+    stored = tmp_path / "c.zarr.split.json"
+    stored.mkdir()
+    line = assert_one_error(invoke("train", "--cache", cache, "--out", tmp_path / "r"), stored)
+    assert "is a folder" in line
+
+
 def test_a_damaged_official_split_is_named_by_detection(trained, tmp_path: Path) -> None:
     """evaluate --detection looks up the annotations in the official split file the run
     was trained with: a damaged one is named, not taken for "nothing recorded"."""
