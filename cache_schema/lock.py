@@ -9,7 +9,7 @@ has it open would let two processes lock two different inodes of the same name.
 A forked child inherits the descriptor, and an flock belongs to the open file
 description, not to a process: a child that outlived a killed parent would keep the
 cache locked. So every forked child closes its copies at once (an ``os.register_at_fork``
-hook; :meth:`CacheLock.release_in_child` is the same for one lock), without unlocking,
+hook; :meth:`FileLock.release_in_child` is the same for one lock), without unlocking,
 which would release the parent's lock too. Descriptors are also close-on-exec.
 
 The file's content (pid, host, start time) is only there to make the refusal message
@@ -30,6 +30,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidInput
 from .schema import CacheError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def lock_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".lock")
 
 
-_HELD: "weakref.WeakSet[CacheLock]" = weakref.WeakSet()  # locks this process holds now
+_HELD: "weakref.WeakSet[FileLock]" = weakref.WeakSet()  # locks this process holds now
 
 
 def _close_held_in_child() -> None:
@@ -60,39 +61,39 @@ def _close_held_in_child() -> None:
 os.register_at_fork(after_in_child=_close_held_in_child)
 
 
-class CacheLock:
-    """Exclusive, non-blocking lock of one cache path for the life of a job.
+class FileLock:
+    """Exclusive, non-blocking ``flock`` of one lock file for the life of a job (module doc):
+    released by the kernel when the holder dies, never held by a forked child.
 
-    Use as a context manager, or :meth:`acquire` / :meth:`release`. Never held by a
-    forked child (module doc).
-    """
+    Subclasses say what is locked through two public hooks: :meth:`busy` (the error when
+    another process holds it) and :meth:`unavailable` (the error when the lock file cannot
+    be made or locked). Use as a context manager, or :meth:`acquire` / :meth:`release`."""
 
-    def __init__(self, cache: str | Path) -> None:
-        self.cache = Path(cache)
-        self.path = lock_path(self.cache)
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
         self._fd: int | None = None
 
-    def acquire(self) -> "CacheLock":
+    def busy(self, holder: str) -> Exception:
+        """The error raised when ``holder`` (pid, host, start time) has the lock."""
+        return InvalidInput(f"{self.path} is locked by {holder}; wait for it to finish")
+
+    def unavailable(self, exc: OSError, opening: bool) -> Exception:
+        """The error raised when the lock file cannot be created (``opening``) or locked."""
+        return InvalidInput(f"cannot lock {self.path} ({exc.strerror or exc})")
+
+    def acquire(self) -> "FileLock":
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            why = exc.strerror or str(exc)
-            if isinstance(exc, (FileExistsError, NotADirectoryError)):
-                why = f"a part of {self.path.parent} is a file, not a folder"
-            raise CacheWriteError(
-                f"cannot write the cache at {self.cache}: {why}; choose an --out inside a folder you can write to"
-            ) from exc
+            raise self.unavailable(exc, opening=True) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise CacheLocked(self._refusal()) from None
-            raise CacheWriteError(
-                f"cannot lock {self.path} ({exc.strerror or exc}); the filesystem may not support flock "
-                "(Lustre: mount with -o flock)"
-            ) from exc
+                raise self.busy(self.holder()) from None
+            raise self.unavailable(exc, opening=False) from exc
         self._fd = fd
         _HELD.add(self)
         self._write_owner()
@@ -119,13 +120,10 @@ class CacheLock:
         except (OSError, ValueError):
             return {}
 
-    def _refusal(self) -> str:
+    def holder(self) -> str:
+        """``pid N (host H) since T`` of the process that holds (or last held) the lock."""
         o = self.owner()
-        who = f"pid {o.get('pid', '?')} (host {o.get('host', '?')}) since {o.get('since', '?')}"
-        return (
-            f"cache {self.cache} is being written by {who}; wait for it to finish or use another --out. "
-            f"(The lock is {self.path}; the kernel releases it when that process exits, so it never goes stale.)"
-        )
+        return f"pid {o.get('pid', '?')} (host {o.get('host', '?')}) since {o.get('since', '?')}"
 
     @property
     def held(self) -> bool:
@@ -153,8 +151,35 @@ class CacheLock:
             pass
         self._fd = None
 
-    def __enter__(self) -> "CacheLock":
-        return self.acquire()
+    def __enter__(self) -> "FileLock":
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class CacheLock(FileLock):
+    """One writing job per cache: the lock file ``<cache>.lock`` beside it."""
+
+    def __init__(self, cache: str | Path) -> None:
+        self.cache = Path(cache)
+        super().__init__(lock_path(self.cache))
+
+    def busy(self, holder: str) -> Exception:
+        return CacheLocked(
+            f"cache {self.cache} is being written by {holder}; wait for it to finish or use another --out. "
+            f"(The lock is {self.path}; the kernel releases it when that process exits, so it never goes stale.)"
+        )
+
+    def unavailable(self, exc: OSError, opening: bool) -> Exception:
+        if not opening:
+            return CacheWriteError(f"cannot lock {self.path} ({exc.strerror or exc}); the filesystem may not support "
+                                   "flock (Lustre: mount with -o flock)")
+        why = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why = f"a part of {self.path.parent} is a file, not a folder"
+        return CacheWriteError(f"cannot write the cache at {self.cache}: {why}; choose an --out inside a folder you "
+                               "can write to")
+
+
+__all__ = ["CacheLock", "CacheLocked", "CacheWriteError", "FileLock", "lock_path"]

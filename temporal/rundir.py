@@ -26,22 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as _dt
-import errno
-import fcntl
 import io
 import json
 import logging
-import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from cache_schema import AvarError, BackboneInfo, InvalidInput, MissingInput
+from cache_schema import AvarError, BackboneInfo, FileLock, InvalidInput, MissingInput, write_json, write_text
 
-from cache_schema import write_json, write_text
 from .data import streams_for
 from .split import Split, split_from_json
 from .train_config import TrainConfig
@@ -71,64 +65,22 @@ class RunExists(RunError, InvalidInput):
     """The folder already holds a run, and neither resuming nor overwriting it was asked."""
 
 
-class RunLock:
+class RunLock(FileLock):
     """The exclusive, non-blocking ``flock`` of one run directory, held while a run writes
-    it (see :meth:`RunDir.claim`). The lock file's content (pid, host, start time) only
-    serves the refusal message; the lock itself is the ``flock``."""
+    it (see :meth:`RunDir.claim`); ``cache_schema.FileLock`` does the locking (released by
+    the kernel when the holder dies, never held by a forked child)."""
 
     def __init__(self, run: "RunDir") -> None:
         self.run = run
-        self._fd: int | None = None
+        super().__init__(run.lock_file)
 
-    def acquire(self) -> "RunLock":
-        path = self.run.lock_file
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunBusy(self._refusal()) from None
-            raise RunError(f"cannot lock {path} ({exc.strerror or exc}); the filesystem may not support flock: "
-                           "choose an --out on a local disk") from exc
-        self._fd = fd
-        owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
-        except OSError as exc:  # the lock holds; only a refused peer's message suffers
-            logger.warning("could not record the owner in %s: %s", path, exc)
-        return self
+    def busy(self, holder: str) -> Exception:
+        return RunBusy(f"run directory {self.run.path} is being written by another process, {holder}; wait for it "
+                       f"to finish or choose another --out (the lock {self.path} is released when that process exits)")
 
-    def _refusal(self) -> str:
-        try:
-            o = json.loads(self.run.lock_file.read_text() or "{}")
-            o = o if isinstance(o, dict) else {}
-        except (OSError, ValueError):
-            o = {}
-        who = f"pid {o.get('pid', '?')} (host {o.get('host', '?')}) since {o.get('since', '?')}"
-        return (f"run directory {self.run.path} is being written by another process, {who}; wait for it to "
-                f"finish or choose another --out (the lock {self.run.lock_file} is released when that process exits)")
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self if self.held else self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def unavailable(self, exc: OSError, opening: bool) -> Exception:
+        return RunError(f"cannot lock {self.path} ({exc.strerror or exc}); the filesystem may not support flock: "
+                        "choose an --out on a local disk")
 
 
 @dataclass(frozen=True)
