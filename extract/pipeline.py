@@ -318,8 +318,7 @@ def audio_step_mask(clip: DecodedClip) -> np.ndarray:
     t = len(clip.step_times)
     if clip.audio is None:
         return np.zeros(t, bool)
-    start, end = clip.step_bounds[:, 0], clip.step_bounds[:, 1]
-    return start < clip.audio_end - 1e-6
+    return clip.step_bounds[:, 0] < clip.audio_end - 1e-6
 
 
 class FeatureExtractor:

@@ -310,8 +310,6 @@ def test_plot_failures_are_entries_and_names_are_unique_per_video(synthetic_run:
     videos sharing the base name ``cam`` each get their own timeline; a figure that cannot
     be written is that video's plot error, the others go on, exit 1; an unusable --plot
     (``.txt``, a folder that is a file) is refused before any work, exit 2, one line."""
-    import os
-
     from apply import timeline_paths
 
     src = synthetic_run.parent / "media" / "normal" / "clip_00.mp4"
