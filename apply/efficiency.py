@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache_schema import SAMPLE_RATE, write_json, write_text
+from cache_schema import SAMPLE_RATE, check_output_file, write_json, write_text
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.decode import DecodedClip, decode_clip
 from extract.manifest import ManifestRow
@@ -210,6 +210,8 @@ def measure(cfg: BenchConfig, paths: list[Path], device: str, precision: str) ->
 
 def run(cfg: BenchConfig, out: Path) -> dict[str, Any]:
     """Measure every target, write ``out`` (JSON) and the same path with ``.md``."""
+    check_output_file(out)
+    check_output_file(Path(out).with_suffix(".md"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         logger.info("writing %d benchmark clips (%g s, %dx%d, %d fps)", cfg.clips, cfg.duration, cfg.width,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cache_schema import storable_text
+
 from .results import VideoPrediction
 
 
@@ -16,11 +18,12 @@ def format_table(preds: Sequence[VideoPrediction]) -> str:
     and its failed windows."""
     if not preds:
         return "no videos"
-    name_w = min(max(len(Path(p.video).name) for p in preds), 48)
+    names = display_names([p.video for p in preds])
+    name_w = min(max(len(n) for n in names), 48)
     head = f"{'video':<{name_w}}  {'class':<14} {'p':>5}  {'anomaly':>7}  {'peak at':>9}  {'duration':>8}"
     lines = [head, "-" * len(head)]
-    for p in preds:
-        name = Path(p.video).name[:name_w]
+    for p, name in zip(preds, names):
+        name = name[-name_w:]
         if p.error:
             lines.append(f"{name:<{name_w}}  ERROR: {p.error}")
             continue
@@ -41,10 +44,17 @@ def format_table(preds: Sequence[VideoPrediction]) -> str:
     return "\n".join(lines)
 
 
+def display_names(videos: Sequence[str]) -> list[str]:
+    """How the table names each video: its file name, or its whole path where two videos
+    of one batch share a file name; bytes that are not UTF-8 shown as ``\\xHH``."""
+    base = [Path(v).name for v in videos]
+    return [storable_text(v if base.count(b) > 1 else b) for v, b in zip(videos, base)]
+
+
 def to_json_lines(preds: Iterable[VideoPrediction]) -> Iterator[str]:
     """One JSON object per video (JSON Lines)."""
     for p in preds:
         yield json.dumps(p.to_json())
 
 
-__all__ = ["format_table", "to_json_lines"]
+__all__ = ["display_names", "format_table", "to_json_lines"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cache_schema import ClipRecord
+from cache_schema import ClipRecord, storable_text
 from temporal.timeline import Segment, json_number, score_peak
 
 
@@ -99,7 +99,7 @@ class VideoPrediction:
         """``{video, label, probs, steps: [{t, score}], error}`` plus the windows, segments,
         duration and mode."""
         return {
-            "video": self.video, "label": self.label, "probs": probs_json(self.probs, self.class_names),
+            "video": storable_text(self.video), "label": self.label, "probs": probs_json(self.probs, self.class_names),
             "steps": [{"t": round(float(t), 4), "score": json_number(s)} for t, s in zip(self.times, self.scores)],
             "error": self.error,
             "duration": None if self.duration is None else round(self.duration, 4), "mode": self.mode,

@@ -4,7 +4,7 @@ caches (or a run and the backbones loaded for new media) hold the same features
 (``feature_identity_differences``, ``backbone_differences``); and the atomic writes
 (``replace_atomically``, ``write_json``, ``write_text``) every stage uses for its files."""
 
-from .atomic import finite_json, json_text, replace_atomically, temporary_path, write_bytes, write_json, write_text
+from .atomic import check_output_file, finite_json, json_text, replace_atomically, temporary_path, write_bytes, write_json, write_text
 from .errors import AvarError, InvalidInput, MissingInput
 from .identity import (
     backbone_differences,
@@ -42,7 +42,7 @@ from .writer import CacheWriter
 
 __all__ = [
     "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path",
-    "split_file_for", "finite_json", "json_text", "replace_atomically", "temporary_path", "write_bytes", "write_json",
+    "split_file_for", "check_output_file", "finite_json", "json_text", "replace_atomically", "temporary_path", "write_bytes", "write_json",
     "write_text", "optional_file", "die_with_parent", "spawned_worker_init", "key_from_relpath", "media_path",
     "relpath_from_key", "storable_text", "FileLock",
     "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",

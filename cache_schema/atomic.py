@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import InvalidInput
+
 
 def temporary_path(path: str | Path) -> Path:
     """Where :func:`replace_atomically` writes before the rename: the same folder (so the
@@ -88,5 +90,23 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1, newline: bool
     return write_text(path, json_text(obj, indent) + ("\n" if newline else ""))
 
 
-__all__ = ["finite_json", "json_text", "replace_atomically", "temporary_path", "write_bytes", "write_json",
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """``path`` as a place a file can be written, or ``InvalidInput`` saying why not (a
+    folder in its place, a file where a folder should be, a folder that is not writable).
+    Called before a command's work starts, so that it never computes everything and then
+    fails on its output option."""
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInput(f"{option} {path} is a folder; give a file name inside it, e.g. {path / 'out.json'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InvalidInput(f"{option} {path}: {folder} is not a folder; choose another output path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInput(f"{option} {path}: the folder {folder} is not writable; choose another output path")
+    return path
+
+
+__all__ = ["check_output_file", "finite_json", "json_text", "replace_atomically", "temporary_path", "write_bytes", "write_json",
            "write_text"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from cache_schema import spawned_worker_init, write_json
+from cache_schema import check_output_file, spawned_worker_init, write_json
 from synth.bench_clip import write_bench_clip
 
 from .decode import decode_all_frames_sequentially, decode_clip
@@ -107,6 +107,7 @@ def _probe_in_subprocess(path: Path, cfg: ExtractConfig) -> dict[str, Any]:
 
 def run_bench(out: Path, cfg: ExtractConfig, n_clips: int = 8) -> dict[str, Any]:
     """Every figure of ``bench extract`` on freshly written clips; the JSON goes to ``out``."""
+    check_output_file(out)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         logger.info("writing benchmark clips")

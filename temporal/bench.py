@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cache_schema import SAMPLE_RATE, BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord, write_json
+from cache_schema import (SAMPLE_RATE, BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord, check_output_file,
+                          write_json)
 
 from .data import CacheData, HeadInputs, load_cache
 from .train import TrainConfig, build_model, make_optimizer, torch_threads, train_epoch
@@ -59,6 +60,8 @@ def bench_train(out_json: str | Path | None = None, n_clips: int = 3000, steps: 
     ``grid``. Every setting gets its own model; the settings take turns epoch by epoch, so
     that a slow spell of this shared machine hits them all alike (the ratios between them
     are what one run can vouch for)."""
+    if out_json is not None:
+        check_output_file(out_json)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         t0 = time.perf_counter()
         cache = build_bench_cache(Path(tmp) / "bench.zarr", n_clips=n_clips, steps=steps, video_dim=video_dim,

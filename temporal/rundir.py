@@ -303,6 +303,14 @@ class RunDir:
             raise InvalidInput(f"--resume continues the run in {self.path} and --overwrite replaces it; pass one")
         if resume and not self.path.is_dir():
             raise MissingRunFile(f"{self.path} holds no run to resume; train without --resume")
+        if self.path.is_dir():  # a run owns its folder: never scatter one among other files
+            ours = {p.name for p in self.run_files()} | {self.lock_file.name, self.figures.name}
+            other = sorted(p.name for p in self.path.iterdir()
+                           if p.name not in ours and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+            if other:
+                raise RunExists(f"--out {self.path} is a folder holding other files ({', '.join(other[:3])}"
+                                f"{', ...' if len(other) > 3 else ''}), not a run directory; choose a new or empty "
+                                "folder for the run")
         lock = RunLock(self.create()).acquire()
         try:
             existing = [p for p in self.run_files() if p.exists()]

@@ -332,6 +332,8 @@ def test_plot_failures_are_entries_and_names_are_unique_per_video(synthetic_run:
             assert Path(line["plot"]) == path and path.stat().st_size > 10_000
     table = _cli("predict", str(synthetic_run), str(videos[0]), str(videos[1]), "--plot", str(out))
     assert table.exit_code == 1 and "plot failed" in table.output
+    assert "pa/cam.mp4" in table.output and "pb/cam.mp4" in table.output  # two cam.mp4 rows told apart
+    assert "\\udce9" not in result.stdout and "caf\\\\xe9.mp4" in result.stdout  # valid UTF-8, as cache keys
     (tmp_path / "afile").write_text("")
     for bad in (tmp_path / "out.txt", tmp_path / "afile" / "t.png", tmp_path / ("y" * 251 + ".png")):
         refused = _cli("predict", str(synthetic_run), str(videos[0]), "--plot", str(bad))

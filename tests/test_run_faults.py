@@ -262,3 +262,17 @@ def test_an_out_inside_the_cache_or_on_a_file_is_refused(cache: Path, tmp_path: 
     assert a_file.read_text() == "mine"
     with pytest.raises(RunError, match="is a file, not a folder"):
         train(cache, a_file / "run", ONE)
+
+
+def test_an_out_that_is_a_folder_of_other_files_is_refused(cache: Path, tmp_path: Path) -> None:
+    """A run owns its folder: ``--out`` pointing at a folder of the user's files (here the
+    one holding the dataset) once scattered a run's files among them."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    result = _cli("train", "--cache", str(cache), "--out", str(folder), "--epochs", "1")
+    assert result.exit_code == 2 and "not a run directory" in result.output and "notes.txt" in result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _cli("train", "--cache", str(cache), "--out", str(empty), "--epochs", "1").exit_code == 0
