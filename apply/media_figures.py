@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
-from cache_schema import AvarError, InvalidInput, MissingInput, media_path
+from cache_schema import AvarError, InvalidInput, MissingInput, check_output_file, media_path
 from extract.decode import decode_clip
 from extract.windows import thumbnail
 from temporal.figures import figure_file, predict_test_split, run_figures
@@ -242,14 +242,8 @@ def check_figure_path(path: str | Path, option: str = "--plot") -> Path:
     if fmt not in figure_formats():
         raise InvalidInput(f"{option} {path}: matplotlib cannot write '.{fmt}' figures; use one of "
                            f"{', '.join('.' + f for f in figure_formats())} (e.g. .png)")
-    if path.exists() and path.is_dir():
-        raise InvalidInput(f"{option} {path} is a folder; give a file name such as {path / 'timeline.png'}")
-    folder = _existing_ancestor(path)
-    if not folder.is_dir():
-        raise InvalidInput(f"{option} {path}: {folder} is not a folder; choose another output path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InvalidInput(f"{option} {path}: the folder {folder} is not writable; choose another output path")
-    limit = _name_max(folder) - _TMP_NAME_MARGIN
+    check_output_file(path, option, example="timeline.png")
+    limit = _name_max(_existing_ancestor(path)) - _TMP_NAME_MARGIN
     if len(os.fsencode(path.name)) > limit:
         raise InvalidInput(f"{option} {path}: the file name is longer than this file system allows "
                            f"({limit} bytes with the temporary name); choose a shorter name")

@@ -90,14 +90,14 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1, newline: bool
     return write_text(path, json_text(obj, indent) + ("\n" if newline else ""))
 
 
-def check_output_file(path: str | Path, option: str = "--out") -> Path:
+def check_output_file(path: str | Path, option: str = "--out", example: str = "out.json") -> Path:
     """``path`` as a place a file can be written, or ``InvalidInput`` saying why not (a
     folder in its place, a file where a folder should be, a folder that is not writable).
     Called before a command's work starts, so that it never computes everything and then
     fails on its output option."""
     path = Path(path)
     if path.is_dir():
-        raise InvalidInput(f"{option} {path} is a folder; give a file name inside it, e.g. {path / 'out.json'}")
+        raise InvalidInput(f"{option} {path} is a folder; give a file name inside it, e.g. {path / example}")
     folder = path.parent if str(path.parent) else Path(".")
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
