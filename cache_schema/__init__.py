@@ -18,11 +18,14 @@ from .keys import key_from_relpath, media_path, relpath_from_key, storable_text
 from .preprocessing import AudioPreprocessing, Crop, Normalization, Resize, VideoPreprocessing
 from .processes import die_with_parent, spawned_worker_init
 from .lock import FileLock
+from .layout import StepLayout
 from .reader import CacheReader, open_cache
 from .schema import (
+    GRID_IDENTITY_KEYS,
     IDENTITY_KEYS,
     SAMPLE_RATE,
     SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_PENDING,
@@ -48,8 +51,8 @@ __all__ = [
     "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
     "informational_differences",
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",
-    "IDENTITY_KEYS", "SAMPLE_RATE",
-    "SCHEMA_VERSION", "STATUS_ERROR", "STATUS_OK", "STATUS_PENDING", "UNLABELLED", "BackboneInfo",
+    "GRID_IDENTITY_KEYS", "IDENTITY_KEYS", "SAMPLE_RATE", "StepLayout",
+    "SCHEMA_VERSION", "SCHEMA_VERSIONS", "STATUS_ERROR", "STATUS_OK", "STATUS_PENDING", "UNLABELLED", "BackboneInfo",
     "CacheConfig", "CacheConfigMismatch", "CacheError", "CacheSchemaError", "ClipEntry", "ClipRecord",
     "FORMATS", "detect_format", "ValidationReport", "validate", "CacheWriter", "CacheReader", "open_cache",
 ]

@@ -33,7 +33,7 @@ import json
 from typing import Any, Mapping, Union
 
 from .legacy import upgrade_preprocessing
-from .schema import IDENTITY_KEYS, BackboneInfo
+from .schema import GRID_IDENTITY_KEYS, IDENTITY_KEYS, BackboneInfo
 
 BackboneLike = Union[BackboneInfo, Mapping[str, Any]]
 """A BackboneInfo, or a dict with its fields (a cache's ``video_backbone`` attribute, a
@@ -79,6 +79,7 @@ def cache_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The identity part of a cache's attributes, backbones in today's form (what a run
     records as its ``cache_identity``)."""
     out = {k: attrs.get(k) for k in IDENTITY_KEYS}
+    out.update({k: attrs[k] for k in GRID_IDENTITY_KEYS if k in attrs})  # time-grid caches only
     for key in BACKBONE_KEYS:
         if isinstance(out[key], Mapping):
             out[key] = BackboneInfo.from_dict(out[key]).to_dict()

@@ -14,6 +14,9 @@ from .schema import ARRAY_BY_NAME, STATUS_ERROR, STATUS_OK, STATUS_PENDING, Cach
 from .storage import open_backend
 
 FEATURE_FIELDS = ("video", "audio", "video_mask", "audio_mask", "label")
+STEP_FIELDS = ("video", "audio", "video_mask", "audio_mask", "step_time")
+"""The per-step arrays: one row per step (dense caches: ``[N, T, ...]``; ragged: every
+clip's steps concatenated)."""
 
 
 class CacheReader:
@@ -93,6 +96,35 @@ class CacheReader:
             for name, a in out.items():
                 if isinstance(a, np.ndarray) and a.dtype != object:
                     out[name] = torch.from_numpy(np.ascontiguousarray(a))
+        return out
+
+    def load_steps(
+        self,
+        fields: Sequence[str] = ("label", "video", "audio", "video_mask", "audio_mask"),
+        rows: np.ndarray | None = None,
+        only_ok: bool = True,
+        float32: bool = True,
+    ) -> dict[str, Any]:
+        """Arrays for ``rows`` in the ragged form that serves both layouts: per-clip fields
+        ``[N, ...]``, per-step fields (``STEP_FIELDS``) with every clip's steps concatenated
+        in row order ``[S, ...]``, and ``offsets`` ``[N + 1]`` (clip ``i``'s steps are
+        ``offsets[i]:offsets[i + 1]``), plus ``row`` and ``key``. Nothing is padded: this is
+        how stage 2 holds a cache whose clips have different step counts in memory.
+
+        Dense (v1) caches read as ragged with ``T`` steps per clip."""
+        if rows is None:
+            rows = self.ok_rows() if only_ok else np.arange(self.n)
+        rows = np.asarray(rows, dtype=np.int64)
+        step_fields = [f for f in fields if f in STEP_FIELDS]
+        clip_fields = [f for f in fields if f not in STEP_FIELDS]
+        out = self.load(fields=clip_fields, rows=rows, only_ok=only_ok, float32=float32)
+        t = self.config.steps
+        out["offsets"] = np.arange(len(rows) + 1, dtype=np.int64) * t
+        for name in step_fields:
+            a = self.read(name)[rows]
+            if float32 and ARRAY_BY_NAME[name].feature:
+                a = a.astype(np.float32)
+            out[name] = a.reshape(len(rows) * t, *a.shape[2:])
         return out
 
     def clips(self) -> list[dict[str, Any]]:

@@ -15,9 +15,22 @@ import numpy as np
 
 from .errors import AvarError, InvalidInput
 from .keys import storable_text
+from .layout import StepLayout
 from .legacy import upgrade_preprocessing
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest schema. Version 1 is the dense layout of fixed-step caches (``--steps T``:
+per-step arrays ``[N, T, ...]``), still written for them, so that their files and
+identities are what they always were; version 2 adds the ragged layout of time-grid
+caches (``--step-seconds S``: every clip's steps concatenated, see ``docs/cache.md``)."""
+DENSE_SCHEMA_VERSION = 1
+RAGGED_SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (DENSE_SCHEMA_VERSION, RAGGED_SCHEMA_VERSION)
+
+
+def schema_version_for(layout: StepLayout) -> int:
+    """The schema version a cache of this step layout is written with."""
+    return RAGGED_SCHEMA_VERSION if layout.grid else DENSE_SCHEMA_VERSION
 
 SAMPLE_RATE = 16000
 """The contract's audio rate (Hz): stage 1 decodes every clip's audio to mono at this rate
@@ -78,43 +91,63 @@ class BackboneInfo:
 
 IDENTITY_KEYS = ("schema_version", "steps", "sample_rate", "feature_dtype", "video_backbone", "audio_backbone",
                  "class_names")
-"""The cache attributes that form its identity (``CacheConfig.identity()``)."""
+"""The cache attributes that form the identity of every cache (``CacheConfig.identity()``)."""
+GRID_IDENTITY_KEYS = ("step_seconds", "frames_per_step")
+"""Identity attributes of time-grid caches only (absent from fixed-step ones, whose
+identity stays what it was before grids existed)."""
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     """Everything that must match for features to be comparable across clips."""
 
-    steps: int
+    steps: int                  # fixed layout: steps per clip; 0 on a time grid
     sample_rate: int
     video: BackboneInfo
     audio: BackboneInfo
     class_names: tuple[str, ...]
     feature_dtype: str = "float16"
+    step_seconds: float = 0.0   # time grid: seconds per step (then ``steps`` is 0)
+    frames_per_step: int = 1    # time grid: video frames averaged per step
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise InvalidInput(f"steps must be >= 1, got {self.steps}")
+        self.layout  # raises on an impossible combination
         if self.feature_dtype not in FEATURE_DTYPES:
             raise InvalidInput(f"feature_dtype must be one of {FEATURE_DTYPES}")
+
+    @property
+    def layout(self) -> StepLayout:
+        return StepLayout(self.steps, self.step_seconds, self.frames_per_step)
+
+    @property
+    def ragged(self) -> bool:
+        """Time-grid caches store every clip's own number of steps (schema v2)."""
+        return self.layout.grid
+
+    @property
+    def schema_version(self) -> int:
+        return schema_version_for(self.layout)
 
     def identity(self) -> dict[str, Any]:
         """The JSON-comparable form used to refuse mixing configurations (compared by
         ``cache_schema.identity.feature_identity_differences``); its keys are
-        ``IDENTITY_KEYS``."""
+        ``IDENTITY_KEYS``, plus ``GRID_IDENTITY_KEYS`` on a time grid."""
+        layout = self.layout.to_attrs()
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": self.schema_version,
             "steps": self.steps,
             "sample_rate": self.sample_rate,
             "feature_dtype": self.feature_dtype,
             "video_backbone": self.video.to_dict(),
             "audio_backbone": self.audio.to_dict(),
             "class_names": list(self.class_names),
+            **{k: layout[k] for k in GRID_IDENTITY_KEYS if k in layout},
         }
 
     @staticmethod
     def from_attrs(attrs: dict[str, Any]) -> "CacheConfig":
         try:
+            layout = StepLayout.from_attrs(attrs)
             return CacheConfig(
                 steps=int(attrs["steps"]),
                 sample_rate=int(attrs["sample_rate"]),
@@ -122,10 +155,12 @@ class CacheConfig:
                 audio=BackboneInfo.from_dict(attrs["audio_backbone"]),
                 class_names=tuple(attrs["class_names"]),
                 feature_dtype=str(attrs["feature_dtype"]),
+                step_seconds=layout.step_seconds,
+                frames_per_step=layout.frames_per_step,
             )
         except KeyError as exc:
             raise CacheSchemaError(f"cache attributes lack {exc}; is this an AVAR feature cache?") from None
-        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+        except (TypeError, ValueError, AttributeError, InvalidInput) as exc:  # a field of the wrong type
             raise CacheSchemaError(f"cache attributes are malformed ({exc}); is this an AVAR feature cache?") from None
 
     @property
@@ -226,10 +261,19 @@ class ClipRecord:
         return ClipRecord(key=key, status=STATUS_ERROR, error=storable_text(reason) or "unknown error",
                           duration=duration)
 
+    def step_count(self, config: CacheConfig) -> int:
+        """The clip's number of steps: the cache's ``steps``, or on a time grid the length
+        of its ``step_time`` (0 for a failed clip, which holds no step)."""
+        if not config.ragged:
+            return config.steps
+        if self.status != STATUS_OK or self.step_time is None:
+            return 0
+        return int(len(self.step_time))
+
     def as_row(self, config: CacheConfig) -> dict[str, Any]:
         """Arrays for this clip, with zeros wherever a modality is absent so that a reader
-        never sees stale or invented features."""
-        t = config.steps
+        never sees stale or invented features. Per-step arrays have ``step_count`` rows."""
+        t = self.step_count(config)
         dt = np.dtype(config.feature_dtype)
 
         def feat(x: np.ndarray | None, dim: int, mask: np.ndarray) -> np.ndarray:

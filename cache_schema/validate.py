@@ -19,7 +19,7 @@ import numpy as np
 
 from .schema import (
     ARRAYS,
-    SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_PENDING,
@@ -68,8 +68,8 @@ def validate(path: str | Path) -> ValidationReport:
 def _validate(backend: Backend, report: ValidationReport) -> None:
     p = report.problems
     attrs = backend.get_attrs()
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        p.append(f"schema_version is {attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if attrs.get("schema_version") not in SCHEMA_VERSIONS:
+        p.append(f"schema_version is {attrs.get('schema_version')!r}, expected one of {SCHEMA_VERSIONS}")
         return
     try:
         config = CacheConfig.from_attrs(attrs)

@@ -31,7 +31,6 @@ from .schema import (
     ARRAY_BY_NAME,
     ARRAYS,
     RECORD_ARRAYS,
-    SCHEMA_VERSION,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_PENDING,
@@ -179,10 +178,10 @@ class CacheWriter:
     @staticmethod
     def _check_identity(path: Path, attrs: dict[str, Any], config: CacheConfig, warn: bool = True) -> None:
         version = attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != config.schema_version:
             raise CacheSchemaError(
-                f"{path} has schema version {version!r}, this code writes {SCHEMA_VERSION}; "
-                "extract into a new cache path"
+                f"{path} has schema version {version!r}, and a cache of {config.layout.describe()} is written with "
+                f"version {config.schema_version}; extract into a new cache path"
             )
         requested = config.identity()
         recorded = {k: attrs.get(k) for k in requested}
