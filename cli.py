@@ -61,11 +61,15 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["synth", "vaar", "folder", "xd-violence"]), required=True,
-              help="Dataset layout of --root.")
+@click.option("--dataset", type=click.Choice(["synth", "vaar", "folder", "xd-violence", "classes", "manifest"]),
+              required=True, help="Dataset layout of --root (classes: ROOT/[split/]<label>/<clip>, any labels; "
+                                  "manifest: the --manifest file).")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--lists", type=click.Path(path_type=Path), default=None,
               help="xd-violence: folder with the train/test lists and annotations.txt [ROOT/lists, else ROOT].")
+@click.option("--manifest", "manifest_file", type=click.Path(path_type=Path), default=None,
+              help="manifest: CSV, TSV or JSON lines with 'path' (relative to --root) and optional 'label', "
+                   "'group', 'split'.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache path (.zarr directory or .h5 file).")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None,
@@ -87,8 +91,8 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
               help="Clips per chunk of a new cache; under torchrun a rank's unit of work.")
 @click.option("--dist-timeout", default=7200.0, show_default=True, type=click.FloatRange(1),
               help="Under torchrun: seconds a rank waits for the others (rank 0's setup, the slowest shard).")
-def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int, fmt: str | None, backbones: str,
-            video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
+def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | None, out: Path, steps: int,
+            fmt: str | None, backbones: str, video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
             workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
             dist_timeout: float) -> None:
     """Stage 1: decode each clip once, run the frozen backbones, write the feature cache.
@@ -105,7 +109,7 @@ def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int,
         batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
         retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout,
     )
-    prepared = prepare_dataset(dataset, root, out, lists)
+    prepared = prepare_dataset(dataset, root, out, lists, manifest_file=manifest_file)
     if prepared.summary:
         click.echo(prepared.summary)
     summary = run_extract(prepared.manifest, out, cfg)

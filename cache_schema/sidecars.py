@@ -1,8 +1,9 @@
 """Files that stage 1 writes beside a cache for stage 2 to find, named here once, and
 the one rule for every optional file the project reads by its name.
 
-XD-Violence's official train/test split is one: extraction writes it, and a ``--task``
-run without an explicit ``--split-file`` uses it.
+A dataset's own split is one (XD-Violence's official lists; a ``classes`` dataset's split
+folders or a ``split`` column): extraction writes it, and every run of that cache
+without an explicit ``--split-file`` uses it.
 
 The rule (:func:`optional_file`): an optional file that is absent is simply not used;
 one whose name is taken by something that is not a regular file (a folder, a FIFO, a
@@ -41,10 +42,12 @@ def optional_file(path: str | Path, what: str) -> Path | None:
 
 
 def split_file_for(cache: str | Path, split_file: str | Path | None, task: str | None) -> Path | None:
-    """The split a run uses: ``split_file`` when given; for a task run (XD-Violence), the
-    official split beside the cache when there is one; otherwise None (a seeded split)."""
-    if split_file or not task:
-        return Path(split_file) if split_file else None
+    """The split a run uses: ``split_file`` when given; else the dataset's own split beside
+    the cache when extraction wrote one (XD-Violence's, for a ``--task`` run or any other;
+    a ``classes`` or ``manifest`` dataset's split); otherwise None (a seeded split).
+    ``task`` is kept for the callers' sake: the rule no longer depends on it."""
+    if split_file:
+        return Path(split_file)
     return optional_file(official_split_path(cache), "the official split that extraction writes beside the cache")
 
 

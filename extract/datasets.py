@@ -1,7 +1,8 @@
 """A dataset name and root -> the manifest to extract, with what the dataset needs besides.
 
-XD-Violence also has an official train/test split; it is written beside the cache (by
-rank 0 alone under torchrun) so that stage 2's ``--task`` runs find it.
+XD-Violence has an official train/test split, and a ``classes`` or ``manifest`` dataset
+may have its own (split folders, a ``split`` column); it is written beside the cache (by
+rank 0 alone under torchrun) so that stage 2 finds it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .distributed import DistEnv
+from .labelled import describe_labelled, write_own_split
 from .manifest import DATASETS, Manifest, build_manifest
 from .xd_violence import load_xd_violence
 
@@ -25,12 +27,21 @@ class PreparedDataset:
 
 
 def prepare_dataset(dataset: str, root: str | Path, out: str | Path, lists: str | Path | None = None,
-                    env: DistEnv | None = None) -> PreparedDataset:
-    """The manifest of ``dataset`` under ``root``, for a cache at ``out``."""
+                    env: DistEnv | None = None, manifest_file: str | Path | None = None) -> PreparedDataset:
+    """The manifest of ``dataset`` under ``root``, for a cache at ``out`` (``manifest_file``:
+    the ``--manifest`` of ``--dataset manifest``)."""
+    main_rank = (env or DistEnv.from_environ()).is_main
+    if dataset in ("classes", "manifest"):
+        manifest = build_manifest(dataset, root, manifest_file)
+        if not main_rank:
+            return PreparedDataset(manifest)
+        written = write_own_split(manifest, out)
+        summary = describe_labelled(manifest) + (f"\nofficial split -> {written}" if written else "")
+        return PreparedDataset(manifest, summary)
     if dataset != "xd-violence":
-        return PreparedDataset(build_manifest(dataset, root))
+        return PreparedDataset(build_manifest(dataset, root, manifest_file))
     xd = load_xd_violence(root, lists)
-    if not (env or DistEnv.from_environ()).is_main:  # under torchrun, one rank speaks and writes
+    if not main_rank:  # under torchrun, one rank speaks and writes
         return PreparedDataset(xd.manifest)
     return PreparedDataset(xd.manifest, f"{xd.describe()}\nofficial split -> {xd.write_official_split(out)}")
 
