@@ -3,7 +3,9 @@
 The public face, by job (each name is loaded on first use, so importing one small module
 of the package, e.g. ``extract.sampling``, does not import timm and transformers):
 
-* datasets as manifests: ``prepare_dataset``, ``build_manifest``, ``Manifest``, ``ManifestRow``;
+* datasets as manifests: ``prepare_dataset``, ``build_manifest``, ``Manifest``, ``ManifestRow``,
+  ``walk_media`` (links followed, loops reported), ``read_manifest_file`` / ``ManifestFileError``
+  (``--dataset manifest``);
 * the decoding engine: ``MediaReader`` (probe, frames nearest target times, 16 kHz audio),
   and its two callers ``decode_clip`` (a clip cut into T steps) and ``decode_windows``
   (sliding windows over a video of any length); ``probe``, ``MediaInfo``, ``DecodeError``;
@@ -21,6 +23,7 @@ from typing import Any
 _WHERE = {
     "prepare_dataset": "datasets", "DATASET_NAMES": "datasets",
     "build_manifest": "manifest", "Manifest": "manifest", "ManifestRow": "manifest", "VAAR_CLASSES": "manifest",
+    "walk_media": "manifest", "read_manifest_file": "labelled", "ManifestFileError": "labelled",
     "MediaReader": "media_reader", "DecodeStats": "media_reader", "FrameGroup": "media_reader",
     "probe": "probe", "MediaInfo": "probe", "DecodeError": "probe", "ClipTimeout": "probe",
     "ImplausibleTimeline": "probe",

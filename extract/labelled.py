@@ -341,9 +341,12 @@ def write_own_split(manifest: Manifest, cache: str | Path) -> Path | None:
         _remove_stale_split(path)
         return None
     sizes = {p: len(k) for p, k in parts.items()}
-    if not parts["train"] or not parts["test"]:
-        logger.warning("the dataset's own split has no %s part (%s); stage 2 needs train and test: give it "
-                       "those, or pass --split-file to training", "train" if not parts["train"] else "test", sizes)
+    if not parts["train"] or not parts["test"]:  # e.g. only train/: nothing to hold out, so no split
+        logger.warning("the dataset's own split has no %s part (%s), so it is not written and stage 2 makes a "
+                       "seeded split; add %s clips to use it", "train" if not parts["train"] else "test", sizes,
+                       "train" if not parts["train"] else "test")
+        _remove_stale_split(path)
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     counts = {p: Counter(manifest.class_names[r.label] for r in manifest.rows if r.split == p and r.label >= 0)
               for p in parts}

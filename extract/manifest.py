@@ -127,8 +127,9 @@ def walk_media(root: Path) -> list[Path]:
 
 
 def read_groups(root: Path) -> dict[str, str]:
-    """``ROOT/groups.tsv`` by key (every dataset but XD-Violence reads it). Its names may be written as keys or as raw file names (bytes
-    that are not UTF-8 are read as such, and both become keys the same way)."""
+    """``ROOT/groups.tsv`` by key (every dataset but XD-Violence reads it). Its names may be
+    written as keys or as raw file names (bytes that are not UTF-8 are read as such, and
+    both become keys the same way)."""
     path = optional_file(root / GROUPS_FILE, "the optional groups file (key<TAB>source id per line)")
     if path is None:
         return {}

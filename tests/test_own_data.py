@@ -202,3 +202,37 @@ def test_symlinked_folders_files_and_loops(clips: dict, tmp_path: Path, caplog: 
     assert "dangling.mp4" in text
     # vaar and folder walk the same way
     assert len(build_manifest("folder", root)) == 5
+
+
+def _readme_block(after: str) -> str:
+    """The first plain code block of the "Your own data" section after the text ``after``."""
+    section = README.read_text().split("## Your own data", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```\n(.*?)```", section.split(after, 1)[1], re.S).group(1)
+
+
+def test_the_readme_metadata_and_manifest_examples_read_as_described(tmp_path: Path) -> None:
+    """The README's metadata.csv relabels and adds clips; its manifest matches the folders;
+    split folders with no test part write no split (stage 2 then makes a seeded one)."""
+    root = tmp_path / "footage"
+    for rel in ("fight/cam1_0001.mp4", "fight/2024-05/cam2_0007.mkv", "noFight/cam1_0002.mp4"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (tmp_path / "footage.csv").write_text(_readme_block("**A manifest**"))
+    listed = build_manifest("manifest", root, tmp_path / "footage.csv")
+    folders = build_manifest("classes", root)
+    assert [(r.key, r.label) for r in listed.rows] == [(r.key, r.label) for r in folders.rows]
+    assert listed.class_names == folders.class_names == ("fight", "noFight")
+    (root / "clip_9.mp4").write_bytes(b"x")
+    (root / "metadata.csv").write_text(_readme_block("**`metadata.csv`**"))
+    m = build_manifest("classes", root)
+    labels = {r.key: (m.class_names[r.label], r.group) for r in m.rows}
+    assert labels == {"clip_9.mp4": ("noFight", "cam3"), "fight/2024-05/cam2_0007.mkv": ("fight", ""),
+                      "fight/cam1_0001.mp4": ("fight", "cam1"), "noFight/cam1_0002.mp4": ("fight", "cam1")}
+    only_train = tmp_path / "only-train"
+    shutil.copytree(root / "fight", only_train / "train" / "fight")
+    assert prepare_dataset("classes", only_train, tmp_path / "c.zarr").summary.startswith("class")
+    assert not official_split_path(tmp_path / "c.zarr").exists()
+    (only_train / "fight2").mkdir()
+    (only_train / "fight2" / "a.mp4").write_bytes(b"x")
+    with pytest.raises(InvalidInput, match="mixes split folders"):
+        build_manifest("classes", only_train)
