@@ -11,6 +11,14 @@ from pathlib import Path
 import click
 
 
+PRECISION_HELP = ("auto: bf16 on a CPU with native bf16 (AMX / AVX-512 BF16) or a CUDA device that supports it, "
+                  "else fp32 (emulated bf16 is many times slower); the cache records the precision used.")
+
+
+NORMAL_CLASS_HELP = ("The class of normal clips: the binary view scores anomalies as 1 - p(NAME) (AP(anomaly)) "
+                     "[normal, if a class has that name; else no binary view].")
+
+
 class _Commands(click.Group):
     """The command group that turns the project's expected failures (``AvarError``: bad
     input, missing weights, a mismatched cache or run) into one line and exit status 2.
@@ -81,7 +89,8 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
 @click.option("--audio-model", default=None,
               help="HF audio model id or folder, or tiny/random [the preset's; pretrained: wav2vec2-base].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help=PRECISION_HELP)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per backbone batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip's decoding is given up (the backbones run later, on batches; a clip's length is checked against its packets first).")
@@ -136,6 +145,7 @@ def _train_options(f):
         click.option("--task", type=click.Choice(["xd-recognition", "xd-detection"]), default=None,
                      help="XD-Violence views: six violent classes, or normal vs violent."),
         click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads."),
+        click.option("--normal-class", default="", help=NORMAL_CLASS_HELP),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -144,7 +154,8 @@ def _train_options(f):
 
 def _train_config(head: str, modality: str, fusion: str, seed: int, epochs: int, batch_size: int, lr: float,
                   early_stop: int, class_weights: bool, split_seed: int, split_file: Path | None,
-                  groups_file: Path | None, group_pattern: str | None, threads: int, progress: bool = True):
+                  groups_file: Path | None, group_pattern: str | None, threads: int, normal_class: str = "",
+                  progress: bool = True):
     from temporal.split import SplitConfig
     from temporal.train import TrainConfig
 
@@ -152,7 +163,7 @@ def _train_config(head: str, modality: str, fusion: str, seed: int, epochs: int,
                         groups_file=str(groups_file) if groups_file else None, group_pattern=group_pattern)
     return TrainConfig(head=head, modality=modality, fusion=fusion, epochs=epochs, seed=seed, batch_size=batch_size,
                        lr=lr, early_stop=early_stop, class_weights=class_weights, threads=threads, split=split,
-                       progress=progress)
+                       normal_class=normal_class, progress=progress)
 
 
 def _list_heads(ctx: click.Context, _: click.Parameter, value: bool) -> None:
@@ -203,13 +214,14 @@ def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, ou
 @click.option("--fps", default=24.0, show_default=True, type=float, help="Frame rate of the annotations.")
 @click.option("--snippet-frames", default=0, show_default=True, type=click.IntRange(0),
               help="16 reproduces the official code's whole-snippet ground-truth length.")
+@click.option("--normal-class", default=None, help=NORMAL_CLASS_HELP + " [the run's own]")
 def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations: Path | None, fps: float,
-             snippet_frames: int) -> None:
+             snippet_frames: int, normal_class: str | None) -> None:
     """Accuracy, precision, recall, F1, per-class table, confusion matrix and AP of a run."""
     from temporal.evaluate import evaluate_run
     from temporal.metrics import format_summary
 
-    metrics = evaluate_run(rundir, cache=cache_path)
+    metrics = evaluate_run(rundir, cache=cache_path, normal_class=normal_class)
     if detection:
         from temporal.xd_detection import evaluate_detection
 
@@ -302,15 +314,17 @@ def bench() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help=PRECISION_HELP)
 def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
-                  device: str) -> None:
+                  device: str, precision: str) -> None:
     """Stage 1 with full-size architectures: decode plan vs minimum, end-to-end vs backbone-only,
     peak memory and time of a 120 s vs a 10 s 720p clip."""
     from extract.bench import run_bench
     from extract.pipeline import ExtractConfig
 
     cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
-                        progress=False, device=device)
+                        progress=False, device=device, precision=precision)
     click.echo(json.dumps(run_bench(out, cfg, clips), indent=2))
 
 
@@ -341,10 +355,11 @@ def bench_train(out: Path, clips: int, epochs: int, batch_sizes: str, threads: s
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CPU, plus CUDA fp32 and bf16/fp16 when a GPU is visible.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-              help="With --device cpu or cuda: only this precision.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: the CPU at fp32 (bf16 where it computes bf16 natively), a GPU at fp32 and bf16/fp16; "
+                   "any other: only this precision.")
 def bench_efficiency(out: Path, clips: int, duration: float, width: int, height: int, steps: int, workers: int,
-                     device: str, precision: str | None) -> None:
+                     device: str, precision: str) -> None:
     """The paper's Table 4: FPS, latency, inference and parameters (full-size, untrained)."""
     from apply.efficiency import BenchConfig, run, targets_for, to_markdown
 
@@ -378,7 +393,8 @@ def _int_list(text: str) -> list[int]:
 @click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
 @click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help=PRECISION_HELP)
 def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float | None, hop: float | None,
             plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
     """Predict the class and the anomaly-score timeline of raw VIDEOS with a trained RUNDIR.

@@ -36,6 +36,7 @@ import torch
 from cache_schema import SAMPLE_RATE, check_output_file, write_json, write_text
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.decode import DecodedClip, decode_clip
+from extract.frozen_model import AUTO, resolve_precision
 from extract.manifest import ManifestRow
 from extract.pipeline import Decoded, ExtractConfig, iter_decoded
 from synth.bench_clip import write_bench_clip
@@ -67,9 +68,10 @@ class BenchConfig:
 
 
 def default_targets() -> tuple[tuple[str, str], ...]:
-    """(device, precision) pairs: CPU fp32 always; on a GPU fp32 and bf16 (fp16 where the
-    GPU has no bf16)."""
-    out = [("cpu", "fp32")]
+    """(device, precision) pairs: the CPU at the precision ``auto`` picks for it (bf16 with
+    native bf16, else fp32: see ``extract.frozen_model.choose_precision``); on a GPU fp32
+    and bf16 (fp16 where the GPU has no bf16)."""
+    out = [("cpu", resolve_precision(AUTO, "cpu"))]
     if torch.cuda.is_available():
         out.append(("cuda", "fp32"))
         out.append(("cuda", "bf16" if torch.cuda.is_bf16_supported() else "fp16"))
@@ -99,13 +101,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def targets_for(device: str, precision: str | None) -> tuple[tuple[str, str], ...]:
-    """The (device, precision) rows of ``--device``/``--precision``: ``auto`` is
-    ``default_targets()``; a device alone is fp32 on the CPU, fp32 and bf16 on a GPU."""
+def targets_for(device: str, precision: str | None = AUTO) -> tuple[tuple[str, str], ...]:
+    """The (device, precision) rows of ``--device``/``--precision``. ``--device auto`` is
+    ``default_targets()`` (with an explicit precision: the CPU, and the GPU when visible, at
+    that precision). With ``--precision auto`` (or None) a CPU is measured at the
+    precision ``auto`` picks for it, a GPU at fp32 and its reduced precision (the
+    comparison a GPU row exists for); an explicit precision is the only row."""
+    precision = precision or AUTO
     if device == "auto":
-        return default_targets()
-    precisions = [precision] if precision else (["fp32"] if device == "cpu" else ["fp32", "bf16"])
-    return tuple((device, p) for p in precisions)
+        if precision == AUTO:
+            return default_targets()
+        return tuple((d, precision) for d in (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])))
+    if precision != AUTO:
+        return ((device, precision),)
+    if device == "cpu":
+        return (("cpu", resolve_precision(AUTO, "cpu")),)
+    return tuple((device, p) for p in ("fp32", "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                                       else "fp16"))
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from PIL import Image
 from cache_schema import (SAMPLE_RATE, AvarError, BackboneInfo, CacheConfig, backbone_differences,
                           informational_differences)
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
-from extract.frozen_model import resolve_device
+from extract.frozen_model import resolve_device, resolve_precision
 from temporal.evaluate import load_run
+from temporal.metrics import resolve_normal_class
 from temporal.rundir import RunDir
 
 from .predictor import PredictConfig, Predictor
@@ -126,8 +127,20 @@ def load_predictor(rundir: str | Path, config: PredictConfig = PredictConfig()) 
         if needs_audio else AbsentAudio(cache.audio.dim)
     logger.info("run %s: %s head on %s, %d steps, classes %s", rundir, run.train.head, run.train.modality,
                 cache.steps, ", ".join(run.class_names))
+    normal, _ = resolve_normal_class(run.train.normal_class, run.class_names)
     return Predictor(model, run.class_names, cache.steps, cache.feature_dtype,
-                     video, audio, device=device, precision=config.precision)
+                     video, audio, device=device, precision=_precision_used(video, audio, device, config.precision),
+                     normal=normal)
+
+
+def _precision_used(video: object, audio: object, device: str, precision: str) -> str:
+    """The precision the loaded backbones resolved ``precision`` (``auto``) to; the head
+    runs at the same one. Absent streams have no backbone to ask."""
+    for backbone in (video, audio):
+        used = getattr(backbone, "precision", None)
+        if isinstance(used, str):
+            return used
+    return resolve_precision(precision, device)
 
 __all__ = ["AbsentAudio", "AbsentVideo", "BackboneMismatch", "load_checked_backbone",
            "load_predictor"]

@@ -54,7 +54,7 @@ class PredictConfig:
     video_model: str | None = None
     audio_model: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"         # fp32, or bf16 where the device computes it natively
     window: float | None = None     # seconds; None = the whole video is one clip
     hop: float | None = None        # seconds between window starts; default window / 2
     batch_size: int = 8             # windows (or videos) per backbone batch
@@ -99,7 +99,8 @@ class Predictor:
     file's features are computed exactly as extraction computed the cache's."""
 
     def __init__(self, model: AnomalyModel, class_names: Sequence[str], steps: int, feature_dtype: str,
-                 video: VideoFeatures, audio: AudioFeatures, device: str = "cpu", precision: str = "fp32") -> None:
+                 video: VideoFeatures, audio: AudioFeatures, device: str = "cpu", precision: str = "fp32",
+                 normal: str | None = NORMAL) -> None:
         self.model = model.eval().to(device)
         self.class_names = tuple(class_names)
         self.steps = int(steps)
@@ -107,9 +108,11 @@ class Predictor:
         self.video_backbone, self.audio_backbone = video, audio
         self.feature_extractor = FeatureExtractor(video, audio, self.steps)  # type: ignore[arg-type]
         self.device, self.precision = device, precision
-        self.normal = self.class_names.index(NORMAL) if NORMAL in self.class_names else None
+        # the run's normal class (its --normal-class, else "normal"): the anomaly score is 1 - p(it)
+        self.normal_class = normal if normal in self.class_names else None
+        self.normal = self.class_names.index(normal) if self.normal_class is not None else None
         if self.normal is None:
-            logger.warning("this run has no class named %r: no anomaly score, classes only", NORMAL)
+            logger.warning("this run has no normal class (%r): no anomaly score, classes only", normal)
 
     # -- the head
     @torch.inference_mode()
@@ -138,7 +141,7 @@ class Predictor:
 
     def anomaly(self, probs: np.ndarray) -> np.ndarray | None:
         """``1 - p(normal)`` over the last axis; None when the run has no normal class."""
-        return anomaly_score(probs, self.class_names)
+        return anomaly_score(probs, self.class_names, self.normal_class)
 
     def score(self, decoded: Sequence[Decoded]) -> list[ScoredClip]:
         """Backbones and head over a batch of decoded clips, one ``ScoredClip`` each."""

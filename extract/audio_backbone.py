@@ -58,7 +58,7 @@ from .frozen_model import (
     BackboneUnavailable,
     DescribedBackbone,
     autocast_context,
-    check_precision,
+    resolve_precision,
     freeze,
     seeded_rng,
     state_dict_checksum,
@@ -186,8 +186,8 @@ class AudioBackbone(DescribedBackbone):
             raise InvalidInput(f"window_s must be positive, got {window_s}")
         self.name = name
         self.pretrained = pretrained
-        self.precision = check_precision(precision)
         self.device = device
+        self.precision = resolve_precision(precision, device)  # auto: what this machine runs best
         self.batch_size = int(batch_size)
         self.feature_extractor = feature_extractor
         self.model = freeze(model)

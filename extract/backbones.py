@@ -85,7 +85,7 @@ class BackboneConfig:
     video_model: str = DEFAULT_VIDEO_MODEL
     audio_model: str = DEFAULT_AUDIO_MODEL
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     audio_window_s: float = DEFAULT_WINDOW_S
 
 

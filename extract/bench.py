@@ -25,6 +25,7 @@ from cache_schema import check_output_file, spawned_worker_init, write_json
 from synth.bench_clip import write_bench_clip
 
 from .decode import decode_all_frames_sequentially, decode_clip
+from .frozen_model import resolve_device, resolve_precision
 from .manifest import Manifest, ManifestRow
 from .pipeline import Decoded, ExtractConfig, FeatureExtractor, load_extract_backbones, run_extract
 
@@ -122,7 +123,8 @@ def run_bench(out: Path, cfg: ExtractConfig, n_clips: int = 8) -> dict[str, Any]
         p10 = _probe_in_subprocess(short, cfg)
         p120 = _probe_in_subprocess(long, cfg)
     result = {
-        "device": cfg.device, "precision": cfg.precision, "cpu": platform.processor() or platform.machine(),
+        "device": cfg.device, "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)),
+        "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "workers": cfg.workers, "batch_size": cfg.batch_size,
         "steps": cfg.steps, "video_model": cfg.video_model, "audio_model": cfg.audio_model,
         "weights": "untrained (random preset): compute figures only",

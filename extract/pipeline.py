@@ -53,7 +53,7 @@ class ExtractConfig:
     video_model: str = DEFAULT_VIDEO_MODEL
     audio_model: str = DEFAULT_AUDIO_MODEL
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # resolved when the backbones load (extract.frozen_model.resolve_precision)
     batch_size: int = 8
     workers: int = 2
     # Seconds one clip's decoding (probe, frames, audio, in its worker) may take. The backbones

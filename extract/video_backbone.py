@@ -34,7 +34,7 @@ from .frozen_model import (
     BackboneUnavailable,
     DescribedBackbone,
     autocast_context,
-    check_precision,
+    resolve_precision,
     freeze,
     seeded_rng,
     state_dict_checksum,
@@ -100,8 +100,8 @@ class VideoBackbone(DescribedBackbone):
     ) -> None:
         self.name = name
         self.pretrained = pretrained
-        self.precision = check_precision(precision)
         self.device = device
+        self.precision = resolve_precision(precision, device)  # auto: what this machine runs best
         self.batch_size = int(batch_size)
         self.channels_last = torch.device(device).type == "cuda" if channels_last is None else channels_last
         self.model = freeze(model)

@@ -172,17 +172,19 @@ def _table2_markdown(cells: list[Cell], heads: Sequence[str], modalities: Sequen
 
 
 def _per_class_markdown(cells: list[Cell], heads: Sequence[str], modalities: Sequence[str], data: CacheData) -> str:
+    # the classes the metrics cover (those with clips in the cache), the same for every run of one cache
+    names = cells[0].runs[0].get("class_names", list(data.class_names))
     lines = ["# Per-class F1 by modality, and the most frequent confusions (summed over seeds)", ""]
     for h in heads:
         lines += [f"## {h}", "", "| class | " + " | ".join(MODALITY_TITLES.get(m, m) for m in modalities) + " |",
                   "|---|" + "---:|" * len(modalities)]
-        for name in data.class_names:
+        for name in names:
             vals = [np.mean([r["per_class"][name]["f1"] for r in _find(cells, head=h, modality=m).runs])
                     for m in modalities]
             lines.append(f"| {name} | " + " | ".join(f"{100 * v:.0f}" for v in vals) + " |")
         lines.append("")
         for m in modalities:
-            pairs = top_confusions(_find(cells, head=h, modality=m).runs, data.class_names)
+            pairs = top_confusions(_find(cells, head=h, modality=m).runs, names)
             lines.append(f"- {MODALITY_TITLES.get(m, m)} confuses: "
                          + (", ".join(f"{a} → {b} ({n})" for a, b, n in pairs) or "nothing"))
         lines.append("")
@@ -264,11 +266,32 @@ def _provenance(data: CacheData, base: TrainConfig, seeds: Sequence[int], cells:
     if any(left.get(k) for k in ("error", "pending", "unlabelled")):
         lines.append(f"Left out of every run: {left.get('error', 0)} failed, {left.get('pending', 0)} pending, "
                      f"{left.get('unlabelled', 0)} unlabelled clips.")
-    dropped = {f"{c.labels.get('head')}/{c.labels.get('modality', 'fused')}": c.runs[0].get("n_test_left_out", 0)
-               for c in cells if c.runs[0].get("n_test_left_out")}
-    if dropped:
-        lines.append(f"Test clips without data in the run's modality (left out of that run): {dropped}.")
+    lines.append(scored_clips_caption(cells))
+    names = run.get("class_names")
+    if isinstance(names, list):
+        lines.append(f"Metrics over the {len(names)} classes with clips in the cache ({', '.join(names)})"
+                     + (f"; AP(anomaly) scores 1 - p({run['normal_class']})." if run.get("normal_class")
+                        else f"; binary view {run.get('binary_view', 'left out')}."))
     return lines
+
+
+def scored_clips_caption(cells: Sequence[Cell]) -> str:
+    """How many test clips every column is scored on and how many lack each stream; a
+    run that cannot read a clip (no step of its modality) predicts its training class
+    prior (see ``temporal.evaluate.evaluate_run``)."""
+    runs = [r for c in cells for r in c.runs]
+    n_test = {r.get("n_test") for r in runs}
+    run = runs[0]
+    without = run.get("test_without") or {}
+    text = (f"Every column is scored on the same {run.get('n_test')} test clips" if len(n_test) == 1
+            else f"Runs are scored on {sorted(n_test)} test clips")
+    if without:
+        text += (f"; {without.get('audio', 0)} of them have no audio and {without.get('video', 0)} no video. "
+                 "An audio-only or video-only run predicts a clip without its stream with its training class "
+                 "prior; fused runs read whichever stream a clip has.")
+    else:
+        text += "."
+    return text
 
 
 def _write_simple_table(path: Path, title: str, row_title: str, row_key: str, cells: Sequence[Cell], data: CacheData,
@@ -298,4 +321,5 @@ def _write_csv(path: Path, cells: Sequence[Cell]) -> None:
     write_text(path, buf.getvalue())
 
 
-__all__ = ["TABLE2_MD", "TABLE3_MD", "FUSION_MD", "Cell", "compare", "ablate_steps", "ablate_fusion", "top_confusions"]
+__all__ = ["TABLE2_MD", "TABLE3_MD", "FUSION_MD", "Cell", "compare", "ablate_steps", "ablate_fusion", "scored_clips_caption",
+           "top_confusions"]

@@ -32,8 +32,9 @@ from cache_schema import InvalidInput
 from .checkpoint import load_train_state, read_weights, save_train_state, save_weights
 from .data import (BatchGatherer, CacheData, HeadInputs, drop_features, drop_modalities, has_modality,
                    load_cache)
-from .evaluate import evaluate_run
+from .evaluate import class_prior, evaluate_run
 from .losses import LossConfig, head_loss
+from .metrics import resolve_normal_class
 from .model import AnomalyModel, ModelOutput
 from .plots import curves_figure, save_figure
 from .rundir import MissingRunFile, RunConfig, RunDir, RunError, RunMismatch
@@ -189,14 +190,19 @@ def _check_resumable(run: RunDir, config: TrainConfig) -> None:
 def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData | None,
            resume: bool = False) -> RunResult:
     data = data if data is not None else load_cache(cache)
+    resolve_normal_class(config.normal_class, data.class_names)  # a --normal-class the cache lacks: refused now
     split = load_or_create_split(data, config.split)
     rows, missing = usable_rows(data, split, config.modality)
     for part in ("train", "val"):
         if len(rows[part]) == 0:
             raise InvalidInput(f"the {part} split has no clip with {config.modality} data; "
                              "use another modality, more clips, or a split file")
-    if any(missing.values()):
-        logger.warning("left out of this %s run, clips without %s data: %s", config.modality, config.modality, missing)
+    if missing["train"] or missing["val"]:
+        logger.warning("left out of this %s run's training, clips without %s data: train %d, val %d",
+                       config.modality, config.modality, missing["train"], missing["val"])
+    if missing["test"]:
+        logger.info("%d test clips have no %s data: they are scored with the training class prior, so that "
+                    "every modality is measured on the same test clips", missing["test"], config.modality)
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -286,6 +292,8 @@ def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData 
         "left_out": {**data.left_out, **{f"no_{config.modality}_{p}": n for p, n in missing.items()}},
         "split": split.info, "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])),
         "batch_size": config.batch_size,
+        # what the run predicts for a test clip without its modality (see evaluate_run)
+        "class_prior": class_prior(data.clips.label[rows["train"]].numpy(), len(data.class_names)).tolist(),
     })
     metrics = evaluate_run(run.path, data=data)
     return RunResult(run.path, metrics, history)

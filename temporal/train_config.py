@@ -34,6 +34,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     early_stop: int = 0             # stop after this many epochs without a better val score; 0 = never
     class_weights: bool = False     # inverse-frequency class weights in the loss
+    normal_class: str = ""  # "" = the class named "normal", if any
     input_dropout: float = 0.5      # drops whole feature dimensions of a training clip
     modality_dropout: float = 0.0   # fused runs: chance that a training clip loses one stream
     threads: int | None = 1         # torch intra-op threads during the run (None: leave as is); see torch_threads

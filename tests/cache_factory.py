@@ -54,8 +54,10 @@ def write_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, fmt: str
 
 def write_class_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, separation: float = 1.5,
                       clips_per_group: int = 1, no_audio: tuple[int, ...] = (), no_video: tuple[int, ...] = (),
-                      errors: tuple[int, ...] = (), fmt: str | None = None) -> list[str]:
-    """A learnable cache for stage-2 tests: clip ``i`` has label ``i % C`` and features
+                      errors: tuple[int, ...] = (), fmt: str | None = None,
+                      present: tuple[int, ...] | None = None) -> list[str]:
+    """A learnable cache for stage-2 tests: clip ``i`` has label ``i % C`` (with
+    ``present``: ``present[i % len(present)]``, the other classes get no clip) and features
     around a per-class prototype (``separation`` apart, unit noise) in both streams.
     Consecutive clips of a class share a group (``clips_per_group`` of them, keys
     ``<class>/src<g>_<i>.mp4``, so the source id can also be recovered by a pattern). Rows
@@ -66,9 +68,10 @@ def write_class_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, se
     proto_v = rng.standard_normal((c, config.video.dim)) * separation
     proto_a = rng.standard_normal((c, config.audio.dim)) * separation
     keys, entries, records = [], [], []
+    used = tuple(range(c)) if present is None else present
     for i in range(n):
-        y = i % c
-        g = (i // c) // clips_per_group
+        y = used[i % len(used)]
+        g = (i // len(used)) // clips_per_group
         key = f"{config.class_names[y]}/src{g:03d}_{i:04d}.mp4"
         keys.append(key)
         entries.append(ClipEntry(key, y, f"{config.class_names[y]}/src{g:03d}"))

@@ -160,7 +160,10 @@ def test_same_seed_same_run(cache: Path, tmp_path: Path) -> None:
         assert a.metrics[key] == b.metrics[key]
 
 
-def test_single_modality_runs_leave_out_and_count_clips_without_it(cache: Path, tmp_path: Path) -> None:
+def test_single_modality_runs_train_without_and_score_with_the_prior_clips_without_it(cache: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Training leaves out the clips without audio; the test still scores every test clip
+    (those without audio with the training prior), so modalities compare on the same clips."""
     data = load_cache(cache)
     r = train(cache, tmp_path / "audio", replace(QUICK, modality="audio"), data=data)
     split = json.loads((tmp_path / "audio" / "split.json").read_text())
@@ -169,7 +172,10 @@ def test_single_modality_runs_leave_out_and_count_clips_without_it(cache: Path, 
     left = r.metrics["left_out"]
     for part in ("train", "val", "test"):
         assert left[f"no_audio_{part}"] == len(no_audio & set(split[part]))
-    assert r.metrics["n_test"] == len(set(split["test"]) - no_audio)
+    assert r.metrics["n_train"] == len(set(split["train"]) - no_audio)
+    assert r.metrics["n_test"] == len(split["test"]) and set(r.metrics["test_keys"]) == set(split["test"])
+    assert set(r.metrics["test_keys_without_stream"]) == no_audio & set(split["test"])
+    assert r.metrics["n_test_without_stream"] == len(no_audio & set(split["test"]))
 
 
 def test_late_fusion_run(cache: Path, tmp_path: Path) -> None:
