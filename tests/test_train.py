@@ -92,7 +92,7 @@ def test_run_directory_metrics_and_evaluate(cache: Path, tmp_path: Path) -> None
     # config.json reads back as a RunConfig that writes the same bytes; no temporary is left behind
     text = (run / "config.json").read_text()
     config = RunDir(run).read_config()
-    assert json.dumps(config.to_json(), indent=1) == text and config.train == QUICK
+    assert json.dumps(config.to_json(), indent=1) == text and config.train == replace(QUICK, objective="step")
     assert RunDir(run).is_run() and RunDir(run).is_finished() and not list(run.glob(".*.tmp"))
 
 
