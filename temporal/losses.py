@@ -127,7 +127,9 @@ def mil_loss(step_logits: Tensor, labels: Tensor, mask: Tensor, mil: MilConfig,
     clip = topk_clip_score(scores, mask).clamp(1e-6, 1 - 1e-6)                   # [..., B]
     target = (labels != mil.normal_index).to(clip.dtype).expand_as(clip)
     w = clip_valid.to(clip.dtype) if weight is None else weight[labels].to(clip.dtype) * clip_valid
-    bce = F.binary_cross_entropy(clip, target, reduction="none")
+    # written out, not F.binary_cross_entropy: a diverged run's NaN must become a NaN loss
+    # (the training loop stops on it with its own error), not a RuntimeError
+    bce = -(target * torch.log(clip) + (1 - target) * torch.log1p(-clip))
     stages = math.prod(clip.shape[:-1])
     total = (bce * w).sum() / (w.sum().clamp_min(1e-12) * stages)
     anomalous = (labels != mil.normal_index) & clip_valid                        # [B]
