@@ -3,6 +3,7 @@ MIL objective, every head at thousands of steps, and frame AP with its layout's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,11 +17,24 @@ from temporal.data import CacheData, RaggedClips, cap_steps, load_cache, step_ba
 from temporal.evaluate import predict
 from temporal.heads import create_head, list_heads
 from temporal.heads import mtcn as mtcn_module
-from temporal.losses import LossConfig, MilConfig, mil_loss, topk_clip_score
+from temporal.losses import MilConfig, mil_loss, topk_clip_score
 from temporal.model import PaddedBatches
 from temporal.rundir import RunConfig, RunDir
-from temporal.train import TrainConfig, build_model, make_optimizer, resolve_config, train, train_epoch
-from temporal.xd_detection import frame_arrays, frame_level_ap, official_frame_count, oracle_ap, VideoScores
+from temporal.train import (
+    TrainConfig,
+    build_model,
+    make_optimizer,
+    resolve_config,
+    train,
+    train_epoch,
+)
+from temporal.xd_detection import (
+    VideoScores,
+    frame_arrays,
+    frame_level_ap,
+    official_frame_count,
+    oracle_ap,
+)
 from tests.cache_factory import make_config
 
 
@@ -123,7 +137,7 @@ def _grid_data(tmp_path: Path, n: int = 48, seed: int = 0) -> tuple[CacheData, n
     shifted): labels are per video, the event's steps are returned for scoring."""
     rng = np.random.default_rng(seed)
     config = make_config(dv=6, da=3, classes=("normal", "violent"))
-    config = CacheConfig_grid(config)
+    config = dataclasses.replace(config, steps=0, step_seconds=2 / 3)   # on a 2/3 s grid
     lengths = rng.integers(30, 121, n)
     labels = np.arange(n) % 2
     video, events = [], []
@@ -142,11 +156,6 @@ def _grid_data(tmp_path: Path, n: int = 48, seed: int = 0) -> tuple[CacheData, n
     keys = np.array([f"v{i:03d}.mp4" for i in range(n)])
     data = CacheData(tmp_path / "grid.zarr", config, config.identity(), keys, keys.copy(), clips)
     return data, np.concatenate(events)
-
-
-def CacheConfig_grid(config):  # noqa: N802 - the factory's config on a 2/3 s grid
-    import dataclasses
-    return dataclasses.replace(config, steps=0, step_seconds=2 / 3)
 
 
 def test_mil_learns_a_short_event_in_untrimmed_ragged_clips(tmp_path: Path) -> None:
