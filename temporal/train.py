@@ -246,6 +246,7 @@ def _run_inputs(model: AnomalyModel, data: CacheData, rows: dict[str, np.ndarray
 def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData | None,
            resume: bool = False) -> RunResult:
     data = data if data is not None else load_cache(cache)
+    config = resolve_config(config, data)  # refused here, before any file is written, if impossible
     split = load_or_create_split(data, config.split)
     rows, missing = usable_rows(data, split, config.modality)
     for part in ("train", "val"):
@@ -255,7 +256,6 @@ def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData 
     if any(missing.values()):
         logger.warning("left out of this %s run, clips without %s data: %s", config.modality, config.modality, missing)
 
-    config = resolve_config(config, data)
     mil = mil_config(config, data.class_names)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
