@@ -216,8 +216,9 @@ def ablate_steps(caches: Sequence[str | Path], out: str | Path, head: str = "mtc
     specs = []
     for cache in caches:
         data = first if Path(cache) == first.path else load_cache(cache)
-        specs.append(CellSpec(f"{head}-{modality}-T{data.steps}", cfg, data,
-                              {"steps": data.steps, "cache": str(cache), "head": head, "modality": modality}))
+        steps = data.steps if not data.layout.grid else f"{data.layout.step_seconds:g}s"  # a grid: its step length
+        specs.append(CellSpec(f"{head}-{modality}-T{steps}", cfg, data,
+                              {"steps": steps, "cache": str(cache), "head": head, "modality": modality}))
     cells = run_cells(specs, out, seeds, jobs)
     _write_csv(out / "table3.csv", cells)
     _write_simple_table(out / TABLE3_MD, "Table 3: number of temporal steps", "Steps", "steps", cells, first, cfg, seeds)
@@ -253,7 +254,7 @@ def _provenance(data: CacheData, base: TrainConfig, seeds: Sequence[int], cells:
     run = cells[0].runs[0]
     split = run.get("split", {})
     pb = data.pretrained_backbones()
-    lines = [f"Cache `{data.path}` ({data.steps} steps; video {pb['video_backbone']}, audio {pb['audio_backbone']}). "
+    lines = [f"Cache `{data.path}` ({data.layout.describe()}; video {pb['video_backbone']}, audio {pb['audio_backbone']}). "
              f"Split: {split.get('kind')} (seed {split.get('seed')}, groups from {split.get('groups_source')}, "
              f"{split.get('n_groups')} groups), sizes {split.get('sizes')}. "
              f"{base.epochs} epochs, batch {base.batch_size}, seeds {list(seeds)}; cells are "

@@ -272,4 +272,4 @@ def test_xd_violence_extract_and_detection(xd_standin: dict, tmp_path: Path) -> 
     assert f"{stored['ap_frame_pr_auc']:.4f}" in out and "accuracy" in stored
     # the documented options
     ok(cli("evaluate", run, "--detection", "--annotations", xd_standin["root"] / "lists" / "annotations.txt",
-           "--fps", "24", "--snippet-frames", "16"), "frame AP")
+           "--fps", "24", "--gt-frames", "official"), "frame AP")

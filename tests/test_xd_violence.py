@@ -100,7 +100,7 @@ def test_real_frame_ground_truth_sets_exactly_the_annotated_frames() -> None:
         last = max(expected.get(v.name, {0})) + 1
         n = last + int(rng.integers(0, 500))
         videos.append(VideoScores(v.name, rng.random(3), n / fps, v.violent))
-    gt, scores, info = frame_arrays(videos, ann, fps)
+    gt, scores, info = frame_arrays(videos, ann, fps, gt_frames="all")
     assert info["annotated_frames_past_end"] == 0 and info["annotated_not_scored"] == 0
     for v in videos:
         ones = set(np.flatnonzero(gt[v.name]).tolist())
@@ -183,7 +183,7 @@ def test_ap_on_a_hand_computed_vector() -> None:
     ann = {"v1_label_B1-0-0": ((0, 2), (4, 8))}
     videos = [VideoScores("v1_label_B1-0-0", np.array([0.9, 0.8, 0.7, 0.6]), 8 / 24, True),
               VideoScores("v2_label_A", np.array([0.5, 0.4]), 4 / 24, False)]
-    gt_v, sc_v, _ = frame_arrays(videos, ann, fps=24)
+    gt_v, sc_v, _ = frame_arrays(videos, ann, fps=24, gt_frames="all")
     r = frame_level_ap(gt_v, sc_v)
     assert r["n_frames"] == 12 and r["n_violent_frames"] == 6
     assert r["ap_frame_pr_auc"] == pytest.approx(55 / 72) and r["ap_frame_average_precision"] == pytest.approx(29 / 36)
@@ -233,13 +233,13 @@ def test_annotation_file_and_test_set_must_agree(tmp_path: Path) -> None:
         frame_arrays([v("c_label_B2-0-0", True)], ann)
     with pytest.raises(XDDetectionError, match="scored twice"):
         frame_arrays([v("a_label_B1-0-0", True), v("a_label_B1-0-0", True)], ann)
-    gt, _, info = frame_arrays([v("a_label_B1-0-0", True), v("n_label_A", False)], ann, fps=24)
+    gt, _, info = frame_arrays([v("a_label_B1-0-0", True), v("n_label_A", False)], ann, fps=24, gt_frames="all")
     assert info["annotated_not_scored"] == 1 and info["annotated_frames_past_end"] == 6  # 24..30 cut
     assert gt["a_label_B1-0-0"].sum() == 14 and gt["n_label_A"].sum() == 0
-    # Official-length vectors: only whole 16-frame snippets (24 frames -> 16).
+    # Official-length vectors (the default): 16 * floor((N - 1) / 16) frames (24 frames -> 16).
     long = VideoScores("a_label_B1-0-0", np.array([0.1, 0.9, 0.2]), 1.0, True)
-    gt, sc, info = frame_arrays([long], ann, fps=24, snippet_frames=16)
-    assert len(gt["a_label_B1-0-0"]) == 16 and gt["a_label_B1-0-0"].sum() == 10 and info["snippet_frames"] == 16
+    gt, sc, info = frame_arrays([long], ann, fps=24)
+    assert len(gt["a_label_B1-0-0"]) == 16 and gt["a_label_B1-0-0"].sum() == 10 and info["gt_frames"] == "official"
     assert sc["a_label_B1-0-0"].tolist() == [0.1] * 8 + [0.9] * 8
 
 
