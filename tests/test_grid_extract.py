@@ -181,3 +181,36 @@ def test_extract_on_a_grid_end_to_end(tmp_path: Path, clips: dict[str, Path]) ->
         counts = np.diff(data["offsets"])
         assert counts.tolist() == [math.ceil(d / 0.5 - 1e-6) for d in durations]
         assert data["video"].shape[0] == counts.sum()
+
+
+def test_predict_scores_a_whole_file_at_the_run_grid(clips: dict[str, Path], backbones) -> None:
+    """A grid run (here a head over the grid's features; the training of ragged runs is
+    stage 2's) scores a whole file at full length: ``ceil(d / S)`` step scores at the step
+    centres; a batch of files of different lengths is padded with masks and scores each
+    as if alone; --window is refused for it."""
+    from apply import PredictConfig, Predictor
+    from temporal.model import AnomalyModel
+
+    video, audio = backbones
+    torch.manual_seed(0)
+    model = AnomalyModel("mtcn", "fused", "early", video.dim, audio.dim, 2, 0)
+    layout = StepLayout(step_seconds=0.25, frames_per_step=2)
+    predictor = Predictor(model, ("explosion", "normal"), layout, "float16", video, audio)
+    pred = predictor.predict(clips["a"])
+    assert pred.error is None, pred.error
+    n = math.ceil(pred.duration / 0.25 - 1e-6)
+    assert len(pred.scores) == len(pred.times) == n == 10
+    np.testing.assert_allclose(pred.times, (np.arange(n) * 0.25 + np.minimum((np.arange(n) + 1) * 0.25,
+                                                                             pred.duration)) / 2)
+    assert np.isfinite(pred.scores).all()
+    transform = worker_transform(video)
+    decoded = [Decoded(k, clip=decode_clip(clips[k], layout, frame_transform=transform)) for k in ("a", "b")]
+    together = predictor.score(decoded)
+    assert [len(s.step_scores) for s in together] == [10, math.ceil(decoded[1].clip.duration / 0.25 - 1e-6)]
+    for d, s in zip(decoded, together):
+        (alone,) = predictor.score([d])
+        np.testing.assert_allclose(s.step_scores, alone.step_scores, atol=1e-5)
+        np.testing.assert_allclose(s.probs, alone.probs, atol=1e-5)
+    np.testing.assert_allclose(together[0].step_scores, pred.scores, atol=1e-6)
+    windowed = predictor.predict(clips["a"], PredictConfig(window=1.0))
+    assert windowed.error is not None and "time grid" in windowed.error
