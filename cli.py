@@ -309,16 +309,26 @@ def bench() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--grid-video", is_flag=True,
+              help="Add a 10-minute 720p video decoded on a 0.6667 s grid (minutes more).")
+@click.option("--grid-only", is_flag=True,
+              help="Only that row [--out default: reports/bench/extract_grid.json].")
 def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
-                  device: str) -> None:
+                  device: str, grid_video: bool, grid_only: bool) -> None:
     """Stage 1 with full-size architectures: decode plan vs minimum, end-to-end vs backbone-only,
-    peak memory and time of a 120 s vs a 10 s 720p clip."""
-    from extract.bench import run_bench
+    peak memory and time of a 120 s vs a 10 s 720p clip (and, with --grid-video, a 10-minute
+    720p video on a time grid)."""
+    from extract.bench import run_bench, run_grid_bench
     from extract.pipeline import ExtractConfig
 
     cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
                         progress=False, device=device)
-    click.echo(json.dumps(run_bench(out, cfg, clips), indent=2))
+    if grid_only:
+        if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
+            out = Path("reports/bench/extract_grid.json")
+        click.echo(json.dumps(run_grid_bench(out, cfg), indent=2))
+        return
+    click.echo(json.dumps(run_bench(out, cfg, clips, grid_video=grid_video), indent=2))
 
 
 @bench.command("train")
