@@ -46,7 +46,7 @@ class ChunkDamage:
     array: str
     start: int
     stop: int
-    kind: str  # "unreadable" | "missing"
+    kind: str  # "unreadable" | "missing" | "beyond" (steps referenced past an array's end)
     affected: tuple[int, ...]  # rows whose data this damage makes untrustworthy
     # "rows" (a per-clip array), or "steps": a step block's array, ``start``/``stop``
     # along its step axis (a whole array that is gone: ``start == stop == 0``)
@@ -58,7 +58,10 @@ class ChunkDamage:
 
     def describe(self) -> str:
         if self.unit == "steps" and self.start == self.stop:
-            return f"array {self.array} is missing (its clips {list(self.affected)[:8]} have no steps)"
+            return f"array {self.array} is missing (the clips of rows {list(self.affected)[:8]} lose their steps)"
+        if self.kind == "beyond":
+            return (f"array {self.array}: steps {self.start}-{self.stop - 1} that ok clips reference lie past its end "
+                    f"({self.start} steps)")
         verb = "is unreadable" if self.kind == "unreadable" else "is missing (its file was deleted)"
         return f"array {self.array}: chunk of {self.unit} {self.start}-{self.stop - 1} {verb}"
 
@@ -94,7 +97,7 @@ def find_damage(backend: Backend) -> list[ChunkDamage]:
     ]
     all_stored = bool(backend.get_attrs().get(ALL_CHUNKS_STORED))
     if is_ragged_attrs(backend.get_attrs()) and set(ALWAYS_STORED) <= names:
-        out += _block_damage(backend, unreadable, all_stored)
+        out += _block_damage(backend, names, unreadable, all_stored)
     if not all_stored or not set(ALWAYS_STORED) <= names:
         return sorted(out, key=lambda d: (d.unit, d.start, d.array))
     # Rows exist up to the key array's length (the writer resizes it last); longer arrays
@@ -142,12 +145,12 @@ def _finished_evidence(backend: Backend, n: int, unreadable: dict[str, list[slic
     return finished
 
 
-def _readable_rows(backend: Backend, name: str, n: int, unreadable: dict[str, list[slice]],
+def _readable_rows(backend: Backend, names: set[str], name: str, n: int, unreadable: dict[str, list[slice]],
                    fill: object) -> tuple[np.ndarray, np.ndarray]:
     """An array's first ``n`` rows, and which of them could be read (a damaged chunk's rows
     are reset by the per-clip damage, so the blocks need not judge them)."""
     out = np.full(n, fill, dtype=object if isinstance(fill, str) else np.asarray(fill).dtype)
-    if name not in backend.names():
+    if name not in names:
         return out, np.zeros(n, bool)
     ok = ~_rows_mask(n, unreadable.get(name, []))
     ok[min(n, backend.shape(name)[0]):] = False
@@ -157,15 +160,16 @@ def _readable_rows(backend: Backend, name: str, n: int, unreadable: dict[str, li
     return out, ok
 
 
-def _block_damage(backend: Backend, unreadable: dict[str, list[slice]], all_stored: bool) -> list[ChunkDamage]:
+def _block_damage(backend: Backend, names: set[str], unreadable: dict[str, list[slice]],
+                  all_stored: bool) -> list[ChunkDamage]:
     """Damage of the step blocks (module doc): each chunk of a block array that cannot be
     read, or (in a cache that stores every chunk) is missing while an ``ok`` clip's steps
     lie in it, and steps that finished clips reference past the end of an array."""
     n = backend.shape("key")[0]
     chunk_rows = backend.chunk_rows("status")
-    status, ok_s = _readable_rows(backend, "status", n, unreadable, STATUS_PENDING)
-    offsets, ok_o = _readable_rows(backend, "step_offset", n, unreadable, np.int64(0))
-    counts, ok_c = _readable_rows(backend, "step_count", n, unreadable, np.int64(0))
+    status, ok_s = _readable_rows(backend, names, "status", n, unreadable, STATUS_PENDING)
+    offsets, ok_o = _readable_rows(backend, names, "step_offset", n, unreadable, np.int64(0))
+    counts, ok_c = _readable_rows(backend, names, "step_count", n, unreadable, np.int64(0))
     live = live_counts(np.where(ok_s & ok_o & ok_c, status, STATUS_PENDING), counts.astype(np.int64))
     offsets = offsets.astype(np.int64)
     out: list[ChunkDamage] = []
@@ -179,17 +183,22 @@ def _block_damage(backend: Backend, unreadable: dict[str, list[slice]], all_stor
 
         for field in STEP_FIELDS:
             name = block_array(b, field)
-            if not backend.has(name):
+            try:
+                length = backend.shape(name)[0]
+            except KeyError:
                 if len(rows):
                     out.append(ChunkDamage(name, 0, 0, "missing", tuple(int(r) for r in rows), "steps"))
                 continue
-            length, step_chunk = backend.shape(name)[0], backend.chunk_rows(name)
             bad = []
-            for sl in iter_chunks(length, step_chunk):
-                try:
-                    backend.read(name, sl)
-                except Exception:  # any codec/IO failure means the chunk is damaged
-                    bad.append(ChunkDamage(name, sl.start, sl.stop, "unreadable", hit(sl.start, sl.stop), "steps"))
+            try:  # one read of the whole array; chunk by chunk only to find the broken ones
+                backend.read(name)
+            except Exception:
+                for sl in iter_chunks(length, backend.chunk_rows(name)):
+                    try:
+                        backend.read(name, sl)
+                    except Exception:  # any codec/IO failure means the chunk is damaged
+                        bad.append(ChunkDamage(name, sl.start, sl.stop, "unreadable", hit(sl.start, sl.stop),
+                                               "steps"))
             if all_stored:
                 broken = {d.start for d in bad}
                 for sl in backend.missing_chunks(name):
@@ -197,6 +206,6 @@ def _block_damage(backend: Backend, unreadable: dict[str, list[slice]], all_stor
                         bad.append(ChunkDamage(name, sl.start, sl.stop, "missing", hit(sl.start, sl.stop), "steps"))
             past = tuple(int(r) for r in rows[stop > length])
             if past:
-                bad.append(ChunkDamage(name, length, int(stop.max()), "missing", past, "steps"))
+                bad.append(ChunkDamage(name, length, int(stop.max()), "beyond", past, "steps"))
             out += bad
     return out

@@ -61,19 +61,29 @@ def stored_blocks(backend: Backend) -> list[int]:
     return sorted(int(m.group(1)) for g in backend.groups(STEP_GROUP) if (m := _BLOCK_NAME.match(g)))
 
 
+def block_lengths(backend: Backend, block: int) -> dict[str, int]:
+    """Steps each array of the block holds (absent arrays left out)."""
+    out = {}
+    for f in STEP_FIELDS:
+        try:
+            out[f] = backend.shape(block_array(block, f))[0]
+        except KeyError:
+            pass
+    return out
+
+
 def block_length(backend: Backend, block: int) -> int:
     """Steps every array of the block holds (0 when an array is absent)."""
-    names = [block_array(block, f) for f in STEP_FIELDS]
-    if not all(backend.has(n) for n in names):
-        return 0
-    return min(backend.shape(n)[0] for n in names)
+    lengths = block_lengths(backend, block)
+    return min(lengths.values()) if len(lengths) == len(STEP_FIELDS) else 0
 
 
 def create_block(backend: Backend, config: CacheConfig, block: int, step_chunk: int, only_missing: bool = True) -> None:
     """Create the block's arrays, empty (``only_missing``: those it lacks)."""
+    present = block_lengths(backend, block) if only_missing else {}
     for field in STEP_FIELDS:
         name = block_array(block, field)
-        if only_missing and backend.has(name):
+        if field in present:
             continue
         spec = ARRAY_BY_NAME[field]
         backend.create(name, spec.shape(0, config), spec.numpy_dtype(config), step_chunk, spec.fill)
@@ -84,7 +94,7 @@ def append_steps(backend: Backend, block: int, values: Mapping[str, np.ndarray])
     start. They land past everything any array of the block holds, so that steps a killed
     batch left are never overwritten while a finished clip could still reference them."""
     names = {f: block_array(block, f) for f in STEP_FIELDS}
-    start = max(backend.shape(n)[0] for n in names.values())
+    start = max(block_lengths(backend, block).values())
     k = len(values["step_time"])
     if k:
         for name in names.values():
@@ -120,7 +130,7 @@ def trim_unreferenced(backend: Backend, offsets: np.ndarray, counts: np.ndarray,
     removed = 0
     for b in stored_blocks(backend):
         end = ends.get(b, 0)
-        lengths = {f: backend.shape(block_array(b, f))[0] for f in STEP_FIELDS if backend.has(block_array(b, f))}
+        lengths = block_lengths(backend, b)
         removed += max(0, max(lengths.values(), default=0) - end)
         for f, length in lengths.items():
             if length > end:
@@ -166,6 +176,6 @@ def gather_steps(backend: Backend, field: str, rows: np.ndarray, offsets: np.nda
     return out
 
 
-__all__ = ["STEP_CHUNK", "STEP_GROUP", "append_steps", "block_array", "block_group", "block_length",
+__all__ = ["STEP_CHUNK", "STEP_GROUP", "append_steps", "block_array", "block_group", "block_length", "block_lengths",
            "concat_ranges", "create_block", "gather_steps", "is_block_array", "live_counts", "n_blocks",
            "referenced_ends", "stored_blocks", "stored_steps", "trim_unreferenced"]

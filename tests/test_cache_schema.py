@@ -19,7 +19,15 @@ from cache_schema import (
 )
 from cache_schema.schema import ARRAYS
 from cache_schema.storage import open_backend
-from tests.cache_factory import make_config, ok_record, write_cache
+from tests.cache_factory import make_config, make_grid_config, ok_record, ragged_record, write_cache
+
+
+def _record(key: str, config, rng: np.random.Generator) -> ClipRecord:
+    """An ok clip of either layout (a time grid's clip: 2.25 s, so 5 steps of 0.5 s)."""
+    return ragged_record(key, config, rng, 2.25) if config.ragged else ok_record(key, config, rng)
+
+
+BOTH_LAYOUTS = pytest.mark.parametrize("config", [make_config(), make_grid_config()], ids=["dense", "ragged"])
 
 
 @pytest.mark.parametrize("fmt,name", [("zarr", "c.zarr"), ("hdf5", "c.h5")])
@@ -66,12 +74,12 @@ def test_absent_modality_is_zero_and_masked(tmp_path: Path) -> None:
         assert clips[0]["has_video"] and not clips[0]["has_audio"]
 
 
-def test_resume_and_extend(tmp_path: Path) -> None:
-    config = make_config()
+@BOTH_LAYOUTS
+def test_resume_and_extend(tmp_path: Path, config) -> None:
     rng = np.random.default_rng(0)
     entries = [ClipEntry(f"c{i}.mp4", 0) for i in range(5)]
     with CacheWriter.open(tmp_path / "c.zarr", config, entries, chunk_clips=2) as w:
-        w.write([ok_record(e.key, config, rng) for e in entries[:2]])
+        w.write([_record(e.key, config, rng) for e in entries[:2]])
         assert w.todo([e.key for e in entries]) == ["c2.mp4", "c3.mp4", "c4.mp4"]
         assert w.finish()["pending"] == 3
     assert validate(tmp_path / "c.zarr").ok  # pending clips are not defects
@@ -109,9 +117,9 @@ def test_same_weights_under_another_name_extend_the_cache(tmp_path: Path, caplog
         assert r.n == 4 and r.config.video.name == "tiny"
 
 
-def test_status_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@BOTH_LAYOUTS
+def test_status_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config) -> None:
     """A crash after the features but before the status leaves the clip pending."""
-    config = make_config()
     entries = [ClipEntry("a.mp4", 0)]
     w = CacheWriter.open(tmp_path / "c.zarr", config, entries)
     real = w.backend.write
@@ -123,9 +131,10 @@ def test_status_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(w.backend, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        w.write([ok_record("a.mp4", config, np.random.default_rng(0))])
+        w.write([_record("a.mp4", config, np.random.default_rng(0))])
     with CacheReader(tmp_path / "c.zarr") as r:
         assert r.counts()["pending"] == 1 and len(r.ok_rows()) == 0
+        assert not config.ragged or r.step_counts().sum() == 0  # pending: no steps, whatever was written
 
 
 def test_damaged_chunk_is_named_and_repaired(tmp_path: Path) -> None:
