@@ -55,6 +55,9 @@ from torch import Tensor, nn
 from .base import HeadOutput, attention_padding, channel_dropout, mean_probability_logits
 
 
+ATTENTION_SCORES = 1 << 24  # attention scores held at once (B x heads x queries x T); beyond, queries are chunked
+
+
 def layers_for_steps(steps: int) -> int:
     """Smallest L whose dilated stack lets every step see every other (see module doc)."""
     return max(1, math.ceil(math.log2(steps))) if steps > 1 else 1
@@ -143,7 +146,13 @@ class AttentionBlock(nn.Module):
         b, t, c = h.shape
         q, k, v = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).view(b, t, 3, mha.num_heads, -1).permute(2, 0, 3, 1, 4)
         keys = None if valid is None else ~attention_padding(valid)[:, None, None, :]  # True = may be attended to
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=mha.dropout if self.training else 0.0)
+        p = mha.dropout if self.training else 0.0
+        rows = max(1, ATTENTION_SCORES // max(1, b * mha.num_heads * t))  # queries per chunk
+        if rows >= t:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
+        else:  # long clips: queries in chunks, so the score matrix stays bounded (each query row is independent)
+            a = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + rows], k, v, attn_mask=keys, dropout_p=p)
+                           for i in range(0, t, rows)], dim=2)
         return mha.out_proj(a.transpose(1, 2).reshape(b, t, c))
 
 
