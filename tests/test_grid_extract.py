@@ -156,22 +156,29 @@ def test_cli_refuses_steps_with_step_seconds(tmp_path: Path) -> None:
     assert len(lines) == 1 and "--steps" in lines[0] and "--step-seconds" in lines[0], result.output
 
 
-def test_extract_on_a_grid_end_to_end(tmp_path: Path, clips: dict[str, Path]) -> None:
-    """`extract --step-seconds` of a few generated clips: a ragged (v2) cache that validates,
-    whose clips have ``ceil(d / S)`` steps each."""
-    import shutil
-
+@pytest.fixture(scope="module")
+def grid_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`extract --step-seconds 0.5 --frames-per-step 2` of 15 generated clips of 0.4 to
+    1.8 s over three classes (enough for a stratified split)."""
     import cli
+    from extract.manifest import VAAR_CLASSES
 
-    root = tmp_path / "data"
-    for name, p in clips.items():
-        (root / "normal").mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, root / "normal" / p.name)
-    out = tmp_path / "grid.zarr"
-    result = CliRunner().invoke(cli.main, ["extract", "--dataset", "folder", "--root", str(root), "--out", str(out),
+    work = tmp_path_factory.mktemp("grid_cache")
+    root = work / "data"
+    for i in range(15):
+        write_clip(root / VAAR_CLASSES[i % 3] / f"c{i}.mp4", duration=0.4 + 0.1 * i, fps=FPS,
+                   brightness=lambda t, i=i: 0.1 + 0.05 * i, tone_hz=lambda t, i=i: 300.0 + 50 * i)
+    out = work / "grid.zarr"
+    result = CliRunner().invoke(cli.main, ["extract", "--dataset", "synth", "--root", str(root), "--out", str(out),
                                            "--backbones", "tiny", "--workers", "0", "--step-seconds", "0.5",
                                            "--frames-per-step", "2", "--feature-dtype", "float32"])
     assert result.exit_code == 0, result.output
+    return {"root": root, "cache": out, "work": work}
+
+
+def test_extract_on_a_grid_end_to_end(grid_cache: dict[str, Path]) -> None:
+    """A ragged (v2) cache that validates, whose clips have ``ceil(d / S)`` steps each."""
+    out = grid_cache["cache"]
     report = validate(out)
     assert report.ok, report
     with CacheReader(out) as reader:
@@ -179,8 +186,31 @@ def test_extract_on_a_grid_end_to_end(tmp_path: Path, clips: dict[str, Path]) ->
         data = reader.load_steps(fields=("video", "audio", "video_mask", "step_time"))
         durations = reader.read("duration")[data["row"]]
         counts = np.diff(data["offsets"])
-        assert counts.tolist() == [math.ceil(d / 0.5 - 1e-6) for d in durations]
-        assert data["video"].shape[0] == counts.sum()
+        assert len(counts) == 15 and counts.tolist() == [math.ceil(d / 0.5 - 1e-6) for d in durations]
+        assert len(set(counts.tolist())) == 4  # 1 to 4 steps
+        assert data["video"].shape[0] == counts.sum() and data["video_mask"].all()
+
+
+def test_predict_with_a_run_trained_on_a_grid(grid_cache: dict[str, Path]) -> None:
+    """Train on the grid cache, then `predict` a longer file than any training clip: its
+    whole length at the run's grid; `--window` is refused in one line."""
+    import json
+
+    import cli
+    from temporal.train import TrainConfig, train
+
+    run = grid_cache["work"] / "run"
+    train(grid_cache["cache"], run, TrainConfig(epochs=1, progress=False))
+    video = write_clip(grid_cache["work"] / "long.mp4", duration=3.2, fps=FPS, brightness=lambda t: 0.1 + 0.2 * t)
+    result = CliRunner().invoke(cli.main, ["predict", str(run), str(video), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    pred = json.loads([line for line in result.output.splitlines() if line.startswith("{")][0])
+    assert pred["error"] is None and len(pred["steps"]) == math.ceil(pred["duration"] / 0.5 - 1e-6) == 7
+    np.testing.assert_allclose([s["t"] for s in pred["steps"]][:6], np.arange(6) * 0.5 + 0.25, atol=1e-6)
+    refused = CliRunner().invoke(cli.main, ["predict", str(run), str(video), "--window", "1"])
+    assert refused.exit_code == 2
+    lines = [x for x in refused.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "time grid" in lines[0] and "--window" in lines[0], refused.output
 
 
 def test_predict_scores_a_whole_file_at_the_run_grid(clips: dict[str, Path], backbones) -> None:
