@@ -79,7 +79,13 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
               help="manifest: CSV, TSV or JSON lines with 'path' (relative to --root) and optional 'label', "
                    "'group', 'split'.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache path (.zarr directory or .h5 file).")
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=None, type=click.IntRange(1),
+              help="Equal steps per clip, whatever its length [default: 10].")
+@click.option("--step-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Instead of --steps: steps of this many seconds (ceil(d/S) per clip, e.g. 0.6667 for "
+                   "XD-Violence's 16 frames at 24 fps); writes a ragged (schema v2) cache.")
+@click.option("--frames-per-step", default=1, show_default=True, type=click.IntRange(1),
+              help="With --step-seconds: average the video features of this many evenly spaced frames per step.")
 @click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None,
               help="Cache format [default: from the --out suffix, zarr unless .h5/.hdf5].")
 @click.option("--backbones", type=click.Choice(["pretrained", "random", "tiny"]), default="pretrained",
@@ -100,21 +106,26 @@ def synth(out: Path, clips_per_class: int, seed: int) -> None:
               help="Clips per chunk of a new cache; under torchrun a rank's unit of work.")
 @click.option("--dist-timeout", default=7200.0, show_default=True, type=click.FloatRange(1),
               help="Under torchrun: seconds a rank waits for the others (rank 0's setup, the slowest shard).")
-def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | None, out: Path, steps: int,
-            fmt: str | None, backbones: str, video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
+def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | None, out: Path, steps: int | None,
+            step_seconds: float | None, frames_per_step: int, fmt: str | None, backbones: str,
+            video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
             workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
             dist_timeout: float) -> None:
     """Stage 1: decode each clip once, run the frozen backbones, write the feature cache.
 
     Runs alone, or as every rank of `torchrun --nproc-per-node N cli.py extract ...`
     (Zarr caches only; see the README's cluster section)."""
+    from cache_schema import InvalidInput
     from extract.backbones import preset_models
     from extract.datasets import prepare_dataset
     from extract.pipeline import ExtractConfig, run_extract
 
+    if steps is not None and step_seconds is not None:
+        raise InvalidInput(f"--steps {steps} and --step-seconds {step_seconds:g} both given: a cache has equal steps "
+                           "per clip or steps on a time grid, not both; drop one of them")
     video, audio = preset_models(backbones, video_model, audio_model)
     cfg = ExtractConfig(
-        steps=steps, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
+        steps=steps or 10, step_seconds=step_seconds or 0.0, frames_per_step=frames_per_step, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
         batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
         retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout,
     )
@@ -331,16 +342,26 @@ def bench() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@click.option("--grid-video", is_flag=True,
+              help="Add a 10-minute 720p video decoded on a 0.6667 s grid (minutes more).")
+@click.option("--grid-only", is_flag=True,
+              help="Only that row [--out default: reports/bench/extract_grid.json].")
 def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
-                  device: str, precision: str) -> None:
+                  device: str, precision: str, grid_video: bool, grid_only: bool) -> None:
     """Stage 1 with full-size architectures: decode plan vs minimum, end-to-end vs backbone-only,
-    peak memory and time of a 120 s vs a 10 s 720p clip."""
-    from extract.bench import run_bench
+    peak memory and time of a 120 s vs a 10 s 720p clip (and, with --grid-video, a 10-minute
+    720p video on a time grid)."""
+    from extract.bench import run_bench, run_grid_bench
     from extract.pipeline import ExtractConfig
 
     cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
                         progress=False, device=device, precision=precision)
-    click.echo(json.dumps(run_bench(out, cfg, clips), indent=2))
+    if grid_only:
+        if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
+            out = Path("reports/bench/extract_grid.json")
+        click.echo(json.dumps(run_grid_bench(out, cfg), indent=2))
+        return
+    click.echo(json.dumps(run_bench(out, cfg, clips, grid_video=grid_video), indent=2))
 
 
 @bench.command("train")
