@@ -460,7 +460,7 @@ def video_features(resolved: ResolvedVideo, video_dim: int | None = None,
     crops = [_load(p, video_dim) for p in resolved.crops]
     shapes = {c.shape for c in crops}
     if len(shapes) > 1:
-        raise UnusableFeatures(f"the crops of {resolved.key} differ in shape ({sorted(shapes)}); they cannot be averaged")
+        raise UnusableFeatures(f"its crops differ in shape ({sorted(shapes)}); they cannot be averaged")
     video = crops[0] if len(crops) == 1 else np.mean(np.stack(crops), axis=0, dtype=np.float64).astype(np.float32)
     if resolved.audio is None:
         return video, None
@@ -469,7 +469,7 @@ def video_features(resolved: ResolvedVideo, video_dim: int | None = None,
     if tv == ta + 1:  # dataset.py: np.concatenate((features1[:-1], features2), axis=1)
         video = video[:-1]
     elif tv != ta:
-        raise UnusableFeatures(f"{resolved.key}: RGB has {tv} snippets and VGGish {ta}; XDVioDet's loader aligns equal "
+        raise UnusableFeatures(f"RGB has {tv} snippets and VGGish {ta}; XDVioDet's loader aligns equal "
                           "counts or one RGB snippet more, nothing else")
     return video, audio
 
@@ -608,7 +608,7 @@ def import_features(root: str | Path, out: str | Path, cfg: ImportConfig,
                     summary.done += 1
                 else:
                     summary.failed[r.key] = record.error
-                    logger.warning("%s", record.error)
+                    logger.warning("%s failed: %s", r.key, record.error)
                 batch.append(record)
                 if len(batch) >= cfg.chunk_clips:
                     writer.write(batch)
