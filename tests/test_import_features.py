@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,12 +225,22 @@ def test_xdviodet_import_writes_a_valid_grid_cache(tmp_path: Path) -> None:
     assert sorted(split["info"]["missing"]["train"]) == sorted([missing.name, videos[3].name])
     assert split["info"]["annotations"] == str((lists / "annotations.txt").resolve())
 
-    # resumable: a rerun imports nothing; the file that arrives is imported, the rest kept
+    # resumable: the file that arrives is imported, a file that changed is imported again,
+    # the rest is kept as it is
     (tmp_path / "aside.npy").rename(root / "vggish-features" / "train" / f"{missing.name}__vggish.npy")
+    changed = videos[0]
+    changed.crops[1] = changed.crops[1] + 1.0
+    crop_file = root / "i3d-features" / "RGB" / f"{changed.name}__1.npy"
+    np.save(crop_file, changed.crops[1])
+    os.utime(crop_file, (crop_file.stat().st_atime, crop_file.stat().st_mtime + 10))
     result = cli("import-features", "--format", "xdviodet", "--root", root, "--lists", lists, "--out", cache)
     assert result.exit_code == 0, result.output
-    assert "imported 1 videos" in result.output and "1 of 10 listed videos missing" in result.output
-    assert validate(cache).ok and missing.name in list(_steps(cache)["key"])
+    assert "imported 2 videos" in result.output and "7 already there" in result.output
+    assert "1 of 10 listed videos missing" in result.output
+    assert validate(cache).ok
+    d = _steps(cache)
+    assert missing.name in list(d["key"])
+    np.testing.assert_allclose(_clip(d, changed.name)["video"], np.mean(changed.crops, axis=0), atol=2e-3)
 
     # another crop choice is another feature set: never mixed into this cache
     result = cli("import-features", "--format", "xdviodet", "--root", root, "--lists", lists, "--out", cache,
