@@ -136,6 +136,30 @@ def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | 
     click.echo(summary.describe())
 
 
+@main.command("import-features")
+@click.option("--format", "release", type=click.Choice(["xdviodet", "vadclip"]), required=True,
+              help="Released XD-Violence features: XDVioDet's I3D RGB + VGGish, or VadCLIP's CLIP ViT-B/16.")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Folder holding the .npy files (any depth).")
+@click.option("--lists", type=click.Path(path_type=Path), default=None,
+              help="Folder with the released lists (and annotations.txt) [ROOT/lists, else ROOT].")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache path (.zarr directory or .h5 file).")
+@click.option("--crop", default="mean", show_default=True, help="'mean' of the crops, or one crop index.")
+@click.option("--strict", is_flag=True, help="Import nothing when a listed file is missing.")
+@click.option("--cache-format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None,
+              help="Cache format [default: from the --out suffix, zarr unless .h5/.hdf5].")
+@click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--retry-errors", is_flag=True, help="Also redo videos that failed in an earlier run.")
+@click.option("--chunk-clips", default=32, show_default=True, type=click.IntRange(1), help="Clips per chunk and write.")
+def import_features(release: str, root: Path, lists: Path | None, out: Path, crop: str, strict: bool,
+                    fmt: str | None, feature_dtype: str, retry_errors: bool, chunk_clips: int) -> None:
+    """Stage 1 from released XD-Violence snippet features: a time-grid cache and its official split."""
+    from extract.released_features import ImportConfig, import_features as run_import
+
+    cfg = ImportConfig(release, crop=crop, strict=strict, feature_dtype=feature_dtype, fmt=fmt,
+                       chunk_clips=chunk_clips, retry_errors=retry_errors)
+    click.echo(run_import(root, out, cfg, lists=lists).describe())
+
+
 def _train_options(f):
     """Options shared by `train` and the table commands (one place, one meaning)."""
     opts = [

@@ -12,7 +12,9 @@ of the package, e.g. ``extract.sampling``, does not import timm and transformers
 * the frozen backbones, picked by name: ``load_video_backbone``, ``load_audio_backbone``,
   ``BACKBONE_PRESETS``, ``preset_models``, ``BackboneUnavailable``;
 * the pipeline: ``ExtractConfig``, ``run_extract`` (workers, batching, resume, torchrun),
-  ``FeatureExtractor`` (backbones over decoded clips, as the cache stores them).
+  ``FeatureExtractor`` (backbones over decoded clips, as the cache stores them);
+* XD-Violence from the features the field released (XDVioDet, VadCLIP) instead of media:
+  ``import_features``, ``ImportConfig``, ``RELEASED_FORMATS``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ _WHERE = {
     "FeatureExtractor": "pipeline", "Decoded": "pipeline", "iter_decoded": "pipeline",
     "DistEnv": "distributed", "RankFailed": "distributed",
     "load_xd_violence": "xd_violence",
+    "import_features": "released_features", "ImportConfig": "released_features",
+    "ImportSummary": "released_features", "RELEASED_FORMATS": "released_features",
+    "ReleasedFeaturesError": "released_features", "MissingFeatureFiles": "released_features",
 }
 
 __all__ = sorted(_WHERE)

@@ -273,3 +273,18 @@ def test_xd_violence_extract_and_detection(xd_standin: dict, tmp_path: Path) -> 
     # the documented options
     ok(cli("evaluate", run, "--detection", "--annotations", xd_standin["root"] / "lists" / "annotations.txt",
            "--fps", "24", "--gt-frames", "official"), "frame AP")
+
+
+@documents("cli.py import-features")
+def test_import_released_features(tmp_path: Path) -> None:
+    """docs/xd_violence.md, "From the released features": both formats as documented, on
+    generated files in the authors' layouts (tests/test_import_features.py)."""
+    from tests.test_import_features import write_vadclip, write_xdviodet
+
+    root, lists, _ = write_xdviodet(tmp_path / "i3d")
+    ok(cli("import-features", "--format", "xdviodet", "--root", root, "--lists", lists,
+           "--out", tmp_path / "xd-i3d.zarr"), "imported 9 videos", "official split ->")
+    root, lists, _ = write_vadclip(tmp_path / "clip")
+    ok(cli("import-features", "--format", "vadclip", "--root", root, "--lists", lists,
+           "--out", tmp_path / "xd-clip.zarr", "--crop", "0"), "imported 8 videos", "official split ->")
+    ok(cli("cache", "validate", tmp_path / "xd-clip.zarr"), "ok: 8 clips")
