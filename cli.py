@@ -86,7 +86,13 @@ def synth_xd(out: Path, seed: int, lengths: str, event_seconds: str, workers: in
 @click.option("--lists", type=click.Path(path_type=Path), default=None,
               help="xd-violence: folder with the train/test lists and annotations.txt [ROOT/lists, else ROOT].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache path (.zarr directory or .h5 file).")
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=None, type=click.IntRange(1),
+              help="Equal steps per clip, whatever its length [default: 10].")
+@click.option("--step-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Instead of --steps: steps of this many seconds (ceil(d/S) per clip, e.g. 0.6667 for "
+                   "XD-Violence's 16 frames at 24 fps); writes a ragged (schema v2) cache.")
+@click.option("--frames-per-step", default=1, show_default=True, type=click.IntRange(1),
+              help="With --step-seconds: average the video features of this many evenly spaced frames per step.")
 @click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None,
               help="Cache format [default: from the --out suffix, zarr unless .h5/.hdf5].")
 @click.option("--backbones", type=click.Choice(["pretrained", "random", "tiny"]), default="pretrained",
@@ -106,7 +112,8 @@ def synth_xd(out: Path, seed: int, lengths: str, event_seconds: str, workers: in
               help="Clips per chunk of a new cache; under torchrun a rank's unit of work.")
 @click.option("--dist-timeout", default=7200.0, show_default=True, type=click.FloatRange(1),
               help="Under torchrun: seconds a rank waits for the others (rank 0's setup, the slowest shard).")
-def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int, fmt: str | None, backbones: str,
+def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int | None, step_seconds: float | None,
+            frames_per_step: int, fmt: str | None, backbones: str,
             video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
             workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
             dist_timeout: float) -> None:
@@ -114,13 +121,17 @@ def extract(dataset: str, root: Path, lists: Path | None, out: Path, steps: int,
 
     Runs alone, or as every rank of `torchrun --nproc-per-node N cli.py extract ...`
     (Zarr caches only; see the README's cluster section)."""
+    from cache_schema import InvalidInput
     from extract.backbones import preset_models
     from extract.datasets import prepare_dataset
     from extract.pipeline import ExtractConfig, run_extract
 
+    if steps is not None and step_seconds is not None:
+        raise InvalidInput(f"--steps {steps} and --step-seconds {step_seconds:g} both given: a cache has equal steps "
+                           "per clip or steps on a time grid, not both; drop one of them")
     video, audio = preset_models(backbones, video_model, audio_model)
     cfg = ExtractConfig(
-        steps=steps, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
+        steps=steps or 10, step_seconds=step_seconds or 0.0, frames_per_step=frames_per_step, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
         batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
         retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout,
     )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cache_schema import (SAMPLE_RATE, AvarError, BackboneInfo, CacheConfig, backbone_differences,
+from cache_schema import (SAMPLE_RATE, AvarError, BackboneInfo, CacheConfig, InvalidInput, backbone_differences,
                           informational_differences)
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.frozen_model import resolve_device
@@ -124,9 +124,14 @@ def load_predictor(rundir: str | Path, config: PredictConfig = PredictConfig()) 
         if needs_video else AbsentVideo(cache.video.dim)
     audio = load_checked_backbone("audio", cache.audio, config.audio_model, device, config.precision) \
         if needs_audio else AbsentAudio(cache.audio.dim)
-    logger.info("run %s: %s head on %s, %d steps, classes %s", rundir, run.train.head, run.train.modality,
-                cache.steps, ", ".join(run.class_names))
-    return Predictor(model, run.class_names, cache.steps, cache.feature_dtype,
+    layout = cache.layout
+    if layout.grid and config.window is not None:
+        raise InvalidInput(f"{rundir} was trained on {layout.describe()} (a time grid): predict scores each whole file "
+                           "at that grid, full length, and its step scores are the timeline; --window/--hop cut "
+                           "fixed-step clips and do not apply. Drop --window/--hop")
+    logger.info("run %s: %s head on %s, %s, classes %s", rundir, run.train.head, run.train.modality,
+                layout.describe(), ", ".join(run.class_names))
+    return Predictor(model, run.class_names, layout, cache.feature_dtype,
                      video, audio, device=device, precision=config.precision)
 
 __all__ = ["AbsentAudio", "AbsentVideo", "BackboneMismatch", "load_checked_backbone",

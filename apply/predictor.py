@@ -4,11 +4,15 @@ Two modes:
 
 * whole video (default): the file is one clip of ``T`` steps, exactly as extraction cut
   the training clips (``decode_clip`` + ``FeatureExtractor``; features rounded to the
-  cache's dtype), so a training clip gets the prediction its cached features give;
+  cache's dtype), so a training clip gets the prediction its cached features give. A run
+  trained on a time-grid cache (``--step-seconds S``) scores the whole file at its grid,
+  at full length: ``ceil(d / S)`` steps, whose scores are the timeline;
 * ``window``/``hop``: windows of ``window`` seconds every ``hop`` seconds, each cut into
   ``T`` steps as if it were a clip (``extract.windows``: one pass over the file, bounded
   memory, any length). Per window: a class and ``T`` step scores; over the video: one
-  merged score timeline and the anomalous segments (``temporal.timeline``).
+  merged score timeline and the anomalous segments (``temporal.timeline``). Fixed-step
+  runs only: a grid run's whole-file timeline already has the grid's resolution, so
+  windows are refused for it (``load_predictor``, docs/predict.md).
 
 The anomaly score of a step is ``1 - p(normal)`` of its step probabilities. A file that
 cannot be used (an expected failure: ``AvarError``) gives an error entry; anything else is
@@ -29,10 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cache_schema import SAMPLE_RATE, AvarError, ClipRecord, InvalidInput
+from cache_schema import SAMPLE_RATE, AvarError, ClipRecord, InvalidInput, StepLayout
 from extract.frozen_model import autocast_context
 from extract.decode import DecodeError, decode_clip
-from extract.pipeline import Decoded, FeatureExtractor
+from extract.pipeline import Decoded, FeatureExtractor, worker_transform
 from extract.windows import DecodedWindow, decode_windows, thumbnail
 from temporal.data import Clips
 from temporal.metrics import NORMAL, anomaly_score
@@ -96,16 +100,19 @@ class Predictor:
     """A run's head with the backbones that reproduce its features, ready for raw video.
 
     ``feature_extractor`` is stage 1's ``FeatureExtractor`` over the same backbones, so a
-    file's features are computed exactly as extraction computed the cache's."""
+    file's features are computed exactly as extraction computed the cache's. ``steps`` is
+    the run's ``T``, or its cache's ``StepLayout`` (a time grid: ``steps`` is then 0 and
+    every file gets its own number of steps)."""
 
-    def __init__(self, model: AnomalyModel, class_names: Sequence[str], steps: int, feature_dtype: str,
+    def __init__(self, model: AnomalyModel, class_names: Sequence[str], steps: int | StepLayout, feature_dtype: str,
                  video: VideoFeatures, audio: AudioFeatures, device: str = "cpu", precision: str = "fp32") -> None:
         self.model = model.eval().to(device)
         self.class_names = tuple(class_names)
-        self.steps = int(steps)
+        self.layout = steps if isinstance(steps, StepLayout) else StepLayout(steps=int(steps))
+        self.steps = self.layout.steps
         self.feature_dtype = np.dtype(feature_dtype)
         self.video_backbone, self.audio_backbone = video, audio
-        self.feature_extractor = FeatureExtractor(video, audio, self.steps)  # type: ignore[arg-type]
+        self.feature_extractor = FeatureExtractor(video, audio, self.layout)  # type: ignore[arg-type]
         self.device, self.precision = device, precision
         self.normal = self.class_names.index(NORMAL) if NORMAL in self.class_names else None
         if self.normal is None:
@@ -116,17 +123,23 @@ class Predictor:
     def score_records(self, records: Sequence[ClipRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Clip probabilities ``[B, C]``, step probabilities ``[B, T, C]`` and step mask
         ``[B, T]`` of ``ok`` records. Features go through the cache's dtype first, so the
-        head reads exactly what it would have read from the cache."""
-        t = self.steps
+        head reads exactly what it would have read from the cache. Records of different
+        step counts (a time grid) are padded to the longest of the batch, the padding
+        masked out (``T`` is that longest; a record's own steps come first)."""
+        lengths = [len(r.video_mask) for r in records]
+        t = max(lengths)
+
+        def pad(x: np.ndarray, n: int) -> np.ndarray:
+            return x if len(x) == t else np.concatenate([x, np.zeros((t - n, *x.shape[1:]), x.dtype)])
 
         def feats(name: str, dim: int) -> torch.Tensor:
-            rows = [getattr(r, name) if getattr(r, name) is not None else np.zeros((t, dim), np.float32)
-                    for r in records]
+            rows = [pad(getattr(r, name), n) if getattr(r, name) is not None else np.zeros((t, dim), np.float32)
+                    for r, n in zip(records, lengths)]
             x = np.stack(rows).astype(self.feature_dtype).astype(np.float32)
             return torch.from_numpy(x)
 
-        vm = torch.from_numpy(np.stack([np.asarray(r.video_mask, bool) for r in records]))
-        am = torch.from_numpy(np.stack([np.asarray(r.audio_mask, bool) for r in records]))
+        vm = torch.from_numpy(np.stack([pad(np.asarray(r.video_mask, bool), n) for r, n in zip(records, lengths)]))
+        am = torch.from_numpy(np.stack([pad(np.asarray(r.audio_mask, bool), n) for r, n in zip(records, lengths)]))
         v = feats("video", self.video_backbone.dim) * vm.unsqueeze(-1)
         a = feats("audio", self.audio_backbone.dim) * am.unsqueeze(-1)
         clips = Clips(*(x.to(self.device) for x in (v, a, vm, am, torch.zeros(len(records), dtype=torch.long))))
@@ -149,8 +162,9 @@ class Predictor:
             clip_p, step_p, mask = self.score_records([records[i] for i in ok])
             step_s = self.anomaly(step_p)
             for j, i in enumerate(ok):
-                s = np.full(self.steps, np.nan) if step_s is None else np.where(mask[j], step_s[j], np.nan)
-                out[i] = ScoredClip(records[i], clip_p[j], s, mask[j])
+                n = len(records[i].video_mask)  # this clip's steps (the batch may be padded past them)
+                s = np.full(n, np.nan) if step_s is None else np.where(mask[j, :n], step_s[j, :n], np.nan)
+                out[i] = ScoredClip(records[i], clip_p[j], s, mask[j, :n])
         return out
 
     def _window_result(self, start: float, end: float, step_times: np.ndarray, scored: ScoredClip | None,
@@ -182,32 +196,40 @@ class Predictor:
             yield self.predict(p, config)
 
     def _transform(self, thumbnails: bool) -> Callable[[Image.Image], Any]:
-        base = self.video_backbone.transform
+        # a whole file's frames are held until it is embedded: as uint8 crops where the
+        # backbone's transform splits (a grid run of a long file has thousands of them)
+        base = worker_transform(self.video_backbone)  # type: ignore[arg-type]
         if not thumbnails:
             return base
         return lambda image: (base(image), thumbnail(image, THUMB_HEIGHT))
 
     def _predict_clip(self, path: str | Path, config: PredictConfig) -> VideoPrediction:
-        clip = decode_clip(path, self.steps, sample_rate=SAMPLE_RATE, frame_transform=self._transform(config.thumbnails))
+        clip = decode_clip(path, self.layout, sample_rate=SAMPLE_RATE,
+                           frame_transform=self._transform(config.thumbnails))
         thumbs: list[Image.Image] = []
         if config.thumbnails and clip.frames is not None:
             clip.frames, thumbs = (list(x) for x in zip(*clip.frames))
+            thumbs = thumbs[clip.frames_per_step // 2::clip.frames_per_step]  # one per step
         scored = self.score([Decoded(str(path), clip=clip)])[0]
         if not scored.ok:
             raise DecodeError(scored.error)
         w = self._window_result(0.0, clip.duration, clip.step_times, scored, None, None)
-        if clip.duration > 120:
+        if clip.duration > 120 and not self.layout.grid:
             logger.warning("%s is %.0f s long: as one clip each of its %d steps spans %.0f s; use --window for a "
                            "timeline at the scale of the training clips", path, clip.duration, self.steps,
                            clip.duration / self.steps)
         pred = VideoPrediction(str(path), self.class_names, clip.duration, w.label, w.probs,
                                np.asarray(clip.step_times), w.step_scores, [w], mode="clip")
         if self.normal is not None and pred.label != self.class_names[self.normal]:
-            pred.segments = clip_segments(pred.duration or 0.0, pred.scores, pred.label)
+            pred.segments = clip_segments(pred.duration or 0.0, pred.scores, pred.label,
+                                          step_bounds=clip.step_bounds if self.layout.grid else None)
         pred.thumbnails = list(zip(clip.step_times.tolist(), thumbs))
         return pred
 
     def _predict_windows(self, path: str | Path, config: PredictConfig) -> VideoPrediction:
+        if self.layout.grid:
+            raise InvalidInput(f"{path}: this run's steps lie on a time grid ({self.layout.describe()}); its "
+                               "whole-file timeline is already at that grid: predict without --window/--hop")
         hop = config.effective_hop
         pending: list[DecodedWindow] = []
         results: list[WindowResult] = []

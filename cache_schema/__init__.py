@@ -26,6 +26,7 @@ from .schema import (
     SAMPLE_RATE,
     SCHEMA_VERSION,
     SCHEMA_VERSIONS,
+    STEP_FIELDS,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_PENDING,
@@ -52,7 +53,7 @@ __all__ = [
     "informational_differences",
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",
     "GRID_IDENTITY_KEYS", "IDENTITY_KEYS", "SAMPLE_RATE", "StepLayout",
-    "SCHEMA_VERSION", "SCHEMA_VERSIONS", "STATUS_ERROR", "STATUS_OK", "STATUS_PENDING", "UNLABELLED", "BackboneInfo",
+    "SCHEMA_VERSION", "SCHEMA_VERSIONS", "STEP_FIELDS", "STATUS_ERROR", "STATUS_OK", "STATUS_PENDING", "UNLABELLED", "BackboneInfo",
     "CacheConfig", "CacheConfigMismatch", "CacheError", "CacheSchemaError", "ClipEntry", "ClipRecord",
     "FORMATS", "detect_format", "ValidationReport", "validate", "CacheWriter", "CacheReader", "open_cache",
 ]

@@ -9,9 +9,16 @@ from .reader import open_cache
 
 
 def cache_info(path: str | Path, clips: bool = True) -> dict[str, Any]:
-    """``{path, format, attrs, counts}`` and, with ``clips``, one entry per clip."""
+    """``{path, format, attrs, counts, layout}`` and, with ``clips``, one entry per clip.
+    A ragged (v2) cache adds ``steps``: ``stored`` (over every step block), ``referenced``
+    (by its ``ok`` clips) and ``unreferenced`` (left by clips extracted again, or by a
+    batch killed since the cache was last opened for writing)."""
     with open_cache(path) as r:
-        info: dict[str, Any] = {"path": str(path), "format": r.format, "attrs": r.attrs, "counts": r.counts()}
+        info: dict[str, Any] = {"path": str(path), "format": r.format, "attrs": r.attrs, "counts": r.counts(),
+                                "layout": r.layout.describe()}
+        if r.ragged:
+            stored, referenced = r.stored_steps(), int(r.step_counts().sum())
+            info["steps"] = {"stored": stored, "referenced": referenced, "unreferenced": max(0, stored - referenced)}
         if clips:
             info["clips"] = r.clips()
     return info
@@ -21,7 +28,12 @@ def format_cache_info(info: dict[str, Any]) -> str:
     """The human-readable summary of ``cache_info`` (with its clips' errors, if listed)."""
     a = info["attrs"]
     lines = [f"cache      {info['path']} ({info['format']}, schema v{a.get('schema_version')})",
-             f"steps      {a.get('steps')} at {a.get('sample_rate')} Hz audio, features {a.get('feature_dtype')}"]
+             f"steps      {info.get('layout', a.get('steps'))} at {a.get('sample_rate')} Hz audio, "
+             f"features {a.get('feature_dtype')}"]
+    if "steps" in info:
+        s = info["steps"]
+        lines.append(f"           {s['referenced']} steps in ok clips, {s['stored']} stored, {s['unreferenced']} "
+                     "unreferenced (steps of clips extracted again)")
     for mod in ("video", "audio"):
         b = a.get(f"{mod}_backbone", {})
         lines.append(f"{mod:<10} {b.get('name')} ({b.get('arch')}, {b.get('dim')}-d, "

@@ -171,8 +171,10 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One array of the cache. ``per_step`` arrays have a second axis of ``steps``;
-    ``feature`` arrays a third axis of the backbone's dim and the cache's feature dtype."""
+    """One array of the cache. ``per_step`` arrays have a second axis of ``steps`` in a
+    dense (v1) cache; in a ragged (v2) one they are stored in step blocks (``[S, ...]``,
+    see ``cache_schema.ragged``). ``feature`` arrays have a last axis of the backbone's dim
+    and the cache's feature dtype."""
 
     name: str
     dtype: str  # numpy dtype name, or "str" for variable-length UTF-8
@@ -185,7 +187,7 @@ class ArraySpec:
 
     def shape(self, n: int, config: CacheConfig) -> tuple[int, ...]:
         shape: tuple[int, ...] = (n,)
-        if self.per_step:
+        if self.per_step and not config.ragged:  # ragged (v2): ``n`` counts steps, not clips
             shape += (config.steps,)
         if self.feature == "video":
             shape += (config.video.dim,)
@@ -221,11 +223,39 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("error", "str", fill=""),
     ArraySpec("status", "str", fill=STATUS_PENDING),
 )
-ARRAY_BY_NAME = {a.name: a for a in ARRAYS}
+STEP_FIELDS = tuple(a.name for a in ARRAYS if a.per_step)
+"""The per-step arrays: ``[N, T, ...]`` in a dense (v1) cache; in a ragged (v2) one every
+clip's steps concatenated in its step block (``steps/bNNNNNN/<field>``)."""
+STEP_OFFSET = ArraySpec("step_offset", "int64", fill=0)
+"""Ragged (v2) caches: where a clip's steps start inside its step block."""
+STEP_COUNT = ArraySpec("step_count", "int32", fill=0)
+"""Ragged (v2) caches: how many steps the clip has (0: failed or pending, no steps)."""
+RAGGED_ARRAYS: tuple[ArraySpec, ...] = tuple(
+    a for spec in ARRAYS if not spec.per_step
+    for a in ((STEP_OFFSET, STEP_COUNT, spec) if spec.name == "error" else (spec,))
+)
+"""The per-clip arrays of a ragged (v2) cache, in write order (``status`` last)."""
+ARRAY_BY_NAME = {a.name: a for a in (*ARRAYS, STEP_OFFSET, STEP_COUNT)}
 # Written once when a clip's row is created, never by a feature write.
 IDENTITY_ARRAYS = ("key", "group", "label")
 # Written for every finished clip, status last.
 RECORD_ARRAYS = tuple(a.name for a in ARRAYS if a.name not in IDENTITY_ARRAYS)
+
+
+def clip_arrays(ragged: bool) -> tuple[ArraySpec, ...]:
+    """The arrays with one row per clip: every array of a dense (v1) cache, the per-clip
+    ones (with ``step_offset`` and ``step_count``) of a ragged (v2) one."""
+    return RAGGED_ARRAYS if ragged else ARRAYS
+
+
+def record_arrays(ragged: bool) -> tuple[str, ...]:
+    """The per-clip arrays a finished clip writes, in order, ``status`` last."""
+    return tuple(a.name for a in clip_arrays(ragged) if a.name not in IDENTITY_ARRAYS)
+
+
+def is_ragged_attrs(attrs: dict[str, Any]) -> bool:
+    """Whether a cache's attributes say it is ragged (schema v2), before they are parsed."""
+    return attrs.get("schema_version") == RAGGED_SCHEMA_VERSION
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ class Backend(Protocol):
     def get_attrs(self) -> dict[str, Any]: ...
     def set_attrs(self, attrs: dict[str, Any]) -> None: ...
     def names(self) -> list[str]: ...
+    def groups(self, name: str) -> list[str]: ...
+    def has(self, name: str) -> bool: ...
     def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, fill: Any) -> None: ...
     def shape(self, name: str) -> tuple[int, ...]: ...
     def dtype(self, name: str) -> str: ...
@@ -92,7 +94,27 @@ class ZarrBackend:
         self._g.attrs.update(attrs)
 
     def names(self) -> list[str]:
+        """The arrays at the top of the cache (nested ones, such as step blocks, excluded)."""
         return sorted(self._g.array_keys())
+
+    def groups(self, name: str) -> list[str]:
+        """The sub-groups of the group ``name`` (none when it does not exist)."""
+        import zarr
+
+        try:
+            g = self._g[name]
+        except KeyError:
+            return []
+        return sorted(g.group_keys()) if isinstance(g, zarr.Group) else []
+
+    def has(self, name: str) -> bool:
+        """Whether an array of this (possibly nested, ``a/b/c``) name exists."""
+        import zarr
+
+        try:
+            return isinstance(self._g[name], zarr.Array)
+        except KeyError:
+            return False
 
     def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, fill: Any) -> None:
         zdtype: Any = str if dtype == np.dtype(object) else dtype
@@ -206,7 +228,20 @@ class H5Backend:
         self._f.flush()
 
     def names(self) -> list[str]:
-        return sorted(self._f.keys())
+        import h5py
+
+        return sorted(k for k, v in self._f.items() if isinstance(v, h5py.Dataset))
+
+    def groups(self, name: str) -> list[str]:
+        import h5py
+
+        g = self._f.get(name)
+        return sorted(k for k, v in g.items() if isinstance(v, h5py.Group)) if isinstance(g, h5py.Group) else []
+
+    def has(self, name: str) -> bool:
+        import h5py
+
+        return isinstance(self._f.get(name), h5py.Dataset)
 
     def create(self, name: str, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, fill: Any) -> None:
         import h5py

@@ -17,15 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .ragged import block_array, n_blocks
 from .schema import (
-    ARRAYS,
+    ARRAY_BY_NAME,
     SCHEMA_VERSIONS,
+    STEP_FIELDS,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_PENDING,
     STATUSES,
     CacheConfig,
     CacheError,
+    clip_arrays,
 )
 from .integrity import find_damage, unreadable_chunks
 from .lock import CacheLocked
@@ -77,12 +80,13 @@ def _validate(backend: Backend, report: ValidationReport) -> None:
         p.append(str(exc))
         return
     names = set(backend.names())
-    missing = [a.name for a in ARRAYS if a.name not in names and not a.optional]
+    specs = clip_arrays(config.ragged)
+    missing = [a.name for a in specs if a.name not in names and not a.optional]
     if missing:
         p.append(f"missing arrays: {', '.join(missing)}")
         return
     n = backend.shape("key")[0]  # the key array is resized last: it says how many rows exist
-    for spec in (a for a in ARRAYS if a.name in names):  # an absent optional array: an older cache
+    for spec in (a for a in specs if a.name in names):  # an absent optional array: an older cache
         want = spec.shape(n, config)
         got = backend.shape(spec.name)
         if got[1:] != want[1:] or got[0] < n:  # longer: a run killed while adding rows; harmless
@@ -117,6 +121,10 @@ def _validate(backend: Backend, report: ValidationReport) -> None:
         p.append(f"row {row}: a finished clip without a key")
         broken_rows.add(int(row))
 
+    if config.ragged:
+        _validate_blocks(backend, config, keys, status, broken_rows, p)
+        report.broken_keys = [str(keys[r]) if keys[r] else f"row {r}" for r in sorted(broken_rows)]
+        return
     # Per-clip consistency, chunk by chunk so that memory stays bounded.
     chunk = max(1, backend.chunk_rows("video"))
     for sl in iter_chunks(n, chunk):
@@ -171,8 +179,72 @@ def _clip_problem(status: str, c: dict, config: CacheConfig) -> str | None:
     t = np.asarray(c["step_time"], dtype=np.float64)
     if not dur > 0:
         return f"duration {dur} is not positive"
-    if np.any(np.diff(t) <= 0) and config.steps > 1:
+    if np.any(np.diff(t) <= 0) and len(t) > 1:
         return "step times do not increase"
     if t[0] < 0 or t[-1] > dur + 1e-6:
         return "step times fall outside the clip"
     return None
+
+
+def _validate_blocks(backend: Backend, config: CacheConfig, keys: np.ndarray, status: np.ndarray,
+                     broken_rows: set[int], p: list[str]) -> None:
+    """A ragged (v2) cache's steps, block by block (memory: one block at a time): each
+    finished clip's offset and count lie inside its block, an ``ok`` clip has exactly the
+    steps the grid gives its duration, and its steps pass the checks of a dense clip."""
+    n = len(keys)
+    chunk_rows = backend.chunk_rows("status")
+    for b in range(n_blocks(n, chunk_rows)):
+        rows = [r for r in range(b * chunk_rows, min(n, (b + 1) * chunk_rows))
+                if r not in broken_rows and status[r] != STATUS_PENDING]
+        if not rows:
+            continue
+        idx = np.array(rows)
+        c = {name: backend.read(name, idx) for name in ("step_offset", "step_count", "duration", "error", "label")}
+        lengths, data = [], {}
+        for field in STEP_FIELDS:
+            name = block_array(b, field)
+            if not backend.has(name):
+                lengths.append(0)
+                continue
+            spec = ARRAY_BY_NAME[field]
+            want = spec.shape(backend.shape(name)[0], config)
+            want_dtype = spec.numpy_dtype(config).name
+            if backend.shape(name)[1:] != want[1:] or backend.dtype(name) != want_dtype:
+                p.append(f"array {name} has shape {backend.shape(name)} and dtype {backend.dtype(name)}, expected "
+                         f"{('S', *want[1:])} and {want_dtype}")
+                lengths.append(0)
+                continue
+            lengths.append(backend.shape(name)[0])
+        length = min(lengths)
+        ok = [j for j, r in enumerate(rows) if status[r] == STATUS_OK]
+        if ok and length:
+            lo = max(0, min(int(c["step_offset"][j]) for j in ok))
+            hi = min(length, max(int(c["step_offset"][j]) + int(c["step_count"][j]) for j in ok))
+            data = {f: (lo, backend.read(block_array(b, f), slice(lo, max(lo, hi)))) for f in STEP_FIELDS}
+        for j, row in enumerate(rows):
+            why = _ragged_clip_problem(status[row], {k: v[j] for k, v in c.items()}, length, data, config)
+            if why:
+                p.append(f"clip {keys[row]!r}: {why}")
+                broken_rows.add(row)
+
+
+def _ragged_clip_problem(status: str, c: dict, length: int, data: dict, config: CacheConfig) -> str | None:
+    offset, count = int(c["step_offset"]), int(c["step_count"])
+    if status == STATUS_ERROR:
+        if count != 0:
+            return f"status error with step_count {count} (a failed clip has no steps)"
+        return _clip_problem(status, c, config)
+    if status != STATUS_OK:
+        return None
+    if count <= 0:
+        return f"status ok but step_count is {count}: every ok clip has steps"
+    if offset < 0 or offset + count > length:
+        return f"steps {offset}-{offset + count - 1} lie outside its step block of {length} steps"
+    dur = float(c["duration"])
+    if not dur > 0:
+        return f"duration {dur} is not positive"
+    want = config.layout.count(dur)
+    if count != want:
+        return f"step_count {count}, but {config.layout.describe()} give a clip of {dur:g} s {want} steps"
+    steps = {f: data[f][1][offset - data[f][0]: offset - data[f][0] + count] for f in STEP_FIELDS}
+    return _clip_problem(status, {**c, **steps}, config)

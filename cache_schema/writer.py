@@ -11,6 +11,10 @@ distributed job that process is rank 0; the other ranks :meth:`CacheWriter.attac
 store and may write only the rows of the chunks they were given, so that no two processes
 ever rewrite the same chunk file. Only :meth:`open` creates, resizes, repairs or writes
 attributes.
+
+A ragged (v2) cache appends each clip's steps to the step block of its chunk of rows
+(``cache_schema.ragged``), then writes its per-clip arrays, ``step_offset`` and
+``step_count`` among them, and ``status`` last; a rank owns the blocks of its chunks.
 """
 
 from __future__ import annotations
@@ -24,13 +28,12 @@ from typing import Any, Collection, Sequence
 import numpy as np
 
 from .integrity import ALL_CHUNKS_STORED, ChunkDamage, find_damage
+from .ragged import STEP_CHUNK, append_steps, create_block, live_counts, n_blocks, trim_unreferenced
 from .lock import CacheWriteError
 from .errors import InvalidInput
 from .keys import storable_text
 from .schema import (
     ARRAY_BY_NAME,
-    ARRAYS,
-    RECORD_ARRAYS,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_PENDING,
@@ -41,6 +44,9 @@ from .schema import (
     CacheSchemaError,
     ClipEntry,
     ClipRecord,
+    STEP_FIELDS,
+    clip_arrays,
+    record_arrays,
 )
 from .identity import WRITER_SIDES, feature_identity_differences, identity_informational_differences
 from .storage import Backend, open_backend
@@ -87,6 +93,7 @@ class CacheWriter:
         # None: this writer may write any row. Otherwise the chunk indices it may write.
         self._owned = None if owned_chunks is None else frozenset(owned_chunks)
         self._attached = attached
+        self._specs = clip_arrays(config.ragged)  # the arrays with one row per clip
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -98,8 +105,11 @@ class CacheWriter:
         fmt: str | None = None,
         chunk_clips: int = 32,
         info: dict[str, Any] | None = None,
+        step_chunk: int = STEP_CHUNK,
     ) -> "CacheWriter":
         """Create the cache, or reopen it to resume, repair or extend it with new clips.
+        ``step_chunk`` (ragged caches: steps per chunk of a block array) applies to a new
+        cache; an existing one keeps what it recorded.
 
         Raises :class:`CacheConfigMismatch` when the cache on disk was made with another
         configuration: features of two configurations are never mixed.
@@ -116,13 +126,13 @@ class CacheWriter:
         try:
             attrs = backend.get_attrs()
             if not attrs:
-                cls._create(backend, config, list(entries), chunk_clips, info or {})
+                cls._create(backend, config, list(entries), chunk_clips, info or {}, step_chunk)
             else:
                 cls._check_identity(path, attrs, config)
                 discarded = backend.discard_interrupted_writes()
                 if discarded:
                     logger.info("removed %d temporary files of writes a killed run never finished", discarded)
-                _equalise_lengths(backend)
+                _equalise_lengths(backend, config)
                 _add_optional_arrays(backend, config)
                 if info:  # descriptive only (dataset, root): the latest run's are the true ones
                     backend.set_attrs(info)
@@ -130,6 +140,9 @@ class CacheWriter:
             writer._repair(find_damage(backend), by_key)
             writer._extend([e for e in entries if e.key not in writer._row])
             writer._trim_free_tail()
+            if config.ragged:
+                writer._ensure_blocks()
+                writer._trim_steps()
         except OSError as exc:
             backend.close()
             raise CacheWriteError(f"cannot write the cache at {path}: {exc}; free space or choose another --out") from exc
@@ -154,16 +167,19 @@ class CacheWriter:
         return cls(backend, config, rows, owned_chunks=owned_chunks, attached=True)
 
     @staticmethod
-    def _create(backend: Backend, config: CacheConfig, entries: list[ClipEntry], chunk_clips: int, info: dict) -> None:
+    def _create(backend: Backend, config: CacheConfig, entries: list[ClipEntry], chunk_clips: int, info: dict,
+                step_chunk: int = STEP_CHUNK) -> None:
+        specs = clip_arrays(config.ragged)
         names = set(backend.names())
-        foreign = names - {a.name for a in ARRAYS}
+        foreign = names - {a.name for a in specs}
         if foreign:
             raise CacheSchemaError(
                 f"{backend.path} holds arrays {sorted(foreign)} but no cache attributes; it is not an AVAR "
                 "feature cache: choose another --out"
             )
-        for spec in ARRAYS:  # arrays of an interrupted creation (no attributes yet) are recreated
+        for spec in specs:  # arrays of an interrupted creation (no attributes yet) are recreated
             backend.create(spec.name, spec.shape(0, config), spec.numpy_dtype(config), chunk_clips, spec.fill)
+        ragged = {"step_chunk": max(1, int(step_chunk))} if config.ragged else {}
         backend.set_attrs(
             {
                 **config.identity(),
@@ -171,6 +187,7 @@ class CacheWriter:
                 "package_versions": package_versions(),
                 "complete": False,
                 ALL_CHUNKS_STORED: True,
+                **ragged,
                 **info,
             }
         )
@@ -212,7 +229,7 @@ class CacheWriter:
             # ``key`` last: it defines how many rows the cache has, so a run killed in
             # this loop leaves longer arrays (ignored by readers and validate), never
             # rows without data (_equalise_lengths finishes the job on reopen)
-            for spec in sorted(ARRAYS, key=lambda a: a.name == "key"):
+            for spec in sorted(self._specs, key=lambda a: a.name == "key"):
                 self.backend.resize(spec.name, n1)
         rows = np.array(sorted(free)[: len(new)] + list(range(n0, n1)), dtype=np.int64)
         # status first: it stores the status chunk of every row (integrity's evidence)
@@ -236,7 +253,7 @@ class CacheWriter:
             n -= 1
         if n == len(keys):
             return
-        for spec in sorted(ARRAYS, key=lambda a: a.name != "key"):
+        for spec in sorted(self._specs, key=lambda a: a.name != "key"):
             self.backend.resize(spec.name, n)
         logger.info("removed %d rows without a clip at the end of the cache", len(keys) - n)
 
@@ -248,6 +265,28 @@ class CacheWriter:
         """Make every damaged chunk (see ``integrity``) trustworthy again: its clips go
         back to pending and are extracted again. Group and label chunks are restored from
         the manifest when it knows every key; rows whose key is lost become free rows."""
+        if not damage:
+            return
+        steps = [d for d in damage if d.unit == "steps"]
+        damage = [d for d in damage if d.unit != "steps"]
+        reset_rows = sorted({r for d in steps for r in d.affected})
+        if reset_rows:  # clips whose steps a damaged block chunk held: pending, status first
+            idx = np.array(reset_rows, dtype=np.int64)
+            for name in ("status", *(n for n in record_arrays(True) if n != "status")):
+                self._fill_rows(name, idx)
+        for d in steps:  # the chunk itself becomes readable again (fill: no clip uses it now)
+            if not self.backend.has(d.array):
+                block = int(d.array.split("/")[1][1:])
+                create_block(self.backend, self.config, block, self._step_chunk())
+            elif d.start < d.stop <= self.backend.shape(d.array)[0]:  # not steps past the array's end
+                field = d.array.rsplit("/", 1)[1]
+                spec = ARRAY_BY_NAME[field]
+                self.backend.write_slice(d.array, d.rows, np.full(spec.shape(d.stop - d.start, self.config),
+                                                                  spec.fill, dtype=spec.numpy_dtype(self.config)))
+        if steps:
+            self.backend.set_attrs({"complete": False})
+            logger.warning("%d damaged step chunks repaired: %d clips will be extracted again (%s)", len(steps),
+                           len(reset_rows), "; ".join(d.describe() for d in steps[:5]) + (" ..." if len(steps) > 5 else ""))
         if not damage:
             return
         reset: dict[int, slice] = {}
@@ -268,7 +307,7 @@ class CacheWriter:
         for sl in reset.values():  # status first, so that a crash in here leaves them pending
             self._fill("status", sl)
         for sl in reset.values():
-            for name in RECORD_ARRAYS:
+            for name in record_arrays(self.config.ragged):
                 if name != "status":
                     self._fill(name, sl)
         for (name, _), sl in restore.items():
@@ -292,6 +331,41 @@ class CacheWriter:
         spec = ARRAY_BY_NAME[name]
         shape = spec.shape(sl.stop - sl.start, self.config)
         self.backend.write_slice(name, sl, np.full(shape, spec.fill, dtype=spec.numpy_dtype(self.config)))
+
+    def _fill_rows(self, name: str, rows: np.ndarray) -> None:
+        spec = ARRAY_BY_NAME[name]
+        values = np.full(spec.shape(len(rows), self.config), spec.fill, dtype=spec.numpy_dtype(self.config))
+        self.backend.write(name, rows, values)
+
+    # -- ragged (v2) step blocks ---------------------------------------------------
+    def _step_chunk(self) -> int:
+        return int(self.backend.get_attrs().get("step_chunk") or STEP_CHUNK)
+
+    def _ensure_blocks(self) -> None:
+        """Every chunk of clip rows has its step block, created here by the process that
+        opened the cache, so that an attached rank only resizes and writes its own."""
+        step_chunk = self._step_chunk()
+        for b in range(n_blocks(self.backend.shape("key")[0], self._chunk_rows)):
+            create_block(self.backend, self.config, b, step_chunk)
+
+    def _trim_steps(self) -> int:
+        """Drop the steps no finished clip references from each block's tail (module doc)."""
+        counts = live_counts(self.backend.read("status"), self.backend.read("step_count"))
+        return trim_unreferenced(self.backend, self.backend.read("step_offset"), counts, self._chunk_rows)
+
+    def _append_steps(self, rows: np.ndarray, row_dicts: list[dict[str, Any]]) -> None:
+        """Append the batch's steps to their blocks and give each row its ``step_offset``
+        (inside its block) and ``step_count``."""
+        blocks = rows // self._chunk_rows
+        for b in dict.fromkeys(blocks.tolist()):
+            members = [i for i in range(len(rows)) if blocks[i] == b]
+            values = {f: np.concatenate([row_dicts[i][f] for i in members]) for f in STEP_FIELDS}
+            start = append_steps(self.backend, int(b), values)
+            for i in members:
+                count = len(row_dicts[i]["step_time"])
+                row_dicts[i]["step_offset"] = np.int64(start if count else 0)
+                row_dicts[i]["step_count"] = np.int32(count)
+                start += count
 
     def restrict_to(self, owned_chunks: Collection[int]) -> None:
         """From now on write only rows of these chunks (rank 0's own shard)."""
@@ -356,7 +430,12 @@ class CacheWriter:
         self._check_owned(rows)
         row_dicts = [r.as_row(self.config) for r in records]
         try:
-            for name in RECORD_ARRAYS:
+            if self.config.ragged:
+                finished = rows[self.backend.read("status", rows) != STATUS_PENDING]
+                if len(finished):  # extracted again: pending while its offset and count change
+                    self._fill_rows("status", finished)
+                self._append_steps(rows, row_dicts)
+            for name in record_arrays(self.config.ragged):
                 if name == "status":
                     self._before_status(rows)
                 values = [d[name] for d in row_dicts]
@@ -429,7 +508,7 @@ def _add_optional_arrays(backend: Backend, config: CacheConfig) -> None:
     take the new array's chunks for deleted ones."""
     names = set(backend.names())
     n = backend.shape("key")[0]
-    for spec in ARRAYS:
+    for spec in clip_arrays(config.ragged):
         if spec.optional and spec.name not in names:
             backend.create(spec.name, spec.shape(n, config), spec.numpy_dtype(config), backend.chunk_rows("status"),
                            spec.fill)
@@ -439,11 +518,11 @@ def _add_optional_arrays(backend: Backend, config: CacheConfig) -> None:
             logger.info("%s: added the array %s (unknown for the clips extracted before)", backend.path, spec.name)
 
 
-def _equalise_lengths(backend: Backend) -> None:
+def _equalise_lengths(backend: Backend, config: CacheConfig) -> None:
     """A run killed while adding rows can leave arrays of different lengths (each resize
     is its own metadata write). Bring them all to the longest; the added rows are free."""
     names = set(backend.names())
-    lengths = {a.name: backend.shape(a.name)[0] for a in ARRAYS if a.name in names}
+    lengths = {a.name: backend.shape(a.name)[0] for a in clip_arrays(config.ragged) if a.name in names}
     if len(set(lengths.values())) <= 1:
         return
     n = max(lengths.values())

@@ -1,4 +1,9 @@
-"""Decode one clip into its T step frames (display orientation) and 16 kHz mono audio.
+"""Decode one clip into its step frames (display orientation) and 16 kHz mono audio.
+
+The steps come from a ``cache_schema.StepLayout``: ``T`` equal steps over the clip (the
+paper's fixed layout, ``decode_clip(path, 10)``), or a time grid of ``S``-second steps
+(``ceil(d / S)`` of them, the last cut at ``d``) with ``K`` frames per step, each the frame
+nearest the centre of one of ``K`` equal sub-segments of its step.
 
 A thin caller of the decoding engine (``extract.media_reader.MediaReader``): the probe
 and the audio share one demux pass (the file is read once for both), and the frames
@@ -17,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cache_schema import SAMPLE_RATE
+from cache_schema import SAMPLE_RATE, StepLayout
 from extract.audio_track import SILENCE_PEAK, nothing_decoded_note
 from extract.media_reader import DecodeStats, FrameTransform, MediaReader
 from extract.orientation import frame_rotation, to_display_image
@@ -42,11 +47,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DecodedClip:
-    """One clip, cut into ``T`` steps of equal length over its true duration.
+    """One clip, cut into ``T`` steps over its true duration (its layout's ``segments``).
 
-    ``frames[i]`` is the frame nearest ``step_times[i]`` (PIL RGB in display
-    orientation, or ``frame_transform`` of it); two steps may share one object when a
-    short clip has fewer frames than steps. ``audio`` is mono float32 at
+    ``frames`` holds ``frames_per_step`` (``K``) frames per step, step-major: the frames of
+    step ``i`` are ``frames[i*K:(i+1)*K]``, each the frame nearest its target time (the step
+    centre for ``K = 1``), PIL RGB in display orientation or ``frame_transform`` of it; two
+    targets may share one object when a short clip has fewer frames than targets.
+    ``frame_times`` are those frames' clip times (``[T*K]``). ``audio`` is mono float32 at
     ``sample_rate`` with sample 0 at clip time 0, zero where the stream has gaps or
     starts late; ``audio_end``/``video_end`` say where real data ends so that steps
     beyond it can be masked. ``audio_error`` says why an audio stream present in the
@@ -69,10 +76,23 @@ class DecodedClip:
     audio_error: str | None
     stats: DecodeStats
     info: MediaInfo = field(repr=False)
+    frames_per_step: int = 1
+    video_start: float = 0.0
+    on_grid: bool = False  # steps on a time grid (their video mask follows the stream's extent)
 
     @property
     def steps(self) -> int:
         return len(self.step_times)
+
+    def video_step_mask(self) -> np.ndarray:
+        """``[T]`` bool: the steps that the video stream really covers (a stream that
+        starts late or ends early leaves the steps outside it without video)."""
+        if self.frames is None:
+            return np.zeros(self.steps, bool)
+        covered = (self.step_bounds[:, 0] < self.video_end - 1e-6) & (self.step_bounds[:, 1] > self.video_start + 1e-6)
+        if not covered.any():  # a stream shorter than any step still shows in the nearest one
+            covered[int(np.argmin(np.abs(self.step_times - (self.video_start + self.video_end) / 2)))] = True
+        return covered
 
     @property
     def audio_sample_bounds(self) -> np.ndarray:
@@ -89,14 +109,18 @@ class DecodedClip:
 
 def decode_clip(
     path: str | os.PathLike,
-    steps: int,
+    steps: int | StepLayout,
     *,
     sample_rate: int = SAMPLE_RATE,
     frame_transform: FrameTransform | None = None,
     deadline: float | None = None,
     threads: int = 1,
 ) -> DecodedClip:
-    """Decode the ``steps`` target frames and the whole audio track of one file.
+    """Decode the target frames of every step and the whole audio track of one file.
+
+    ``steps`` is ``T`` (equal steps) or a ``StepLayout`` (a time grid: the number of steps
+    follows from the clip's duration). All ``T*K`` targets go through the engine's one
+    keyframe-aware plan (each frame decoded once, near the plan's minimum).
 
     ``frame_transform`` is applied to each target image right away so only transformed
     frames are held. ``deadline`` is a ``time.monotonic()`` value checked in every
@@ -111,8 +135,14 @@ def decode_clip(
     path = str(path)
     reader = MediaReader(path, gather_audio_rate=sample_rate, deadline=deadline, threads=threads)
     info, stats = reader.info, reader.stats
-    bounds = step_segments(info.duration, steps)
+    layout = steps if isinstance(steps, StepLayout) else StepLayout(steps=int(steps))
+    if layout.grid:
+        bounds = layout.segments(info.duration)
+    else:  # the fixed layout's arithmetic, unchanged (its caches stay bit-identical)
+        bounds = step_segments(info.duration, layout.steps)
     centres = step_centres(bounds)
+    k = layout.frames_per_step
+    targets = centres if k == 1 else layout.frame_times(bounds).reshape(-1)
 
     audio, audio_end, audio_silent, audio_error = None, 0.0, False, None
     track = reader.gathered_audio()
@@ -125,11 +155,12 @@ def decode_clip(
         else:
             track.warn_failed_packets(path)
 
-    frames, frame_times, video_end = None, None, 0.0
+    frames, frame_times, video_end, video_start = None, None, 0.0, 0.0
     if info.video is not None:
-        chosen = reader.frames_at(centres, frame_transform)
+        chosen = reader.frames_at(targets, frame_transform)
         frames, frame_times = chosen.frames, chosen.times
         video_end = info.video.end - info.start
+        video_start = max(0.0, info.video.start - info.start)
 
     if frames is None and audio is None:
         raise DecodeError(
@@ -153,6 +184,9 @@ def decode_clip(
         audio_error=audio_error,
         stats=stats,
         info=info,
+        frames_per_step=k,
+        video_start=video_start,
+        on_grid=layout.grid,
     )
 
 

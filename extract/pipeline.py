@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cache_schema import (SAMPLE_RATE, STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord,
-                          detect_format, die_with_parent)
+                          StepLayout, detect_format, die_with_parent)
 from cache_schema.lock import CacheLock, CacheWriteError
 
 from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone, VideoBackbone, load_audio_backbone,
@@ -40,6 +40,7 @@ from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone,
 from .decode import ClipTimeout, DecodedClip, DecodeError, decode_clip
 from .distributed import DistEnv, Group, RankFailed, plan_shards, process_group, rank_device
 from .manifest import Manifest, ManifestRow
+from .video_backbone import VideoTransform
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ WEIGHED_CLIPS = 200_000  # up to this many pending clips, shards are balanced by
 @dataclass(frozen=True)
 class ExtractConfig:
     steps: int = 10
+    # A time grid instead of ``steps`` equal steps per clip: steps of this many seconds
+    # (``ceil(d / S)`` per clip, schema v2 ragged cache); 0 = the fixed ``steps``.
+    step_seconds: float = 0.0
+    frames_per_step: int = 1  # grid: video frames (evenly spaced) whose features are averaged per step
     fmt: str | None = None  # None: from the output path's suffix
     video_model: str = DEFAULT_VIDEO_MODEL
     audio_model: str = DEFAULT_AUDIO_MODEL
@@ -66,6 +71,15 @@ class ExtractConfig:
     retry_errors: bool = False
     progress: bool = True
     dist_timeout: float = 7200.0  # seconds a rank waits for the others (torchrun only)
+
+    def __post_init__(self) -> None:
+        self.layout  # refuses an impossible combination (InvalidInput) before any work
+
+    @property
+    def layout(self) -> StepLayout:
+        """Where each clip's steps lie (``steps`` is ignored on a time grid)."""
+        return StepLayout(steps=0 if self.step_seconds else self.steps, step_seconds=self.step_seconds,
+                          frames_per_step=self.frames_per_step)
 
 
 @dataclass
@@ -138,7 +152,8 @@ class ClipDecodeDataset(Dataset):
     # collection costs ~0.25 s here, ~8 ms a clip amortised).
     GC_EVERY = 32
 
-    def __init__(self, rows: Sequence[ManifestRow], steps: int, frame_transform: Callable | None, timeout: float):
+    def __init__(self, rows: Sequence[ManifestRow], steps: int | StepLayout, frame_transform: Callable | None,
+                 timeout: float):
         self.rows = list(rows)
         self.steps = steps
         self.frame_transform = frame_transform
@@ -220,7 +235,7 @@ def _loader(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable
             batch_size: int | None = None) -> DataLoader:
     if workers:
         _collect_before_fork()
-    ds = ClipDecodeDataset(rows, cfg.steps, transform, cfg.clip_timeout)
+    ds = ClipDecodeDataset(rows, cfg.layout, transform, cfg.clip_timeout)
     bs = batch_size or cfg.batch_size
     ctx = _worker_context() if workers else None
     # a forked worker's parent is this process, which lets the worker check it is still there
@@ -315,19 +330,67 @@ def _stop_workers(batches: Iterator[Any]) -> None:
 def audio_step_mask(clip: DecodedClip) -> np.ndarray:
     """A step has audio only where the stream really covers it: audio that ends early
     leaves the last steps without audio instead of inventing silence for them."""
-    t = len(clip.step_times)
+    t = clip.steps
     if clip.audio is None:
         return np.zeros(t, bool)
     return clip.step_bounds[:, 0] < clip.audio_end - 1e-6
 
 
-class FeatureExtractor:
-    """The two frozen backbones, applied to batches of decoded clips."""
+def worker_transform(video: VideoBackbone) -> Callable:
+    """What a decode worker applies to each chosen frame: the backbone transform's PIL
+    half (resized, cropped uint8, a quarter of the float tensor's size) where it splits,
+    so that a long clip's frames stay small until ``FeatureExtractor`` turns them into
+    float per mini-batch; else the whole transform."""
+    transform = video.transform
+    return transform.geometry if isinstance(transform, VideoTransform) and transform.splits else transform
 
-    def __init__(self, video: VideoBackbone, audio: AudioBackbone, steps: int) -> None:
+
+FRAME_BATCH = 256
+"""Frames that ``FeatureExtractor`` turns into float and hands to the video backbone at
+once (a 20-minute clip on a 2/3 s grid is 1,800 frames: never all at once)."""
+
+
+class FeatureExtractor:
+    """The two frozen backbones, applied to batches of decoded clips.
+
+    Each clip has its own number of steps (``clip.steps``: fixed, or its duration on a
+    time grid). Video: the features of a step's frame, or the mean of its ``K`` frames'
+    features; frames go to the backbone in mini-batches of about ``frame_batch``. Audio:
+    the backbone's hidden states averaged over each step's bounds."""
+
+    def __init__(self, video: VideoBackbone, audio: AudioBackbone, steps: int | StepLayout = 0,
+                 frame_batch: int = FRAME_BATCH) -> None:
         self.video = video
         self.audio = audio
-        self.steps = steps
+        self.steps = steps  # informational: each clip brings its own steps
+        # a multiple of the backbone's own batch, so that its forward passes see the same
+        # batches as when a whole batch of clips went in at once
+        per = max(1, int(getattr(video, "batch_size", 1) or 1))
+        self.frame_batch = max(1, frame_batch // per) * per
+
+    def _images(self, frames: Sequence[Any]) -> torch.Tensor:
+        """A mini-batch of decoded frames as the backbone's float input ``[N, 3, H, W]``."""
+        if isinstance(frames[0], np.ndarray):  # a worker's uint8 geometry (``worker_transform``)
+            return self.video.transform.finish(np.stack(frames))
+        return torch.stack([torch.as_tensor(f) for f in frames])
+
+    def _video_features(self, clips: Sequence[DecodedClip]) -> list[np.ndarray]:
+        """Per clip ``[T, D]``: every frame embedded once, in mini-batches across clips."""
+        flat = [f for c in clips for f in c.frames]
+        parts = []
+        for start in range(0, len(flat), self.frame_batch):
+            parts.append(self.video.embed(self._images(flat[start:start + self.frame_batch])).float().cpu().numpy())
+        emb = np.concatenate(parts) if parts else np.zeros((0, self.video.dim), np.float32)
+        out, at = [], 0
+        for c in clips:
+            k = c.frames_per_step
+            n = c.steps * k
+            if len(c.frames) != n:
+                raise ValueError(f"{c.path}: {len(c.frames)} frames for {c.steps} steps of {k} frames")
+            e = emb[at:at + n]
+            out.append(e if k == 1 else e.reshape(c.steps, k, -1).mean(axis=1, dtype=np.float32))
+            at += n
+        return out
 
     def records(self, batch: Sequence[Decoded], isolate_failures: bool = True) -> list[ClipRecord]:
         """Embed a batch. With ``isolate_failures`` (extraction: one clip must never stop a
@@ -352,14 +415,12 @@ class FeatureExtractor:
         return _with_sources(batch, out)
 
     def _embed(self, batch: Sequence[Decoded]) -> list[ClipRecord]:
-        t = self.steps
         with_video = [d for d in batch if d.clip.frames is not None]
         with_audio = [d for d in batch if d.clip.audio is not None]
         vfeat: dict[str, np.ndarray] = {}
         if with_video:
-            images = torch.stack([torch.as_tensor(f) for d in with_video for f in d.clip.frames])
-            emb = self.video.embed(images).float().cpu().numpy().reshape(len(with_video), t, -1)
-            vfeat = {d.key: emb[i] for i, d in enumerate(with_video)}
+            feats = self._video_features([d.clip for d in with_video])
+            vfeat = {d.key: e for d, e in zip(with_video, feats)}
         afeat: dict[str, np.ndarray] = {}
         if with_audio:
             embs = self.audio.embed([(d.clip.audio, d.clip.step_bounds) for d in with_audio])
@@ -367,12 +428,19 @@ class FeatureExtractor:
         records = []
         for d in batch:
             c = d.clip
+            t = c.steps
+            if d.key not in vfeat:
+                video_mask = np.zeros(t, bool)
+            elif c.on_grid:
+                video_mask = c.video_step_mask()
+            else:  # fixed steps: every step has its nearest frame, as ever
+                video_mask = np.ones(t, bool)
             records.append(ClipRecord(
                 key=d.key,
                 status="ok",
                 video=vfeat.get(d.key),
                 audio=afeat.get(d.key),
-                video_mask=np.full(t, d.key in vfeat),
+                video_mask=video_mask,
                 audio_mask=audio_step_mask(c) if d.key in afeat else np.zeros(t, bool),
                 audio_silent=bool(c.audio_silent) if c.audio is not None else False,
                 duration=float(c.duration),
@@ -447,8 +515,10 @@ def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
 
 
 def _cache_config(manifest: Manifest, cfg: ExtractConfig, video: VideoBackbone, audio: AudioBackbone) -> CacheConfig:
+    layout = cfg.layout
     return CacheConfig(
-        steps=cfg.steps, sample_rate=SAMPLE_RATE, video=backbone_info(video), audio=backbone_info(audio),
+        steps=layout.steps, step_seconds=layout.step_seconds, frames_per_step=layout.frames_per_step,
+        sample_rate=SAMPLE_RATE, video=backbone_info(video), audio=backbone_info(audio),
         class_names=manifest.class_names, feature_dtype=cfg.feature_dtype,
     )
 
@@ -571,10 +641,10 @@ def _extract_shard(writer: CacheWriter, shard: Sequence[tuple[int, str]], manife
         logger.warning("backbones carry UNTRAINED weights (%s, %s): features are for testing the pipeline only",
                        video.name, audio.name)
     logger.info("%s: %d clips to extract, %d already in %s", env.label(), len(shard), summary.skipped, summary.cache)
-    extractor = FeatureExtractor(video, audio, cfg.steps)
+    extractor = FeatureExtractor(video, audio, cfg.layout)
     progress = _progress(len(shard), cfg.progress and env.is_main)
     try:
-        for batch in iter_decoded([by_key[k] for _, k in shard], cfg, video.transform):
+        for batch in iter_decoded([by_key[k] for _, k in shard], cfg, worker_transform(video)):
             records = extractor.records(batch)
             writer.write(records)
             for r in records:

@@ -65,14 +65,44 @@ class VideoTransform:
     def __init__(self, data_config: dict[str, Any]) -> None:
         self.data_config = dict(data_config)
         self._transform = create_transform(**self.data_config)
+        # timm's eval pipeline is PIL geometry (resize, crop), then ToTensor, then tensor
+        # ops (normalise). Split there, so that a decode worker can hold a long clip's
+        # frames as cropped uint8 (a quarter of the float tensor's size) and the float
+        # conversion runs per mini-batch where the backbone runs (``geometry`` + ``finish``
+        # is exactly ``__call__``).
+        steps = list(getattr(self._transform, "transforms", [self._transform]))
+        cut = next((i for i, t in enumerate(steps) if type(t).__name__ in ("ToTensor", "MaybeToTensor")), None)
+        self._pil_steps = steps[:cut] if cut is not None else None
+        self._tensor_steps = steps[cut + 1:] if cut is not None else None
 
     def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
-        if image.mode != "RGB":
-            # timm's ToTensor keeps the channel count; grey or RGBA frames must become RGB
-            image = image.convert("RGB")
-        return self._transform(image)
+        return self._transform(_rgb(image))
+
+    @property
+    def splits(self) -> bool:
+        """Whether ``geometry`` + ``finish`` are available (timm's pipeline has a ToTensor)."""
+        return self._pil_steps is not None
+
+    def geometry(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """The PIL half of the transform: the resized, cropped frame as uint8 ``[H, W, 3]``."""
+        if self._pil_steps is None:
+            raise ValueError(f"{self!r} has no ToTensor step to split at")
+        image = _rgb(image)
+        for step in self._pil_steps:
+            image = step(image)
+        return np.asarray(image, dtype=np.uint8)
+
+    def finish(self, frames: np.ndarray) -> torch.Tensor:
+        """The tensor half for a batch of ``geometry`` outputs ``[N, H, W, 3]`` uint8 ->
+        ``[N, 3, H, W]`` float, the same values as ``__call__`` of each frame (ToTensor's
+        ``/ 255``, then timm's tensor steps, which broadcast over the batch)."""
+        if self._tensor_steps is None:
+            raise ValueError(f"{self!r} has no ToTensor step to split at")
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+        x = x.to(dtype=torch.get_default_dtype()).div(255)
+        for step in self._tensor_steps:
+            x = step(x)
+        return x
 
     def __getstate__(self) -> dict[str, Any]:
         return {"data_config": self.data_config}
@@ -82,6 +112,15 @@ class VideoTransform:
 
     def __repr__(self) -> str:
         return f"VideoTransform({self.data_config})"
+
+
+def _rgb(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if image.mode != "RGB":
+        # timm's ToTensor keeps the channel count; grey or RGBA frames must become RGB
+        image = image.convert("RGB")
+    return image
 
 
 class VideoBackbone(DescribedBackbone):

@@ -72,10 +72,17 @@ def score_runs(hot: np.ndarray, edges: np.ndarray, scores: np.ndarray, label: st
     return out
 
 
-def clip_segments(duration: float, step_scores: np.ndarray, label: str, threshold: float = 0.5) -> list[Segment]:
-    """One clip cut into equal steps: the runs of steps scoring above ``threshold``,
-    labelled with the clip's class (the head classifies the clip; the steps say where)."""
-    edges = np.linspace(0.0, duration, len(step_scores) + 1)
+def clip_segments(duration: float, step_scores: np.ndarray, label: str, threshold: float = 0.5,
+                  step_bounds: np.ndarray | None = None) -> list[Segment]:
+    """One clip cut into steps: the runs of steps scoring above ``threshold``, labelled
+    with the clip's class (the head classifies the clip; the steps say where). The steps
+    are equal unless ``step_bounds`` ``[T, 2]`` says where they lie (a time grid, whose
+    last step is cut at the clip's end)."""
+    if step_bounds is None:
+        edges = np.linspace(0.0, duration, len(step_scores) + 1)
+    else:
+        bounds = np.asarray(step_bounds, dtype=np.float64)
+        edges = np.concatenate([bounds[:, 0], bounds[-1:, 1]])
     hot = np.nan_to_num(step_scores, nan=0.0) > threshold
     return score_runs(hot, edges, step_scores, label)
 

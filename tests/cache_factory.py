@@ -84,3 +84,63 @@ def write_class_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, se
         w.write(records)
         w.finish()
     return keys
+
+
+def make_grid_config(dv: int = 8, da: int = 6, step_seconds: float = 0.5, frames_per_step: int = 1,
+                     classes: tuple[str, ...] = ("normal", "crash"), feature_dtype: str = "float32") -> CacheConfig:
+    """A time-grid (ragged, schema v2) configuration of the tiny test backbones."""
+    base = make_config(dv=dv, da=da, classes=classes, feature_dtype=feature_dtype)
+    return CacheConfig(steps=0, sample_rate=base.sample_rate, video=base.video, audio=base.audio,
+                       class_names=classes, feature_dtype=feature_dtype, step_seconds=step_seconds,
+                       frames_per_step=frames_per_step)
+
+
+def grid_duration(config: CacheConfig, count: int) -> float:
+    """A duration that the grid cuts into exactly ``count`` steps (the last one half long)."""
+    return (count - 0.5) * config.step_seconds
+
+
+def ragged_record(key: str, config: CacheConfig, rng: np.random.Generator, duration: float,
+                  video=None, audio=None, video_mask=None, audio_mask=None) -> ClipRecord:
+    """An ok clip on the config's time grid: ``layout.count(duration)`` steps at the
+    centres of its segments, random features unless given."""
+    bounds = config.layout.segments(duration)
+    t = len(bounds)
+    return ClipRecord(
+        key=key, status="ok",
+        video=rng.standard_normal((t, config.video.dim)).astype(np.float32) if video is None else video,
+        audio=rng.standard_normal((t, config.audio.dim)).astype(np.float32) if audio is None else audio,
+        video_mask=np.ones(t, bool) if video_mask is None else video_mask,
+        audio_mask=np.ones(t, bool) if audio_mask is None else audio_mask,
+        duration=duration, step_time=bounds.mean(axis=1),
+    )
+
+
+def make_ragged_cache(path: Path, counts, labels=None, *, config: CacheConfig | None = None,
+                      durations=None, keys=None, groups=None, errors=(), fmt: str | None = None,
+                      chunk_clips: int = 4, step_chunk: int = 16, seed: int = 0) -> Path:
+    """A ragged (schema v2) cache at ``path`` written through the real writer: clip ``i``
+    has ``counts[i]`` steps of random features (both modalities present), label
+    ``labels[i]`` (default ``i % classes``), duration ``durations[i]`` (default one the
+    grid cuts into ``counts[i]`` steps; a given one must agree with it), key ``keys[i]``
+    (default ``<class>/clip_<i>.mp4``) and group ``groups[i]`` (default its key). Rows in
+    ``errors`` are failed clips (no steps). Returns ``path``."""
+    config = config or make_grid_config()
+    counts = [int(c) for c in counts]
+    n = len(counts)
+    labels = [i % len(config.class_names) for i in range(n)] if labels is None else [int(x) for x in labels]
+    durations = [grid_duration(config, c) for c in counts] if durations is None else [float(d) for d in durations]
+    keys = [f"{config.class_names[max(0, labels[i])]}/clip_{i:04d}.mp4" for i in range(n)] if keys is None else list(keys)
+    groups = list(keys) if groups is None else list(groups)
+    for i, (c, d) in enumerate(zip(counts, durations)):
+        if i not in errors and config.layout.count(d) != c:
+            raise ValueError(f"clip {i}: {config.layout.describe()} cut {d} s into {config.layout.count(d)} steps, "
+                             f"not {c}")
+    rng = np.random.default_rng(seed)
+    entries = [ClipEntry(k, labels[i], groups[i]) for i, k in enumerate(keys)]
+    records = [ClipRecord.failed(k, "synthetic failure") if i in errors else ragged_record(k, config, rng, durations[i])
+               for i, k in enumerate(keys)]
+    with CacheWriter.open(path, config, entries, fmt=fmt, chunk_clips=chunk_clips, step_chunk=step_chunk) as w:
+        w.write(records)
+        w.finish()
+    return Path(path)

@@ -1,0 +1,183 @@
+"""Steps on a time grid (``--step-seconds S``, ``--frames-per-step K``) in extraction and
+predict: ``ceil(d / S)`` steps with the right bounds, the frames nearest each target (by
+pts, against the probe's frame index), K frames' features averaged, clips of different
+step counts in one batch, a clip shorter than one step, audio per step (also steps
+shorter than one wav2vec2 frame), the end-to-end command into a ragged cache, and a grid
+run's whole-file timeline in predict. Real encoded media through PyAV throughout."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cache_schema import CacheReader, StepLayout, validate
+from extract.backbones import load_audio_backbone, load_video_backbone
+from extract.decode import decode_clip
+from extract.pipeline import Decoded, FeatureExtractor, worker_transform
+from extract.probe import probe
+from extract.sampling import target_frames
+from tests.media_factory import write_clip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FPS = 15
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    return load_video_backbone("tiny"), load_audio_backbone("tiny")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Clips whose frames all differ (brightness ramps, a moving square)."""
+    root = tmp_path_factory.mktemp("grid")
+    return {
+        name: write_clip(root / f"{name}.mp4", duration=d, fps=FPS, gop=12, brightness=lambda t: 0.1 + 0.2 * t,
+                         tone_hz=lambda t: 300.0 + 200.0 * t)
+        for name, d in (("a", 2.3), ("b", 1.4), ("short", 0.4))
+    }
+
+
+def frame_index(path: Path) -> np.ndarray:
+    """Clip times of every frame, from the probe's pts index (not from decoding)."""
+    info = probe(str(path))
+    return np.sort(info.video.frame_pts * float(info.video.time_base) - info.start)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_grid_steps_bounds_and_nearest_frames(clips: dict[str, Path], k: int) -> None:
+    layout = StepLayout(step_seconds=0.5, frames_per_step=k)
+    clip = decode_clip(clips["a"], layout)
+    d = clip.duration
+    assert clip.steps == math.ceil(d / 0.5) == 5
+    np.testing.assert_allclose(clip.step_bounds[:, 0], np.arange(5) * 0.5, atol=1e-12)
+    np.testing.assert_allclose(clip.step_bounds[:-1, 1], np.arange(1, 5) * 0.5, atol=1e-12)
+    assert clip.step_bounds[-1, 1] == d                               # the last step is cut at d
+    np.testing.assert_allclose(clip.step_times, clip.step_bounds.mean(axis=1))
+    assert clip.frames_per_step == k and len(clip.frames) == 5 * k
+    targets = layout.frame_times(clip.step_bounds).reshape(-1)
+    times = frame_index(clips["a"])
+    np.testing.assert_allclose(clip.frame_times, times[target_frames(times, targets)], atol=1e-9)
+    assert clip.stats.frames_decoded <= clip.stats.min_frames + 1   # the plan's minimum
+    assert clip.video_step_mask().all()
+
+
+def test_short_clip_gets_one_step(clips: dict[str, Path], backbones) -> None:
+    clip = decode_clip(clips["short"], StepLayout(step_seconds=1.0), frame_transform=worker_transform(backbones[0]))
+    assert clip.steps == 1
+    np.testing.assert_allclose(clip.step_bounds, [[0.0, clip.duration]])
+    (record,) = FeatureExtractor(*backbones).records([Decoded("short", clip=clip)], isolate_failures=False)
+    assert record.video.shape == (1, backbones[0].dim) and record.audio.shape == (1, backbones[1].dim)
+    assert record.video_mask.tolist() == [True] and record.audio_mask.tolist() == [True]
+
+
+def test_worker_frames_are_uint8_and_finish_exactly(clips: dict[str, Path], backbones) -> None:
+    """A decode worker holds cropped uint8 frames (a quarter of the float tensor's bytes);
+    the float transform, done per mini-batch, gives exactly timm's eval transform."""
+    video = backbones[0]
+    plain = decode_clip(clips["b"], StepLayout(step_seconds=0.5))
+    small = decode_clip(clips["b"], StepLayout(step_seconds=0.5), frame_transform=worker_transform(video))
+    assert all(f.dtype == np.uint8 and f.ndim == 3 for f in small.frames)
+    whole = torch.stack([video.transform(f) for f in plain.frames])
+    assert torch.equal(video.transform.finish(np.stack(small.frames)), whole)
+    assert small.frames[0].nbytes * 4 == whole[0].numel() * whole[0].element_size()
+
+
+def test_k_frames_features_are_the_mean_of_their_embeddings(clips: dict[str, Path], backbones) -> None:
+    video, audio = backbones
+    k = 3
+    clip = decode_clip(clips["a"], StepLayout(step_seconds=0.5, frames_per_step=k),
+                       frame_transform=worker_transform(video))
+    (record,) = FeatureExtractor(video, audio, frame_batch=4).records([Decoded("a", clip=clip)],
+                                                                      isolate_failures=False)
+    each = video.embed(video.transform.finish(np.stack(clip.frames))).numpy().reshape(clip.steps, k, -1)
+    np.testing.assert_allclose(record.video, each.mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert record.video.shape == (5, video.dim)
+    # not the centre frame alone: the average is of distinct frames
+    assert not np.allclose(record.video, each[:, k // 2], atol=1e-4)
+
+
+def test_variable_steps_in_one_batch(clips: dict[str, Path], backbones) -> None:
+    """Clips of different T share a batch (frames across clips in mini-batches smaller
+    than the batch): each gets its own T rows, equal to the clip embedded alone."""
+    layout = StepLayout(step_seconds=0.3)
+    transform = worker_transform(backbones[0])
+    decoded = [Decoded(n, clip=decode_clip(clips[n], layout, frame_transform=transform)) for n in ("a", "b", "short")]
+    extractor = FeatureExtractor(*backbones, frame_batch=5)
+    together = extractor.records(decoded, isolate_failures=False)
+    assert [r.video.shape[0] for r in together] == [math.ceil(d.clip.duration / 0.3 - 1e-6) for d in decoded]
+    assert len({r.video.shape[0] for r in together}) == 3
+    for d, r in zip(decoded, together):
+        (alone,) = extractor.records([d], isolate_failures=False)
+        np.testing.assert_allclose(r.video, alone.video, rtol=1e-5, atol=1e-6)
+        assert r.step_time.shape == r.video_mask.shape == r.audio_mask.shape == (r.video.shape[0],)
+        assert r.audio.shape == (r.video.shape[0], backbones[1].dim)
+
+
+def test_audio_steps_follow_the_tone_and_tiny_steps_get_features(clips: dict[str, Path], backbones) -> None:
+    """Audio features are the hidden states averaged over each step; steps shorter than one
+    20 ms wav2vec2 frame still get one (the nearest frame's)."""
+    video, audio = backbones
+    clip = decode_clip(clips["short"], StepLayout(step_seconds=0.01), frame_transform=worker_transform(video))
+    assert clip.steps == math.ceil(clip.duration / 0.01 - 1e-6)
+    (record,) = FeatureExtractor(video, audio).records([Decoded("short", clip=clip)], isolate_failures=False)
+    assert np.isfinite(record.audio).all() and record.audio_mask[:-2].all()
+    assert np.abs(record.audio).sum(axis=1).min() > 0
+    # steps 0.5 s apart hear different tones (300 Hz rising): features differ between them
+    coarse = decode_clip(clips["a"], StepLayout(step_seconds=0.5), frame_transform=worker_transform(video))
+    (r2,) = FeatureExtractor(video, audio).records([Decoded("a", clip=coarse)], isolate_failures=False)
+    assert not np.allclose(r2.audio[0], r2.audio[3], atol=1e-3)
+
+
+def test_video_mask_follows_the_stream_on_a_grid(tmp_path: Path, backbones) -> None:
+    """On a grid a step outside the video's extent has no video (audio-only tail)."""
+    from extract.pipeline import audio_step_mask
+
+    path = write_clip(tmp_path / "v.mp4", duration=1.0, fps=FPS, tone_hz=lambda t: 440.0)
+    clip = decode_clip(path, StepLayout(step_seconds=0.25))
+    clip.video_end = 0.6  # as a stream that stops early would report it
+    assert clip.video_step_mask().tolist() == [True, True, True, False]
+    assert audio_step_mask(clip).all()
+
+
+def test_cli_refuses_steps_with_step_seconds(tmp_path: Path) -> None:
+    import cli
+
+    result = CliRunner().invoke(cli.main, ["extract", "--dataset", "folder", "--root", str(tmp_path), "--out",
+                                           str(tmp_path / "c.zarr"), "--steps", "4", "--step-seconds", "0.5"])
+    assert result.exit_code == 2
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--steps" in lines[0] and "--step-seconds" in lines[0], result.output
+
+
+def test_extract_on_a_grid_end_to_end(tmp_path: Path, clips: dict[str, Path]) -> None:
+    """`extract --step-seconds` of a few generated clips: a ragged (v2) cache that validates,
+    whose clips have ``ceil(d / S)`` steps each."""
+    import shutil
+
+    import cli
+
+    root = tmp_path / "data"
+    for name, p in clips.items():
+        (root / "normal").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / "normal" / p.name)
+    out = tmp_path / "grid.zarr"
+    result = CliRunner().invoke(cli.main, ["extract", "--dataset", "folder", "--root", str(root), "--out", str(out),
+                                           "--backbones", "tiny", "--workers", "0", "--step-seconds", "0.5",
+                                           "--frames-per-step", "2", "--feature-dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    report = validate(out)
+    assert report.ok, report
+    with CacheReader(out) as reader:
+        assert reader.config.layout == StepLayout(step_seconds=0.5, frames_per_step=2)
+        data = reader.load_steps(fields=("video", "audio", "video_mask", "step_time"))
+        durations = reader.read("duration")[data["row"]]
+        counts = np.diff(data["offsets"])
+        assert counts.tolist() == [math.ceil(d / 0.5 - 1e-6) for d in durations]
+        assert data["video"].shape[0] == counts.sum()
