@@ -162,6 +162,18 @@ def _train_options(f):
         click.option("--task", type=click.Choice(["xd-recognition", "xd-detection"]), default=None,
                      help="XD-Violence views: six violent classes, or normal vs violent."),
         click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="torch CPU threads."),
+        click.option("--max-train-steps", default=200, show_default=True, type=click.IntRange(1),
+                     help="Longer training clips are cut to N steps (evaluation always runs at full length)."),
+        click.option("--train-steps-mode", type=click.Choice(["sample", "pool"]), default="sample",
+                     show_default=True, help="Cut by uniform index sampling (XDVioDet) or mean-pool into N bins "
+                                             "(UR-DMU)."),
+        click.option("--objective", type=click.Choice(["auto", "step", "mil"]), default="auto", show_default=True,
+                     help="mil: top-k multiple-instance loss (auto: for xd-detection and normal-vs-anomaly runs); "
+                          "step: per-step cross-entropy."),
+        click.option("--mil-sparsity", default=0.0, show_default=True, type=click.FloatRange(0),
+                     help="MIL: weight of Sultani et al.'s sparsity term."),
+        click.option("--mil-smoothness", default=0.0, show_default=True, type=click.FloatRange(0),
+                     help="MIL: weight of Sultani et al.'s smoothness term."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -170,7 +182,9 @@ def _train_options(f):
 
 def _train_config(head: str, modality: str, fusion: str, seed: int, epochs: int, batch_size: int, lr: float,
                   early_stop: int, class_weights: bool, split_seed: int, split_file: Path | None,
-                  groups_file: Path | None, group_pattern: str | None, threads: int, progress: bool = True):
+                  groups_file: Path | None, group_pattern: str | None, threads: int, max_train_steps: int = 200,
+                  train_steps_mode: str = "sample", objective: str = "auto", mil_sparsity: float = 0.0,
+                  mil_smoothness: float = 0.0, progress: bool = True):
     from temporal.split import SplitConfig
     from temporal.train import TrainConfig
 
@@ -178,6 +192,8 @@ def _train_config(head: str, modality: str, fusion: str, seed: int, epochs: int,
                         groups_file=str(groups_file) if groups_file else None, group_pattern=group_pattern)
     return TrainConfig(head=head, modality=modality, fusion=fusion, epochs=epochs, seed=seed, batch_size=batch_size,
                        lr=lr, early_stop=early_stop, class_weights=class_weights, threads=threads, split=split,
+                       max_train_steps=max_train_steps, train_steps_mode=train_steps_mode, objective=objective,
+                       mil_sparsity=mil_sparsity, mil_smoothness=mil_smoothness,
                        progress=progress)
 
 
@@ -227,10 +243,10 @@ def train(cache_path: Path, head: str, modality: str, fusion: str, seed: int, ou
 @click.option("--annotations", type=click.Path(path_type=Path, exists=True), default=None,
               help="XD-Violence annotations.txt [the one recorded in the official split].")
 @click.option("--fps", default=24.0, show_default=True, type=float, help="Frame rate of the annotations.")
-@click.option("--snippet-frames", default=0, show_default=True, type=click.IntRange(0),
-              help="16 reproduces the official code's whole-snippet ground-truth length.")
+@click.option("--gt-frames", type=click.Choice(["official", "all"]), default="official", show_default=True,
+              help="Ground-truth length per video: the official 16*floor((N-1)/16) frames, or every frame.")
 def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations: Path | None, fps: float,
-             snippet_frames: int) -> None:
+             gt_frames: str) -> None:
     """Accuracy, precision, recall, F1, per-class table, confusion matrix and AP of a run."""
     from temporal.evaluate import evaluate_run
     from temporal.metrics import format_summary
@@ -240,7 +256,7 @@ def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations
         from temporal.xd_detection import evaluate_detection
 
         metrics = {**metrics, **evaluate_detection(rundir, annotations=annotations, fps=fps, cache=cache_path,
-                                                   snippet_frames=snippet_frames)}
+                                                   gt_frames=gt_frames)}
     click.echo(format_summary(metrics))
 
 

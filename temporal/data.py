@@ -3,6 +3,20 @@
 Stage 2 reads the whole cache once (a VAAR-sized cache is ~170 MB in fp32) and indexes
 batches out of tensors: no per-sample file access, no DataLoader workers.
 
+Clips of different lengths. The cache is held in the ragged form of
+``CacheReader.load_steps``: every clip's steps concatenated along one axis plus per-clip
+``offsets`` (:class:`RaggedClips`), never padded to the longest clip (XD-Violence on 16-frame
+snippets is ~900k steps of clips from 5 to 2,074 steps). A batch is padded to the
+longest clip *of that batch* (:meth:`RaggedClips.pad`), with masks False on the padding, which
+every head honours. A fixed-step (v1) cache has ``T`` steps per clip, so its padded
+batches are exactly the dense ``[B, T, D]`` tensors of before (a view, no copy, when the
+whole set is taken: :meth:`RaggedClips.dense`). A grid cache keeps its stored feature dtype
+(float16 halves the memory) and batches are cast to float32 when padded.
+
+Training caps a long clip at ``max_train_steps`` (:func:`cap_steps`): uniform index
+sampling as XDVioDet (``np.linspace(0, T-1, N).astype(int)``) or average pooling into
+``N`` bins as UR-DMU.
+
 Modalities and masks. A step's features are only data where its mask is True; absent
 streams are stored as zeros, and zeros must never be read as real audio or video:
 
@@ -31,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cache_schema import UNLABELLED, CacheConfig, InvalidInput, open_cache
+from cache_schema import UNLABELLED, CacheConfig, InvalidInput, StepLayout, open_cache
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +56,13 @@ STREAMS = ("fused", "video", "audio")
 
 @dataclass(frozen=True)
 class Clips:
-    """Per-clip tensors (rows aligned); a batch is ``clips.take(idx)``."""
+    """A dense batch ``[B, T, ...]`` (padded to its longest clip), as the model reads it."""
 
-    video: Tensor        # [N, T, Dv] float32
-    audio: Tensor        # [N, T, Da] float32
-    video_mask: Tensor   # [N, T] bool
-    audio_mask: Tensor   # [N, T] bool
-    label: Tensor        # [N] int64
+    video: Tensor        # [B, T, Dv] float32
+    audio: Tensor        # [B, T, Da] float32
+    video_mask: Tensor   # [B, T] bool, False on padding
+    audio_mask: Tensor   # [B, T] bool, False on padding
+    label: Tensor        # [B] int64
 
     def take(self, idx: Tensor | np.ndarray) -> "Clips":
         idx = torch.as_tensor(idx, dtype=torch.long)
@@ -56,6 +70,200 @@ class Clips:
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+
+@dataclass(frozen=True)
+class RaggedClips:
+    """Clips in the ragged form: per-step tensors with every clip's steps concatenated
+    (clip ``i`` is rows ``offsets[i]:offsets[i+1]``) and per-clip labels. ``take`` gives a
+    subset (still ragged), ``pad`` a dense :class:`Clips` padded to its longest clip."""
+
+    video: Tensor        # [S, Dv] (float32, or the cache's dtype for grid caches)
+    audio: Tensor        # [S, Da]
+    video_mask: Tensor   # [S] bool
+    audio_mask: Tensor   # [S] bool
+    label: Tensor        # [N] int64
+    offsets: Tensor      # [N + 1] int64
+
+    @staticmethod
+    def from_dense(video: Tensor, audio: Tensor, video_mask: Tensor, audio_mask: Tensor, label: Tensor) -> "RaggedClips":
+        """``[N, T, ...]`` tensors as ragged clips of ``T`` steps each (views, no copy)."""
+        n, t = video_mask.shape
+        return RaggedClips(video.reshape(n * t, -1), audio.reshape(n * t, -1), video_mask.reshape(-1),
+                     audio_mask.reshape(-1), label, torch.arange(n + 1, dtype=torch.long) * t)
+
+    @property
+    def lengths(self) -> Tensor:
+        """Steps of each clip ``[N]``."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.offsets[-1] - self.offsets[0])
+
+    def uniform_steps(self) -> int | None:
+        """``T`` when every clip has ``T`` steps (a fixed-step cache), else None."""
+        lengths = self.lengths
+        if len(lengths) == 0:
+            return None
+        t = int(lengths[0])
+        return t if bool((lengths == t).all()) else None
+
+    def clip_of_step(self) -> Tensor:
+        """The clip index of each flat step row ``[S]``."""
+        return torch.repeat_interleave(torch.arange(len(self)), self.lengths)
+
+    def per_clip_sum(self, x: Tensor) -> Tensor:
+        """Sum of a per-step quantity ``[S]`` over each clip's steps ``[N]``."""
+        return torch.zeros(len(self), dtype=x.dtype).index_add_(0, self.clip_of_step(), x[int(self.offsets[0]):])
+
+    def step_rows(self, idx: Tensor | np.ndarray) -> Tensor:
+        """The flat step rows of clips ``idx``, in order."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        starts, lengths = self.offsets[idx], self.lengths[idx]
+        if len(idx) == 0:
+            return torch.zeros(0, dtype=torch.long)
+        clip_of = torch.repeat_interleave(torch.arange(len(idx)), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        return starts[clip_of] + (torch.arange(int(lengths.sum())) - first[clip_of])
+
+    def take(self, idx: Tensor | np.ndarray) -> "RaggedClips":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        rows = self.step_rows(idx)
+        offsets = torch.zeros(len(idx) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(self.lengths[idx], 0)
+        return RaggedClips(self.video[rows], self.audio[rows], self.video_mask[rows], self.audio_mask[rows],
+                     self.label[idx], offsets)
+
+    def dense(self) -> Clips:
+        """Every clip as one dense batch; for uniform clips a view of the flat tensors."""
+        t = self.uniform_steps()
+        if t is None or int(self.offsets[0]) != 0:
+            return self.pad(torch.arange(len(self)))
+        n = len(self)
+        return Clips(self.video.reshape(n, t, -1).float(), self.audio.reshape(n, t, -1).float(),
+                     self.video_mask.reshape(n, t), self.audio_mask.reshape(n, t), self.label)
+
+    def pad(self, idx: Tensor | np.ndarray) -> Clips:
+        """Clips ``idx`` as a dense float32 batch padded to the longest of them (zeros,
+        masks False on the padding)."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        lengths = self.lengths[idx]
+        b, t = len(idx), int(lengths.max()) if len(idx) else 0
+        rows = self.step_rows(idx)
+        clip_of = torch.repeat_interleave(torch.arange(b), lengths)
+        pos = rows - self.offsets[idx][clip_of]
+        out = []
+        for x in (self.video, self.audio):
+            dense = torch.zeros((b, t, x.shape[-1]), dtype=torch.float32)
+            dense[clip_of, pos] = x[rows].float()
+            out.append(dense)
+        masks = []
+        for m in (self.video_mask, self.audio_mask):
+            dense_m = torch.zeros((b, t), dtype=torch.bool)
+            dense_m[clip_of, pos] = m[rows]
+            masks.append(dense_m)
+        return Clips(out[0], out[1], masks[0], masks[1], self.label[idx])
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+
+MAX_BATCH_CLIPS = 512
+MAX_BATCH_STEPS = 1 << 16    # padded steps per evaluation batch: bounds activations (~steps x hidden)
+MAX_BATCH_PAIRS = 1 << 24    # padded steps^2 per batch: bounds a full attention matrix per head
+
+
+def step_batches(lengths: np.ndarray, max_clips: int = MAX_BATCH_CLIPS, max_steps: int = MAX_BATCH_STEPS,
+                 max_pairs: int = MAX_BATCH_PAIRS) -> list[np.ndarray]:
+    """Clip indices in batches whose padded size stays within a budget, so that clips of
+    thousands of steps run at full length in bounded memory: clips in order of length
+    (stable: clips of one length keep their order, so a fixed-step set is cut into
+    ``max_clips`` consecutive clips exactly as before), a batch closed when one more clip
+    would exceed ``max_clips`` clips, ``max_steps`` padded steps or ``max_pairs`` padded
+    step pairs (``B * T^2``, what self-attention holds). A clip over budget alone is a
+    batch of its own."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    out, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order):
+            b, t = end + 1 - start, int(lengths[order[end]])  # sorted: the newcomer is the longest
+            if b > max_clips or b * t > max_steps or b * t * t > max_pairs:
+                break
+            end += 1
+        out.append(order[start:end])
+        start = end
+    return out
+
+
+def cap_indices(length: int, cap: int) -> np.ndarray:
+    """XDVioDet's uniform index sampling of ``cap`` of ``length`` steps."""
+    return np.linspace(0, length - 1, cap).astype(int)
+
+
+def pool_bins(length: int, cap: int) -> np.ndarray:
+    """UR-DMU's ``cap + 1`` bin edges over ``length`` steps (``np.linspace(0, T, N+1)``)."""
+    return np.linspace(0, length, cap + 1).astype(int)
+
+
+STEP_CAP_MODES = ("sample", "pool")
+
+
+def cap_steps(clips: RaggedClips, cap: int, mode: str = "sample") -> RaggedClips:
+    """Every clip longer than ``cap`` steps cut to ``cap``: ``sample`` takes the steps at
+    ``np.linspace(0, T-1, cap).astype(int)`` (XDVioDet, MACIL-SD); ``pool`` averages the
+    valid steps of each of ``cap`` bins ``np.linspace(0, T, cap+1)`` (UR-DMU; a bin that
+    is empty takes its first step, as UR-DMU's does; a pooled step is valid where any of
+    its steps is). Shorter clips are kept whole. Deterministic: no random draw."""
+    if mode not in STEP_CAP_MODES:
+        raise InvalidInput(f"unknown train steps mode {mode!r}; choose one of {STEP_CAP_MODES}")
+    if cap < 1:
+        raise InvalidInput(f"max_train_steps must be at least 1, got {cap}")
+    lengths = clips.lengths.tolist()
+    if all(t <= cap for t in lengths):
+        return clips
+    if mode == "sample":
+        parts = []
+        for i, t in enumerate(lengths):
+            start = int(clips.offsets[i])
+            parts.append(start + (cap_indices(t, cap) if t > cap else np.arange(t)))
+        rows = torch.from_numpy(np.concatenate(parts).astype(np.int64))
+        new_len = torch.tensor([min(t, cap) for t in lengths], dtype=torch.long)
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(new_len, 0)
+        return RaggedClips(clips.video[rows], clips.audio[rows], clips.video_mask[rows], clips.audio_mask[rows],
+                     clips.label, offsets)
+    # pool: a segment-mean of the valid steps, one index_add over all clips at once
+    seg, src = [], []
+    n_out = 0
+    for i, t in enumerate(lengths):
+        start = int(clips.offsets[i])
+        if t <= cap:
+            seg.append(np.arange(n_out, n_out + t)), src.append(np.arange(start, start + t))
+            n_out += t
+            continue
+        edges = pool_bins(t, cap)
+        lo, hi = edges[:-1], np.maximum(edges[1:], edges[:-1] + 1)  # an empty bin takes its first step
+        for b in range(cap):
+            idx = np.arange(lo[b], hi[b])
+            seg.append(np.full(len(idx), n_out + b)), src.append(start + idx)
+        n_out += cap
+    seg_t = torch.from_numpy(np.concatenate(seg).astype(np.int64))
+    src_t = torch.from_numpy(np.concatenate(src).astype(np.int64))
+    out = {}
+    for name in ("video", "audio"):
+        x, m = getattr(clips, name), getattr(clips, f"{name}_mask")
+        w = m[src_t].to(torch.float32)
+        total = torch.zeros((n_out, x.shape[-1]), dtype=torch.float32).index_add_(0, seg_t, x[src_t].float() * w[:, None])
+        count = torch.zeros(n_out, dtype=torch.float32).index_add_(0, seg_t, w)
+        out[name] = (total / count.clamp_min(1.0)[:, None]).to(x.dtype)
+        out[f"{name}_mask"] = count > 0
+    new_len = torch.tensor([min(t, cap) for t in lengths], dtype=torch.long)
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(new_len, 0)
+    return RaggedClips(out["video"], out["audio"], out["video_mask"], out["audio_mask"], clips.label, offsets)
 
 
 @dataclass(frozen=True)
@@ -68,7 +276,7 @@ class CacheData:
     identity: dict[str, Any]
     keys: np.ndarray     # [N] str
     groups: np.ndarray   # [N] str, the cache's group array (source video; default = key)
-    clips: Clips
+    clips: RaggedClips
     left_out: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -77,7 +285,18 @@ class CacheData:
 
     @property
     def steps(self) -> int:
+        """The cache's fixed step count; 0 for a time-grid cache (see :attr:`layout`)."""
         return self.config.steps
+
+    @property
+    def layout(self) -> StepLayout:
+        """Where the cache's steps lie in time (fixed ``T`` or a grid of ``S`` seconds)."""
+        return StepLayout.from_attrs(self.identity)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Steps of each clip ``[N]`` (all ``T`` for a fixed-step cache)."""
+        return self.clips.lengths.numpy()
 
     def rows_of(self, keys: list[str] | tuple[str, ...]) -> np.ndarray:
         index = {k: i for i, k in enumerate(self.keys.tolist())}
@@ -90,12 +309,15 @@ class CacheData:
 
 
 def load_cache(path: str | Path) -> CacheData:
-    """Read every ``ok``, labelled clip of the cache into memory (float32)."""
+    """Read every ``ok``, labelled clip of the cache into memory in the ragged form (see
+    module doc): float32 for fixed-step caches, the stored dtype for grid caches."""
     path = Path(path)
     with open_cache(path) as reader:
         counts = reader.counts()
-        d = reader.load(fields=("group", "label", "video", "audio", "video_mask", "audio_mask"), only_ok=True)
         config = reader.config
+        grid = StepLayout.from_attrs(reader.identity).grid
+        d = reader.load_steps(fields=("group", "label", "video", "audio", "video_mask", "audio_mask"), only_ok=True,
+                              float32=not grid)
         identity = reader.identity
     labels = d["label"].astype(np.int64)
     labelled = labels != UNLABELLED
@@ -108,13 +330,13 @@ def load_cache(path: str | Path) -> CacheData:
     keep = np.flatnonzero(labelled)
     if len(keep) == 0:
         raise InvalidInput(f"{path} has no labelled clip with status ok; extract a labelled dataset into it first")
-    clips = Clips(
-        video=torch.from_numpy(np.ascontiguousarray(d["video"][keep])),
-        audio=torch.from_numpy(np.ascontiguousarray(d["audio"][keep])),
-        video_mask=torch.from_numpy(np.ascontiguousarray(d["video_mask"][keep])),
-        audio_mask=torch.from_numpy(np.ascontiguousarray(d["audio_mask"][keep])),
-        label=torch.from_numpy(labels[keep]),
-    )
+    offsets = torch.from_numpy(np.asarray(d["offsets"], dtype=np.int64))
+    every = RaggedClips(torch.from_numpy(np.ascontiguousarray(d["video"])),
+                        torch.from_numpy(np.ascontiguousarray(d["audio"])),
+                        torch.from_numpy(np.ascontiguousarray(d["video_mask"])),
+                        torch.from_numpy(np.ascontiguousarray(d["audio_mask"])),
+                        torch.from_numpy(labels), offsets)
+    clips = every if len(keep) == len(labels) else every.take(torch.from_numpy(keep))
     return CacheData(path, config, identity, d["key"][keep], d["group"][keep], clips, left_out)
 
 
@@ -253,7 +475,7 @@ def drop_modalities(inputs: HeadInputs, p: float, generator: torch.Generator) ->
     return HeadInputs(streams, vm, am, inputs.label, inputs.video_dim)
 
 
-def has_modality(clips: Clips, modality: str) -> np.ndarray:
+def has_modality(clips: RaggedClips | Clips, modality: str) -> np.ndarray:
     """Which clips hold at least one step of the modality (fused: of either stream)."""
     if modality == "video":
         m = clips.video_mask
@@ -261,4 +483,6 @@ def has_modality(clips: Clips, modality: str) -> np.ndarray:
         m = clips.audio_mask
     else:
         m = clips.video_mask | clips.audio_mask
-    return m.any(1).numpy()
+    if isinstance(clips, Clips):
+        return m.any(1).numpy()
+    return (clips.per_clip_sum(m.to(torch.long)) > 0).numpy()

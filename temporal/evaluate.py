@@ -19,7 +19,7 @@ import torch
 from cache_schema import feature_identity_differences
 
 from .checkpoint import load_weights
-from .data import CacheData, Clips, has_modality
+from .data import CacheData, Clips, RaggedClips, has_modality, step_batches
 from .metrics import classification_metrics, per_class_table
 from .model import AnomalyModel
 from .plots import confusion_figure, save_figure
@@ -32,9 +32,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prediction:
+    """Probabilities of N clips. Clips of different lengths are padded to the longest
+    (``step_mask`` False there); ``lengths`` says how many steps each clip has."""
+
     clip_probs: np.ndarray   # [N, C]
-    step_probs: np.ndarray   # [N, T, C], zero where step_mask is False
-    step_mask: np.ndarray    # [N, T]
+    step_probs: np.ndarray   # [N, T_max, C], zero where step_mask is False
+    step_mask: np.ndarray    # [N, T_max]
+    lengths: np.ndarray | None = None   # [N] steps per clip; None: all T_max
+
+    def clip_steps(self, i: int) -> int:
+        return int(self.step_mask.shape[1] if self.lengths is None else self.lengths[i])
 
 
 def load_run(rundir: str | Path) -> tuple[AnomalyModel, RunConfig]:
@@ -43,23 +50,44 @@ def load_run(rundir: str | Path) -> tuple[AnomalyModel, RunConfig]:
     run = RunDir(rundir)
     config = run.read_config()
     t = config.train
+    objective = t.trained_objective
     model = AnomalyModel(t.head, t.modality, t.fusion, config.video_dim, config.audio_dim,
-                         len(config.class_names), config.steps, t.head_options or {})
+                         len(config.class_names), config.steps, t.head_options or {}, objective=objective,
+                         normal_index=t.normal_index(config.class_names) if objective == "mil" else None)
     load_weights(model, run.weights)
     return model.eval(), config
 
 
 @torch.no_grad()
-def predict(model: AnomalyModel, clips: Clips, batch_size: int = 512) -> Prediction:
-    """Class probabilities per clip and per step."""
+def predict(model: AnomalyModel, clips: Clips | RaggedClips, batch_size: int = 512) -> Prediction:
+    """Class probabilities per clip and per step, every clip at its full length. Ragged
+    clips run in batches by a budget of padded steps (:func:`~temporal.data.step_batches`),
+    so that memory stays bounded whatever the clip lengths; a fixed-step set gives the
+    batches of ``batch_size`` clips it always had."""
     model.eval()
-    cp, sp, sm = [], [], []
-    for start in range(0, len(clips), batch_size):
-        out = model(clips.take(torch.arange(start, min(len(clips), start + batch_size))))
-        cp.append(torch.softmax(out.clip_logits, -1))
-        sp.append(torch.softmax(out.step_logits, -1) * out.step_mask.unsqueeze(-1))
-        sm.append(out.step_mask)
-    return Prediction(torch.cat(cp).numpy(), torch.cat(sp).numpy(), torch.cat(sm).numpy())
+    if isinstance(clips, Clips):
+        cp, sp, sm = [], [], []
+        for start in range(0, len(clips), batch_size):
+            out = model(clips.take(torch.arange(start, min(len(clips), start + batch_size))))
+            cp.append(torch.softmax(out.clip_logits, -1))
+            sp.append(torch.softmax(out.step_logits, -1) * out.step_mask.unsqueeze(-1))
+            sm.append(out.step_mask)
+        return Prediction(torch.cat(cp).numpy(), torch.cat(sp).numpy(), torch.cat(sm).numpy())
+    lengths = clips.lengths.numpy()
+    n, t_max = len(clips), int(lengths.max()) if len(clips) else 0
+    clip_probs, step_probs, step_mask = None, None, np.zeros((n, t_max), dtype=bool)
+    for idx in step_batches(lengths, max_clips=batch_size):
+        out = model(clips.pad(torch.from_numpy(idx)))
+        cp = torch.softmax(out.clip_logits, -1).numpy()
+        sp = (torch.softmax(out.step_logits, -1) * out.step_mask.unsqueeze(-1)).numpy()
+        if clip_probs is None:
+            clip_probs = np.zeros((n, cp.shape[1]), dtype=cp.dtype)
+            step_probs = np.zeros((n, t_max, cp.shape[1]), dtype=sp.dtype)
+        t = sp.shape[1]
+        clip_probs[idx], step_probs[idx, :t], step_mask[idx, :t] = cp, sp, out.step_mask.numpy()
+    if clip_probs is None:
+        raise ValueError("predict needs at least one clip")
+    return Prediction(clip_probs, step_probs, step_mask, lengths)
 
 
 @dataclass(frozen=True)
@@ -71,7 +99,7 @@ class RunTestClips:
     data: CacheData
     split: Split              # the run's split.json
     rows: np.ndarray          # the test clips' rows in ``data``
-    clips: Clips
+    clips: RaggedClips
 
 
 def load_test_split(rundir: str | Path, cache: str | Path | None = None, data: CacheData | None = None) -> RunTestClips:

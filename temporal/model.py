@@ -6,6 +6,11 @@ Early fusion (and single-modality runs) has one stream and one head. Late fusion
 probabilities over the modalities a clip actually has: a clip without audio gets the
 video head's answer alone, never a vote from a head that read zeros. Per step, the
 average runs over the streams present at that step.
+
+A MIL run (``objective="mil"``) is trained on, and so predicts, the clip score of the
+multiple-instance objective: its clip probability of the anomalous class is the mean of
+the top ``k = T_valid // 16 + 1`` step anomaly scores ``1 - p_t(normal)`` (see
+``temporal/losses.py``), so ``evaluate`` and ``predict`` report what was trained.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .data import Clips, HeadInputs, stream_dim, stream_inputs, streams_for
+from .data import Clips, HeadInputs, RaggedClips, stream_dim, stream_inputs, streams_for
 from .heads import HeadOutput, count_parameters, create_head
 from .heads.base import LOG_ZERO
+from .losses import step_anomaly_scores, topk_clip_score
 
 
 class FeatureStandardizer(nn.Module):
@@ -32,10 +38,11 @@ class FeatureStandardizer(nn.Module):
             self.register_buffer(f"{name}_std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, clips: Clips) -> None:
+    def fit(self, clips: Clips | RaggedClips) -> None:
+        """Fit on the valid steps of ``clips`` (dense or ragged: the same steps in the same order)."""
         for name in ("video", "audio"):
             x, m = getattr(clips, name), getattr(clips, f"{name}_mask")
-            valid = x[m]
+            valid = x[m].float()
             if len(valid) < 2:
                 continue  # stream absent from every training clip: nothing to learn
             std = valid.std(0)
@@ -60,8 +67,13 @@ class ModelOutput:
 
 class AnomalyModel(nn.Module):
     def __init__(self, head: str, modality: str, fusion: str, video_dim: int, audio_dim: int, num_classes: int,
-                 steps: int, head_options: dict | None = None) -> None:
+                 steps: int, head_options: dict | None = None, objective: str = "step",
+                 normal_index: int | None = None) -> None:
         super().__init__()
+        if objective == "mil" and (normal_index is None or num_classes != 2):
+            raise ValueError("a MIL model needs two classes and the index of the normal one")
+        self.objective = objective
+        self.normal_index = normal_index
         self.streams = streams_for(modality, fusion)
         self.standardize = FeatureStandardizer(video_dim, audio_dim)
         self.heads = nn.ModuleDict({
@@ -72,9 +84,12 @@ class AnomalyModel(nn.Module):
     def parameter_count(self) -> int:
         return count_parameters(self)
 
-    def head_inputs(self, clips: Clips) -> HeadInputs:
+    def head_inputs(self, clips: Clips | RaggedClips) -> HeadInputs:
         """Standardise the clips and build each stream's input. Training calls this once
-        per run (see :class:`HeadInputs`); evaluation goes through :meth:`forward`."""
+        per run (see :class:`HeadInputs`); evaluation goes through :meth:`forward`.
+        Ragged clips are padded to their longest first."""
+        if isinstance(clips, RaggedClips):
+            clips = clips.dense()
         clips = self.standardize(clips)
         return HeadInputs({s: stream_inputs(clips, s) for s in self.streams}, clips.video_mask, clips.audio_mask,
                           clips.label, int(clips.video.shape[-1]))
@@ -88,8 +103,36 @@ class AnomalyModel(nn.Module):
             outs[s] = (self.heads[s](x, m), m)
         if len(outs) == 1:
             (out, m), = outs.values()
-            return ModelOutput(out.clip_logits, out.step_logits, m, outs)
-        return _late_fusion(outs)
+            result = ModelOutput(out.clip_logits, out.step_logits, m, outs)
+        else:
+            result = _late_fusion(outs)
+        return mil_clip_output(result, self.normal_index) if self.objective == "mil" else result
+
+
+class PaddedBatches:
+    """Training batches of ragged clips: each padded to its own longest clip, then
+    standardised and fused (``model.head_inputs``), with the interface of
+    :class:`~temporal.data.BatchGatherer` (``take``) and of :class:`HeadInputs` (``len``)."""
+
+    def __init__(self, model: "AnomalyModel", clips: RaggedClips) -> None:
+        self.model, self.clips = model, clips
+
+    @torch.no_grad()
+    def take(self, idx: Tensor) -> HeadInputs:
+        return self.model.head_inputs(self.clips.pad(idx))
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def mil_clip_output(out: ModelOutput, normal_index: int) -> ModelOutput:
+    """``out`` with clip logits replaced by the log of the MIL clip distribution: the
+    anomalous class gets the top-k mean of the step anomaly scores (see module doc)."""
+    score = topk_clip_score(step_anomaly_scores(out.step_logits, normal_index), out.step_mask)
+    score = score.clamp(1e-6, 1 - 1e-6)
+    cols = [1.0 - score, score] if normal_index == 0 else [score, 1.0 - score]
+    probs = torch.stack(cols, dim=-1)
+    return ModelOutput(torch.log(probs), out.step_logits, out.step_mask, out.streams)
 
 
 def _late_fusion(outs: dict[str, tuple[HeadOutput, Tensor]]) -> ModelOutput:

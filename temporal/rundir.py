@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from cache_schema import AvarError, BackboneInfo, FileLock, InvalidInput, MissingInput, write_json, write_text
+from cache_schema import (AvarError, BackboneInfo, FileLock, InvalidInput, MissingInput, StepLayout, write_json,
+                          write_text)
 
 from .data import streams_for
 from .split import Split, split_from_json
@@ -96,6 +97,17 @@ class RunConfig:
     streams: tuple[str, ...]          # one head per stream
     params: int
     train: TrainConfig
+    # Where the cache's steps lie in time (fixed T, or a grid of S-second steps): recorded
+    # so that apply/ and figures can place step scores without the cache. None: from
+    # ``cache_identity`` (``StepLayout.from_attrs``), or ``steps`` for the oldest runs.
+    layout: StepLayout | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            ident = self.cache_identity or {}
+            layout = StepLayout.from_attrs(ident) if (ident.get("steps") or ident.get("step_seconds")) \
+                else StepLayout(steps=max(1, int(self.steps)))
+            object.__setattr__(self, "layout", layout)
 
     @property
     def task(self) -> str | None:
@@ -110,9 +122,12 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The ``config.json`` document (its keys in the order they have always been written)."""
-        return {"cache": self.cache, "cache_identity": self.cache_identity, "class_names": list(self.class_names),
-                "steps": self.steps, "video_dim": self.video_dim, "audio_dim": self.audio_dim,
-                "streams": list(self.streams), "params": self.params, "train": self.train.to_json()}
+        doc = {"cache": self.cache, "cache_identity": self.cache_identity, "class_names": list(self.class_names),
+               "steps": self.steps, "video_dim": self.video_dim, "audio_dim": self.audio_dim,
+               "streams": list(self.streams), "params": self.params, "train": self.train.to_json()}
+        if self.layout is not None and self.layout.grid:  # fixed-step runs keep the file they always had
+            doc.update(step_seconds=self.layout.step_seconds, frames_per_step=self.layout.frames_per_step)
+        return doc
 
     @staticmethod
     def from_json(doc: dict[str, Any], source: str | Path = "config.json") -> "RunConfig":
@@ -144,7 +159,10 @@ class RunConfig:
                              class_names=tuple(names), steps=int(doc["steps"]),
                              video_dim=int(doc["video_dim"]), audio_dim=int(doc["audio_dim"]),
                              streams=tuple(doc.get("streams") or streams_for(train.modality, train.fusion)),
-                             params=int(doc["params"]), train=train)
+                             params=int(doc["params"]), train=train,
+                             layout=StepLayout(step_seconds=float(doc["step_seconds"]),
+                                               frames_per_step=int(doc.get("frames_per_step") or 1))
+                             if doc.get("step_seconds") else None)
         except (KeyError, TypeError, ValueError, AttributeError, AvarError) as exc:
             detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
             raise RunMismatch(f"{source} is not a run configuration this version can read ({detail}); {fix}") from None

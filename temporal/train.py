@@ -13,6 +13,7 @@ small validation set produces.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,15 +31,16 @@ from tqdm.auto import tqdm
 from cache_schema import InvalidInput
 
 from .checkpoint import load_train_state, read_weights, save_train_state, save_weights
-from .data import (BatchGatherer, CacheData, HeadInputs, drop_features, drop_modalities, has_modality,
-                   load_cache)
+from .data import (BatchGatherer, CacheData, HeadInputs, cap_steps, drop_features, drop_modalities, has_modality,
+                   load_cache, step_batches)
 from .evaluate import evaluate_run
-from .losses import LossConfig, head_loss
-from .model import AnomalyModel, ModelOutput
+from .losses import LossConfig, MilConfig, head_loss, head_mil_loss
+from .model import AnomalyModel, ModelOutput, PaddedBatches
 from .plots import curves_figure, save_figure
 from .rundir import MissingRunFile, RunConfig, RunDir, RunError, RunMismatch
 from .split import Split, load_or_create_split
 from .train_config import TrainConfig
+from .xd_tasks import task_of_identity
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +56,44 @@ class RunResult:
     history: list[dict[str, float]]
 
 
-def model_loss(out: ModelOutput, labels: torch.Tensor, config: LossConfig, weight: torch.Tensor | None) -> torch.Tensor:
-    """Each stream's head is trained on its own stream (one term per head)."""
+def model_loss(out: ModelOutput, labels: torch.Tensor, config: LossConfig, weight: torch.Tensor | None,
+               mil: MilConfig | None = None) -> torch.Tensor:
+    """Each stream's head is trained on its own stream (one term per head); with ``mil``
+    the multiple-instance objective, else the per-step one (``temporal/losses.py``)."""
     total = out.clip_logits.new_zeros(())
     for head_out, mask in out.streams.values():
-        total = total + head_loss(head_out, labels, mask, config, weight)
+        total = total + (head_loss(head_out, labels, mask, config, weight) if mil is None
+                         else head_mil_loss(head_out, labels, mask, config, mil, weight))
     return total
 
 
+def head_steps(config: TrainConfig, data: CacheData) -> int:
+    """The T a run's head is built for: the cache's fixed step count, or on a time grid
+    (clips of any length) ``max_train_steps``, the longest sequence it trains on (MTCN's
+    layers follow from it)."""
+    return config.max_train_steps if data.layout.grid else data.steps
+
+
+def resolve_config(config: TrainConfig, data: CacheData) -> TrainConfig:
+    """``config`` with its objective resolved for this data ("auto" -> "step" or "mil"):
+    what the run records, so that a resume compares like with like."""
+    objective = config.resolved_objective(data.class_names, task_of_identity(data.identity))
+    return config if objective == config.objective else dataclasses.replace(config, objective=objective)
+
+
+def mil_config(config: TrainConfig, class_names: tuple[str, ...] | list[str]) -> MilConfig | None:
+    """The MIL settings of a run whose objective is resolved; None for the per-step objective."""
+    if config.objective != "mil":
+        return None
+    return MilConfig(int(config.normal_index(class_names)), config.mil_sparsity, config.mil_smoothness)
+
+
 def build_model(config: TrainConfig, data: CacheData) -> AnomalyModel:
+    """The run's model; ``config``'s objective must be resolved (:func:`resolve_config`)."""
+    mil = config.objective == "mil"
     return AnomalyModel(config.head, config.modality, config.fusion, data.config.video.dim, data.config.audio.dim,
-                        len(data.class_names), data.steps, config.head_options)
+                        len(data.class_names), head_steps(config, data), config.head_options,
+                        objective="mil" if mil else "step", normal_index=config.normal_index(data.class_names))
 
 
 def usable_rows(data: CacheData, split: Split, modality: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -78,21 +107,23 @@ def usable_rows(data: CacheData, split: Split, modality: str) -> tuple[dict[str,
     return rows, missing
 
 
-def train_epoch(model: AnomalyModel, inputs: HeadInputs, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                generator: torch.Generator, weight: torch.Tensor | None = None) -> tuple[float, float]:
-    """One pass over ``inputs`` (built once by ``model.head_inputs``) in a seeded random
-    order, with the config's augmentations; mean loss and accuracy."""
+def train_epoch(model: AnomalyModel, inputs: HeadInputs | PaddedBatches, optimizer: torch.optim.Optimizer,
+                config: TrainConfig, generator: torch.Generator, weight: torch.Tensor | None = None,
+                mil: MilConfig | None = None) -> tuple[float, float]:
+    """One pass over ``inputs`` (built once by ``model.head_inputs``, or ragged clips
+    padded batch by batch) in a seeded random order, with the config's augmentations;
+    mean loss and accuracy."""
     model.train()
     order = torch.randperm(len(inputs), generator=generator)
     size = config.batch_size
-    batches = BatchGatherer(inputs, size)
+    batches = BatchGatherer(inputs, size) if isinstance(inputs, HeadInputs) else inputs
     modality_dropout = config.modality_dropout if config.modality == "fused" else 0.0
     total, correct = 0.0, 0
     for start in range(0, len(order), size):
         batch = drop_features(batches.take(order[start:start + size]), config.input_dropout, generator)
         batch = drop_modalities(batch, modality_dropout, generator)
         out = model.forward_inputs(batch)
-        loss = model_loss(out, batch.label, config.loss, weight)
+        loss = model_loss(out, batch.label, config.loss, weight, mil)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -102,14 +133,20 @@ def train_epoch(model: AnomalyModel, inputs: HeadInputs, optimizer: torch.optim.
 
 
 @torch.no_grad()
-def validate(model: AnomalyModel, inputs: HeadInputs, loss_config: LossConfig, weight: torch.Tensor | None,
-             batch_size: int = 512) -> tuple[float, float]:
+def validate(model: AnomalyModel, inputs: HeadInputs | PaddedBatches, loss_config: LossConfig,
+             weight: torch.Tensor | None, batch_size: int = 512, mil: MilConfig | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy; ragged clips are batched by a budget of padded steps."""
     model.eval()
     total, correct = 0.0, 0
-    for start in range(0, len(inputs), batch_size):
-        batch = inputs.take(torch.arange(start, min(len(inputs), start + batch_size)))
+    if isinstance(inputs, HeadInputs):
+        chunks = [torch.arange(start, min(len(inputs), start + batch_size))
+                  for start in range(0, len(inputs), batch_size)]
+    else:
+        chunks = [torch.from_numpy(c) for c in step_batches(inputs.clips.lengths.numpy(), max_clips=batch_size)]
+    for idx in chunks:
+        batch = inputs.take(idx)
         out = model.forward_inputs(batch)
-        total += float(model_loss(out, batch.label, loss_config, weight)) * len(batch)
+        total += float(model_loss(out, batch.label, loss_config, weight, mil)) * len(batch)
         correct += int((out.clip_logits.argmax(1) == batch.label).sum())
     return total / max(1, len(inputs)), correct / max(1, len(inputs))
 
@@ -181,9 +218,29 @@ def _check_resumable(run: RunDir, config: TrainConfig) -> None:
     if not run.can_resume():
         raise MissingRunFile(f"{run.path} holds no training state to resume; train without --resume")
     saved = run.read_config().train
+    saved = dataclasses.replace(saved, objective=saved.trained_objective)  # "auto": a run from before objectives
     if json.dumps(saved.to_json(), sort_keys=True) != json.dumps(config.to_json(), sort_keys=True):
         raise RunMismatch(f"{run.path} was trained with another configuration ({run.config}); "
                           "resume with the same options, or train into a new --out")
+
+
+def _run_inputs(model: AnomalyModel, data: CacheData, rows: dict[str, np.ndarray], config: TrainConfig,
+                ) -> tuple[HeadInputs | PaddedBatches, HeadInputs | PaddedBatches]:
+    """Training and validation inputs. When every clip has the same ``T <= max_train_steps``
+    (a fixed-step cache) they are standardised and fused once, dense, as they always were
+    (so such runs give the numbers they gave before ragged clips existed). Otherwise the
+    clips stay ragged, each capped at ``max_train_steps`` (:func:`~temporal.data.cap_steps`),
+    and every batch is padded to its own longest clip."""
+    t = data.clips.uniform_steps()
+    if t is not None and t <= config.max_train_steps:
+        with torch.no_grad():  # standardised and fused once, not per batch (see HeadInputs)
+            return (model.head_inputs(data.clips.take(rows["train"]).dense()),
+                    model.head_inputs(data.clips.take(rows["val"]).dense()))
+    capped = {p: cap_steps(data.clips.take(rows[p]), config.max_train_steps, config.train_steps_mode)
+              for p in ("train", "val")}
+    logger.info("ragged clips (%d to %d steps), training sequences capped at %d steps (%s)",
+                int(data.lengths.min()), int(data.lengths.max()), config.max_train_steps, config.train_steps_mode)
+    return PaddedBatches(model, capped["train"]), PaddedBatches(model, capped["val"])
 
 
 def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData | None,
@@ -198,6 +255,8 @@ def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData 
     if any(missing.values()):
         logger.warning("left out of this %s run, clips without %s data: %s", config.modality, config.modality, missing)
 
+    config = resolve_config(config, data)
+    mil = mil_config(config, data.class_names)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config, data)
@@ -215,8 +274,8 @@ def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData 
         _check_resumable(run, config)
     run.write_config(RunConfig(
         cache=str(Path(cache).resolve()), cache_identity=data.identity, class_names=tuple(data.class_names),
-        steps=data.steps, video_dim=data.config.video.dim, audio_dim=data.config.audio.dim,
-        streams=tuple(model.streams), params=params, train=config))
+        steps=head_steps(config, data), video_dim=data.config.video.dim, audio_dim=data.config.audio.dim,
+        streams=tuple(model.streams), params=params, train=config, layout=data.layout))
     run.write_split(split)
 
     history: list[dict[str, float]] = []
@@ -235,17 +294,15 @@ def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData 
         return {"epoch": epoch, "best_epoch": best_epoch, "best_val_accuracy": best[0], "best_val_loss": best[1],
                 "since_best": since_best, "stopped": stopped, "history": history}
 
-    with torch.no_grad():  # standardised and fused once, not per batch (see HeadInputs)
-        train_inputs = model.head_inputs(data.clips.take(rows["train"]))
-        val_inputs = model.head_inputs(data.clips.take(rows["val"]))
+    train_inputs, val_inputs = _run_inputs(model, data, rows, config)
     t0 = time.perf_counter()
     epochs = range(start, config.epochs + 1) if not stopped else range(0)
     bar = tqdm(epochs, desc=f"{config.head}/{config.modality}", disable=not config.progress,
                leave=False, dynamic_ncols=True)
     for epoch in bar:
         te = time.perf_counter()
-        tr_loss, tr_acc = train_epoch(model, train_inputs, optimizer, config, generator, weight)
-        va_loss, va_acc = validate(model, val_inputs, config.loss, weight)
+        tr_loss, tr_acc = train_epoch(model, train_inputs, optimizer, config, generator, weight, mil)
+        va_loss, va_acc = validate(model, val_inputs, config.loss, weight, mil=mil)
         scheduler.step(va_loss)
         history.append({"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": va_loss,
                         "val_accuracy": va_acc, "lr": optimizer.param_groups[0]["lr"],
@@ -292,4 +349,4 @@ def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData 
 
 
 __all__ = ["TrainConfig", "TrainingDiverged", "RunResult", "refuse_out_inside_cache", "train", "build_model",
-           "model_loss", "train_epoch", "validate"]
+           "head_steps", "mil_config", "model_loss", "resolve_config", "train_epoch", "validate"]

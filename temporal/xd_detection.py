@@ -14,15 +14,27 @@ Ground truth. ``annotations.txt`` has one line per violent test video,
 ``<video> s1 e1 [s2 e2 ...]``: frame indices at the videos' 24 fps, 0-based start,
 exclusive end, so a video's frame vector is ``gt[s:e] = 1`` for each pair (slices past the
 end are cut, as numpy slicing in the official ``make_gt`` cuts them). Normal test videos
-are all zeros. A video's frame count is ``round(duration * fps)``: the cache stores each
-clip's duration, not its frame rate, and XD-Violence's videos and annotations are at 24
-fps, so ``fps`` defaults to 24.
+are all zeros. A video's frame count is ``N = round(duration * fps)``: the cache stores
+each clip's duration, not its frame rate, and XD-Violence's videos and annotations are at
+24 fps, so ``fps`` defaults to 24.
 
-Scores. A step's anomaly score is ``1 - p(normal)``; step ``i`` of ``T`` covers
-``[i*d/T, (i+1)*d/T)`` and each frame takes the score of the step holding its start time:
-frame ``f`` of ``n`` gets step ``floor(f * T / n)``, which is the official "repeat each
-snippet score 16 times" when a step is 16 frames. A step with no data (masked) takes the
-clip's score.
+Ground-truth length. The official vectors (XDVioDet's ``make_gt.py``) hold
+``16 * floor((N - 1) / 16)`` frames per video, whole I3D snippets only; that is the
+default (``gt_frames="official"``; a video too short for one snippet keeps its frames);
+``gt_frames="all"`` keeps every frame.
+
+Scores. A step's anomaly score is ``1 - p(normal)``; each frame takes the score of the
+step holding its start time, by the cache's step layout (``StepLayout.frame_steps``): on a
+grid of 16 frames at 24 fps that is exactly the official ``np.repeat(scores, 16)``; with
+fixed steps (``[i*d/T, (i+1)*d/T)``) frame ``f`` of ``N`` gets step ``floor(f * T / N)``.
+A step with no data (masked) takes the clip's score.
+
+The layout's ceiling. ``ap_frame_oracle`` is the AP a perfect predictor of each step's
+violent fraction reaches with the run's layout: every step scored by the mean of the
+frame ground truth over the frames it covers, expanded back to those frames. It is 1.0
+when steps never straddle a boundary of a violent segment; coarse steps lower it (on
+XD-Violence's test set: 0.9998 at 16-frame snippets, 0.977 at 10 steps per video), so a
+reader sees how much of the gap to 1 is the layout and how much the model.
 
 Alignment. The known pitfall of this protocol is a test-list order that differs between
 the scores and the ground truth: the AP is then silently wrong. Here both sides are keyed
@@ -43,7 +55,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
-from cache_schema import InvalidInput, MissingInput, open_cache
+from cache_schema import InvalidInput, MissingInput, StepLayout, open_cache
 
 from .data import CacheData
 from .evaluate import Prediction, load_test_split, predict
@@ -54,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FPS = 24.0
 NORMAL = "normal"
+SNIPPET_FRAMES = 16                 # XD-Violence's I3D snippets
+GT_FRAMES = ("official", "all")     # ground-truth length: make_gt.py's, or every frame
 _NAME_RE = re.compile(r"^(?P<name>.*_label_(?:[A-Z]\d?|0)(?:-(?:[A-Z]\d?|0))*)")
 _EXT_RE = re.compile(r"\.[A-Za-z0-9]{1,5}$")
 
@@ -118,15 +132,44 @@ def frame_ground_truth(segments: Sequence[tuple[int, int]], n_frames: int) -> np
     return gt
 
 
-def expand_to_frames(step_scores: np.ndarray, n_frames: int) -> np.ndarray:
-    """Per-frame scores: frame ``f`` takes step ``floor(f * T / n_frames)``."""
+def official_frame_count(n_frames: int, gt_frames: str = "official") -> int:
+    """Frames of a video's ground-truth vector: ``16 * floor((N - 1) / 16)`` as XDVioDet's
+    ``make_gt.py`` (a video too short for one snippet keeps its ``N``), or ``N`` for "all"."""
+    if gt_frames not in GT_FRAMES:
+        raise InvalidInput(f"unknown ground-truth length {gt_frames!r}; choose one of {GT_FRAMES}")
+    if gt_frames == "all":
+        return n_frames
+    official = SNIPPET_FRAMES * ((n_frames - 1) // SNIPPET_FRAMES)
+    return official if official > 0 else n_frames
+
+
+def frame_step_index(n_frames: int, n_steps: int, layout: StepLayout | None = None,
+                     fps: float = DEFAULT_FPS) -> np.ndarray:
+    """The step each of ``n_frames`` frames takes its score from (see module doc); without
+    a layout, fixed steps (frame ``f`` takes step ``floor(f * T / n_frames)``)."""
+    layout = layout if layout is not None else StepLayout(steps=max(1, n_steps))
+    if not layout.grid:  # a fixed layout's T is the clip's own step count
+        return (np.arange(n_frames, dtype=np.int64) * n_steps) // max(1, n_frames)
+    return layout.frame_steps(n_frames, fps, n_steps)
+
+
+def expand_to_frames(step_scores: np.ndarray, n_frames: int, layout: StepLayout | None = None,
+                     fps: float = DEFAULT_FPS) -> np.ndarray:
+    """Per-frame scores by :func:`frame_step_index` (fixed steps without a layout)."""
     step_scores = np.asarray(step_scores, dtype=np.float64)
     if step_scores.ndim != 1 or len(step_scores) == 0:
         raise ValueError(f"expected a non-empty vector of step scores, got shape {step_scores.shape}")
     if not np.all(np.isfinite(step_scores)):
         raise ValueError("step scores hold NaN or inf; fill masked steps before expanding")
-    idx = (np.arange(n_frames, dtype=np.int64) * len(step_scores)) // n_frames
-    return step_scores[idx]
+    return step_scores[frame_step_index(n_frames, len(step_scores), layout, fps)]
+
+
+def oracle_frame_scores(gt: np.ndarray, frame_steps: np.ndarray, n_steps: int) -> np.ndarray:
+    """A perfect predictor of each step's violent fraction, per frame: every step scores
+    the mean of ``gt`` over its frames (``frame_steps``: each frame's step), expanded back."""
+    count = np.bincount(frame_steps, minlength=n_steps)
+    violent = np.bincount(frame_steps, weights=np.asarray(gt, dtype=np.float64), minlength=n_steps)
+    return (violent / np.maximum(count, 1))[frame_steps]
 
 
 def frame_ap(gt: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -175,14 +218,16 @@ class VideoScores:
 
 
 def frame_arrays(videos: Sequence[VideoScores], annotations: Mapping[str, Sequence[tuple[int, int]]],
-                 fps: float = DEFAULT_FPS, snippet_frames: int = 0,
+                 fps: float = DEFAULT_FPS, gt_frames: str = "official", layout: StepLayout | None = None,
+                 oracle: dict[str, np.ndarray] | None = None,
                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
     """Frame-level ground truth and scores per video name, and what was noticed on the way.
 
-    ``snippet_frames`` = 16 keeps only the frames of whole 16-frame snippets, as the
-    official ground truth does (its length per video is 16 x the number of I3D snippets);
-    0 (default) keeps every frame of the video. A video shorter than one snippet keeps
-    its frames.
+    ``gt_frames`` "official" (default) gives each video the official ground-truth length
+    ``16 * floor((N - 1) / 16)`` (see :func:`official_frame_count`), "all" every frame.
+    Step scores reach frames by ``layout`` (see :func:`frame_step_index`; None: fixed
+    steps). With ``oracle`` (a dict to fill), the layout's perfect per-step scores
+    (:func:`oracle_frame_scores`) are put there per video.
 
     Errors (the test set and the annotations disagree): a name twice, an annotated video
     labelled normal, a violent video without annotation. Annotated videos absent from the
@@ -204,11 +249,14 @@ def frame_arrays(videos: Sequence[VideoScores], annotations: Mapping[str, Sequen
     beyond = 0
     for v in videos:
         n_all = frame_count(v.duration, fps)
-        n = (n_all // snippet_frames) * snippet_frames if snippet_frames > 0 and n_all >= snippet_frames else n_all
+        n = official_frame_count(n_all, gt_frames)
         segs = annotations.get(v.name, ())
         beyond += sum(max(0, e - max(s, n_all)) for s, e in segs)
         gt[v.name] = frame_ground_truth(segs, n)
-        scores[v.name] = expand_to_frames(v.step_scores, n_all)[:n]
+        steps = frame_step_index(n_all, len(v.step_scores), layout, fps)[:n]
+        scores[v.name] = expand_to_frames(v.step_scores, n_all, layout, fps)[:n]
+        if oracle is not None:
+            oracle[v.name] = oracle_frame_scores(gt[v.name], steps, len(v.step_scores))
     scored = set(names)
     not_scored = sorted(n for n in annotations if n not in scored)
     if not_scored:
@@ -217,17 +265,27 @@ def frame_arrays(videos: Sequence[VideoScores], annotations: Mapping[str, Sequen
     if beyond:
         logger.warning("%d annotated frames lie past the end of their videos at %g fps (cut); if many, the fps "
                        "is wrong", beyond, fps)
-    info = {"fps": fps, "snippet_frames": snippet_frames, "annotated_not_scored": len(not_scored),
+    info = {"fps": fps, "gt_frames": gt_frames, "annotated_not_scored": len(not_scored),
             "annotated_frames_past_end": int(beyond)}
     return gt, scores, info
 
 
-def step_anomaly(pred: Prediction, class_names: Sequence[str]) -> np.ndarray:
-    """``1 - p(normal)`` per step ``[N, T]``; masked steps take the clip's score."""
-    if NORMAL not in class_names:
-        raise XDDetectionError(f"detection needs a run whose classes include {NORMAL!r}, got {list(class_names)}; "
+def oracle_ap(gt_by_video: Mapping[str, np.ndarray], oracle_by_video: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """``ap_frame_oracle`` (official PR-AUC) and its two forms, from :func:`frame_arrays`'s
+    ``oracle`` scores."""
+    ap = frame_level_ap(gt_by_video, oracle_by_video)
+    return {"ap_frame_oracle": ap["ap_frame_pr_auc"], "ap_frame_oracle_pr_auc": ap["ap_frame_pr_auc"],
+            "ap_frame_oracle_average_precision": ap["ap_frame_average_precision"]}
+
+
+def step_anomaly(pred: Prediction, class_names: Sequence[str], normal: str = NORMAL) -> np.ndarray:
+    """``1 - p(normal)`` per step ``[N, T]``; masked steps (and the padding of clips
+    shorter than the longest) take the clip's score."""
+    normal = normal or NORMAL
+    if normal not in class_names:
+        raise XDDetectionError(f"detection needs a run whose classes include {normal!r}, got {list(class_names)}; "
                                "train with --task xd-detection (or on the 7-class cache)")
-    k = list(class_names).index(NORMAL)
+    k = list(class_names).index(normal)
     step = 1.0 - pred.step_probs[..., k]
     clip = 1.0 - pred.clip_probs[:, k]
     return np.where(pred.step_mask, step, clip[:, None])
@@ -254,9 +312,12 @@ def _annotations_from_split(split: Split) -> str | None:
 
 
 def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None, fps: float = DEFAULT_FPS,
-                       cache: str | Path | None = None, data: CacheData | None = None, snippet_frames: int = 0,
+                       cache: str | Path | None = None, data: CacheData | None = None, gt_frames: str = "official",
                        write: bool = True) -> dict[str, Any]:
-    """Frame-level AP of a run on its test split; merged into the run's ``metrics.json``.
+    """Frame-level AP of a run on its test split, with the ceiling of its step layout
+    (``ap_frame_oracle``); merged into the run's ``metrics.json``. Every test clip is
+    scored at its full length; step scores reach frames by the run's layout
+    (``StepLayout.from_attrs`` of its cache identity).
 
     ``annotations`` defaults to the file recorded in the official split file the run was
     trained with (extraction records ``<lists>/annotations.txt`` there)."""
@@ -269,26 +330,32 @@ def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None
                                 "(XD-Violence's annotations.txt)")
     if len(rows) == 0:
         raise XDDetectionError(f"{rundir}: no test clip is usable in this cache")
-    scores = step_anomaly(predict(run.model, test), data.class_names)
+    normal_name = run.config.train.normal_class or NORMAL
+    pred = predict(run.model, test)
+    scores = step_anomaly(pred, data.class_names, normal_name)
     with open_cache(data.path) as reader:
         duration = dict(zip(reader.read("key").tolist(), reader.read("duration").tolist()))
-    normal = list(data.class_names).index(NORMAL)
+    normal = list(data.class_names).index(normal_name)
     keys = data.keys[rows].tolist()
-    videos = [VideoScores(video_name(k), scores[i], float(duration[k]), int(test.label[i]) != normal)
-              for i, k in enumerate(keys)]
-    gt, frame_scores, info = frame_arrays(videos, read_annotations(annotations), fps, snippet_frames)
+    videos = [VideoScores(video_name(k), scores[i, :pred.clip_steps(i)], float(duration[k]),
+                          int(test.label[i]) != normal) for i, k in enumerate(keys)]
+    layout = run.config.layout
+    oracle: dict[str, np.ndarray] = {}
+    gt, frame_scores, info = frame_arrays(videos, read_annotations(annotations), fps, gt_frames, layout, oracle)
     result = frame_level_ap(gt, frame_scores)
-    result = {**result, **info, "annotations": str(annotations)}
+    ceiling = oracle_ap(gt, oracle)
+    result = {**result, **ceiling, **info, "layout": layout.describe(), "annotations": str(annotations)}
     metrics = {"detection": result, "ap_frame_pr_auc": result["ap_frame_pr_auc"],
-               "ap_frame_average_precision": result["ap_frame_average_precision"]}
+               "ap_frame_average_precision": result["ap_frame_average_precision"], **ceiling}
     if write:
         RunDir(rundir).update_metrics(metrics)
-    logger.info("%s: frame-level AP %.4f (PR-AUC, official) / %.4f (average precision) over %d videos, %d frames",
-                rundir, result["ap_frame_pr_auc"], result["ap_frame_average_precision"], result["n_videos"],
-                result["n_frames"])
+    logger.info("%s: frame-level AP %.4f (PR-AUC, official) / %.4f (average precision) over %d videos, %d frames; "
+                "the layout's ceiling %.4f", rundir, result["ap_frame_pr_auc"], result["ap_frame_average_precision"],
+                result["n_videos"], result["n_frames"], result["ap_frame_oracle"])
     return metrics
 
 
-__all__ = ["DEFAULT_FPS", "XDDetectionError", "VideoScores", "video_name", "read_annotations", "frame_count",
-           "frame_ground_truth", "expand_to_frames", "frame_ap", "frame_level_ap", "frame_arrays", "step_anomaly",
-           "evaluate_detection"]
+__all__ = ["DEFAULT_FPS", "GT_FRAMES", "SNIPPET_FRAMES", "XDDetectionError", "VideoScores", "video_name",
+           "read_annotations", "frame_count", "official_frame_count", "frame_ground_truth", "frame_step_index",
+           "expand_to_frames", "oracle_frame_scores", "oracle_ap", "frame_ap", "frame_level_ap", "frame_arrays",
+           "step_anomaly", "evaluate_detection"]
