@@ -39,7 +39,7 @@ TASK ?=
 TASK_ARG := $(if $(TASK),--task $(TASK))
 
 .PHONY: install demo test data extract cache-info clean-outputs help bench-extract bench-train bench-efficiency \
-	train evaluate compare ablate-steps ablate-fusion predict figures bench
+	train evaluate compare ablate-steps ablate-fusion predict figures bench xd-standin-check
 
 help:
 	@echo "make demo | test | data DATASET=synth | extract DATASET=... [DATA_ROOT=...] | train HEAD=mtcn"
@@ -113,6 +113,25 @@ demo: $(STAMP)
 		--out runs/synth-demo/mtcn-fused-early-s$(SEED) --overwrite
 	$(PY) cli.py compare --cache $(DEMO_CACHE) --epochs $(DEMO_EPOCHS) --seed $(SEED) --seeds $(DEMO_SEEDS) \
 		--jobs $(JOBS) --out reports/synth-demo
+
+# XD-Violence's detection route on the generated stand-in (docs/xd_violence.md): for the
+# stand-in (seed 0, 20-60 s) and a held-out set (XD_HELDOUT_SEED, XD_HELDOUT_LENGTHS):
+# synth-xd -> extract --step-seconds 0.6667 -> train --task xd-detection --objective mil|step -> evaluate --detection.
+XD_STANDIN := data/xd-standin
+XD_HELDOUT_SEED ?= 1
+XD_HELDOUT_LENGTHS ?= 16-45
+XD_EPOCHS ?= 30
+XD_HEAD_ARGS ?= --head mtcn --modality video --batch-size 8 --lr 3e-3
+xd-standin-check: $(STAMP)
+	set -e; for set in "s0 0 20-60" "s$(XD_HELDOUT_SEED) $(XD_HELDOUT_SEED) $(XD_HELDOUT_LENGTHS)"; do \
+		read name seed lengths <<< "$$set"; root=$(XD_STANDIN)-$$name; cache=cache/xd-standin-$$name-grid.zarr; \
+		HF_HUB_OFFLINE=1 $(PY) cli.py synth-xd --out $$root --seed $$seed --lengths $$lengths; \
+		HF_HUB_OFFLINE=1 $(PY) cli.py extract --dataset xd-violence --root $$root/videos --lists $$root/lists \
+			--out $$cache --step-seconds 0.6667 --backbones tiny --workers $(WORKERS); \
+		for objective in mil step; do run=runs/xd-standin-$$name/mtcn-$$objective; \
+			$(PY) cli.py train --cache $$cache --task xd-detection --objective $$objective $(XD_HEAD_ARGS) \
+				--epochs $(XD_EPOCHS) --out $$run --overwrite; \
+			$(PY) cli.py evaluate $$run --detection; done; done
 
 # Benchmarks (not timed tests): JSON under reports/bench/.
 bench-extract: $(STAMP)

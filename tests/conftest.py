@@ -33,26 +33,54 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return build_synthetic_run(tmp_path_factory.getbasetemp() / "synthetic_run")
 
 
+# The stand-in's test set: long untrimmed videos (18-36 s, 2-4 s events), a little shorter
+# than the generator's default 20-60 s so that two extractions fit the suite's budget.
+STANDIN_LENGTHS = (18.0, 36.0)
+
+
 @pytest.fixture(scope="session")
 def xd_standin(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The generated XD-Violence stand-in extracted through the documented command
-    (``cli.py extract --dataset xd-violence --root R/videos --lists R/lists``), once per session."""
+    """The generated XD-Violence stand-in (``cli.py synth-xd``) extracted through the
+    documented command (``cli.py extract --dataset xd-violence --root R/videos --lists
+    R/lists --steps 12``), once per session."""
     from click.testing import CliRunner
 
     from cli import main
-    from synth.xd_standin import StandinConfig, generate_standin
+    from synth.xd_standin import StandinConfig, plan
 
     tmp = tmp_path_factory.mktemp("xd")
     root = tmp / "XD-Violence"
-    cfg = StandinConfig(train_normal=8, train_per_class=2, test_normal=3, test_per_class=1, missing=1)
+    lengths = "-".join(f"{s:g}" for s in STANDIN_LENGTHS)
     with torch_threads(1):
-        videos = generate_standin(root, cfg)
+        # the documented command (docs/xd_violence.md), default counts and events
+        made = CliRunner().invoke(main, ["synth-xd", "--out", str(root), "--lengths", lengths, "--workers", "1"])
+        assert made.exit_code == 0, made.output
+        videos = plan(StandinConfig(lengths=STANDIN_LENGTHS))
         cache = tmp / "cache" / "xd.zarr"
         result = CliRunner().invoke(main, ["extract", "--dataset", "xd-violence", "--root", str(root / "videos"),
                                            "--lists", str(root / "lists"), "--out", str(cache),
                                            "--backbones", "tiny", "--workers", "0", "--steps", "12"])
     assert result.exit_code == 0, result.output
-    return {"root": root, "cache": cache, "videos": videos, "output": result.output,
+    return {"root": root, "cache": cache, "videos": videos, "output": result.output, "synth_output": made.output,
+            "split": cache.with_name(cache.name + ".official_split.json")}
+
+
+@pytest.fixture(scope="session")
+def xd_standin_grid(xd_standin: dict) -> dict:
+    """The same stand-in videos extracted on XD-Violence's snippet grid (``--step-seconds
+    0.6667``: 16 frames at 24 fps), once per session: a ragged (v2) cache."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    cache = xd_standin["cache"].with_name("xd-grid.zarr")
+    with torch_threads(1):
+        result = CliRunner().invoke(main, ["extract", "--dataset", "xd-violence", "--root",
+                                           str(xd_standin["root"] / "videos"), "--lists",
+                                           str(xd_standin["root"] / "lists"), "--out", str(cache),
+                                           "--backbones", "tiny", "--workers", "0", "--step-seconds", "0.6667"])
+    assert result.exit_code == 0, result.output
+    return {**xd_standin, "cache": cache, "output": result.output,
             "split": cache.with_name(cache.name + ".official_split.json")}
 
 

@@ -38,6 +38,8 @@ COVERED: set[str] = set()   # documented commands a test below runs
 EXEMPT = {
     "make demo": "the whole demo (minutes); its commands are run here one by one on tiny data",
     "make test": "the test suite itself",
+    "make xd-standin-check": "the stand-in and a held-out set through the grid route (minutes); its commands "
+                             "(synth-xd, extract, train, evaluate --detection) are run here one by one",
     "make install": "installs the virtual environment the tests already run in",
     "make bench": "benchmarks at full size; `bench train` runs here with tiny settings",
     "make bench-extract": "a benchmark of full-size backbones (minutes)",
@@ -251,12 +253,14 @@ def test_figures_forms(runs: dict, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- XD-Violence
 
 
-@documents("make extract")
+@documents("make extract", "cli.py synth-xd")
 def test_xd_violence_extract_and_detection(xd_standin: dict, tmp_path: Path) -> None:
     """docs/xd_violence.md: extract (the session fixture ran that command), train the
     detection view on the official split, ``evaluate RUNDIR --detection``: the frame AP is
     printed and stored, exit status 0 (issue 16, fault 0: it was a KeyError traceback)."""
     assert "violent (6 classes)" in xd_standin["output"]
+    # cli.py synth-xd --out DIR --lengths 18-36 (the session fixture ran it)
+    assert "wrote 27 videos (28 listed)" in xd_standin["synth_output"]
     # make extract DATASET=xd-violence DATA_ROOT=...: into the same cache, nothing left to do
     (argv,) = make_command("extract", DATASET="xd-violence", DATA_ROOT=xd_standin["root"] / "videos",
                            LISTS=xd_standin["root"] / "lists", CACHE=xd_standin["cache"], STEPS=12,
