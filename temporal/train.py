@@ -34,6 +34,7 @@ from .checkpoint import load_train_state, read_weights, save_train_state, save_w
 from .data import (BatchGatherer, CacheData, HeadInputs, cap_steps, drop_features, drop_modalities, has_modality,
                    load_cache, step_batches)
 from .evaluate import class_prior, evaluate_run
+from .heads import mil_head_options
 from .losses import LossConfig, MilConfig, head_loss, head_mil_loss
 from .metrics import resolve_normal_class
 from .model import AnomalyModel, ModelOutput, PaddedBatches
@@ -76,10 +77,15 @@ def head_steps(config: TrainConfig, data: CacheData) -> int:
 
 
 def resolve_config(config: TrainConfig, data: CacheData) -> TrainConfig:
-    """``config`` with its objective resolved for this data ("auto" -> "step" or "mil"):
-    what the run records, so that a resume compares like with like."""
+    """``config`` with its objective resolved for this data ("auto" -> "step" or "mil"),
+    and a MIL run's head options completed with the head's MIL defaults (MTCN: local
+    context, see docs/temporal.md): what the run records, so that a resume compares like
+    with like and the run rebuilds the same head."""
     objective = config.resolved_objective(data.class_names, task_of_identity(data.identity))
-    return config if objective == config.objective else dataclasses.replace(config, objective=objective)
+    options = mil_head_options(config.head, config.head_options) if objective == "mil" else config.head_options
+    if objective == config.objective and options == config.head_options:
+        return config
+    return dataclasses.replace(config, objective=objective, head_options=options)
 
 
 def mil_config(config: TrainConfig, class_names: tuple[str, ...] | list[str]) -> MilConfig | None:

@@ -29,10 +29,14 @@ class HeadSpec:
     config_type: type
     fixed: dict[str, Any]
     description: str
+    # Options the head takes by default when trained with the MIL objective (weak,
+    # video-level labels), where the user gave none: see docs/temporal.md.
+    mil_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 HEADS: dict[str, HeadSpec] = {
-    "mtcn": HeadSpec(MTCN, MTCNConfig, {}, "AVAR-Net: attention block + multi-stage dilated TCN"),
+    "mtcn": HeadSpec(MTCN, MTCNConfig, {}, "AVAR-Net: attention block + multi-stage dilated TCN",
+                     mil_defaults={"stages": 1, "layers": 2, "attention_window": 0}),
     "gru": HeadSpec(RecurrentHead, RecurrentConfig, {"cell": "gru", "bidirectional": False}, "GRU"),
     "bigru": HeadSpec(RecurrentHead, RecurrentConfig, {"cell": "gru", "bidirectional": True}, "bidirectional GRU"),
     "lstm": HeadSpec(RecurrentHead, RecurrentConfig, {"cell": "lstm", "bidirectional": False}, "LSTM"),
@@ -64,6 +68,11 @@ def head_config(name: str, options: dict[str, Any] | None = None) -> Any:
     return spec.config_type(**options)
 
 
+def mil_head_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` completed with the head's MIL defaults (the user's choices win)."""
+    return {**_spec(name).mil_defaults, **dict(options or {})}
+
+
 def create_head(name: str, in_dim: int, num_classes: int, steps: int, options: dict[str, Any] | None = None) -> nn.Module:
     spec = _spec(name)
     return spec.build(in_dim, num_classes, steps, head_config(name, options), **spec.fixed)
@@ -82,6 +91,6 @@ def _spec(name: str) -> HeadSpec:
 __all__ = [
     "HEADS", "PAPER_HEADS", "HeadOutput", "HeadSpec", "MTCN", "MTCNConfig", "RecurrentHead", "RecurrentConfig",
     "TransformerHead", "TransformerConfig", "PoolHead", "PoolConfig", "count_parameters", "create_head",
-    "describe_heads", "head_config", "layers_for_steps", "list_heads", "masked_mean", "mean_probability_logits",
+    "describe_heads", "head_config", "mil_head_options", "layers_for_steps", "list_heads", "masked_mean", "mean_probability_logits",
     "receptive_field",
 ]

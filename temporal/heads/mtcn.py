@@ -77,6 +77,9 @@ class MTCNConfig:
     attention_kernel: int = 1   # the block's Conv1d: 1 (a per-step projection) or 3
     dropout: float = 0.2        # channel dropout in every dilated residual layer (MS-TCN: 0.5)
     attention_dropout: float = 0.1
+    # None: every step attends to every other (the paper's block); W >= 0: only to steps at
+    # most W away (0: to itself alone). See "MIL on a time grid" in docs/temporal.md.
+    attention_window: int | None = None
 
 
 class TemporalConv(nn.Module):
@@ -120,10 +123,14 @@ class AttentionBlock(nn.Module):
     clips cost more than the attention itself.
     """
 
-    def __init__(self, in_dim: int, hidden: int, heads: int, kernel_size: int, dropout: float) -> None:
+    def __init__(self, in_dim: int, hidden: int, heads: int, kernel_size: int, dropout: float,
+                 window: int | None = None) -> None:
         super().__init__()
         if kernel_size not in (1, 3):
             raise ValueError(f"attention_kernel must be 1 or 3, got {kernel_size}")
+        if window is not None and window < 0:
+            raise ValueError(f"attention_window must be None or >= 0, got {window}")
+        self.window = window
         self.conv = nn.Linear(in_dim, hidden) if kernel_size == 1 else TemporalConv(in_dim, hidden)
         self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(hidden)
@@ -144,15 +151,23 @@ class AttentionBlock(nn.Module):
     def _self_attention(self, h: Tensor, valid: Tensor | None) -> Tensor:
         mha = self.attention
         b, t, c = h.shape
+        if self.window == 0:  # a step attending to itself alone: its softmax weight is 1, the output its value
+            _, _, w_v = mha.in_proj_weight.chunk(3)
+            _, _, b_v = mha.in_proj_bias.chunk(3)
+            return mha.out_proj(F.linear(h, w_v, b_v))
         q, k, v = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).view(b, t, 3, mha.num_heads, -1).permute(2, 0, 3, 1, 4)
         keys = None if valid is None else ~attention_padding(valid)[:, None, None, :]  # True = may be attended to
         p = mha.dropout if self.training else 0.0
         rows = max(1, ATTENTION_SCORES // max(1, b * mha.num_heads * t))  # queries per chunk
-        if rows >= t:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
-        else:  # long clips: queries in chunks, so the score matrix stays bounded (each query row is independent)
-            a = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + rows], k, v, attn_mask=keys, dropout_p=p)
-                           for i in range(0, t, rows)], dim=2)
+        chunks = []
+        for i in range(0, t, min(rows, t)):  # long clips: queries in chunks, so the score matrix stays bounded
+            allowed = keys
+            if self.window is not None:  # a band: query j may read keys within the window
+                j = torch.arange(i, min(t, i + rows), device=h.device)[:, None]
+                band = (j - torch.arange(t, device=h.device)[None, :]).abs() <= self.window
+                allowed = band[None, None] if keys is None else keys & band[None, None]
+            chunks.append(F.scaled_dot_product_attention(q[:, :, i:i + rows], k, v, attn_mask=allowed, dropout_p=p))
+        a = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
         return mha.out_proj(a.transpose(1, 2).reshape(b, t, c))
 
 
@@ -205,7 +220,8 @@ class MTCN(nn.Module):
         self.config = config
         self.num_layers = config.layers or layers_for_steps(steps)
         self.attention = AttentionBlock(
-            in_dim, config.hidden, config.attention_heads, config.attention_kernel, config.attention_dropout
+            in_dim, config.hidden, config.attention_heads, config.attention_kernel, config.attention_dropout,
+            config.attention_window,
         )
         self.stages = nn.ModuleList(
             Stage(config.hidden if s == 0 else num_classes, config.hidden, num_classes, self.num_layers, config.dropout)
