@@ -119,9 +119,9 @@ demo: $(STAMP)
 # synth-xd -> extract --step-seconds 0.6667 -> train --task xd-detection --objective mil|step -> evaluate --detection.
 XD_STANDIN := data/xd-standin
 XD_HELDOUT_SEED ?= 1
-XD_HELDOUT_LENGTHS ?= 16-45
-XD_EPOCHS ?= 30
-XD_HEAD_ARGS ?= --head mtcn --modality video --batch-size 8 --lr 3e-3
+XD_HELDOUT_LENGTHS ?= 18-45
+XD_EPOCHS ?= 50
+XD_HEAD_ARGS ?= --head mtcn --modality video
 xd-standin-check: $(STAMP)
 	set -e; for set in "s0 0 20-60" "s$(XD_HELDOUT_SEED) $(XD_HELDOUT_SEED) $(XD_HELDOUT_LENGTHS)"; do \
 		read name seed lengths <<< "$$set"; root=$(XD_STANDIN)-$$name; cache=cache/xd-standin-$$name-grid.zarr; \

@@ -36,9 +36,10 @@ def format_cache_info(info: dict[str, Any]) -> str:
                      "unreferenced (steps of clips extracted again)")
     for mod in ("video", "audio"):
         b = a.get(f"{mod}_backbone", {})
+        used = (a.get("precision") or {}).get(mod) if isinstance(a.get("precision"), dict) else None
         lines.append(f"{mod:<10} {b.get('name')} ({b.get('arch')}, {b.get('dim')}-d, "
                      f"{'pretrained' if b.get('pretrained') else 'UNTRAINED weights'}, "
-                     f"sha256 {str(b.get('checksum'))[:12]})")
+                     f"sha256 {str(b.get('checksum'))[:12]}" + (f", last run in {used}" if used else "") + ")")
     lines.append(f"classes    {', '.join(a.get('class_names', [])) or '(unlabelled)'}")
     lines.append(f"created    {a.get('created')}  complete: {a.get('complete')}")
     c = info["counts"]

@@ -553,7 +553,11 @@ def _open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, c
             writer = CacheWriter.open(out, cache_config, manifest.entries(), fmt=cfg.fmt,
                                       chunk_clips=cfg.chunk_clips,
                                       # absolute: a relative root means nothing from another folder
-                                      info={"dataset": manifest.dataset, "root": os.path.abspath(manifest.root)})
+                                      info={"dataset": manifest.dataset, "root": os.path.abspath(manifest.root),
+                                            # descriptive, not identity (bf16 and fp32 features differ in
+                                            # rounding only): the precision this run used, never "auto"
+                                            "precision": {kind: getattr(b, "precision", None)
+                                                          for kind, b in zip(("video", "audio"), backbones)}})
             stack.callback(writer.close)
             plan = _plan(writer, manifest, cfg, env.world)
             if env.distributed:
