@@ -335,6 +335,12 @@ def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None
     scores = step_anomaly(pred, data.class_names, normal_name)
     with open_cache(data.path) as reader:
         duration = dict(zip(reader.read("key").tolist(), reader.read("duration").tolist()))
+        imported = "imported" in reader.attrs
+    if imported and gt_frames == "official":
+        # Released snippet features (cli.py import-features) know T snippets, not the video's
+        # frame count N: their clip is 16 T frames long, and the official ground truth was
+        # made from those very snippet counts (16 T frames), which "all" gives exactly.
+        gt_frames = "all"
     normal = list(data.class_names).index(normal_name)
     keys = data.keys[rows].tolist()
     videos = [VideoScores(video_name(k), scores[i, :pred.clip_steps(i)], float(duration[k]),

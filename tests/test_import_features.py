@@ -297,9 +297,9 @@ def test_detection_trains_and_scores_on_imported_features(tmp_path: Path) -> Non
     result = cli("train", "--cache", cache, "--task", "xd-detection", "--head", "pool", "--modality", "fused",
                  "--epochs", "1", "--batch-size", "8", "--out", run)
     assert result.exit_code == 0, (result.output, result.exception)
-    # --gt-frames all: the cache knows T snippets, not the videos' N frames; its 16 T frames
-    # are the official length 16 * floor((N - 1) / 16) (docs/xd_violence.md)
-    result = cli("evaluate", run, "--detection", "--gt-frames", "all")
+    # the official length on imported snippets is their 16 T frames (the cache knows T, not
+    # the videos' N; docs/xd_violence.md): the default gives it, as --gt-frames all does
+    result = cli("evaluate", run, "--detection")
     assert result.exit_code == 0 and "frame AP" in result.output, (result.output, result.exception)
     detection = json.loads((run / "metrics.json").read_text())["detection"]
     test_steps = sum(v.steps for v in videos if v.split == "test")
