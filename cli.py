@@ -295,7 +295,7 @@ def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations
         from temporal.xd_detection import evaluate_detection
 
         metrics = {**metrics, **evaluate_detection(rundir, annotations=annotations, fps=fps, cache=cache_path,
-                                                   gt_frames=gt_frames)}
+                                                   gt_frames=gt_frames, normal_class=normal_class)}
     click.echo(format_summary(metrics))
 
 

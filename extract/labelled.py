@@ -140,6 +140,22 @@ def _refuse(path: Path, fix: str, problems: list[str]) -> None:
     raise ManifestFileError("\n".join([f"{path} has {len(problems)} problem(s); {fix}:", *listed, *more]))
 
 
+def _listed_once(text: str, line: int, root: Path, first: dict[str, int],
+                 problems: list[str]) -> tuple[PurePosixPath, str] | None:
+    """A row's relative path and key, or None with the problem noted: not a clean relative
+    path, or a path listed on an earlier line (``first`` maps keys to their first line)."""
+    rel = _relative(text)
+    if isinstance(rel, str):
+        problems.append(f"line {line}: {rel}")
+        return None
+    key = relative_key(root / rel, root)
+    if key in first:
+        problems.append(f"line {line}: {str(rel)!r} is listed again (first on line {first[key]})")
+        return None
+    first[key] = line
+    return rel, key
+
+
 def _relative(text: str) -> PurePosixPath | str:
     """The path as a clean relative path, or the reason it is not one."""
     if not text:
@@ -193,15 +209,10 @@ def read_manifest_file(root: Path, file: Path) -> Manifest:
     clips: list[Clip] = []
     first: dict[str, int] = {}
     for row in rows if "path" in columns else []:
-        rel = _relative(row.values.get("path", ""))
-        if isinstance(rel, str):
-            problems.append(f"line {row.line}: {rel}")
+        listed = _listed_once(row.values.get("path", ""), row.line, root, first, problems)
+        if listed is None:
             continue
-        key = relative_key(root / rel, root)
-        if key in first:
-            problems.append(f"line {row.line}: {str(rel)!r} is listed again (first on line {first[key]})")
-            continue
-        first[key] = row.line
+        rel, key = listed
         path = root / rel
         if not path.is_file():
             what = ("a broken link" if path.is_symlink() and not path.exists() else
@@ -275,15 +286,10 @@ def _apply_metadata(root: Path, file: Path, clips: dict[str, Clip]) -> None:
         logger.info("%s: columns %s are not used (only %s are)", file, ignored, list(METADATA_COLUMNS[1:]))
     first: dict[str, int] = {}
     for row in rows:
-        rel = _relative(row.values.get("file_name", ""))
-        if isinstance(rel, str):
-            problems.append(f"line {row.line}: {rel}")
+        listed = _listed_once(row.values.get("file_name", ""), row.line, root, first, problems)
+        if listed is None:
             continue
-        key = relative_key(root / rel, root)
-        if key in first:
-            problems.append(f"line {row.line}: {str(rel)!r} is listed again (first on line {first[key]})")
-            continue
-        first[key] = row.line
+        rel, key = listed
         fields = _row_fields(row, problems)
         if fields is None:
             continue

@@ -47,7 +47,6 @@ class TrainConfig:
     objective: str = "auto"         # "auto" | "step" (per-step CE) | "mil" (top-k multiple-instance BCE)
     mil_sparsity: float = 0.0       # MIL: weight of Sultani et al.'s sparsity term (mean score of anomalous clips)
     mil_smoothness: float = 0.0     # MIL: weight of Sultani et al.'s smoothness term (squared score differences)
-    normal_class: str = ""  # "" = the class named "normal", if any
     head_options: dict[str, Any] = field(default_factory=dict)
     loss: LossConfig = LossConfig()
     split: SplitConfig = SplitConfig()

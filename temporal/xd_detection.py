@@ -58,7 +58,7 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from cache_schema import InvalidInput, MissingInput, StepLayout, open_cache
 
 from .data import CacheData
-from .evaluate import Prediction, load_test_split, predict
+from .evaluate import Prediction, load_test_split, predict, training_prior
 from .rundir import RunDir
 from .split import Split
 
@@ -313,14 +313,19 @@ def _annotations_from_split(split: Split) -> str | None:
 
 def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None, fps: float = DEFAULT_FPS,
                        cache: str | Path | None = None, data: CacheData | None = None, gt_frames: str = "official",
-                       write: bool = True) -> dict[str, Any]:
+                       write: bool = True, normal_class: str | None = None) -> dict[str, Any]:
     """Frame-level AP of a run on its test split, with the ceiling of its step layout
     (``ap_frame_oracle``); merged into the run's ``metrics.json``. Every test clip is
     scored at its full length; step scores reach frames by the run's layout
     (``StepLayout.from_attrs`` of its cache identity).
 
     ``annotations`` defaults to the file recorded in the official split file the run was
-    trained with (extraction records ``<lists>/annotations.txt`` there)."""
+    trained with (extraction records ``<lists>/annotations.txt`` there). ``normal_class``
+    (default: the run's own) is the class whose ``1 - p`` is the anomaly score. A test
+    video without the run's stream (an audio run, a video without audio) is scored as
+    ``evaluate_run`` scores it, with the training class prior: one constant score over its
+    frames, so that runs of every modality are measured on the same videos
+    (``n_without_stream`` counts them)."""
     rundir = Path(rundir)
     run = load_test_split(rundir, cache, data)
     data, rows, test = run.data, run.rows, run.clips
@@ -330,12 +335,16 @@ def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None
                                 "(XD-Violence's annotations.txt)")
     if len(rows) == 0:
         raise XDDetectionError(f"{rundir}: no test clip is usable in this cache")
-    normal_name = run.config.train.normal_class or NORMAL
+    normal_name = normal_class or run.config.train.normal_class or NORMAL
+    if normal_name not in data.class_names:
+        raise XDDetectionError(f"--normal-class {normal_name!r} is not a class of {rundir} ({list(data.class_names)}); "
+                               "name one of them")
     pred = predict(run.model, test)
     scores = step_anomaly(pred, data.class_names, normal_name)
     with open_cache(data.path) as reader:
         duration = dict(zip(reader.read("key").tolist(), reader.read("duration").tolist()))
         imported = "imported" in reader.attrs
+    asked = gt_frames
     if imported and gt_frames == "official":
         # Released snippet features (cli.py import-features) know T snippets, not the video's
         # frame count N: their clip is 16 T frames long, and the official ground truth was
@@ -345,12 +354,21 @@ def evaluate_detection(rundir: str | Path, annotations: str | Path | None = None
     keys = data.keys[rows].tolist()
     videos = [VideoScores(video_name(k), scores[i, :pred.clip_steps(i)], float(duration[k]),
                           int(test.label[i]) != normal) for i, k in enumerate(keys)]
+    if len(run.without_stream):  # scored with the training prior, as evaluate_run scores them
+        prior_score = 1.0 - float(training_prior(RunDir(rundir), run)[normal])
+        lengths = data.lengths
+        videos += [VideoScores(video_name(str(data.keys[r])), np.full(max(1, int(lengths[r])), prior_score),
+                               float(duration[str(data.keys[r])]), int(data.clips.label[r]) != normal)
+                   for r in run.without_stream.tolist()]
     layout = run.config.layout
     oracle: dict[str, np.ndarray] = {}
     gt, frame_scores, info = frame_arrays(videos, read_annotations(annotations), fps, gt_frames, layout, oracle)
     result = frame_level_ap(gt, frame_scores)
     ceiling = oracle_ap(gt, oracle)
-    result = {**result, **ceiling, **info, "layout": layout.describe(), "annotations": str(annotations)}
+    if asked != gt_frames:
+        info["gt_frames"] = f"{asked} (16 T frames of the imported snippets)"
+    result = {**result, **ceiling, **info, "layout": layout.describe(), "annotations": str(annotations),
+              "normal_class": normal_name, "n_without_stream": int(len(run.without_stream))}
     metrics = {"detection": result, "ap_frame_pr_auc": result["ap_frame_pr_auc"],
                "ap_frame_average_precision": result["ap_frame_average_precision"], **ceiling}
     if write:

@@ -203,3 +203,32 @@ def test_mil_on_snippet_grid_localises(xd_standin_grid: dict, tmp_path: Path) ->
             assert recorded["objective"] == "mil"
             assert recorded["head_options"] == {"stages": 1, "layers": 2, "attention_window": 0}
     assert ap["mil"] >= 0.9 and ap["step"] < ap["mil"], ap
+
+
+def test_detection_scores_every_test_video_whatever_the_modality(xd_standin_grid: dict, tmp_path: Path) -> None:
+    """An audio run's frame AP covers the test videos without audio too (scored with the
+    training prior, as evaluate_run scores them), so that modalities compare on the same
+    videos; and ``--normal-class`` reaches the detection metrics."""
+    from temporal import SplitConfig, TrainConfig, load_cache
+    from temporal.train import train
+    from temporal.xd_detection import XDDetectionError, evaluate_detection
+    from temporal.xd_tasks import apply_task
+
+    data = apply_task(load_cache(xd_standin_grid["cache"]), "xd-detection")
+    split = json.loads(xd_standin_grid["split"].read_text())
+    test_rows = data.rows_of(split["test"])
+    silent = int(test_rows[0])  # this test video loses its audio
+    lo, hi = int(data.clips.offsets[silent]), int(data.clips.offsets[silent + 1])
+    data.clips.audio_mask[lo:hi] = False
+    config = TrainConfig(epochs=3, split=SplitConfig(split_file=str(xd_standin_grid["split"])),
+                         head="pool", modality="audio", progress=False)
+    run = train(xd_standin_grid["cache"], tmp_path / "audio", config, data=data)
+    det = evaluate_detection(run.rundir, data=data)["detection"]
+    assert det["n_videos"] == len(test_rows) and det["n_without_stream"] == 1
+    assert det["normal_class"] == "normal"
+    with pytest.raises(XDDetectionError, match="not a class"):
+        evaluate_detection(run.rundir, data=data, normal_class="calm", write=False)
+    # the option reaches the detection labels: with "violent" as the normal class the violent
+    # videos count as normal, which the annotations contradict
+    with pytest.raises(XDDetectionError, match="labelled normal have violent segments"):
+        evaluate_detection(run.rundir, data=data, normal_class="violent", write=False)
