@@ -324,7 +324,7 @@ def compare(cache_path: Path, out: Path, heads: str, modalities: str, n_seeds: i
     base = replace(_train_config("mtcn", "fused", "early", seed, progress=False, **kw), checkpoint_every=0)
     compare_run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
                         modalities=tuple(m for m in modalities.split(",") if m),
-                        seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
+                        seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs, task=task)
     click.echo((out / TABLE2_MD).read_text())
 
 
@@ -344,8 +344,11 @@ def ablate_steps(caches: tuple[Path, ...], out: Path, head: str, n_seeds: int, s
     from temporal.compare import TABLE3_MD
     from temporal.compare import ablate_steps as run
 
+    from cache_schema import split_file_for
+
+    kw["split_file"] = split_file_for(caches[0], kw["split_file"], task)
     base = _train_config(head, "fused", "early", seed, progress=False, **kw)
-    run(caches, out, head=head, seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
+    run(caches, out, head=head, seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs, task=task)
     click.echo((out / TABLE3_MD).read_text())
 
 
@@ -364,9 +367,12 @@ def ablate_fusion(cache_path: Path, out: Path, heads: str, n_seeds: int, seed: i
     from temporal.compare import FUSION_MD
     from temporal.compare import ablate_fusion as run
 
+    from cache_schema import split_file_for
+
+    kw["split_file"] = split_file_for(cache_path, kw["split_file"], task)
     base = _train_config("mtcn", "fused", "early", seed, progress=False, **kw)
     run(cache_path, out, heads=tuple(h for h in heads.split(",") if h),
-                seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs)
+        seeds=tuple(range(seed, seed + n_seeds)), base=base, jobs=jobs, task=task)
     click.echo((out / FUSION_MD).read_text())
 
 

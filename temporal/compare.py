@@ -26,11 +26,12 @@ import numpy as np
 
 from cache_schema import InvalidInput, spawned_worker_init, write_text
 
-from .data import CacheData, load_cache
+from .data import CacheData
 from .heads import PAPER_HEADS
 from .plots import METRIC_COLUMNS, MODALITY_TITLES, Comparison, heatmap_figure, save_figure
 from .split import default_split_path, load_or_create_split
 from .train import TrainConfig, train
+from .xd_tasks import load_task_data, task_of_identity
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ def run_cells(specs: Sequence[CellSpec], out: Path, seeds: Sequence[int], jobs: 
         # dies with this process.
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=spawned_worker_init, initargs=(os.getpid(),)) as pool:
-            futures = [pool.submit(_train_run_in_worker, str(spec.data.path), _rundir(out, spec, seed),
-                                   replace(spec.config, seed=seed)) for i, spec, seed in tasks]
+            futures = [pool.submit(_train_run_in_worker, str(spec.data.path), task_of_identity(spec.data.identity),
+                                   _rundir(out, spec, seed), replace(spec.config, seed=seed))
+                       for i, spec, seed in tasks]
             for (i, _, seed), future in zip(tasks, futures):
                 done(i, seed, future.result())
     return [Cell(spec.labels, tuple(r)) for spec, r in zip(specs, results)]
@@ -117,26 +119,27 @@ def _train_run(data: CacheData, rundir: Path, config: TrainConfig) -> dict[str, 
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_cache(path: str) -> CacheData:
-    """A worker process reads each cache once, however many runs it is given."""
-    return load_cache(path)
+def _worker_cache(path: str, task: str | None) -> CacheData:
+    """A worker process reads each cache (or task view) once, however many runs it is given."""
+    return load_task_data(path, task)
 
 
-def _train_run_in_worker(cache: str, rundir: Path, config: TrainConfig) -> dict[str, Any]:
-    return _train_run(_worker_cache(cache), rundir, config)
+def _train_run_in_worker(cache: str, task: str | None, rundir: Path, config: TrainConfig) -> dict[str, Any]:
+    return _train_run(_worker_cache(cache, task), rundir, config)
 
 
 # -- Table 2 --------------------------------------------------------------------------------
 def compare(cache: str | Path, out: str | Path, heads: Sequence[str] = PAPER_HEADS,
             modalities: Sequence[str] = ("audio", "video", "fused"), seeds: Sequence[int] = (0,),
-            base: TrainConfig = TrainConfig(progress=False), jobs: int = 1) -> list[Cell]:
-    """Every head on every modality (``base.fusion`` for the fused runs), same split.
+            base: TrainConfig = TrainConfig(progress=False), jobs: int = 1, task: str | None = None) -> list[Cell]:
+    """Every head on every modality (``base.fusion`` for the fused runs), same split;
+    ``task`` is an XD-Violence view of the cache (``temporal.xd_tasks``), None the cache.
     Writes ``table2.md`` (paper layout), ``table2.csv`` (one row per head and modality),
     ``table2.png`` (heat-map of every metric, the drawing ``cli.py figures`` makes of
     ``table2.csv``) and ``per_class.md`` (per-class F1 by modality and the most frequent
     confusions, which show what a single modality cannot tell apart)."""
     out = Path(out)
-    data = load_cache(cache)
+    data = load_task_data(cache, task)
     load_or_create_split(data, base.split)  # made once, before any run
     specs = [CellSpec(f"{head}-{modality}", replace(base, head=head, modality=modality), data,
                       {"head": head, "modality": modality}) for head in heads for modality in modalities]
@@ -203,19 +206,20 @@ def top_confusions(runs: Sequence[dict[str, Any]], class_names: Sequence[str], k
 # -- Table 3 and fusion ---------------------------------------------------------------------
 def ablate_steps(caches: Sequence[str | Path], out: str | Path, head: str = "mtcn", modality: str = "fused",
                  seeds: Sequence[int] = (0,), base: TrainConfig = TrainConfig(progress=False),
-                 jobs: int = 1) -> list[Cell]:
+                 jobs: int = 1, task: str | None = None) -> list[Cell]:
     """One head on caches that differ in their number of steps (e.g. 5, 10, 15), all
-    scored on the first cache's split. Writes ``table3.md`` / ``table3.csv``."""
+    scored on the first cache's split (``task``: the same XD-Violence view of each).
+    Writes ``table3.md`` / ``table3.csv``."""
     out = Path(out)
     if not caches:
         raise InvalidInput("give at least one cache (one per number of steps)")
-    first = load_cache(caches[0])
+    first = load_task_data(caches[0], task)
     load_or_create_split(first, base.split)
     split_file = base.split.split_file or str(default_split_path(first.path))
     cfg = replace(base, head=head, modality=modality, split=replace(base.split, split_file=split_file))
     specs = []
     for cache in caches:
-        data = first if Path(cache) == first.path else load_cache(cache)
+        data = first if Path(cache) == first.path else load_task_data(cache, task)
         steps = data.steps if not data.layout.grid else f"{data.layout.step_seconds:g}s"  # a grid: its step length
         specs.append(CellSpec(f"{head}-{modality}-T{steps}", cfg, data,
                               {"steps": steps, "cache": str(cache), "head": head, "modality": modality}))
@@ -226,11 +230,12 @@ def ablate_steps(caches: Sequence[str | Path], out: str | Path, head: str = "mtc
 
 
 def ablate_fusion(cache: str | Path, out: str | Path, heads: Sequence[str] = ("mtcn",), seeds: Sequence[int] = (0,),
-                  base: TrainConfig = TrainConfig(progress=False), jobs: int = 1) -> list[Cell]:
+                  base: TrainConfig = TrainConfig(progress=False), jobs: int = 1, task: str | None = None) -> list[Cell]:
     """Early (concatenation, the paper's choice) vs late (one head per modality,
-    probabilities averaged over present modalities). Writes ``fusion.md`` / ``fusion.csv``."""
+    probabilities averaged over present modalities), on the cache or its XD-Violence
+    ``task`` view. Writes ``fusion.md`` / ``fusion.csv``."""
     out = Path(out)
-    data = load_cache(cache)
+    data = load_task_data(cache, task)
     load_or_create_split(data, base.split)
     specs = [CellSpec(f"{head}-fused-{fusion}", replace(base, head=head, modality="fused", fusion=fusion), data,
                       {"head": head, "fusion": fusion}) for head in heads for fusion in ("early", "late")]

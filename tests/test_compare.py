@@ -55,6 +55,22 @@ def test_ablations_steps_and_fusion(tmp_path: Path) -> None:
     assert "mtcn late" in (tmp_path / "rep" / "fusion.md").read_text()
 
 
+def test_tables_train_on_the_task_view_they_are_given(tmp_path: Path) -> None:
+    """``--task xd-detection`` reaches every table: compare, ablate-steps and ablate-fusion
+    train on the normal-vs-violent view (two classes, MIL by default), not the raw cache."""
+    cache = tmp_path / "c.zarr"
+    write_class_cache(cache, make_config(classes=CLASSES), 40)
+    one = replace(FAST, epochs=1)
+    for cells in (compare(cache, tmp_path / "t2", heads=("pool",), modalities=("video",), base=one,
+                          task="xd-detection"),
+                  ablate_steps([cache], tmp_path / "t3", head="pool", base=one, task="xd-detection"),
+                  ablate_fusion(cache, tmp_path / "tf", heads=("pool",), base=one, task="xd-detection")):
+        for c in cells:
+            assert c.runs[0]["class_names"] == ["normal", "violent"], c.labels
+    recorded = json.loads((tmp_path / "t2" / "runs" / "pool-video-s0" / "config.json").read_text())
+    assert recorded["train"]["objective"] == "mil" and recorded["cache_identity"]["task"] == "xd-detection"
+
+
 def test_top_confusions() -> None:
     runs = [{"confusion_matrix": [[5, 2, 0], [0, 4, 1], [3, 0, 2]]}, {"confusion_matrix": [[5, 0, 0], [0, 5, 0], [1, 0, 4]]}]
     assert top_confusions(runs, ["a", "b", "c"], k=2) == [("c", "a", 4), ("a", "b", 2)]
