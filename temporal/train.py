@@ -243,6 +243,11 @@ def _run_inputs(model: AnomalyModel, data: CacheData, rows: dict[str, np.ndarray
         with torch.no_grad():  # standardised and fused once, not per batch (see HeadInputs)
             return (model.head_inputs(data.clips.take(rows["train"]).dense()),
                     model.head_inputs(data.clips.take(rows["val"]).dense()))
+    if t is not None and not data.layout.grid:  # a fixed-step cache longer than the cap: say so
+        logger.warning("every clip of %s has %d steps, more than --max-train-steps %d: training and validation "
+                       "sequences are cut to %d steps (%s); evaluation runs at all %d. Raise --max-train-steps "
+                       "to train on every step", data.path, t, config.max_train_steps, config.max_train_steps,
+                       config.train_steps_mode, t)
     capped = {p: cap_steps(data.clips.take(rows[p]), config.max_train_steps, config.train_steps_mode)
               for p in ("train", "val")}
     logger.info("ragged clips (%d to %d steps), training sequences capped at %d steps (%s)",

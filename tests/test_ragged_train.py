@@ -269,3 +269,17 @@ def test_oracle_ap_is_one_on_aligned_steps_and_lower_for_coarse_steps() -> None:
     both = oracle_ap(gt, oracle)
     assert both["ap_frame_oracle_average_precision"] == pytest.approx(1.0)
     assert frame_level_ap(gt, sc)["ap_frame_pr_auc"] < 1.0
+
+
+def test_a_fixed_step_cache_longer_than_the_cap_is_cut_and_says_so(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A 10-step cache under ``--max-train-steps 4`` trains on 4 sampled steps, with a
+    warning naming the option, and is still evaluated at its 10 steps."""
+    from temporal.train import train
+    from tests.cache_factory import write_class_cache
+
+    write_class_cache(tmp_path / "c.zarr", make_config(classes=("a", "b", "c")), 24)
+    with caplog.at_level("WARNING", logger="temporal.train"):
+        run = train(tmp_path / "c.zarr", tmp_path / "run", TrainConfig(epochs=1, max_train_steps=4, progress=False))
+    assert any("more than --max-train-steps 4" in r.getMessage() for r in caplog.records)
+    assert run.metrics["n_test"] > 0
