@@ -81,6 +81,14 @@ class ExtractConfig:
         return StepLayout(steps=0 if self.step_seconds else self.steps, step_seconds=self.step_seconds,
                           frames_per_step=self.frames_per_step)
 
+    @property
+    def decode_batch(self) -> int:
+        """Clips per batch handed from the decode workers. On a time grid a clip carries a
+        frame per step (900 for 10 minutes at 0.6667 s, ~170 MB of uint8 crops at 256 px),
+        and the loader holds ``workers x 2`` batches in flight: one clip per batch keeps
+        that to a few clips, and the backbones batch the clip's frames themselves."""
+        return 1 if self.step_seconds else self.batch_size
+
 
 @dataclass
 class ExtractSummary:
@@ -236,7 +244,7 @@ def _loader(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable
     if workers:
         _collect_before_fork()
     ds = ClipDecodeDataset(rows, cfg.layout, transform, cfg.clip_timeout)
-    bs = batch_size or cfg.batch_size
+    bs = batch_size or cfg.decode_batch
     ctx = _worker_context() if workers else None
     # a forked worker's parent is this process, which lets the worker check it is still there
     parent = os.getpid() if ctx is not None and ctx.get_start_method() == "fork" else None
@@ -290,13 +298,13 @@ def iter_decoded(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Cal
             _stop_workers(batches)
         if how is None:
             return
-        bad_from = start + seen * cfg.batch_size
-        bad = rows[bad_from: bad_from + cfg.batch_size]
+        bad_from = start + seen * cfg.decode_batch
+        bad = rows[bad_from: bad_from + cfg.decode_batch]
         if how == "hung" and len(bad) == 1:  # nothing to isolate: retrying would only hang again
             yield [_failed_clip(bad[0], how, cfg)]
         else:
             yield [_isolated(row, cfg, transform) for row in bad]
-        start = bad_from + cfg.batch_size
+        start = bad_from + cfg.decode_batch
 
 
 def _isolated(row: ManifestRow, cfg: ExtractConfig, transform: Callable | None) -> Decoded:

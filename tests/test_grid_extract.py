@@ -249,3 +249,15 @@ def test_predict_scores_a_whole_file_at_the_run_grid(clips: dict[str, Path], bac
     np.testing.assert_allclose(together[0].step_scores, pred.scores, atol=1e-6)
     windowed = predictor.predict(clips["a"], PredictConfig(window=1.0))
     assert windowed.error is not None and "time grid" in windowed.error
+
+
+def test_grid_decoding_hands_over_one_clip_at_a_time(grid_cache: dict[str, Path]) -> None:
+    """On a grid a clip carries a frame per step, so the decode workers hand over one clip
+    per batch (few clips in flight, whatever --batch-size), where fixed steps keep it."""
+    from extract.manifest import ManifestRow
+    from extract.pipeline import ExtractConfig, iter_decoded
+
+    rows = [ManifestRow(p.name, p) for p in sorted(grid_cache["root"].rglob("*.mp4"))[:5]]
+    grid = [len(b) for b in iter_decoded(rows, ExtractConfig(step_seconds=0.5, batch_size=4, workers=1), None)]
+    fixed = [len(b) for b in iter_decoded(rows, ExtractConfig(steps=3, batch_size=4, workers=1), None)]
+    assert grid == [1] * 5 and fixed == [4, 1]
