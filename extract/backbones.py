@@ -26,7 +26,7 @@ from .audio_backbone import (
     default_feature_extractor,
     load_pretrained_audio_model,
 )
-from .frozen_model import BackboneUnavailable, resolve_device
+from .frozen_model import AUTO, BackboneUnavailable, resolve_device
 from .video_backbone import (
     DEFAULT_VIDEO_MODEL,
     VideoBackbone,
@@ -38,6 +38,8 @@ from .video_backbone import (
 __all__ = [
     "AUDIO_PRESETS",
     "BACKBONE_PRESETS",
+    "FP32_PRESETS",
+    "preset_precision",
     "DEFAULT_AUDIO_MODEL",
     "DEFAULT_VIDEO_MODEL",
     "VIDEO_PRESETS",
@@ -89,6 +91,18 @@ class BackboneConfig:
     audio_window_s: float = DEFAULT_WINDOW_S
 
 
+FP32_PRESETS = ("tiny",)
+"""Presets that ``--precision auto`` runs in fp32 on every machine: a few thousand
+parameters, bound by call overhead, so bf16 buys nothing; and fp32 makes every test and
+the demo give the same numbers on a CPU with native bf16 (AMX) as on one without."""
+
+
+def preset_precision(name: str, precision: str) -> str:
+    """``precision`` for the backbone ``name``: ``auto`` is fp32 for ``FP32_PRESETS``, and
+    left to :func:`~extract.frozen_model.resolve_precision` otherwise."""
+    return "fp32" if precision == AUTO and name in FP32_PRESETS else precision
+
+
 def load_video_backbone(
     name: str = DEFAULT_VIDEO_MODEL,
     device: str = "cpu",
@@ -105,11 +119,12 @@ def load_video_backbone(
     else:
         model, pretrained = load_pretrained_video_model(name, cache_dir=cache_dir), True
     backbone = VideoBackbone(
-        model, name=name, pretrained=pretrained, device=device, precision=precision, batch_size=batch_size
+        model, name=name, pretrained=pretrained, device=device, precision=preset_precision(name, precision),
+        batch_size=batch_size,
     )
     logger.info(
         "video backbone %s (%s, dim %d, pretrained=%s, sha256 %s…) on %s/%s in %.1fs",
-        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], device, precision,
+        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], device, backbone.precision,
         time.perf_counter() - started,
     )
     return backbone
@@ -138,13 +153,13 @@ def load_audio_backbone(
         name=name,
         pretrained=pretrained,
         device=device,
-        precision=precision,
+        precision=preset_precision(name, precision),
         window_s=window_s,
         batch_size=batch_size,
     )
     logger.info(
         "audio backbone %s (%s, dim %d, pretrained=%s, sha256 %s…) on %s/%s in %.1fs",
-        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], device, precision,
+        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], device, backbone.precision,
         time.perf_counter() - started,
     )
     return backbone

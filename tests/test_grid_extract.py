@@ -189,11 +189,9 @@ def test_extract_on_a_grid_end_to_end(grid_cache: dict[str, Path]) -> None:
         assert len(counts) == 15 and counts.tolist() == [math.ceil(d / 0.5 - 1e-6) for d in durations]
         assert len(set(counts.tolist())) == 4  # 1 to 4 steps
         assert data["video"].shape[0] == counts.sum() and data["video_mask"].all()
-        # the precision the run really used (--precision auto resolved, never "auto") is recorded
-        from extract.frozen_model import resolve_precision
-
-        assert reader.attrs["precision"] == {"video": resolve_precision("auto", "cpu"),
-                                             "audio": resolve_precision("auto", "cpu")}
+        # the precision the run really used is recorded: --precision auto, which the tiny
+        # presets run in fp32 on every CPU (extract.backbones.FP32_PRESETS), never "auto"
+        assert reader.attrs["precision"] == {"video": "fp32", "audio": "fp32"}
 
 
 def test_predict_with_a_run_trained_on_a_grid(grid_cache: dict[str, Path]) -> None:
