@@ -27,7 +27,7 @@ from extract.audio_track import SILENCE_PEAK, nothing_decoded_note
 from extract.media_reader import DecodeStats, FrameTransform, MediaReader
 from extract.orientation import frame_rotation, to_display_image
 from extract.probe import ClipTimeout, DecodeError, MediaInfo, choose_streams, open_container
-from extract.sampling import step_centres, step_segments
+from extract.sampling import step_centres
 
 __all__ = [
     "SILENCE_PEAK",
@@ -136,10 +136,7 @@ def decode_clip(
     reader = MediaReader(path, gather_audio_rate=sample_rate, deadline=deadline, threads=threads)
     info, stats = reader.info, reader.stats
     layout = steps if isinstance(steps, StepLayout) else StepLayout(steps=int(steps))
-    if layout.grid:
-        bounds = layout.segments(info.duration)
-    else:  # the fixed layout's arithmetic, unchanged (its caches stay bit-identical)
-        bounds = step_segments(info.duration, layout.steps)
+    bounds = layout.segments(info.duration)
     centres = step_centres(bounds)
     k = layout.frames_per_step
     targets = centres if k == 1 else layout.frame_times(bounds).reshape(-1)

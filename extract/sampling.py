@@ -14,20 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cache_schema import StepLayout
+
 
 def step_segments(duration: float, steps: int) -> np.ndarray:
-    """Bounds ``[T, 2]`` (start, end seconds) of ``steps`` equal segments of a clip.
-
-    Computed as ``i * duration / steps`` rather than by accumulating a step length so
-    that the last bound equals ``duration`` exactly and no rounding drift builds up.
-    """
+    """Bounds ``[T, 2]`` (start, end seconds) of ``steps`` equal segments of a clip: the
+    fixed layout's ``cache_schema.StepLayout(steps=T).segments``, the one definition."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if not np.isfinite(duration) or duration <= 0:
-        raise ValueError(f"duration must be a positive number of seconds, got {duration}")
-    edges = np.arange(steps + 1, dtype=np.float64) * (duration / steps)
-    edges[-1] = duration
-    return np.stack([edges[:-1], edges[1:]], axis=1)
+    return StepLayout(steps=int(steps)).segments(duration)
 
 
 def step_centres(bounds: np.ndarray) -> np.ndarray:

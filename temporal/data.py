@@ -119,13 +119,16 @@ class RaggedClips:
 
     def step_rows(self, idx: Tensor | np.ndarray) -> Tensor:
         """The flat step rows of clips ``idx``, in order."""
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        starts, lengths = self.offsets[idx], self.lengths[idx]
-        if len(idx) == 0:
-            return torch.zeros(0, dtype=torch.long)
+        return self._step_index(torch.as_tensor(idx, dtype=torch.long))[0]
+
+    def _step_index(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For clips ``idx``, every step's flat row, the position of its clip in ``idx``,
+        and its step number within the clip (each ``[sum of their lengths]``)."""
+        lengths = self.lengths[idx]
         clip_of = torch.repeat_interleave(torch.arange(len(idx)), lengths)
         first = torch.cumsum(lengths, 0) - lengths
-        return starts[clip_of] + (torch.arange(int(lengths.sum())) - first[clip_of])
+        pos = torch.arange(int(lengths.sum())) - first[clip_of]
+        return self.offsets[idx][clip_of] + pos, clip_of, pos
 
     def take(self, idx: Tensor | np.ndarray) -> "RaggedClips":
         idx = torch.as_tensor(idx, dtype=torch.long)
@@ -150,9 +153,7 @@ class RaggedClips:
         idx = torch.as_tensor(idx, dtype=torch.long)
         lengths = self.lengths[idx]
         b, t = len(idx), int(lengths.max()) if len(idx) else 0
-        rows = self.step_rows(idx)
-        clip_of = torch.repeat_interleave(torch.arange(b), lengths)
-        pos = rows - self.offsets[idx][clip_of]
+        rows, clip_of, pos = self._step_index(idx)
         out = []
         for x in (self.video, self.audio):
             dense = torch.zeros((b, t, x.shape[-1]), dtype=torch.float32)

@@ -148,20 +148,24 @@ def frame_step_index(n_frames: int, n_steps: int, layout: StepLayout | None = No
     """The step each of ``n_frames`` frames takes its score from (see module doc); without
     a layout, fixed steps (frame ``f`` takes step ``floor(f * T / n_frames)``)."""
     layout = layout if layout is not None else StepLayout(steps=max(1, n_steps))
-    if not layout.grid:  # a fixed layout's T is the clip's own step count
-        return (np.arange(n_frames, dtype=np.int64) * n_steps) // max(1, n_frames)
-    return layout.frame_steps(n_frames, fps, n_steps)
+    return layout.frame_steps(n_frames, fps, n_steps)  # fixed layouts: over the clip's own T
 
 
 def expand_to_frames(step_scores: np.ndarray, n_frames: int, layout: StepLayout | None = None,
                      fps: float = DEFAULT_FPS) -> np.ndarray:
     """Per-frame scores by :func:`frame_step_index` (fixed steps without a layout)."""
+    step_scores = _step_vector(step_scores)
+    return step_scores[frame_step_index(n_frames, len(step_scores), layout, fps)]
+
+
+def _step_vector(step_scores: np.ndarray) -> np.ndarray:
+    """``step_scores`` as a finite, non-empty float64 vector, or a ValueError saying why not."""
     step_scores = np.asarray(step_scores, dtype=np.float64)
     if step_scores.ndim != 1 or len(step_scores) == 0:
         raise ValueError(f"expected a non-empty vector of step scores, got shape {step_scores.shape}")
     if not np.all(np.isfinite(step_scores)):
         raise ValueError("step scores hold NaN or inf; fill masked steps before expanding")
-    return step_scores[frame_step_index(n_frames, len(step_scores), layout, fps)]
+    return step_scores
 
 
 def oracle_frame_scores(gt: np.ndarray, frame_steps: np.ndarray, n_steps: int) -> np.ndarray:
@@ -253,8 +257,9 @@ def frame_arrays(videos: Sequence[VideoScores], annotations: Mapping[str, Sequen
         segs = annotations.get(v.name, ())
         beyond += sum(max(0, e - max(s, n_all)) for s, e in segs)
         gt[v.name] = frame_ground_truth(segs, n)
-        steps = frame_step_index(n_all, len(v.step_scores), layout, fps)[:n]
-        scores[v.name] = expand_to_frames(v.step_scores, n_all, layout, fps)[:n]
+        step_scores = _step_vector(v.step_scores)
+        steps = frame_step_index(n_all, len(step_scores), layout, fps)[:n]  # once, for scores and oracle
+        scores[v.name] = step_scores[steps]
         if oracle is not None:
             oracle[v.name] = oracle_frame_scores(gt[v.name], steps, len(v.step_scores))
     scored = set(names)
