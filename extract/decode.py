@@ -79,6 +79,7 @@ class DecodedClip:
     frames_per_step: int = 1
     video_start: float = 0.0
     on_grid: bool = False  # steps on a time grid (their video mask follows the stream's extent)
+    audio_origin: int = 0  # clip-time sample index of audio[0] (live mode holds only recent audio)
 
     @property
     def steps(self) -> int:

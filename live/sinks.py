@@ -1,0 +1,153 @@
+"""Where live events go: JSON lines, a webhook, and alert snapshots.
+
+* :class:`JsonLinesSink`: one JSON object per line (standard output, or a file opened
+  for appending), flushed line by line so that a reader (``tail -f``, a log shipper)
+  sees each event at once and nothing is lost when the process is stopped.
+* :class:`WebhookSink`: POSTs each alert event as JSON on a thread of its own, with a
+  timeout and retries; its queue is bounded, so a slow or dead receiver never delays
+  scoring: what it cannot take is dropped, logged and counted.
+* :class:`SnapshotWriter`: the peak frame of each alert as a JPEG, written under a
+  temporary name and renamed into place (called by the scorer before the alert event is
+  published, so the event can name the file).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image
+
+from cache_schema import InvalidInput, replace_atomically
+
+from .events import ALERT_END, ALERT_START, AlertEvent, Event, FrameEvent
+
+__all__ = ["JsonLinesSink", "SnapshotWriter", "WebhookSink", "jpeg_bytes", "slug"]
+
+logger = logging.getLogger(__name__)
+
+
+def slug(name: str) -> str:
+    """A source name as a file-name part (URLs hold ``/`` and ``:``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "source"
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 85) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class JsonLinesSink:
+    """Every event but frames, one line each; ``stream`` stays open for the caller to close
+    unless the sink opened it (``path``)."""
+
+    def __init__(self, stream: IO[str] | None = None, path: str | Path | None = None) -> None:
+        self._own = path is not None
+        self._stream = open(path, "a", encoding="utf-8") if path is not None else stream  # noqa: SIM115
+        if self._stream is None:
+            raise ValueError("give a stream or a path")
+        self.lines = 0
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, FrameEvent):
+            return
+        self._stream.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+        self._stream.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        try:
+            self._stream.flush()
+        finally:
+            if self._own:
+                self._stream.close()
+
+
+class WebhookSink:
+    """Alert events POSTed to ``url`` as JSON (``Content-Type: application/json``)."""
+
+    def __init__(self, url: str, timeout: float = 5.0, retries: int = 3, backoff: float = 0.5,
+                 max_queue: int = 1000) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise InvalidInput(f"--webhook {url}: give an http:// or https:// URL")
+        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self._queue: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=max_queue)
+        self.delivered = self.failed = self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
+        self._thread.start()
+
+    def handle(self, event: Event) -> None:
+        if not isinstance(event, AlertEvent) or event.type not in (ALERT_START, ALERT_END):
+            return
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            logger.warning("webhook %s: %d alert event(s) dropped, the receiver is not keeping up",
+                           self.url, self.dropped)
+
+    def _post(self, event: AlertEvent) -> None:
+        body = json.dumps(event.to_json()).encode()
+        request = urllib.request.Request(self.url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (the user's URL)
+            response.read()
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            for attempt in range(self.retries + 1):
+                try:
+                    self._post(event)
+                    self.delivered += 1
+                    break
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    if attempt == self.retries or self._stop.wait(self.backoff * 2 ** attempt):
+                        self.failed += 1
+                        logger.warning("webhook %s: %s of alert %d not delivered after %d attempt(s): %s",
+                                       self.url, event.type, event.alert_id, attempt + 1, exc)
+                        break
+
+    def close(self, wait: float = 2.0) -> None:
+        """Deliver what is queued for up to ``wait`` seconds, then give up on the rest."""
+        try:
+            self._queue.put(None, timeout=wait)
+        except queue.Full:
+            pass
+        self._thread.join(wait)
+        self._stop.set()
+        self._thread.join(self.timeout + 1)
+        if self.failed or self.dropped:
+            logger.warning("webhook %s: %d delivered, %d failed, %d dropped", self.url, self.delivered, self.failed,
+                           self.dropped)
+
+
+class SnapshotWriter:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, event: AlertEvent, image: Any) -> str | None:
+        """The JPEG of ``image`` for ``event``'s alert (rewritten at its end with the whole
+        alert's peak); returns its path, or None without an image (an audio-only source)."""
+        if image is None:
+            return None
+        path = self.folder / f"{slug(event.source)}-alert{event.alert_id:04d}.jpg"
+        data = jpeg_bytes(image)
+        replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+        return str(path)
+
+

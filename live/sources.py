@@ -1,0 +1,324 @@
+"""Where live media comes from: parsing a SOURCE, opening it with PyAV, and reading it
+on a thread of its own, reconnecting when it drops.
+
+A SOURCE is anything FFmpeg opens: ``rtsp://``, ``rtmp://``, ``http(s)://`` (HLS,
+MJPEG), ``udp://``, ``tcp://``, ``srt://`` URLs; a V4L2 device (``/dev/video0``); ``-``
+for a stream piped on standard input; or a file (read as fast as it decodes, or paced by
+its timestamps as a camera would send it with ``realtime``).
+
+Each :class:`SourceReader` owns one source: it demuxes, decodes (a corrupt packet is
+counted and skipped), and feeds an :class:`~live.assembler.Assembler`, whose complete
+units go to ``on_unit``. A network read that waits longer than ``stall_timeout``
+reports ``stalled``, and the source is reopened with backoff until it answers again
+(``reconnected``, with the gap); standard input cannot be reopened, so there the stall
+is reported by the pipe reader and the stream resumes when bytes come again. A file
+that ends, ends. One source never waits on another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import av
+
+from cache_schema import SAMPLE_RATE, InvalidInput
+from extract.audio_track import AudioDecoder, AudioTrack
+from extract.probe import DecodeError, choose_streams, not_a_media_file, probe
+
+from .assembler import Assembler, LiveUnit
+from .events import ENDED, RECONNECTED, STALLED, STARTED, StatusEvent
+
+__all__ = ["PipeInput", "SourceReader", "SourceSpec", "parse_source"]
+
+logger = logging.getLogger(__name__)
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """``name`` as the user gave it (what every event names); ``url`` what FFmpeg opens;
+    ``kind``: ``stream`` (a URL), ``device`` (V4L2), ``stdin`` or ``file``."""
+
+    name: str
+    url: str
+    kind: str
+    realtime: bool = False
+    format: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reconnects(self) -> bool:
+        return self.kind in ("stream", "device")
+
+
+def parse_source(text: str, realtime: bool = False) -> SourceSpec:
+    """A SOURCE argument; a local file that is not there or not readable media is refused
+    at once (``InvalidInput``), a URL is tried (and retried) when watching starts."""
+    if text == "-":
+        return SourceSpec("-", "pipe:0", "stdin")
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in NETWORK_SCHEMES:
+        # low-latency demuxing: small probe, no input buffering (a live stream must not
+        # be analysed for seconds before the first frame comes out)
+        options = {"fflags": "nobuffer", "probesize": "500000", "analyzeduration": "1000000"}
+        if scheme in ("rtsp", "rtsps"):
+            options["rtsp_transport"] = "tcp"
+        return SourceSpec(text, text, "stream", options=options)
+    if scheme:
+        raise InvalidInput(f"{text}: unknown source scheme {scheme!r}; a SOURCE is a URL "
+                           f"({', '.join(NETWORK_SCHEMES)}), /dev/videoN, - or a file")
+    if text.startswith("/dev/video"):
+        return SourceSpec(text, text, "device", format="v4l2")
+    problem = not_a_media_file(Path(text))
+    if problem is not None:
+        raise InvalidInput(problem)
+    return SourceSpec(text, text, "file", realtime=realtime)
+
+
+class PipeInput:
+    """Standard input (or any binary stream) read on a thread of its own, so that a writer
+    that stops is seen: after ``stall_timeout`` seconds without bytes ``on_stall()`` is
+    called once, and ``on_resume(gap_s)`` when bytes come again. ``read`` is what PyAV
+    calls; it returns b"" (end of stream) at EOF or once ``stop`` is set."""
+
+    def __init__(self, stream: BinaryIO, stall_timeout: float, stop: threading.Event,
+                 on_stall: Callable[[], None], on_resume: Callable[[float], None]) -> None:
+        self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=64)
+        self._buffer = b""
+        self._stream, self._stop = stream, stop
+        self._stall_timeout, self._on_stall, self._on_resume = stall_timeout, on_stall, on_resume
+        self._eof = False
+        self._thread = threading.Thread(target=self._pump, name="stdin-reader", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        fd = self._stream.fileno() if hasattr(self._stream, "fileno") else None
+        while True:
+            try:
+                data = os.read(fd, 65536) if fd is not None else self._stream.read(65536)
+            except (OSError, ValueError):
+                data = b""
+            while True:  # never drop bytes of a stream: wait for room (bounded memory)
+                try:
+                    self._chunks.put(data, timeout=0.5)
+                    break
+                except queue.Full:
+                    if self._stop.is_set():
+                        return
+            if not data:
+                return
+
+    def read(self, n: int) -> bytes:
+        waited_since, stalled = time.monotonic(), False
+        while not self._buffer and not self._eof:
+            if self._stop.is_set():
+                return b""
+            try:
+                data = self._chunks.get(timeout=0.2)
+            except queue.Empty:
+                if not stalled and time.monotonic() - waited_since >= self._stall_timeout:
+                    stalled = True
+                    self._on_stall()
+                continue
+            if not data:
+                self._eof = True
+                break
+            if stalled:
+                self._on_resume(time.monotonic() - waited_since)
+            self._buffer = data
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+
+AssemblerFactory = Callable[[int, float, bool, AudioTrack | None], Assembler]
+"""(segment, base media time, has video, audio track or None) -> a new assembler."""
+
+
+class SourceReader(threading.Thread):
+    """Reads one source until it ends, ``duration`` seconds of media have passed, or
+    ``stop`` is set; reports units to ``on_unit`` and status events to ``on_status``."""
+
+    def __init__(self, spec: SourceSpec, make_assembler: AssemblerFactory, on_unit: Callable[[LiveUnit], None],
+                 on_status: Callable[[StatusEvent], None], stop: threading.Event, *, stall_timeout: float = 5.0,
+                 duration: float | None = None, grid_every: float = 0.0, stdin: BinaryIO | None = None,
+                 open_timeout: float = 10.0) -> None:
+        super().__init__(name=f"source:{spec.name}", daemon=True)
+        self.spec, self.make_assembler, self.on_unit, self.on_status = spec, make_assembler, on_unit, on_status
+        self.stop_event, self.stall_timeout, self.duration = stop, stall_timeout, duration
+        self.grid_every = grid_every       # new segments start on a multiple of this (units stay aligned)
+        self.stdin = stdin if stdin is not None else sys.stdin.buffer
+        self.open_timeout = open_timeout
+        self.media_t = 0.0                 # media time reached (end of the newest frame/sample)
+        self.corrupt_packets = 0
+        self.segments = 0
+        self.error: str | None = None
+        self._stalled_at: float | None = None
+
+    # -- status
+    def _status(self, kind: str, **detail: Any) -> None:
+        self.on_status(StatusEvent(kind, self.spec.name, time.time(), self.media_t, detail))
+
+    def _stalled(self) -> None:
+        self._stalled_at = time.time()
+        self._status(STALLED, stall_timeout_s=self.stall_timeout)
+
+    def _resumed(self, gap_s: float) -> None:
+        self._stalled_at = None
+        self._status(RECONNECTED, gap_s=round(gap_s, 3), reopened=False)
+
+    # -- the loop
+    def run(self) -> None:
+        attempt, base = 0, 0.0
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    container = self._open()
+                except (av.FFmpegError, OSError, DecodeError) as exc:
+                    if not self.spec.reconnects:
+                        self.error = f"{self.spec.name}: cannot open ({exc})"
+                        logger.error("%s", self.error)
+                        break
+                    wait = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                    logger.info("%s: cannot open (%s); retrying in %.1f s", self.spec.name, exc, wait)
+                    attempt += 1
+                    if self.stop_event.wait(wait):
+                        break
+                    continue
+                attempt = 0
+                if self.segments == 0:
+                    self._status(STARTED, url=self.spec.url if self.spec.kind != "stream" else None)
+                elif self._stalled_at is not None:
+                    gap = time.time() - self._stalled_at + self.stall_timeout
+                    self._stalled_at = None
+                    self._status(RECONNECTED, gap_s=round(gap, 3), reopened=True)
+                    base = self.media_t + gap
+                try:
+                    more = self._read(container, self._align(base))
+                finally:
+                    container.close()
+                self.segments += 1
+                if not more or not self.spec.reconnects:
+                    break
+                if self._stalled_at is None:  # the stream ended (a camera rebooting): reopen
+                    self._stalled_at = time.time()
+                    self._status(STALLED, stall_timeout_s=self.stall_timeout, reason="ended")
+        finally:
+            self._status(ENDED, corrupt_packets=self.corrupt_packets, **({"error": self.error} if self.error else {}))
+
+    def _align(self, base: float) -> float:
+        if self.grid_every > 0 and base > 0:
+            return math.ceil(base / self.grid_every - 1e-9) * self.grid_every
+        return base
+
+    def _open(self) -> av.container.InputContainer:
+        if self.spec.kind == "stdin":
+            pipe = PipeInput(self.stdin, self.stall_timeout, self.stop_event, self._stalled, self._resumed)
+            return av.open(pipe, mode="r", format="mpegts" if self.spec.format is None else self.spec.format,
+                           metadata_errors="ignore")
+        if self.spec.kind == "file":
+            return av.open(self.spec.url, mode="r", metadata_errors="ignore")
+        return av.open(self.spec.url, mode="r", format=self.spec.format, options=dict(self.spec.options),
+                       timeout=(self.open_timeout, self.stall_timeout), metadata_errors="ignore")
+
+    def _origin(self, container: av.container.InputContainer) -> float | None:
+        """Media time 0 of this connection, absolute seconds: for a file the probe's clip
+        start (so that its steps are the offline extraction's), else the container's start
+        time; None: the first packet's."""
+        if self.spec.kind == "file":
+            return probe(self.spec.url).start
+        return float(container.start_time) / av.time_base if container.start_time is not None else None
+
+    def _read(self, container: av.container.InputContainer, base: float) -> bool:
+        """One connection; returns whether the source may come back (reconnect)."""
+        video, audio = choose_streams(container)
+        if video is None and audio is None:
+            raise DecodeError(f"{self.spec.name}: no audio or video stream")
+        if video is not None:
+            video.thread_type = "AUTO"
+        origin = self._origin(container)
+        decoder = AudioDecoder(SAMPLE_RATE) if audio is not None else None
+        track: AudioTrack | None = None
+        assembler: Assembler | None = None
+        first_dts: float | None = None
+        start_wall = time.monotonic()
+        streams = [s for s in (video, audio) if s is not None]
+        try:
+            for packet in container.demux(streams):
+                if self.stop_event.is_set():
+                    return False
+                wall = time.time()
+                stamp = packet.dts if packet.dts is not None else packet.pts
+                if origin is None and stamp is not None and packet.time_base is not None:
+                    origin = float(stamp * packet.time_base)
+                if assembler is None:
+                    if origin is None:
+                        continue  # nothing is timed yet
+                    if decoder is not None:
+                        track = AudioTrack(decoder, origin - base, origin - base)
+                    assembler = self.make_assembler(self.segments, base, video is not None, track)
+                if self.spec.realtime and stamp is not None and packet.time_base is not None:
+                    at = float(stamp * packet.time_base)
+                    first_dts = at if first_dts is None else first_dts
+                    delay = start_wall + (at - first_dts) - time.monotonic()
+                    if delay > 0 and self.stop_event.wait(delay):
+                        return False
+                    wall = time.time()
+                units = self._decode(packet, video, decoder, assembler, origin - base, wall)
+                for unit in units:
+                    self.on_unit(unit)
+                if self.duration is not None and self.media_t >= self.duration:
+                    return False
+        except av.FFmpegError as exc:
+            if self.stop_event.is_set():
+                return False
+            if isinstance(exc, av.ExitError) or "Immediate exit" in str(exc) or "timed out" in str(exc).lower():
+                self._stalled()                 # the read waited longer than stall_timeout
+            else:
+                logger.warning("%s: read failed (%s); %s", self.spec.name, exc,
+                               "reopening" if self.spec.reconnects else "stopping")
+            if assembler is not None:
+                for unit in assembler.finish(time.time()):
+                    self.on_unit(unit)
+            return self.spec.reconnects
+        if assembler is not None:
+            for unit in assembler.finish(time.time()):
+                self.on_unit(unit)
+        return self.spec.reconnects
+
+    def _decode(self, packet: av.Packet, video: Any, decoder: AudioDecoder | None, assembler: Assembler,
+                origin: float, wall: float) -> list[LiveUnit]:
+        units: list[LiveUnit] = []
+        if video is not None and packet.stream_index == video.index:
+            try:
+                frames = packet.decode()
+            except (av.FFmpegError, ValueError):
+                self.corrupt_packets += 1
+                return units
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * frame.time_base) - origin
+                if self.duration is not None and t >= self.duration:
+                    break
+                units += assembler.add_frame(t, frame, wall)
+                self.media_t = max(self.media_t, t)
+        elif decoder is not None:
+            failed = decoder.failed
+            decoder.feed(packet)
+            self.corrupt_packets += decoder.failed - failed
+            units += assembler.audio_advanced(wall)
+            if assembler.audio is not None and not assembler.has_video:
+                self.media_t = max(self.media_t, assembler.audio.decoded_end / SAMPLE_RATE)
+        return units

@@ -1,0 +1,244 @@
+"""``cli.py watch``: score cameras and streams as they arrive, one thread per source and
+one scoring loop, and publish every record and event to the hub's sinks.
+
+    sources (threads) -> units -> Scheduler (bounded) -> LiveScorer -> records, alerts -> EventHub
+
+The scoring loop runs on the calling thread: it takes the oldest unit of every source,
+scores them in one batch, emits a score record per unit with its latency, feeds each
+source's alert tracker, and reports what was dropped. Status events from the source
+threads pass through the same loop, so a source's ``ended`` comes after its last
+record, and every output is written by one thread in one order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from apply import Predictor, load_predictor
+from apply.predictor import PredictConfig
+from cache_schema import InvalidInput
+from extract.pipeline import worker_transform
+from temporal.rundir import RunDir
+
+from .alerts import AlertConfig, AlertTracker
+from .assembler import Assembler
+from .events import DROPPED_STEPS, ENDED, EventHub, FrameEvent, ScoreRecord, StatusEvent
+from .plans import GridPlan, UnitPlan, WindowPlan
+from .scheduler import Scheduler
+from .scorer import LiveScorer, ScoredUnit
+from .sinks import SnapshotWriter, jpeg_bytes
+from .sources import SourceReader, SourceSpec
+
+__all__ = ["DEFAULT_FIXED_WINDOW_S", "SourceSummary", "WatchConfig", "WatchSummary", "load_watch_predictor",
+           "run_watch"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FIXED_WINDOW_S = 10.0
+FRAME_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """How to watch. ``window``: seconds the head sees (grid runs: default what the run was
+    trained on; fixed-step runs: ``DEFAULT_FIXED_WINDOW_S``); ``hop``: seconds between
+    windows (fixed-step runs; default ``window / 2`` as ``predict --window``). ``depth``:
+    units queued per source before the oldest is dropped."""
+
+    window: float | None = None
+    hop: float | None = None
+    alerts: AlertConfig = AlertConfig()
+    stall_timeout: float = 5.0
+    duration: float | None = None
+    depth: int = 2
+    snapshots: str | None = None
+    frames: bool = False            # publish a FrameEvent per source about once a second (browser view)
+    slack: float = 2.0              # seconds one stream may lag the other before a unit goes without it
+
+    def __post_init__(self) -> None:
+        for name in ("window", "hop", "duration"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InvalidInput(f"--{name} must be a positive number of seconds, got {value}")
+        if not (math.isfinite(self.stall_timeout) and self.stall_timeout > 0):
+            raise InvalidInput(f"--stall-timeout must be positive seconds, got {self.stall_timeout}")
+        if self.depth < 1:
+            raise InvalidInput("--queue must be at least 1")
+
+
+@dataclass
+class SourceSummary:
+    records: int = 0
+    dropped: int = 0
+    alerts: int = 0
+    max_latency_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class WatchSummary:
+    sources: dict[str, SourceSummary] = field(default_factory=dict)
+    wall_s: float = 0.0
+    scoring_s: float = 0.0          # wall time spent in backbones and head
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, s in self.sources.items() if s.error and not s.records]
+
+
+def load_watch_predictor(rundir: str | Path, predict: PredictConfig = PredictConfig()) -> tuple[Predictor, int]:
+    """The run's predictor and the number of steps its head was built for."""
+    return load_predictor(rundir, predict), int(RunDir(rundir).read_config().steps)
+
+
+def plan_for(predictor: Predictor, run_steps: int, config: WatchConfig, context: float) -> tuple[UnitPlan, int]:
+    """The unit plan of a source (at media time 0) and the head's window in steps."""
+    layout = predictor.layout
+    if layout.grid:
+        if config.hop is not None:
+            raise InvalidInput(f"this run's steps lie on a time grid ({layout.describe()}): every step is scored "
+                               "with the last --window seconds; --hop applies to fixed-step runs only. Drop --hop")
+        window = config.window if config.window is not None else run_steps * layout.step_seconds
+        return GridPlan(layout, context), max(1, round(window / layout.step_seconds))
+    window = config.window if config.window is not None else DEFAULT_FIXED_WINDOW_S
+    hop = config.hop if config.hop is not None else window / 2
+    return WindowPlan(layout.steps, window, hop), 1
+
+
+def audio_context(predictor: Predictor) -> float:
+    """Seconds of audio before a grid step that its features read (the cache's windowing)."""
+    pre = getattr(predictor.audio_backbone, "preprocessing", None) or {}
+    return float(pre.get("context_s", 0.0) or 0.0)
+
+
+class _Loop:
+    """The scoring loop's state: trackers, summaries, what is waiting to be published."""
+
+    def __init__(self, predictor: Predictor, scorer: LiveScorer, config: WatchConfig, hub: EventHub,
+                 names: Sequence[str]) -> None:
+        self.predictor, self.scorer, self.config, self.hub = predictor, scorer, config, hub
+        self.trackers = {n: AlertTracker(n, config.alerts) for n in names}
+        self.summary = WatchSummary({n: SourceSummary() for n in names})
+        self.snapshots = SnapshotWriter(config.snapshots) if config.snapshots else None
+        self.status: queue.Queue[StatusEvent] = queue.Queue()
+        self.held_end: dict[str, StatusEvent] = {}
+        self.last_frame: dict[str, float] = {}
+
+    def emit(self, scored: ScoredUnit) -> None:
+        u = scored.unit
+        now = time.time()
+        latency = now - u.arrived
+        names = self.predictor.class_names
+        record = ScoreRecord(u.source, u.unit.end, u.unit.start, now, latency, scored.label, scored.score,
+                             {c: float(p) for c, p in zip(names, scored.probs)})
+        self.hub.publish(record)
+        s = self.summary.sources[u.source]
+        s.records += 1
+        s.max_latency_s = max(s.max_latency_s, latency)
+        for event, image in self.trackers[u.source].update(u.unit.start, u.unit.end, scored.score, scored.label,
+                                                           now, u.picture):
+            self.alert(event, image)
+        if self.config.frames and u.picture is not None and now - self.last_frame.get(u.source, 0.0) >= FRAME_EVERY_S:
+            self.last_frame[u.source] = now
+            self.hub.publish(FrameEvent(u.source, u.unit.end, now, jpeg_bytes(u.picture, 75)))
+
+    def alert(self, event: Any, image: Any) -> None:
+        if self.snapshots is not None:
+            event = dataclasses.replace(event, snapshot=self.snapshots.write(event, image))
+        if event.type == "alert_start":
+            self.summary.sources[event.source].alerts += 1
+        self.hub.publish(event)
+
+    def statuses(self, pending: dict[str, int]) -> None:
+        """Publish status events in arrival order; a source's ``ended`` waits for its last unit."""
+        while True:
+            try:
+                event = self.status.get_nowait()
+            except queue.Empty:
+                break
+            if event.type == ENDED:
+                self.held_end[event.source] = event
+                if event.detail.get("error"):
+                    self.summary.sources[event.source].error = event.detail["error"]
+            else:
+                self.hub.publish(event)
+        for name in list(self.held_end):
+            if not pending.get(name):
+                for alert, image in self.trackers[name].finish(time.time()):
+                    self.alert(alert, image)
+                self.hub.publish(self.held_end.pop(name))
+
+    def drops(self, reports: dict[str, int], totals: dict[str, int]) -> None:
+        for name, count in reports.items():
+            self.summary.sources[name].dropped = totals[name]
+            self.hub.publish(StatusEvent(DROPPED_STEPS, name, time.time(), None, {"count": count, "total": totals[name]}))
+
+
+def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: WatchConfig, hub: EventHub,
+              stop: threading.Event | None = None, *, run_steps: int = 200, stdin: BinaryIO | None = None,
+              ) -> WatchSummary:
+    """Watch ``sources`` until each has ended (or ``config.duration`` of media, or ``stop``).
+
+    Returns what happened per source. Nothing here raises for a source that fails: it
+    is reported (``ended`` with ``error``) and the others go on."""
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"a source is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    if sum(s.kind == "stdin" for s in sources) > 1:
+        raise InvalidInput("standard input (-) can be one source only")
+    stop = stop or threading.Event()
+    plan, window_steps = plan_for(predictor, run_steps, config, audio_context(predictor))
+    scorer = LiveScorer(predictor, window_steps)
+    scheduler = Scheduler(config.depth)
+    loop = _Loop(predictor, scorer, config, hub, names)
+    transform = worker_transform(predictor.video_backbone) if predictor.layout.grid \
+        else predictor.video_backbone.transform  # each the transform its offline path uses
+
+    def factory(spec: SourceSpec) -> Any:
+        def make(segment: int, base: float, has_video: bool, track: Any) -> Assembler:
+            return Assembler(spec.name, dataclasses.replace(plan, base=base), transform, track, has_video,
+                             slack=config.slack, segment=segment)
+        return make
+
+    def on_unit(spec: SourceSpec) -> Any:
+        live = spec.kind != "file" or spec.realtime
+        return lambda unit: scheduler.put(unit, block=not live, stop=stop)
+
+    readers = [SourceReader(spec, factory(spec), on_unit(spec), loop.status.put, stop,
+                            stall_timeout=config.stall_timeout, duration=config.duration, grid_every=plan.every,
+                            stdin=stdin) for spec in sources]
+    began = time.monotonic()
+    for reader in readers:
+        reader.start()
+    try:
+        while True:
+            loop.statuses({n: scheduler.pending(n) for n in names})  # e.g. ``started`` before the first record
+            batch = scheduler.take(0.1)
+            if batch:
+                t0 = time.monotonic()
+                scored = scorer.score(batch)
+                loop.summary.scoring_s += time.monotonic() - t0
+                for item in scored:
+                    loop.emit(item)
+            loop.drops(scheduler.take_drop_reports(), scheduler.dropped)
+            alive = any(r.is_alive() for r in readers)
+            loop.statuses({n: scheduler.pending(n) for n in names})
+            if stop.is_set() or (not alive and not scheduler.pending()):
+                break
+    finally:
+        stop.set()
+        scheduler.close()
+        for reader in readers:
+            reader.join(timeout=config.stall_timeout + 2)
+        loop.statuses({})
+        loop.summary.wall_s = time.monotonic() - began
+    return loop.summary
