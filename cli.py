@@ -508,6 +508,60 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 
 @main.command()
 @click.argument("rundir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--realtime", is_flag=True, help="Pace files by their timestamps, as a camera sends them "
+              "[files are read as fast as they decode].")
+@click.option("--window", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds the head sees [grid runs: what the run was trained on; fixed-step runs: 10].")
+@click.option("--hop", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Fixed-step runs: seconds between windows [window/2].")
+@click.option("--threshold", default=0.5, show_default=True, type=float, help="Anomaly score that counts as anomalous.")
+@click.option("--min-duration", default=1.0, show_default=True, type=float,
+              help="Seconds at or above --threshold before an alert starts.")
+@click.option("--cooldown", default=5.0, show_default=True, type=float,
+              help="Seconds below --threshold before an open alert ends (one fight is one alert).")
+@click.option("--snapshots", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for the peak frame of each alert (JPEG).")
+@click.option("--webhook", default=None, help="POST each alert event as JSON to this URL (own thread, retries).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Append the JSON lines to this file [standard output].")
+@click.option("--stall-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds without packets before a source counts as stalled (and a stream is reopened).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds of media per source.")
+@click.option("--queue", "depth", default=2, show_default=True, type=click.IntRange(1),
+              help="Steps queued per source before the oldest is dropped (bounds the latency).")
+@click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
+@click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help=PRECISION_HELP)
+def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float | None, hop: float | None,
+          threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
+          out: Path | None, stall_timeout: float, duration: float | None, depth: int, video_model: str | None,
+          audio_model: str | None, device: str, precision: str) -> None:
+    """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
+
+    A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
+    stream on standard input, or a file. Prints JSON lines: a score record per step, alert
+    events, and status events (started, stalled, reconnected, dropped_steps, ended);
+    docs/live.md describes them. SIGINT/SIGTERM stop cleanly."""
+    from apply import PredictConfig
+    from live import AlertConfig, WatchConfig
+    from live.command import WatchOutputs, watch_command
+
+    config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
+                         stall_timeout=stall_timeout, duration=duration, depth=depth,
+                         snapshots=str(snapshots) if snapshots else None)
+    status, _ = watch_command(rundir, sources, config,
+                              PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
+                                            precision=precision),
+                              WatchOutputs(out=str(out) if out else None, webhook=webhook), realtime=realtime)
+    sys.exit(status)
+
+
+@main.command()
+@click.argument("rundir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for the PNGs [RUNDIR/figures].")
 @click.option("--compare", "compare_csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="A comparison's table2.csv for the heat-map [found beside the run when it is part of one].")

@@ -221,8 +221,8 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
         reader.start()
     try:
         while True:
-            loop.statuses({n: scheduler.pending(n) for n in names})  # e.g. ``started`` before the first record
             batch = scheduler.take(0.1)
+            loop.statuses({n: scheduler.pending(n) for n in names})  # ``started`` before the first record
             if batch:
                 t0 = time.monotonic()
                 scored = scorer.score(batch)

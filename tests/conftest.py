@@ -89,3 +89,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--fuzz-long", action="store_true", default=False,
         help="Fuzz stage 1 with many more mutations of every small real file (minutes instead of seconds).",
     )
+
+
+@pytest.fixture(scope="session")
+def xd_grid_run(xd_standin_grid: dict) -> Path:
+    """An MTCN trained with the multiple-instance objective on the stand-in's snippet grid,
+    video features (its MIL defaults; the run test_xd_standin proves localises), once per
+    session: the run live mode's tests watch streams with."""
+    from temporal import SplitConfig, TrainConfig, load_cache
+    from temporal.train import train
+    from temporal.xd_tasks import apply_task
+
+    rundir = xd_standin_grid["cache"].parent.parent / "runs" / "grid-mil-video"
+    data = apply_task(load_cache(xd_standin_grid["cache"]), "xd-detection")
+    with torch_threads(1):
+        train(xd_standin_grid["cache"], rundir, TrainConfig(head="mtcn", modality="video", objective="mil",
+                                                            split=SplitConfig(split_file=str(xd_standin_grid["split"])),
+                                                            progress=False), data=data)
+    return rundir

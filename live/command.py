@@ -1,0 +1,67 @@
+"""``cli.py watch`` as one call: the run and sources checked, the sinks built, signals
+handled, and the exit status decided (0; 1 when a source failed before giving a
+record). ``cli.py`` only parses options into these arguments."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apply.predictor import PredictConfig
+
+from .events import EventHub, Sink
+from .sinks import JsonLinesSink, WebhookSink
+from .sources import parse_source
+from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
+
+__all__ = ["WatchOutputs", "watch_command"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchOutputs:
+    """Where events go: ``out`` (JSON lines appended; None: standard output), ``webhook``
+    (alert events POSTed), and extra sinks (the browser view)."""
+
+    out: str | None = None
+    webhook: str | None = None
+    webhook_timeout: float = 5.0
+    webhook_retries: int = 3
+
+
+def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfig, predict: PredictConfig,
+                  outputs: WatchOutputs = WatchOutputs(), realtime: bool = False,
+                  extra_sinks: Sequence[Sink] = (), stop: threading.Event | None = None) -> tuple[int, WatchSummary]:
+    specs = [parse_source(s, realtime=realtime) for s in sources]   # a missing file is refused before loading
+    predictor, run_steps = load_watch_predictor(rundir, predict)
+    sinks: list[Any] = [JsonLinesSink(path=outputs.out) if outputs.out else JsonLinesSink(sys.stdout)]
+    if outputs.webhook:
+        sinks.append(WebhookSink(outputs.webhook, timeout=outputs.webhook_timeout, retries=outputs.webhook_retries))
+    hub = EventHub([*sinks, *extra_sinks])
+    stop = stop or threading.Event()
+    previous = {}
+
+    def on_signal(signum: int, _: Any) -> None:
+        logger.info("%s: stopping (outputs are flushed)", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        summary = run_watch(predictor, specs, config, hub, stop, run_steps=run_steps)
+    finally:
+        hub.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for name, s in summary.sources.items():
+        logger.info("%s: %d records, %d dropped steps, %d alerts, max latency %.2f s%s", name, s.records, s.dropped,
+                    s.alerts, s.max_latency_s, f", error: {s.error}" if s.error else "")
+    return (1 if summary.failed else 0), summary

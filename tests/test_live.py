@@ -1,0 +1,145 @@
+"""Live mode (``cli.py watch``): alerts with hysteresis, the unit plans, parity with the
+offline path, dropping when scoring is slow, and the webhook.
+
+Streams written in real time (a pipe, udp) are in tests/test_live_streams.py. The run
+watched here is the stand-in's MIL run on the snippet grid (``xd_grid_run``) and the
+fixed-step synthetic run (``synthetic_run``)."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache_schema import ClipRecord, InvalidInput, StepLayout
+from live import AlertConfig, AlertTracker, EventHub, JsonLinesSink, WatchConfig, parse_source, run_watch
+from live.plans import GridPlan, WindowPlan
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def events_of(buf: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def watch(predictor, sources, config: WatchConfig, run_steps: int = 200, sinks=()) -> tuple[list[dict], object]:
+    buf = io.StringIO()
+    summary = run_watch(predictor, [parse_source(str(s), realtime=config_realtime.get(str(s), False))
+                                    for s in sources], config, EventHub([JsonLinesSink(buf), *sinks]),
+                        run_steps=run_steps)
+    return events_of(buf), summary
+
+
+config_realtime: dict[str, bool] = {}
+
+
+# -- alerts -------------------------------------------------------------------------------
+
+def _feed(tracker: AlertTracker, scores: list[float], step: float = 0.5) -> list:
+    out = []
+    for i, s in enumerate(scores):
+        out += [e for e, _ in tracker.update(i * step, (i + 1) * step, s, "violent" if s >= 0.5 else "normal",
+                                             time.time(), image=i)]
+    return out
+
+
+def test_alerts_have_hysteresis() -> None:
+    cfg = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=2.0)
+    # a blip shorter than min_duration is no alert; a fight with a short pause is one alert
+    scores = [0.1, 0.9, 0.1, 0.1] + [0.9, 0.8, 0.95, 0.2, 0.1, 0.9, 0.7] + [0.1] * 6
+    events = _feed(AlertTracker("cam", cfg), scores)
+    assert [e.type for e in events] == ["alert_start", "alert_end"]
+    start, end = events
+    assert start.t_start == 2.0 and start.t_end is None and start.alert_id == end.alert_id == 1
+    assert end.t_end == 5.5 and end.peak_score == 0.95 and end.peak_t == 3.5 and end.label == "violent"
+    # two fights further apart than the cooldown are two alerts; an open alert closes at the end
+    tracker = AlertTracker("cam", cfg)
+    events = _feed(tracker, [0.9] * 3 + [0.1] * 5 + [0.9] * 3)
+    assert [e.type for e in events] == ["alert_start", "alert_end", "alert_start"]
+    assert [e.type for e, _ in tracker.finish(time.time())] == ["alert_end"]
+    with pytest.raises(InvalidInput, match="threshold"):
+        AlertConfig(threshold=1.5)
+
+
+# -- plans ----------------------------------------------------------------------------------
+
+def test_plans_cut_streams_as_offline_cuts_files() -> None:
+    from extract.windows import plan_windows, window_steps
+
+    layout = StepLayout(step_seconds=0.6667, frames_per_step=2)
+    plan = GridPlan(layout, context=1.0)
+    bounds = layout.segments(20.0)
+    for i in (0, 1, 7, 28):  # (29, the last, is cut at the file's end)
+        unit = plan.unit(i)
+        assert np.array_equal(unit.step_bounds[0], bounds[i])
+        assert np.array_equal(unit.targets, layout.frame_times(bounds[i:i + 1]).reshape(-1))
+        assert unit.audio_hi == int(np.rint(bounds[i, 1] * 16000))
+        assert unit.audio_lo == max(0, unit.audio_hi - 16000)
+    wplan = WindowPlan(steps=10, window=5.0, hop=2.5)
+    offline = plan_windows(30.0, 5.0, 2.5)
+    segs, centres = window_steps(offline, 10)
+    for k in range(len(offline) - 1):
+        unit = wplan.unit(k)
+        assert (unit.start, unit.end) == tuple(offline[k])
+        assert np.array_equal(unit.step_bounds, segs[k]) and np.array_equal(unit.targets, centres[k])
+    assert parse_source("udp://127.0.0.1:5000").kind == "stream"
+    assert parse_source("-").kind == "stdin" and parse_source("/dev/video0").format == "v4l2"
+    with pytest.raises(InvalidInput, match="no such file"):
+        parse_source("/nonexistent/cam.mp4")
+    with pytest.raises(InvalidInput, match="unknown source scheme"):
+        parse_source("gopher://cam")
+
+
+# -- parity -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def grid_predictor(xd_grid_run: Path):
+    from live import load_watch_predictor
+
+    return load_watch_predictor(xd_grid_run)
+
+
+def _offline_window_scores(predictor, video, audio, vmask, amask, window: int) -> np.ndarray:
+    """The head over the last ``window`` cached steps ending at each step: what a live
+    stream of the same file must give, step for step."""
+    out = []
+    for i in range(len(vmask)):
+        j = max(0, i - window + 1)
+        record = ClipRecord(key="x", status="ok", video=video[j:i + 1], audio=audio[j:i + 1],
+                            video_mask=vmask[j:i + 1], audio_mask=amask[j:i + 1])
+        _, step_p, _ = predictor.score_records([record])
+        out.append(float(predictor.anomaly(step_p[0, i - j])))
+    return np.array(out)
+
+
+def test_grid_run_gives_the_offline_scores_step_for_step(grid_predictor, xd_standin_grid: dict) -> None:
+    from temporal import load_cache
+
+    predictor, run_steps = grid_predictor
+    data = load_cache(xd_standin_grid["cache"])
+    test = json.loads(xd_standin_grid["split"].read_text())["test"]
+    key = next(k for k in test if "label_B" in k)          # a violent test video
+    row = list(data.keys).index(key)
+    path = xd_standin_grid["root"] / "videos" / key
+    window = 12
+    events, summary = watch(predictor, [path], WatchConfig(window=window * 0.6667), run_steps)
+    records = [e for e in events if e["type"] == "score"]
+    lo, hi = int(data.clips.offsets[row]), int(data.clips.offsets[row + 1])
+    clips = data.clips
+    offline = _offline_window_scores(predictor, np.asarray(clips.video[lo:hi]), np.asarray(clips.audio[lo:hi]),
+                                     np.asarray(clips.video_mask[lo:hi]), np.asarray(clips.audio_mask[lo:hi]), window)
+    # every whole step of the file (the last, cut at the file's end, is not a whole step live)
+    assert len(records) in (hi - lo, hi - lo - 1)
+    live = np.array([r["score"] for r in records])
+    np.testing.assert_allclose(live, offline[:len(live)], atol=1e-4)
+    assert [r["t"] for r in records] == pytest.approx(list(np.arange(1, len(live) + 1) * 0.6667), abs=1e-3)
+    assert all(0 <= r["latency_s"] < 30 for r in records)
+    assert events[0]["type"] == "started" and events[-1]["type"] == "ended"
+    assert summary.sources[str(path)].dropped == 0          # a file read as fast as it decodes waits, never drops
