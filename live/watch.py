@@ -158,8 +158,9 @@ class _Loop:
             self.summary.sources[event.source].alerts += 1
         self.hub.publish(event)
 
-    def statuses(self, pending: dict[str, int]) -> None:
-        """Publish status events in arrival order; a source's ``ended`` waits for its last unit."""
+    def statuses(self, pending: dict[str, int] | None) -> None:
+        """Publish status events in arrival order; a source's ``ended`` waits until none of
+        its units is ``pending`` (None: hold every ``ended`` for now)."""
         while True:
             try:
                 event = self.status.get_nowait()
@@ -172,7 +173,7 @@ class _Loop:
             else:
                 self.hub.publish(event)
         for name in list(self.held_end):
-            if not pending.get(name):
+            if pending is not None and not pending.get(name):
                 for alert, image in self.trackers[name].finish(time.time()):
                     self.alert(alert, image)
                 self.hub.publish(self.held_end.pop(name))
@@ -222,7 +223,7 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
     try:
         while True:
             batch = scheduler.take(0.1)
-            loop.statuses({n: scheduler.pending(n) for n in names})  # ``started`` before the first record
+            loop.statuses(None)  # ``started`` before the first record; ``ended`` waits
             if batch:
                 t0 = time.monotonic()
                 scored = scorer.score(batch)
