@@ -143,3 +143,113 @@ def test_grid_run_gives_the_offline_scores_step_for_step(grid_predictor, xd_stan
     assert all(0 <= r["latency_s"] < 30 for r in records)
     assert events[0]["type"] == "started" and events[-1]["type"] == "ended"
     assert summary.sources[str(path)].dropped == 0          # a file read as fast as it decodes waits, never drops
+
+
+def test_fixed_step_run_gives_predict_windows_scores(synthetic_run: Path, tmp_path: Path) -> None:
+    """A run trained on T steps per clip: windows every --hop cut into T steps exactly as
+    ``predict --window`` cuts them, with audio: the same class probabilities per window."""
+    from apply import PredictConfig, load_predictor
+    from live import load_watch_predictor
+    from tests.test_predict import render
+
+    video = tmp_path / "long.mp4"
+    render(video, "explosion", 12.0, seed=903, event_at=6.0, event_span=4.0)
+    window, hop = 5.0, 2.5
+    offline = load_predictor(synthetic_run, PredictConfig(device="cpu", window=window, hop=hop)).predict(
+        video, PredictConfig(device="cpu", window=window, hop=hop))
+    predictor, run_steps = load_watch_predictor(synthetic_run, PredictConfig(device="cpu"))
+    events, _ = watch(predictor, [video], WatchConfig(window=window, hop=hop), run_steps)
+    records = [e for e in events if e["type"] == "score"]
+    regular = [w for w in offline.windows if abs((w.start / hop) - round(w.start / hop)) < 1e-9]  # not the end-aligned one
+    assert len(records) == len(regular) >= 3
+    for r, w in zip(records, regular):
+        assert (r["t_start"], r["t"]) == pytest.approx((w.start, w.end), abs=1e-4)
+        assert r["label"] == w.label
+        np.testing.assert_allclose([r["probs"][c] for c in predictor.class_names], w.probs, atol=1e-5)
+
+
+class _SlowVideo:
+    """The run's video backbone, slowed down: scoring falls behind a real-time source."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.dim, self.transform = inner.dim, inner.transform
+        self.batch_size = getattr(inner, "batch_size", 1)
+
+    def embed(self, images):
+        time.sleep(self.delay)
+        return self.inner.embed(images)
+
+
+def _short_standin(tmp_path: Path, seconds: float, audio: bool = True) -> Path:
+    from synth.encode import write_clip
+
+    rng = np.random.default_rng(0)
+    fps, n = 24, int(seconds * 24)
+    frames = (rng.integers(0, 60, (n, 96, 128, 3))).astype(np.uint8)
+    path = tmp_path / f"short{'_noaudio' if not audio else ''}.mp4"
+    from fractions import Fraction
+    write_clip(path, "mp4", "aac" if audio else None, 128, 96, Fraction(fps), np.arange(n) / fps, False, iter(frames),
+               rng.normal(0, 0.1, (1, int(seconds * 16000))).astype(np.float32) if audio else None, 16000)
+    return path
+
+
+def test_slow_scoring_drops_whole_steps_and_latency_stays_bounded(grid_predictor, tmp_path: Path) -> None:
+    from apply import Predictor
+
+    predictor, run_steps = grid_predictor
+
+    delay = 1.0  # per scoring round, against a step every 0.67 s
+    slowed = Predictor(predictor.model, predictor.class_names, predictor.layout, str(predictor.feature_dtype),
+                       _SlowVideo(predictor.video_backbone, delay), predictor.audio_backbone,
+                       normal=predictor.normal_class)
+    video = _short_standin(tmp_path, 8.0)
+    config_realtime[str(video)] = True
+    try:
+        events, summary = watch(slowed, [video], WatchConfig(depth=1), run_steps)
+    finally:
+        config_realtime.pop(str(video))
+    records = [e for e in events if e["type"] == "score"]
+    drops = [e for e in events if e["type"] == "dropped_steps"]
+    assert drops and sum(d["count"] for d in drops) == drops[-1]["total"] == summary.sources[str(video)].dropped
+    assert len(records) + drops[-1]["total"] == 11                   # every whole step scored or counted
+    # latency: at most the queue (1) plus the round in progress, whatever the file's length
+    assert max(r["latency_s"] for r in records) < 2 * delay + 1.0
+
+
+def test_webhook_gets_alerts_and_a_dead_receiver_delays_nothing(grid_predictor, xd_standin_grid: dict) -> None:
+    from live import WebhookSink
+
+    predictor, run_steps = grid_predictor
+    got: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.socket()                      # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    test = json.loads(xd_standin_grid["split"].read_text())["test"]
+    video = xd_standin_grid["root"] / "videos" / next(k for k in test if "label_B" in k)
+    try:
+        good = WebhookSink(f"http://127.0.0.1:{server.server_address[1]}/alerts")
+        dead = WebhookSink(f"http://127.0.0.1:{silent.getsockname()[1]}/alerts", timeout=30.0, retries=0)
+        t0 = time.monotonic()
+        events, _ = watch(predictor, [video], WatchConfig(), run_steps, sinks=[good, dead])
+        took = time.monotonic() - t0
+        good.close()
+        alerts = [e for e in events if e["type"].startswith("alert_")]
+        assert alerts and got == alerts                           # every alert event, in order, as JSON
+        assert took < 25                                          # the dead receiver (30 s timeout) held up nothing
+        assert dead.delivered == 0
+    finally:
+        server.shutdown()
+        silent.close()
