@@ -39,12 +39,13 @@ TASK ?=
 TASK_ARG := $(if $(TASK),--task $(TASK))
 
 .PHONY: install demo test data extract cache-info clean-outputs help bench-extract bench-train bench-efficiency \
-	train evaluate compare ablate-steps ablate-fusion predict figures bench xd-standin-check
+	train evaluate compare ablate-steps ablate-fusion predict figures bench xd-standin-check watch
 
 help:
 	@echo "make demo | test | data DATASET=synth | extract DATASET=... [DATA_ROOT=...] | train HEAD=mtcn"
 	@echo "     | evaluate RUN=... | compare [SEEDS=3] | ablate-steps | ablate-fusion | bench-extract | bench-train | bench-efficiency"
 	@echo "     | predict RUN=... VIDEO=... [WINDOW=10 HOP=5 PLOT=out.png JSON=1] | figures RUN=... | bench"
+	@echo "     | watch RUN=... SOURCE=\"rtsp://... /dev/video0\" [WATCH_ARGS=...]"
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -156,6 +157,13 @@ predict: $(STAMP)
 	@test -n "$(VIDEO)" || { echo "give the videos: make predict RUN=runs/... VIDEO=\"a.mp4 b.mp4\""; exit 2; }
 	@$(PY) cli.py predict $(RUN) $(VIDEO) $(if $(WINDOW),--window $(WINDOW)) $(if $(HOP),--hop $(HOP)) \
 		$(if $(PLOT),--plot $(PLOT)) $(if $(JSON),--json)
+
+# Live: make watch RUN=runs/... SOURCE="rtsp://cam/stream /dev/video0" [WATCH_ARGS="--snapshots alerts --webhook URL"]
+SOURCE ?=
+WATCH_ARGS ?=
+watch: $(STAMP)
+	@test -n "$(SOURCE)" || { echo "give the sources: make watch RUN=runs/... SOURCE=\"rtsp://... /dev/video0 cam.mp4\""; exit 2; }
+	@$(PY) cli.py watch $(RUN) $(SOURCE) $(WATCH_ARGS)
 
 # The paper's figures of a run (confusion matrices, F1, curves, heat-map, frame strips) -> RUN/figures/.
 figures: $(STAMP)
