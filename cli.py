@@ -87,6 +87,59 @@ def synth_xd(out: Path, seed: int, lengths: str, event_seconds: str, workers: in
     click.echo(f"wrote {sum(bool(v.file) for v in videos)} videos ({len(videos)} listed) to {out}")
 
 
+@main.command("synth-stream")
+@click.option("--out", required=True, help="Where the MPEG-TS goes: udp://127.0.0.1:PORT (loopback only), - "
+                                           "(standard output, e.g. piped into a reader), a FIFO or a file.")
+@click.option("--seconds", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Media length.")
+@click.option("--event-at", default=None, type=click.FloatRange(min=0),
+              help="Media time the violent event starts, seconds [no event].")
+@click.option("--event-seconds", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--event-class", default="B1", show_default=True,
+              help="The event's XD-Violence class code (B1 fighting, B2 shooting, B4 riot, B5 abuse, B6 car "
+                   "accident, G explosion).")
+@click.option("--no-audio", is_flag=True, help="A video-only stream.")
+@click.option("--sample-rate", default=48000, show_default=True, type=click.Choice(["48000", "44100"]))
+@click.option("--stereo", is_flag=True, help="Stereo audio [mono].")
+@click.option("--pause-at", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Media time the sender stalls, seconds [no pause].")
+@click.option("--pause-seconds", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Wall seconds of the stall.")
+@click.option("--resume", default="clock", show_default=True, type=click.Choice(["clock", "hold"]),
+              help="After a pause: clock = timestamps jump by the pause (the media of the pause is lost, as a "
+                   "camera that kept its clock); hold = they continue where they stopped.")
+@click.option("--resize-at", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Media time the resolution changes to --resize-to [never].")
+@click.option("--resize-to", default="160x120", show_default=True, help="WIDTHxHEIGHT after --resize-at.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Draws the scene and the event's noise.")
+@click.option("--size", default="320x240", show_default=True, help="WIDTHxHEIGHT (even).")
+@click.option("--keyframe-seconds", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--realtime/--no-realtime", default=None,
+              help="Send each frame when the wall clock reaches its media time [real time for udp, - and a FIFO; "
+                   "as fast as possible for a file].")
+@click.option("--truth", default=None, type=click.Path(path_type=Path),
+              help="Write the ground truth (event, pause, resize in media seconds) as JSON here, before streaming.")
+def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds: float, event_class: str,
+                 no_audio: bool, sample_rate: str, stereo: bool, pause_at: float | None, pause_seconds: float,
+                 resume: str, resize_at: float | None, resize_to: str, seed: int, size: str,
+                 keyframe_seconds: float, realtime: bool | None, truth: Path | None) -> None:
+    """Write a live MPEG-TS stream of the XD-Violence stand-in's scene in real time, with a
+    violent event, a stall and a resolution change at known media times (docs/synthetic.md,
+    "Live streams"). Stops cleanly on SIGTERM/Ctrl-C and when the reader goes away."""
+    from synth.live_stream import StreamEvent, StreamPause, StreamPlan, StreamResize, parse_size, write_stream
+
+    plan = StreamPlan(
+        seconds=seconds, seed=seed, audio=not no_audio, size=parse_size(size, "--size"),
+        sample_rate=int(sample_rate), channels=2 if stereo else 1, resume=resume, keyframe_s=keyframe_seconds,
+        event=None if event_at is None else StreamEvent(event_at, event_at + event_seconds, event_class),
+        pause=None if pause_at is None else StreamPause(pause_at, pause_seconds),
+        resize=None if resize_at is None else StreamResize(resize_at, parse_size(resize_to, "--resize-to")))
+    result = write_stream(out, plan, realtime, truth_path=truth)
+    # the summary goes to stderr: standard output may be the stream
+    click.echo(f"stream {result.ended}: {result.frames_sent} frames, {result.last_media_s:.2f} s of media "
+               f"in {result.wall_seconds:.2f} s to {out}", err=True)
+
+
 @main.command()
 @click.option("--dataset", type=click.Choice(["synth", "vaar", "folder", "xd-violence", "classes", "manifest"]),
               required=True, help="Dataset layout of --root (classes: ROOT/[split/]<label>/<clip>, any labels; "

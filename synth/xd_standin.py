@@ -43,6 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from multiprocessing import get_context
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +207,12 @@ def parse_range(text: str, what: str = "range") -> tuple[float, float]:
 
 
 # -- content ------------------------------------------------------------------------------
-def _frames(video: StandinVideo, cfg: StandinConfig, rng: np.random.Generator):
+def render_frames(video: StandinVideo, cfg: StandinConfig, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The video's frames (uint8 RGB ``[h, w, 3]`` at ``cfg.size``), one per frame at
+    ``FPS``, lazily: a long video (or a live stream, ``synth.live_stream``) is never held
+    in memory. The scene's hue and speed are drawn from ``rng`` on the first frame, an
+    event frame's noise as it is made, so the result depends on what else drew from
+    ``rng`` before the first frame is asked for."""
     w, h = cfg.size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = (xx / w * 0.6 + yy / h * 0.4)[..., None]
@@ -250,23 +256,40 @@ def _band_noise(rng: np.random.Generator, n: int, sr: int, lo: float, hi: float)
     return x / (np.sqrt(np.mean(x**2)) + 1e-9)
 
 
-def _audio(video: StandinVideo, cfg: StandinConfig, rng: np.random.Generator) -> np.ndarray:
-    """Calm: a quiet hum with hiss. Violent: loud gated noise bursts in the band of the
+HUM_HZ = (90.0, 130.0)    # the calm hum's frequency is drawn from this range per video
+
+
+def calm_audio(t: np.ndarray, hum: float, rng: np.random.Generator) -> np.ndarray:
+    """The calm scene's sound at times ``t`` (seconds): a quiet hum at ``hum`` Hz with
+    hiss (float64). Samples depend only on their own time and the hiss drawn from
+    ``rng``, so a stream can render it block by block."""
+    return 0.15 * np.sin(2 * np.pi * hum * t) + 0.03 * rng.standard_normal(len(t))
+
+
+def event_audio(code: str, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of a violent event of class ``code``: loud noise bursts (6 per
+    second) in the class's band over a little broadband noise (float64)."""
+    lo, hi = STYLE[code][1]
+    gate = (np.arange(n) / sr * 6.0) % 1.0 < 0.6   # 6 bursts per second
+    return 0.25 * _band_noise(rng, n, sr, lo, hi) * gate + 0.05 * rng.standard_normal(n)
+
+
+def render_audio(video: StandinVideo, cfg: StandinConfig, rng: np.random.Generator) -> np.ndarray:
+    """The video's whole sound track, float32 ``[1, samples]`` at ``cfg.sample_rate``.
+    Calm: a quiet hum with hiss. Violent: loud gated noise bursts in the band of the
     event's code. A beep: a clean tone at a moderate level."""
     sr = cfg.sample_rate
     n = int(round(video.n_frames / FPS * sr))
     t = np.arange(n) / sr
-    hum = rng.uniform(90.0, 130.0)
-    x = 0.15 * np.sin(2 * np.pi * hum * t) + 0.03 * rng.standard_normal(n)
+    hum = rng.uniform(*HUM_HZ)
+    x = calm_audio(t, hum, rng)
     for kind, a, b in video.distractors:
         if kind == "beep":
             i0, i1 = int(round(a / FPS * sr)), int(round(b / FPS * sr))
             x[i0:i1] += 0.2 * np.sin(2 * np.pi * rng.uniform(500.0, 1500.0) * t[i0:i1])
     for (a, b), code in zip(video.segments, video.segment_codes):
         i0, i1 = int(round(a / FPS * sr)), int(round(b / FPS * sr))
-        lo, hi = STYLE[code][1]
-        gate = (np.arange(i1 - i0) / sr * 6.0) % 1.0 < 0.6   # 6 bursts per second
-        x[i0:i1] = 0.25 * _band_noise(rng, i1 - i0, sr, lo, hi) * gate + 0.05 * rng.standard_normal(i1 - i0)
+        x[i0:i1] = event_audio(code, i1 - i0, sr, rng)
     return np.clip(x, -1, 1).astype(np.float32)[None]
 
 
@@ -292,8 +315,9 @@ def _write_video(out: Path, cfg: StandinConfig, k: int, video: StandinVideo) -> 
     path = out / video.file
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng((cfg.seed, 1, k))
+    # render_frames is lazy: the audio draws from rng first, then the frames as encoded
     write_clip(path, "mp4", "aac", cfg.size[0], cfg.size[1], Fraction(FPS), np.arange(video.n_frames) / FPS,
-               False, _frames(video, cfg, rng), _audio(video, cfg, rng), cfg.sample_rate)
+               False, render_frames(video, cfg, rng), render_audio(video, cfg, rng), cfg.sample_rate)
 
 
 def _write_job(job: tuple[str, StandinConfig, int, StandinVideo]) -> None:
@@ -323,4 +347,5 @@ def generate_standin(out: str | Path, cfg: StandinConfig = StandinConfig(),
     return videos
 
 
-__all__ = ["DISTRACTORS", "FPS", "META_FILE", "StandinConfig", "StandinVideo", "generate_standin", "parse_range", "plan"]
+__all__ = ["DISTRACTORS", "FPS", "HUM_HZ", "META_FILE", "STYLE", "VIOLENT_CODES", "StandinConfig", "StandinVideo",
+           "calm_audio", "event_audio", "generate_standin", "parse_range", "plan", "render_audio", "render_frames"]
