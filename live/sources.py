@@ -238,7 +238,7 @@ class SourceReader(threading.Thread):
         time; None: the first packet's."""
         if self.spec.kind == "file":
             return probe(self.spec.url).start
-        return float(container.start_time) / av.time_base if container.start_time is not None else None
+        return None  # a stream joined mid-way: its first packet (the container's start_time may lie before it)
 
     def _read(self, container: av.container.InputContainer, base: float) -> bool:
         """One connection; returns whether the source may come back (reconnect)."""
@@ -311,6 +311,7 @@ class SourceReader(threading.Thread):
                     continue
                 t = float(frame.pts * frame.time_base) - origin
                 if self.duration is not None and t >= self.duration:
+                    self.media_t = max(self.media_t, t)   # the loop sees the end of --duration
                     break
                 units += assembler.add_frame(t, frame, wall)
                 self.media_t = max(self.media_t, t)

@@ -1,0 +1,99 @@
+"""Live mode on real streams written in real time (``synth.live_stream``): an MPEG-TS
+into a pipe (``cli.py synth-stream --out - | cli.py watch RUN -``, two processes) and into
+``udp://127.0.0.1:PORT``, with a violent event at a known time and a sender that stops for
+3 s and starts again. The run is the stand-in's MIL run on the snippet grid."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from live import EventHub, JsonLinesSink, WatchConfig, parse_source, run_watch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parent.parent
+STEP = 0.6667
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_piped_stream_one_alert_at_the_event_and_a_stall(xd_grid_run: Path) -> None:
+    """Two processes and a pipe, as an operator runs it: exactly one alert starting within
+    one step of the event, latency on every record, and a 3 s stop of the sender reported
+    as stalled then reconnected, with scoring going on after it."""
+    writer = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "synth-stream", "--out", "-", "--seconds", "13",
+                               "--event-at", "5", "--event-seconds", "3", "--pause-at", "9.5", "--pause-seconds", "3",
+                               "--seed", "3", "--size", "64x48"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        watcher = subprocess.run([sys.executable, str(ROOT / "cli.py"), "watch", str(xd_grid_run), "-",
+                                  "--stall-timeout", "1.5", "--threshold", "0.5", "--min-duration", "1",
+                                  "--cooldown", "3"], stdin=writer.stdout, capture_output=True, text=True,
+                                 timeout=120, env=_env())
+    finally:
+        writer.stdout.close()
+        writer.wait(timeout=30)
+    assert watcher.returncode == 0, watcher.stderr[-3000:]
+    events = [json.loads(line) for line in watcher.stdout.splitlines()]
+    records = [e for e in events if e["type"] == "score"]
+    starts = [e for e in events if e["type"] == "alert_start"]
+    assert len(starts) == 1, [(e["type"], e.get("t")) for e in events if e["type"] != "score"]
+    assert abs(starts[0]["t_start"] - 5.0) <= STEP + 0.05, starts
+    assert [e["type"] for e in events if e["type"] == "alert_end"] == ["alert_end"]
+    assert all(0 <= r["latency_s"] < 3.0 for r in records), max(r["latency_s"] for r in records)
+    kinds = [e["type"] for e in events]
+    assert "stalled" in kinds and "reconnected" in kinds and kinds.index("stalled") < kinds.index("reconnected")
+    gap = next(e for e in events if e["type"] == "reconnected")
+    assert 2.0 <= gap["gap_s"] <= 5.0
+    after = [r for r in records if r["wall_time"] > gap["wall_time"]]
+    assert after and max(r["t"] for r in records) > 12.0            # scoring resumed after the stall
+    assert events[-1]["type"] == "ended" and kinds[0] == "started"
+
+
+def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> None:
+    """A camera with no audio over UDP: scored (audio masked as missing), and when the sender
+    stops for 3 s the source is reported stalled, reopened, and scored again."""
+    from live import load_watch_predictor
+    from synth.live_stream import StreamPause, StreamPlan, write_stream
+
+    predictor, run_steps = load_watch_predictor(xd_grid_run)
+    port = _free_udp_port()
+    url = f"udp://127.0.0.1:{port}"
+    plan = StreamPlan(seconds=12.0, seed=4, audio=False, size=(64, 48), pause=StreamPause(4.0, 3.0))
+    sender = threading.Thread(target=write_stream, args=(url, plan), daemon=True)
+    buf = io.StringIO()
+    stop = threading.Event()
+    threading.Timer(0.3, sender.start).start()                       # the reader listens first
+    watchdog = threading.Timer(40, stop.set)
+    watchdog.start()
+    try:
+        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=1.0, duration=10.5), EventHub(
+            [JsonLinesSink(buf)]), stop, run_steps=run_steps)
+    finally:
+        watchdog.cancel()
+        stop.set()
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    kinds = [e["type"] for e in events]
+    records = [e for e in events if e["type"] == "score"]
+    assert len(records) >= 6 and all(r["score"] is not None for r in records)
+    assert "stalled" in kinds and "reconnected" in kinds, kinds
+    reconnect = next(e for e in events if e["type"] == "reconnected")
+    assert reconnect["reopened"] is True and reconnect["gap_s"] > 1.0
+    assert any(r["wall_time"] > reconnect["wall_time"] for r in records)   # scored again after the reopen
+    assert summary.sources[url].error is None
