@@ -187,3 +187,30 @@ def test_page_shows_tiles_moving_timeline_and_the_alert(browser, live_feed) -> N
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(SCREENSHOT, browser.get_screenshot_as_png())
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_page_works_with_a_token(browser) -> None:
+    """The page opened as ``/?token=T``: its own scripts, styles, the event stream and
+    the frames all pass the token check, and the token leaves the address bar."""
+    from selenium.webdriver.common.by import By
+
+    from live.events import FrameEvent, ScoreRecord
+    from tests.live_feed import frame_jpeg
+
+    view = WebView(WebConfig(port=0, token="s3cret-t0ken", threshold=0.5))
+    url = view.start()
+    try:
+        browser.get(url)
+        assert "401" in browser.find_element(By.TAG_NAME, "body").text  # no token, no page
+        browser.get(url + "?token=s3cret-t0ken")
+        _wait("the page's script to run", lambda: browser.find_element(By.ID, "connection").text == "live", 5)
+        now = time.time()
+        for i in range(1, 9):
+            view.handle(ScoreRecord("cam", i * 0.25, i * 0.25 - 0.25, now, 0.01, "normal", 0.1, {"normal": 0.9}))
+        view.handle(FrameEvent("cam", 2.0, now, frame_jpeg(2.0, "cam")))
+        tile = _wait("the tile", lambda: browser.find_elements(By.CSS_SELECTOR, ".tile"), 5)[0]
+        _wait("its timeline", lambda: tile.find_element(By.CSS_SELECTOR, ".chart").get_attribute("data-last-t") == "2", 5)
+        _wait("its frame", lambda: tile.get_attribute("data-frame-t") == "2", 5)
+        assert "token" not in browser.current_url
+    finally:
+        view.close()

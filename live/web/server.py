@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import socket
 import threading
@@ -38,11 +39,11 @@ from .state import AlertState, LiveState
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
-COOKIE = "avar_live_token"
+COOKIE = "avar_live_token"  # + "_<port>": browsers keep cookies per host, not per port
 # The page loads only its own files: the browser refuses anything from elsewhere.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-DRAIN_BATCH = 2000  # events applied per loop turn before requests get their turn
+DRAIN_BATCH = 64  # events per loop turn: less than a client queue, so each client writes between turns
 WRITE_BATCH = 256 * 1024  # bytes written to one client at once
 
 
@@ -63,6 +64,13 @@ class _Client:
             self.unreported += 1
         self.queue.append(message)
         self.wake.set()
+
+    def buffered(self) -> int:
+        """Bytes written to this client that its socket has not taken yet."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return 0
+        return transport.get_write_buffer_size()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.closed = True
@@ -91,6 +99,7 @@ class WebView:
         self._client_dropped = 0
         self._seq = 0
         self._started_at = time.time()
+        self._cookie = COOKIE
         self.url: str | None = None
 
     # -- the sink (scoring thread) -----------------------------------------------------
@@ -119,6 +128,7 @@ class WebView:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}/"
+        self._cookie = f"{COOKIE}_{port}"
         ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(sock, ready), name="live-web", daemon=True)
         self._thread.start()
@@ -193,7 +203,7 @@ class WebView:
             self._state.apply(event)
             if self._clients:
                 self._seq += 1
-                message = f"id: {self._seq}\ndata: {json_text(event.to_json(), indent=None)}\n\n".encode()
+                message = f"id: {self._seq}\ndata: {_encode(event.to_json())}\n\n".encode()
                 for client in self._clients:
                     client.put(message)
         if self._inbox and not self._scheduled and self._loop is not None:
@@ -205,7 +215,9 @@ class WebView:
         return {"status": "ok", "uptime_s": round(time.time() - self._started_at, 3), "events": state.events,
                 "last_event_age_s": None if state.last_wall_time is None else round(time.time() - state.last_wall_time, 3),
                 "sources": {s.name: s.state for s in state.by_id}, "alerts": len(state.alerts),
-                "clients": len(self._clients), "client_queued": max((len(c.queue) for c in self._clients), default=0),
+                "clients": len(self._clients),
+                "client_queues": [{"queued": len(c.queue), "dropped": c.dropped, "buffered_bytes": c.buffered()}
+                                  for c in self._clients],
                 "dropped": {"inbox": self._inbox_dropped,
                             "clients": self._client_dropped + sum(c.dropped for c in self._clients)}}
 
@@ -229,7 +241,7 @@ class WebView:
             return True
         header = request.headers.get("Authorization", "")
         given = [header[7:].strip() if header[:7].lower() == "bearer " else "", request.query.get("token", ""),
-                 request.cookies.get(COOKIE, "")]
+                 request.cookies.get(self._cookie, "")]
         return any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given)
 
     @web.middleware
@@ -238,16 +250,19 @@ class WebView:
             return web.Response(status=401, text="401: this live view needs its token: open the page as "
                                 "/?token=TOKEN, or send the header 'Authorization: Bearer TOKEN'\n",
                                 headers={"WWW-Authenticate": 'Bearer realm="avar live"'})
-        return await handler(request)
+        response = await handler(request)
+        token = self.config.token
+        if (token is not None and not response.prepared and request.query.get("token") == token
+                and request.cookies.get(self._cookie) != token):
+            # the page's own scripts and styles are loaded without ?token=: they carry this cookie
+            response.set_cookie(self._cookie, token, httponly=True, samesite="Strict", path="/")
+        return response
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = CSP
         response.headers["Referrer-Policy"] = "no-referrer"
-        token = self.config.token
-        if token is not None and request.query.get("token") == token and request.cookies.get(COOKIE) != token:
-            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(body=(STATIC / "index.html").read_bytes(), content_type="text/html", charset="utf-8")
@@ -321,6 +336,15 @@ class WebView:
             self._clients.discard(client)
             self._client_dropped += client.dropped
         return response
+
+
+def _encode(obj: dict[str, Any]) -> str:
+    """Strict JSON, as the JSON lines write it; the walk that replaces non-finite floats
+    only when there is one (it would double the cost of every event)."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json_text(obj, indent=None)
 
 
 def _read_small_file(path: Path, limit: int) -> bytes | None:

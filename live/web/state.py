@@ -200,9 +200,9 @@ class LiveState:
 
     def alerts_json(self) -> dict[str, Any]:
         """Newest first (by the wall time the alert started, else ended)."""
-        def started(a: AlertState) -> float:
-            return (a.start or a.latest).wall_time
-        return {"alerts": [self.alert_json(a) for a in sorted(self.alerts.values(), key=started, reverse=True)]}
+        order = sorted(enumerate(self.alerts.values()), key=lambda ia: ((ia[1].start or ia[1].latest).wall_time, ia[0]),
+                       reverse=True)
+        return {"alerts": [self.alert_json(a) for _, a in order]}
 
     def alert_timeline_json(self, alert: AlertState) -> dict[str, Any]:
         return {"alert": self.alert_json(alert), "threshold": self.config.threshold,
