@@ -155,6 +155,7 @@ def test_page_shows_tiles_moving_timeline_and_the_alert(browser, live_feed) -> N
     _wait("the alert in the list", lambda: browser.find_elements(By.CSS_SELECTOR, "#alerts li.alert"), 5, every=0.02)
     shown_after = time.time() - feed.producer.alert_started_at
     assert shown_after < ALERT_SHOWN_WITHIN_S, f"the alert appeared {shown_after:.2f} s after it was published"
+    print(f"the alert appeared in the page {shown_after:.3f} s after it was published")
     item = browser.find_element(By.CSS_SELECTOR, "#alerts li.alert")
     assert item.find_element(By.CSS_SELECTOR, ".label").text == feed.producer.scenario.label
     assert item.find_element(By.CSS_SELECTOR, ".source").text == sources[0]
