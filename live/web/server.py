@@ -1,0 +1,359 @@
+"""The browser view: an aiohttp server on its own thread, fed as a hub sink.
+
+Why this shape: ``EventHub.publish`` runs on the scoring thread, so ``handle`` only
+appends the event to a bounded inbox and, when the server's loop is not already due to
+look, wakes it (``call_soon_threadsafe``). Everything else happens on the server's own
+event loop, in one thread: the view's state (``LiveState``) is updated there, every event
+is encoded once there, and copied into each event-stream client's own bounded queue. A
+browser that is slow, or connected and never reading, fills its queue and loses its
+oldest events (counted, and told with an ``event: dropped`` message when it catches up);
+nothing it does can reach ``handle``.
+
+Access: with a token, every request must carry it (``Authorization: Bearer T``,
+``?token=T`` or the cookie the page receives after ``?token=T``: the page's own scripts,
+images and ``EventSource`` cannot set headers). A page without the token gets 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Sequence
+
+from aiohttp import web
+
+from cache_schema import InvalidInput, json_text
+from live.events import Event
+
+from .config import WebConfig, check_serve_access
+from .state import AlertState, LiveState
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
+COOKIE = "avar_live_token"  # + "_<port>": browsers keep cookies per host, not per port
+# The page loads only its own files: the browser refuses anything from elsewhere.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+DRAIN_BATCH = 64  # events per loop turn: less than a client queue, so each client writes between turns
+WRITE_BATCH = 256 * 1024  # bytes written to one client at once
+
+
+class _Client:
+    """One event-stream subscriber: its own bounded queue of encoded messages."""
+
+    def __init__(self, capacity: int, transport: asyncio.BaseTransport | None) -> None:
+        self.queue: deque[bytes] = deque(maxlen=max(1, capacity))
+        self.dropped = 0
+        self.unreported = 0
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.transport = transport
+
+    def put(self, message: bytes) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+            self.unreported += 1
+        self.queue.append(message)
+        self.wake.set()
+
+    def buffered(self) -> int:
+        """Bytes written to this client that its socket has not taken yet."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return 0
+        return transport.get_write_buffer_size()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+        if self.transport is not None:
+            self.transport.abort()  # a client stuck in a write would otherwise hold shutdown
+
+
+class WebView:
+    """A ``live.events.Sink`` that serves the live view (see the module docstring).
+
+    ``start()`` binds (port 0: a free port) and returns the URL; ``handle(event)``
+    returns at once; ``close()`` stops the server and joins its thread. ``sources``
+    names the sources to show before their first event."""
+
+    def __init__(self, config: WebConfig, sources: Sequence[str] = ()) -> None:
+        self.config = config
+        self._state = LiveState(config, tuple(sources))
+        self._inbox: deque[Event] = deque(maxlen=max(1, config.inbox))
+        self._inbox_dropped = 0
+        self._scheduled = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._clients: set[_Client] = set()
+        self._client_dropped = 0
+        self._seq = 0
+        self._started_at = time.time()
+        self._cookie = COOKIE
+        self.url: str | None = None
+
+    # -- the sink (scoring thread) -----------------------------------------------------
+    def handle(self, event: Event) -> None:
+        """Queue ``event`` for the server's loop and return: never waits on a client."""
+        if self._closed:
+            return
+        if len(self._inbox) == self._inbox.maxlen:
+            self._inbox_dropped += 1  # the server's thread is starved: the oldest event goes
+        self._inbox.append(event)
+        loop = self._loop
+        if loop is not None and not self._scheduled:
+            self._scheduled = True
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop has just closed
+                pass
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> str:
+        """Bind ``host:port`` and serve on a daemon thread; the URL of the page."""
+        if self._thread is not None:
+            raise RuntimeError("WebView.start() called twice")
+        check_serve_access(self.config.host, self.config.token)
+        sock = self._bind()
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}/"
+        self._cookie = f"{COOKIE}_{port}"
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, args=(sock, ready), name="live-web", daemon=True)
+        self._thread.start()
+        ready.result(timeout=60)
+        logger.info("live view on %s", self.url)
+        return self.url
+
+    def close(self) -> None:
+        """Stop serving (event-stream clients are disconnected) and join the thread."""
+        self._closed = True
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            try:
+                loop.call_soon_threadsafe(loop.stop)
+            except RuntimeError:
+                pass
+            thread.join(timeout=10)
+            if thread.is_alive():
+                logger.warning("the live view's server thread did not stop within 10 s")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (the same as ``/healthz``), read on the server's loop."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return self._stats()
+
+        async def read() -> dict[str, Any]:
+            return self._stats()
+        return asyncio.run_coroutine_threadsafe(read(), loop).result(timeout=10)
+
+    def _bind(self) -> socket.socket:
+        host, port = self.config.host, self.config.port
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family = infos[0][0]
+            return socket.create_server((host, port), family=family, reuse_port=False)
+        except (OSError, UnicodeError) as e:
+            raise InvalidInput(f"--serve {host}:{port}: cannot listen there ({e.strerror or e}); "
+                               "choose another address or port (port 0: any free port)") from None
+
+    def _run(self, sock: socket.socket, ready: Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            runner = web.AppRunner(self._app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.SockSite(runner, sock).start())
+        except BaseException as e:  # noqa: BLE001 - handed to start(), which raises it
+            sock.close()
+            loop.close()
+            ready.set_exception(e)
+            return
+        self._loop = loop
+        loop.call_soon(self._drain)  # the events handed before the loop existed
+        ready.set_result(None)
+        try:
+            loop.run_forever()
+        finally:
+            for client in list(self._clients):
+                client.close()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    # -- the server's loop ---------------------------------------------------------------
+    def _drain(self) -> None:
+        self._scheduled = False
+        for _ in range(DRAIN_BATCH):
+            try:
+                event = self._inbox.popleft()
+            except IndexError:
+                return
+            self._state.apply(event)
+            if self._clients:
+                self._seq += 1
+                message = f"id: {self._seq}\ndata: {_encode(event.to_json())}\n\n".encode()
+                for client in self._clients:
+                    client.put(message)
+        if self._inbox and not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _stats(self) -> dict[str, Any]:
+        state = self._state
+        return {"status": "ok", "uptime_s": round(time.time() - self._started_at, 3), "events": state.events,
+                "last_event_age_s": None if state.last_wall_time is None else round(time.time() - state.last_wall_time, 3),
+                "sources": {s.name: s.state for s in state.by_id}, "alerts": len(state.alerts),
+                "clients": len(self._clients),
+                "client_queues": [{"queued": len(c.queue), "dropped": c.dropped, "buffered_bytes": c.buffered()}
+                                  for c in self._clients],
+                "dropped": {"inbox": self._inbox_dropped,
+                            "clients": self._client_dropped + sum(c.dropped for c in self._clients)}}
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard])
+        app.on_response_prepare.append(self._headers)
+        app.router.add_get("/", self._index)
+        app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/api/sources", self._sources)
+        app.router.add_get(r"/api/sources/{id:\d+}/frame.jpg", self._frame)
+        app.router.add_get("/api/alerts", self._alerts)
+        app.router.add_get(r"/api/alerts/{key:\d+-\d+}/snapshot.jpg", self._snapshot)
+        app.router.add_get(r"/api/alerts/{key:\d+-\d+}/timeline", self._alert_timeline)
+        app.router.add_get("/api/events", self._events)
+        return app
+
+    def _authorised(self, request: web.Request) -> bool:
+        token = self.config.token
+        if token is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        given = [header[7:].strip() if header[:7].lower() == "bearer " else "", request.query.get("token", ""),
+                 request.cookies.get(self._cookie, "")]
+        return any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not self._authorised(request):
+            return web.Response(status=401, text="401: this live view needs its token: open the page as "
+                                "/?token=TOKEN, or send the header 'Authorization: Bearer TOKEN'\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="avar live"'})
+        response = await handler(request)
+        token = self.config.token
+        if (token is not None and not response.prepared and request.query.get("token") == token
+                and request.cookies.get(self._cookie) != token):
+            # the page's own scripts and styles are loaded without ?token=: they carry this cookie
+            response.set_cookie(self._cookie, token, httponly=True, samesite="Strict", path="/")
+        return response
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["Referrer-Policy"] = "no-referrer"
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(body=(STATIC / "index.html").read_bytes(), content_type="text/html", charset="utf-8")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(text=json_text(self._stats(), indent=None))
+
+    async def _sources(self, request: web.Request) -> web.Response:
+        timeline = request.query.get("timeline", "1") not in ("0", "false", "no")
+        return web.json_response(text=json_text(self._state.sources_json(timeline=timeline), indent=None))
+
+    async def _alerts(self, request: web.Request) -> web.Response:
+        return web.json_response(text=json_text(self._state.alerts_json(), indent=None))
+
+    async def _frame(self, request: web.Request) -> web.Response:
+        frame = self._state.frame(int(request.match_info["id"]))
+        if frame is None:
+            raise web.HTTPNotFound(text="no frame from this source yet\n")
+        return web.Response(body=frame.jpeg, content_type="image/jpeg")
+
+    def _alert(self, request: web.Request) -> AlertState:
+        alert = self._state.alerts.get(request.match_info["key"])
+        if alert is None:
+            raise web.HTTPNotFound(text="no such alert (or no longer kept)\n")
+        return alert
+
+    async def _alert_timeline(self, request: web.Request) -> web.Response:
+        return web.json_response(text=json_text(self._state.alert_timeline_json(self._alert(request)), indent=None))
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        """The JPEG the alert's own event named (the snapshot writer's file), else the
+        source's frame nearest the peak; never a path taken from the request."""
+        alert = self._alert(request)
+        path = self._state.snapshot_path(alert)
+        if path is not None:
+            limit = self.config.max_snapshot_bytes
+            data = await asyncio.get_running_loop().run_in_executor(None, _read_small_file, path, limit)
+            if data is not None:
+                return web.Response(body=data, content_type="image/jpeg")
+        if alert.frame is not None:
+            return web.Response(body=alert.frame, content_type="image/jpeg")
+        raise web.HTTPNotFound(text="this alert's snapshot is not written yet\n")
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        if len(self._clients) >= self.config.max_clients:
+            raise web.HTTPServiceUnavailable(text=f"already {len(self._clients)} event-stream clients\n")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        client = _Client(self.config.client_queue, request.transport)
+        self._clients.add(client)
+        try:
+            await response.write(b"retry: 2000\n: connected\n\n")
+            while not client.closed:
+                if not client.queue:
+                    client.wake.clear()
+                    try:
+                        await asyncio.wait_for(client.wake.wait(), self.config.heartbeat_s)
+                    except TimeoutError:
+                        await response.write(b": keep-alive\n\n")
+                    continue
+                chunk = bytearray()
+                if client.unreported:
+                    chunk += f"event: dropped\ndata: {{\"dropped\": {client.unreported}, \"total\": {client.dropped}}}\n\n".encode()
+                    client.unreported = 0
+                while client.queue and len(chunk) < WRITE_BATCH:
+                    chunk += client.queue.popleft()
+                await response.write(bytes(chunk))
+        except (ConnectionError, OSError, RuntimeError):  # the browser went away (or the server closes)
+            pass
+        finally:
+            self._clients.discard(client)
+            self._client_dropped += client.dropped
+        return response
+
+
+def _encode(obj: dict[str, Any]) -> str:
+    """Strict JSON, as the JSON lines write it; the walk that replaces non-finite floats
+    only when there is one (it would double the cost of every event)."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json_text(obj, indent=None)
+
+
+def _read_small_file(path: Path, limit: int) -> bytes | None:
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+__all__ = ["COOKIE", "STATIC", "WebView"]
