@@ -584,6 +584,12 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
               help="Stop after this many seconds of media per source.")
 @click.option("--queue", "depth", default=2, show_default=True, type=click.IntRange(1),
               help="Steps queued per source before the oldest is dropped (bounds the latency).")
+@click.option("--serve", default=None, metavar="HOST:PORT",
+              help="Also serve the browser view (tiles, timelines, alerts; /api/..., /healthz) [off]; a host other "
+                   "than loopback needs --token or --token-file.")
+@click.option("--token", default=None, help="Required on every request to --serve (header, ?token= or cookie).")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Read the --serve token from this file's first line.")
 @click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
 @click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -591,8 +597,9 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
               help=PRECISION_HELP)
 def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float | None, hop: float | None,
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
-          out: Path | None, stall_timeout: float, duration: float | None, depth: int, video_model: str | None,
-          audio_model: str | None, device: str, precision: str) -> None:
+          out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
+          token: str | None, token_file: Path | None, video_model: str | None, audio_model: str | None, device: str,
+          precision: str) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
     A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
@@ -605,11 +612,12 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
 
     config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
                          stall_timeout=stall_timeout, duration=duration, depth=depth,
-                         snapshots=str(snapshots) if snapshots else None)
+                         snapshots=str(snapshots) if snapshots else None, frames=serve is not None)
     status, _ = watch_command(rundir, sources, config,
                               PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
                                             precision=precision),
-                              WatchOutputs(out=str(out) if out else None, webhook=webhook), realtime=realtime)
+                              WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve, token=token,
+                                           token_file=str(token_file) if token_file else None), realtime=realtime)
     sys.exit(status)
 
 

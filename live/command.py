@@ -34,14 +34,29 @@ class WatchOutputs:
     webhook: str | None = None
     webhook_timeout: float = 5.0
     webhook_retries: int = 3
+    serve: str | None = None        # HOST:PORT of the browser view
+    token: str | None = None
+    token_file: str | None = None
 
 
 def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfig, predict: PredictConfig,
                   outputs: WatchOutputs = WatchOutputs(), realtime: bool = False,
                   extra_sinks: Sequence[Sink] = (), stop: threading.Event | None = None) -> tuple[int, WatchSummary]:
     specs = [parse_source(s, realtime=realtime) for s in sources]   # a missing file is refused before loading
+    view = None
+    if outputs.serve is not None:  # refused before loading anything: binding beyond loopback needs a token
+        from .web import WebConfig, WebView, check_serve_access, parse_serve, read_token_file
+
+        host, port = parse_serve(outputs.serve)
+        token = outputs.token or (read_token_file(outputs.token_file) if outputs.token_file else None)
+        check_serve_access(host, token)
+        view = WebView(WebConfig(host=host, port=port, token=token, threshold=config.alerts.threshold),
+                       sources=tuple(s.name for s in specs))
     predictor, run_steps = load_watch_predictor(rundir, predict)
     sinks: list[Any] = [JsonLinesSink(path=outputs.out) if outputs.out else JsonLinesSink(sys.stdout)]
+    if view is not None:
+        logger.info("browser view on %s", view.start())
+        sinks.append(view)
     if outputs.webhook:
         sinks.append(WebhookSink(outputs.webhook, timeout=outputs.webhook_timeout, retries=outputs.webhook_retries))
     hub = EventHub([*sinks, *extra_sinks])

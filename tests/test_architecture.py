@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cache_schema", "extract", "temporal", "synth", "apply")
+PACKAGES = ("cache_schema", "extract", "temporal", "synth", "apply", "live")
 TOP_MODULES = ("cli",)
 
 

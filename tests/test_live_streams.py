@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from live import EventHub, JsonLinesSink, WatchConfig, parse_source, run_watch
+from tests.test_documented_commands import documents
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,7 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+@documents("cli.py watch")
 def test_piped_stream_one_alert_at_the_event_and_a_stall(xd_grid_run: Path) -> None:
     """Two processes and a pipe, as an operator runs it: exactly one alert starting within
     one step of the event, latency on every record, and a 3 s stop of the sender reported
@@ -97,3 +99,24 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
     assert reconnect["reopened"] is True and reconnect["gap_s"] > 1.0
     assert any(r["wall_time"] > reconnect["wall_time"] for r in records)   # scored again after the reopen
     assert summary.sources[url].error is None
+
+
+@documents("make watch")
+def test_make_watch_and_serve_refused_beyond_loopback_without_token(xd_grid_run: Path, tmp_path: Path) -> None:
+    """``make watch`` runs the command on a file (as fast as it decodes); ``--serve`` on a
+    non-loopback address without a token exits 2 with the reason, before loading anything."""
+    from synth.live_stream import StreamPlan, write_stream
+
+    video = tmp_path / "cam.ts"
+    write_stream(str(video), StreamPlan(seconds=3.0, size=(64, 48)), realtime=False)
+    made = subprocess.run(["make", "-s", "watch", f"PY={sys.executable}", f"RUN={xd_grid_run}", f"SOURCE={video}",
+                           "WATCH_ARGS=--duration 2"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=_env())
+    assert made.returncode == 0, made.stderr[-2000:]
+    kinds = [json.loads(line)["type"] for line in made.stdout.splitlines()]
+    assert kinds[0] == "started" and kinds.count("score") >= 2 and kinds[-1] == "ended"
+    from click.testing import CliRunner
+
+    from cli import main
+
+    refused = CliRunner().invoke(main, ["watch", str(xd_grid_run), str(video), "--serve", "0.0.0.0:0"])
+    assert refused.exit_code == 2 and "--token" in refused.output
