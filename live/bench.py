@@ -209,6 +209,16 @@ def watch_row(predictor: Predictor, specs: list[SourceSpec], config: WatchConfig
     }
 
 
+def time_alone(predictor: Predictor, units: list[LiveUnit], window_steps: int) -> float:
+    """Seconds for the live scorer over pre-cut units, one step per batch as one stream
+    scores live: the backbones and the head alone, without decoding or threads."""
+    scorer = LiveScorer(predictor, window_steps)
+    t0 = time.perf_counter()
+    for u in units:
+        scorer.score([u])
+    return time.perf_counter() - t0
+
+
 def bench_setting(s: Setting, media: Path, work: Path, cfg: LiveBenchConfig, cpu: str) -> list[dict[str, Any]]:
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
@@ -227,16 +237,14 @@ def bench_setting(s: Setting, media: Path, work: Path, cfg: LiveBenchConfig, cpu
 
     scorer = LiveScorer(predictor, window_steps)
     scorer.score(units[:2])            # warm-up: first calls allocate
-    scorer = LiveScorer(predictor, window_steps)
-    t0 = time.perf_counter()
-    for u in units:                    # one step per batch, as one stream scores live
-        scorer.score([u])
-    alone_s = time.perf_counter() - t0
-    rows = [{**base, "row": "backbones alone", "streams": 1, "media_s": s.seconds, "steps": steps,
-             "seconds": round(alone_s, 3), "seconds_per_media_s": round(alone_s / s.seconds, 4),
-             "real_time_factor": round(alone_s / s.seconds, 4)}]
-
+    before = time_alone(predictor, units, window_steps)
     fast = watch_row(predictor, [parse_source(str(media))], config, s.seconds, cfg.step_seconds)
+    after = time_alone(predictor, units, window_steps)
+    alone_s = (before + after) / 2     # around the live run: drift on a shared machine shows as their spread
+    rows = [{**base, "row": "backbones alone", "streams": 1, "media_s": s.seconds, "steps": steps,
+             "seconds": round(alone_s, 3), "seconds_before_live": round(before, 3),
+             "seconds_after_live": round(after, 3), "seconds_per_media_s": round(alone_s / s.seconds, 4),
+             "real_time_factor": round(alone_s / s.seconds, 4)}]
     fast["real_time_factor"] = round(fast["wall_s"] / s.seconds, 4)   # not paced: wall is the cost
     fast["live_over_backbones"] = round(fast["wall_s"] / alone_s, 4)
     rows.append({**base, "row": "live, as fast as it decodes", "steps": steps, **fast})
