@@ -38,12 +38,12 @@ LISTS ?=
 TASK ?=
 TASK_ARG := $(if $(TASK),--task $(TASK))
 
-.PHONY: install demo test data extract cache-info clean-outputs help bench-extract bench-train bench-efficiency \
+.PHONY: install demo test data extract cache-info clean-outputs help bench-extract bench-train bench-efficiency bench-live \
 	train evaluate compare ablate-steps ablate-fusion predict figures bench xd-standin-check watch
 
 help:
 	@echo "make demo | test | data DATASET=synth | extract DATASET=... [DATA_ROOT=...] | train HEAD=mtcn"
-	@echo "     | evaluate RUN=... | compare [SEEDS=3] | ablate-steps | ablate-fusion | bench-extract | bench-train | bench-efficiency"
+	@echo "     | evaluate RUN=... | compare [SEEDS=3] | ablate-steps | ablate-fusion | bench-extract | bench-train | bench-efficiency | bench-live"
 	@echo "     | predict RUN=... VIDEO=... [WINDOW=10 HOP=5 PLOT=out.png JSON=1] | figures RUN=... | bench"
 	@echo "     | watch RUN=... SOURCE=\"rtsp://... /dev/video0\" [WATCH_ARGS=...]"
 
@@ -145,7 +145,11 @@ bench-train: $(STAMP)
 bench-efficiency: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) cli.py bench efficiency --out reports/bench/efficiency.json
 
-bench: bench-extract bench-train bench-efficiency
+# Live scoring (watch) vs the backbones alone: real-time factor, latency, drops; 1/4/8 streams.
+bench-live: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) cli.py bench live --out reports/bench/live.json
+
+bench: bench-extract bench-train bench-efficiency bench-live
 
 # Raw video in: make predict RUN=runs/... VIDEO="a.mp4 b.mkv" [WINDOW=10 HOP=5] [PLOT=timeline.png] [JSON=1]
 VIDEO ?=

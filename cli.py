@@ -466,6 +466,29 @@ def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, wor
     click.echo(json.dumps(run_bench(out, cfg, clips, grid_video=grid_video), indent=2))
 
 
+@bench.command("live")
+@click.option("--out", default=Path("reports/bench/live.json"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--full-seconds", default=12.0, show_default=True, type=click.FloatRange(min=1),
+              help="Media seconds of the full-size fp32 rows.")
+@click.option("--bf16-seconds", default=2.0, show_default=True, type=click.FloatRange(min=1),
+              help="Media seconds of the full-size bf16 rows on a CPU without native bf16 (emulated: slow).")
+@click.option("--tiny-seconds", default=24.0, show_default=True, type=click.FloatRange(min=1),
+              help="Media seconds of the tiny rows.")
+@click.option("--no-full", is_flag=True, help="Tiny backbones only (seconds).")
+@click.option("--no-bf16", is_flag=True, help="Leave out the bf16 rows.")
+@click.option("--notes", default="", help="Recorded in the JSON (e.g. what else ran on the machine).")
+def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds: float, no_full: bool,
+               no_bf16: bool, notes: str) -> None:
+    """Live scoring (``watch``) vs the backbones alone: real-time factor, latency p50/p95 and
+    drops for 1 and 4 streams (8 tiny), full-size untrained backbones in fp32 and bf16 and
+    the tiny ones, on this CPU (and a GPU when one is visible)."""
+    from live.bench import LiveBenchConfig, run_live_bench
+
+    cfg = LiveBenchConfig(full_s=full_seconds, bf16_s=bf16_seconds, tiny_s=tiny_seconds, full=not no_full,
+                          bf16=not no_bf16, notes=notes)
+    click.echo(json.dumps(run_live_bench(out, cfg), indent=2))
+
+
 @bench.command("train")
 @click.option("--out", default=Path("reports/bench/train.json"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--clips", default=3000, show_default=True, type=click.IntRange(10))
