@@ -382,7 +382,9 @@ class FeatureExtractor:
     Each clip has its own number of steps (``clip.steps``: fixed, or its duration on a
     time grid). Video: the features of a step's frame, or the mean of its ``K`` frames'
     features; frames go to the backbone in mini-batches of about ``frame_batch``. Audio:
-    the backbone's hidden states averaged over each step's bounds."""
+    the backbone's hidden states averaged over each step's bounds, from the windows of its
+    windowing (clip or causal step windows); a clip's ``audio_origin`` says which clip
+    sample its audio starts at, so a clip holding only recent audio (live mode) works."""
 
     def __init__(self, video: VideoBackbone, audio: AudioBackbone, steps: int | StepLayout = 0,
                  frame_batch: int = FRAME_BATCH) -> None:
