@@ -92,9 +92,12 @@ class ExtractConfig:
         """The audio backbone's windowing for this layout (see ``audio_windows``)."""
         grid = self.layout.grid
         mode = self.audio_windows or (WINDOWING_STEP if grid else WINDOWING_CLIP)
-        if not grid and (self.audio_context is not None or mode == WINDOWING_STEP):
+        if not grid and self.audio_context is not None:
             raise InvalidInput("--audio-context applies to time-grid caches (--step-seconds): a cache of fixed "
                                "--steps keeps clip audio windows; drop --audio-context")
+        if not grid and mode == WINDOWING_STEP:
+            raise InvalidInput("causal step audio windows apply to time-grid caches (--step-seconds); a cache of "
+                               "fixed --steps keeps clip audio windows")
         if mode == WINDOWING_CLIP and self.audio_context is not None:
             raise InvalidInput("an audio context applies to causal step windows, not to clip windows; drop it")
         return AudioWindowing(mode, self.audio_context)
