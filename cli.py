@@ -158,6 +158,10 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
                    "XD-Violence's 16 frames at 24 fps); writes a ragged (schema v2) cache.")
 @click.option("--frames-per-step", default=1, show_default=True, type=click.IntRange(1),
               help="With --step-seconds: average the video features of this many evenly spaced frames per step.")
+@click.option("--audio-context", default=None, type=click.FloatRange(min=0),
+              help="With --step-seconds: each step's audio feature hears the step and up to this many seconds "
+                   "before its end, never after it (causal, as live mode hears it; 0: the step alone) "
+                   "[default: 1].")
 @click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None,
               help="Cache format [default: from the --out suffix, zarr unless .h5/.hdf5].")
 @click.option("--backbones", type=click.Choice(["pretrained", "random", "tiny"]), default="pretrained",
@@ -179,7 +183,8 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
 @click.option("--dist-timeout", default=7200.0, show_default=True, type=click.FloatRange(1),
               help="Under torchrun: seconds a rank waits for the others (rank 0's setup, the slowest shard).")
 def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | None, out: Path, steps: int | None,
-            step_seconds: float | None, frames_per_step: int, fmt: str | None, backbones: str,
+            step_seconds: float | None, frames_per_step: int, audio_context: float | None, fmt: str | None,
+            backbones: str,
             video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
             workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
             dist_timeout: float) -> None:
@@ -199,7 +204,7 @@ def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | 
     cfg = ExtractConfig(
         steps=steps or 10, step_seconds=step_seconds or 0.0, frames_per_step=frames_per_step, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
         batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
-        retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout,
+        retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout, audio_context=audio_context,
     )
     prepared = prepare_dataset(dataset, root, out, lists, manifest_file=manifest_file)
     if prepared.summary:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from cache_schema import (SAMPLE_RATE, AvarError, BackboneInfo, CacheConfig, InvalidInput, backbone_differences,
                           informational_differences)
-from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
+from extract.backbones import AudioBackbone, AudioWindowing, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.frozen_model import resolve_device, resolve_precision
 from temporal.evaluate import load_run
 from temporal.metrics import resolve_normal_class
@@ -55,7 +55,8 @@ class AbsentAudio:
     def __init__(self, dim: int) -> None:
         self.dim = dim
 
-    def embed(self, clips: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    def embed(self, clips: Sequence[tuple[np.ndarray, np.ndarray]],
+              origins: Sequence[int] | None = None) -> list[np.ndarray]:
         return [np.zeros((len(bounds), self.dim), np.float32) for _, bounds in clips]
 
 
@@ -63,7 +64,9 @@ def load_checked_backbone(kind: str, expected: BackboneInfo | dict[str, Any], ov
                           precision: str) -> VideoBackbone | AudioBackbone:
     """The backbone a run's features came from (or ``override``, a local copy), refused
     with what differs when it is not the same. ``expected`` is the run's record of it (a
-    dict is read as a :class:`~cache_schema.BackboneInfo`; one lacking a field is refused)."""
+    dict is read as a :class:`~cache_schema.BackboneInfo`; one lacking a field is refused).
+    An audio backbone is built with the windowing the run recorded (clip windows, or causal
+    step windows and their context), so its windows are the cache's."""
     if not isinstance(expected, BackboneInfo):
         try:
             expected = BackboneInfo.from_dict(expected)
@@ -72,10 +75,13 @@ def load_checked_backbone(kind: str, expected: BackboneInfo | dict[str, Any], ov
             raise BackboneMismatch(f"the run's record of its {kind} backbone is incomplete ({detail}); "
                                    "retrain the run with this version of `train`") from None
     name = override or expected.name
-    load = load_video_backbone if kind == "video" else load_audio_backbone
     flag = f"--{kind}-model"
     try:
-        backbone = load(name, device=device, precision=precision)
+        if kind == "audio":
+            windowing = AudioWindowing.from_preprocessing(expected.preprocessing)
+            backbone = load_audio_backbone(name, device=device, precision=precision, windowing=windowing)
+        else:
+            backbone = load_video_backbone(name, device=device, precision=precision)
     except AvarError as exc:
         raise BackboneMismatch(
             f"cannot load the {kind} backbone {name!r} that this run's features came from ({exc}). "

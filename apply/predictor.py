@@ -93,7 +93,8 @@ class VideoFeatures(Protocol):
 class AudioFeatures(Protocol):
     dim: int
 
-    def embed(self, clips: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]: ...
+    def embed(self, clips: Sequence[tuple[np.ndarray, np.ndarray]],
+              origins: Sequence[int] | None = None) -> list[np.ndarray]: ...
 
 
 class Predictor:

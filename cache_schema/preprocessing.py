@@ -112,6 +112,9 @@ NORMALIZE_NONE = "none"
 BATCHING_PADDED_WITH_MASK = "padded_with_mask"  # windows zero-padded, attention mask given
 BATCHING_EQUAL_LENGTH = "equal_length_only"  # only windows of the same length share a batch
 WINDOWS_CONSECUTIVE = "consecutive"  # non-overlapping, from sample 0, the last one shorter
+# one window per step, ending at the step's end: [max(0, min(a, b - context_s)), b), in samples
+# rint(t * sample_rate); a step's feature is pooled from its own window only (no future audio)
+WINDOWS_CAUSAL_STEP = "causal_step"
 PAD_ZEROS_AFTER_NORMALIZE = "zeros_after_normalize"  # to min_window_samples
 FRAME_TIME_RECEPTIVE_FIELD_CENTRE = "receptive_field_centre"  # window start + (k*stride + field/2) / rate
 POOLING_MEAN_IN_STEP_ELSE_NEAREST = "mean_in_step_else_nearest"  # frames in [start, end); else nearest centre
@@ -130,10 +133,17 @@ class Normalization:
 @dataclass(frozen=True, kw_only=True)
 class AudioPreprocessing:
     """A clip's way from decoded audio to per-step features: ``channels`` audio at
-    ``sample_rate``, cut into ``windows`` of ``window_s``, each normalised, padded to at
-    least ``min_window_samples``, run through the encoder in ``batching`` groups (with an
+    ``sample_rate``, cut into ``windows``, each normalised, padded to at least
+    ``min_window_samples``, run through the encoder in ``batching`` groups (with an
     attention mask or not), ``layer`` taken; each output frame is placed in time by
     ``frame_time`` (``frame_stride_s`` apart) and a step's feature is ``pooling`` of them.
+
+    ``windows`` is "consecutive" (windows of ``window_s`` from the clip start; a step's
+    frames may come from audio after it) or "causal_step" (one window per step, the step
+    and up to ``context_s`` seconds before its end: only the past, as a live stream has it).
+    ``context_s`` exists for "causal_step" only: it is None, and absent from ``to_dict()``,
+    for "consecutive" windows, so the record of a clip-windowed cache is exactly what it was
+    before causal windows existed (a cache without the field reads as "consecutive").
 
     ``library`` describes but does not define the features (see ``cache_schema.identity``)."""
 
@@ -141,6 +151,7 @@ class AudioPreprocessing:
     channels: str = "mono"
     window_s: float
     windows: str = WINDOWS_CONSECUTIVE
+    context_s: float | None = None
     normalize: Normalization
     min_window_samples: int
     pad: str = PAD_ZEROS_AFTER_NORMALIZE
@@ -153,8 +164,12 @@ class AudioPreprocessing:
     library: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in a cache's ``preprocessing`` attribute."""
-        return _jsonable(asdict(self))
+        """The JSON form stored in a cache's ``preprocessing`` attribute (without
+        ``context_s`` when it is None: see the class docstring)."""
+        d = _jsonable(asdict(self))
+        if d["context_s"] is None:
+            del d["context_s"]
+        return d
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "AudioPreprocessing":
@@ -169,6 +184,7 @@ class AudioPreprocessing:
             frame_stride_s=float(d["frame_stride_s"]),
             channels=str(d["channels"]),
             windows=str(d["windows"]),
+            context_s=None if d.get("context_s") is None else float(d["context_s"]),
             pad=str(d["pad"]),
             layer=str(d["layer"]),
             frame_time=str(d["frame_time"]),
@@ -188,6 +204,6 @@ def _jsonable(value: Any) -> Any:
 __all__ = [
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",
     "NORMALIZE_ZERO_MEAN_UNIT_VAR", "NORMALIZE_NONE", "BATCHING_PADDED_WITH_MASK", "BATCHING_EQUAL_LENGTH",
-    "WINDOWS_CONSECUTIVE", "PAD_ZEROS_AFTER_NORMALIZE", "FRAME_TIME_RECEPTIVE_FIELD_CENTRE",
+    "WINDOWS_CAUSAL_STEP", "WINDOWS_CONSECUTIVE", "PAD_ZEROS_AFTER_NORMALIZE", "FRAME_TIME_RECEPTIVE_FIELD_CENTRE",
     "POOLING_MEAN_IN_STEP_ELSE_NEAREST",
 ]

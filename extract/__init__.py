@@ -10,7 +10,9 @@ of the package, e.g. ``extract.sampling``, does not import timm and transformers
   and its two callers ``decode_clip`` (a clip cut into T steps) and ``decode_windows``
   (sliding windows over a video of any length); ``probe``, ``MediaInfo``, ``DecodeError``;
 * the frozen backbones, picked by name: ``load_video_backbone``, ``load_audio_backbone``,
-  ``BACKBONE_PRESETS``, ``preset_models``, ``BackboneUnavailable``;
+  ``BACKBONE_PRESETS``, ``preset_models``, ``BackboneUnavailable``; the audio windowing
+  (``AudioWindowing``: clip windows, or causal step windows for time grids and live mode,
+  ``causal_step_windows``, ``DEFAULT_AUDIO_CONTEXT_S``);
 * the pipeline: ``ExtractConfig``, ``run_extract`` (workers, batching, resume, torchrun),
   ``FeatureExtractor`` (backbones over decoded clips, as the cache stores them);
 * XD-Violence from the features the field released (XDVioDet, VadCLIP) instead of media:
@@ -34,6 +36,8 @@ _WHERE = {
     "load_video_backbone": "backbones", "load_audio_backbone": "backbones", "VideoBackbone": "backbones",
     "AudioBackbone": "backbones", "BACKBONE_PRESETS": "backbones", "preset_models": "backbones",
     "BackboneUnavailable": "backbones", "resolve_device": "backbones",
+    "AudioWindowing": "audio_windows", "DEFAULT_AUDIO_CONTEXT_S": "audio_windows",
+    "causal_step_windows": "audio_windows",
     "autocast_context": "frozen_model",
     "ExtractConfig": "pipeline", "ExtractSummary": "pipeline", "run_extract": "pipeline",
     "FeatureExtractor": "pipeline", "Decoded": "pipeline", "iter_decoded": "pipeline",

@@ -26,6 +26,7 @@ from .audio_backbone import (
     default_feature_extractor,
     load_pretrained_audio_model,
 )
+from .audio_windows import DEFAULT_AUDIO_CONTEXT_S, AudioWindowing
 from .frozen_model import AUTO, BackboneUnavailable, resolve_device
 from .video_backbone import (
     DEFAULT_VIDEO_MODEL,
@@ -37,6 +38,8 @@ from .video_backbone import (
 
 __all__ = [
     "AUDIO_PRESETS",
+    "AudioWindowing",
+    "DEFAULT_AUDIO_CONTEXT_S",
     "BACKBONE_PRESETS",
     "FP32_PRESETS",
     "preset_precision",
@@ -89,6 +92,7 @@ class BackboneConfig:
     device: str = "auto"
     precision: str = "auto"
     audio_window_s: float = DEFAULT_WINDOW_S
+    audio_windowing: AudioWindowing = AudioWindowing()
 
 
 FP32_PRESETS = ("tiny",)
@@ -136,10 +140,15 @@ def load_audio_backbone(
     precision: str = "fp32",
     *,
     window_s: float = DEFAULT_WINDOW_S,
+    windowing: AudioWindowing = AudioWindowing(),
     batch_size: int = 8,
     cache_dir: str | Path | None = None,
 ) -> AudioBackbone:
-    """A preset, a Hugging Face audio model id or a local save_pretrained directory."""
+    """A preset, a Hugging Face audio model id or a local save_pretrained directory.
+
+    ``windowing``: clip windows (default) or causal step windows
+    (``AudioWindowing.step(context_s)``); a run's or cache's own is
+    ``AudioWindowing.from_preprocessing(info.preprocessing)``."""
     device = resolve_device(device)
     started = time.perf_counter()
     if name in AUDIO_PRESETS:
@@ -156,11 +165,13 @@ def load_audio_backbone(
         precision=preset_precision(name, precision),
         window_s=window_s,
         batch_size=batch_size,
+        windowing=windowing.mode,
+        context_s=windowing.context_s,
     )
     logger.info(
-        "audio backbone %s (%s, dim %d, pretrained=%s, sha256 %s…) on %s/%s in %.1fs",
-        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], device, backbone.precision,
-        time.perf_counter() - started,
+        "audio backbone %s (%s, dim %d, pretrained=%s, sha256 %s…, %s) on %s/%s in %.1fs",
+        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], windowing.describe(), device,
+        backbone.precision, time.perf_counter() - started,
     )
     return backbone
 
@@ -169,5 +180,6 @@ def load_backbones(config: BackboneConfig) -> tuple[VideoBackbone, AudioBackbone
     """Both backbones of a run, on the same device and precision."""
     device = resolve_device(config.device)
     video = load_video_backbone(config.video_model, device, config.precision)
-    audio = load_audio_backbone(config.audio_model, device, config.precision, window_s=config.audio_window_s)
+    audio = load_audio_backbone(config.audio_model, device, config.precision, window_s=config.audio_window_s,
+                                windowing=config.audio_windowing)
     return video, audio

@@ -54,8 +54,10 @@ class DecodedClip:
     centre for ``K = 1``), PIL RGB in display orientation or ``frame_transform`` of it; two
     targets may share one object when a short clip has fewer frames than targets.
     ``frame_times`` are those frames' clip times (``[T*K]``). ``audio`` is mono float32 at
-    ``sample_rate`` with sample 0 at clip time 0, zero where the stream has gaps or
-    starts late; ``audio_end``/``video_end`` say where real data ends so that steps
+    ``sample_rate``, zero where the stream has gaps or starts late; its sample 0 is clip
+    sample ``audio_origin`` (0 for a decoded file: the whole clip; live mode holds only
+    recent audio, whose steps are still in clip time); ``audio_end``/``video_end`` (clip
+    time) say where real data ends so that steps
     beyond it can be masked. ``audio_error`` says why an audio stream present in the
     file yielded nothing. ``rotation`` is the clockwise turn (degrees) that was applied
     to show the frames upright.
@@ -97,15 +99,15 @@ class DecodedClip:
 
     @property
     def audio_sample_bounds(self) -> np.ndarray:
-        """``[T, 2]`` sample indices of each step's audio (half-open)."""
+        """``[T, 2]`` clip sample indices of each step's audio (half-open)."""
         return np.rint(self.step_bounds * self.sample_rate).astype(np.int64)
 
     def step_audio(self, step: int) -> np.ndarray:
         """The samples of one step (a view into ``audio``)."""
         if self.audio is None:
             raise ValueError(f"{self.path}: the clip has no audio")
-        lo, hi = self.audio_sample_bounds[step]
-        return self.audio[lo:hi]
+        lo, hi = self.audio_sample_bounds[step] - self.audio_origin
+        return self.audio[max(lo, 0):max(hi, 0)]
 
 
 def decode_clip(

@@ -32,9 +32,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cache_schema import (SAMPLE_RATE, STATUS_ERROR, BackboneInfo, CacheConfig, CacheError, CacheWriter, ClipRecord,
-                          StepLayout, detect_format, die_with_parent)
+                          InvalidInput, StepLayout, detect_format, die_with_parent)
 from cache_schema.lock import CacheLock, CacheWriteError
 
+from .audio_windows import WINDOWING_CLIP, WINDOWING_STEP, AudioWindowing
 from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone, VideoBackbone, load_audio_backbone,
                         load_video_backbone, resolve_device)
 from .decode import ClipTimeout, DecodedClip, DecodeError, decode_clip
@@ -71,15 +72,35 @@ class ExtractConfig:
     retry_errors: bool = False
     progress: bool = True
     dist_timeout: float = 7200.0  # seconds a rank waits for the others (torchrun only)
+    # Audio windows (extract.audio_windows): None = by layout, causal step windows on a time
+    # grid (what live mode can reproduce), clip windows for fixed steps (as they always were).
+    audio_windows: str | None = None
+    audio_context: float | None = None  # causal step windows: seconds reaching back [DEFAULT_AUDIO_CONTEXT_S]
 
     def __post_init__(self) -> None:
         self.layout  # refuses an impossible combination (InvalidInput) before any work
+        self.windowing  # likewise
 
     @property
     def layout(self) -> StepLayout:
         """Where each clip's steps lie (``steps`` is ignored on a time grid)."""
         return StepLayout(steps=0 if self.step_seconds else self.steps, step_seconds=self.step_seconds,
                           frames_per_step=self.frames_per_step)
+
+    @property
+    def windowing(self) -> AudioWindowing:
+        """The audio backbone's windowing for this layout (see ``audio_windows``)."""
+        grid = self.layout.grid
+        mode = self.audio_windows or (WINDOWING_STEP if grid else WINDOWING_CLIP)
+        if not grid and self.audio_context is not None:
+            raise InvalidInput("--audio-context applies to time-grid caches (--step-seconds): a cache of fixed "
+                               "--steps keeps clip audio windows; drop --audio-context")
+        if not grid and mode == WINDOWING_STEP:
+            raise InvalidInput("causal step audio windows apply to time-grid caches (--step-seconds); a cache of "
+                               "fixed --steps keeps clip audio windows")
+        if mode == WINDOWING_CLIP and self.audio_context is not None:
+            raise InvalidInput("an audio context applies to causal step windows, not to clip windows; drop it")
+        return AudioWindowing(mode, self.audio_context)
 
     @property
     def decode_batch(self) -> int:
@@ -364,7 +385,9 @@ class FeatureExtractor:
     Each clip has its own number of steps (``clip.steps``: fixed, or its duration on a
     time grid). Video: the features of a step's frame, or the mean of its ``K`` frames'
     features; frames go to the backbone in mini-batches of about ``frame_batch``. Audio:
-    the backbone's hidden states averaged over each step's bounds."""
+    the backbone's hidden states averaged over each step's bounds, from the windows of its
+    windowing (clip or causal step windows); a clip's ``audio_origin`` says which clip
+    sample its audio starts at, so a clip holding only recent audio (live mode) works."""
 
     def __init__(self, video: VideoBackbone, audio: AudioBackbone, steps: int | StepLayout = 0,
                  frame_batch: int = FRAME_BATCH) -> None:
@@ -431,7 +454,8 @@ class FeatureExtractor:
             vfeat = {d.key: e for d, e in zip(with_video, feats)}
         afeat: dict[str, np.ndarray] = {}
         if with_audio:
-            embs = self.audio.embed([(d.clip.audio, d.clip.step_bounds) for d in with_audio])
+            embs = self.audio.embed([(d.clip.audio, d.clip.step_bounds) for d in with_audio],
+                                    origins=[d.clip.audio_origin for d in with_audio])
             afeat = {d.key: e for d, e in zip(with_audio, embs)}
         records = []
         for d in batch:
@@ -475,7 +499,7 @@ def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
 def load_extract_backbones(cfg: ExtractConfig, env: DistEnv | None = None) -> tuple[VideoBackbone, AudioBackbone]:
     device = resolve_device(rank_device(cfg.device, env or DistEnv()))
     video = load_video_backbone(cfg.video_model, device=device, precision=cfg.precision)
-    audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision)
+    audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision, windowing=cfg.windowing)
     return video, audio
 
 

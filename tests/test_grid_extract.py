@@ -259,3 +259,32 @@ def test_grid_decoding_hands_over_one_clip_at_a_time(grid_cache: dict[str, Path]
     grid = [len(b) for b in iter_decoded(rows, ExtractConfig(step_seconds=0.5, batch_size=4, workers=1), None)]
     fixed = [len(b) for b in iter_decoded(rows, ExtractConfig(steps=3, batch_size=4, workers=1), None)]
     assert grid == [1] * 5 and fixed == [4, 1]
+
+
+def test_a_grid_cache_records_and_reproduces_causal_audio_windows(grid_cache: dict[str, Path]) -> None:
+    """Grid extraction defaults to causal step windows (1 s of context), records them in the
+    audio backbone's preprocessing, and a run's loading rebuilds the backbone with them
+    (its features equal the cache's); another --audio-context on the same cache is refused
+    with the field that differs."""
+    import cli
+    from apply.loading import load_checked_backbone
+    from extract.backbones import AudioWindowing
+
+    with CacheReader(grid_cache["cache"]) as reader:
+        info = reader.config.audio
+        data = reader.load_steps(fields=("audio",))
+    assert info.preprocessing["windows"] == "causal_step" and info.preprocessing["context_s"] == 1.0
+    audio = load_checked_backbone("audio", info, None, "cpu", "fp32")
+    assert audio.windowing == AudioWindowing.step(1.0)
+    i = int(np.argmax(np.diff(data["offsets"])))  # the longest clip
+    path = next(grid_cache["root"].rglob(Path(str(data["key"][i])).name))
+    clip = decode_clip(path, StepLayout(step_seconds=0.5, frames_per_step=2))
+    (features,) = audio.embed([(clip.audio, clip.step_bounds)])
+    np.testing.assert_allclose(features, data["audio"][data["offsets"][i]:data["offsets"][i + 1]], rtol=1e-4,
+                               atol=1e-5)
+    again = CliRunner().invoke(cli.main, ["extract", "--dataset", "synth", "--root", str(grid_cache["root"]), "--out",
+                                          str(grid_cache["cache"]), "--backbones", "tiny", "--workers", "0",
+                                          "--step-seconds", "0.5", "--frames-per-step", "2", "--feature-dtype",
+                                          "float32", "--audio-context", "2"])
+    assert again.exit_code == 2, again.output
+    assert "audio preprocessing context_s: requested 2.0, cache has 1.0" in again.output, again.output

@@ -237,3 +237,36 @@ def test_whole_identities() -> None:
     assert feature_identity_differences(base, renamed) == []
     assert identity_informational_differences(base, renamed) == ["video name: requested 'tiny', cache has 'local'"]
     assert set(base) == set(IDENTITY_KEYS) and set(cache_identity(base)) == set(IDENTITY_KEYS)
+
+
+# The tiny audio backbone's preprocessing as every cache recorded it before causal step
+# windows existed (fixed steps and time grids alike): fixed-step caches keep exactly it.
+TINY_AUDIO_PREPROCESSING_BEFORE_CAUSAL_WINDOWS = {
+    "sample_rate": 16000, "channels": "mono", "window_s": 30.0, "windows": "consecutive",
+    "normalize": {"kind": "zero_mean_unit_var", "eps": 1e-07, "per": "window"}, "min_window_samples": 400,
+    "pad": "zeros_after_normalize", "attention_mask": False, "batching": "equal_length_only",
+    "layer": "last_hidden_state", "frame_stride_s": 0.02, "frame_time": "receptive_field_centre",
+    "pooling": "mean_in_step_else_nearest", "library": "transformers 5.24.0",
+}
+
+
+def test_audio_windowing_in_the_identity() -> None:
+    """Fixed-step extraction keeps clip windows and the very same record (no new field, so
+    a v1 cache's identity is unchanged); a grid's causal windows are recorded and differ
+    from clip windows in exactly the windowing fields; a record without them is clip."""
+    from extract.audio_windows import AudioWindowing
+    from extract.pipeline import ExtractConfig, load_extract_backbones
+
+    before = TINY_AUDIO_PREPROCESSING_BEFORE_CAUSAL_WINDOWS
+    fixed = load_extract_backbones(ExtractConfig(steps=10, video_model="tiny", audio_model="tiny"))[1]
+    assert {**fixed.preprocessing, "library": ""} == {**before, "library": ""}
+    assert AudioPreprocessing.from_dict(before).to_dict() == before
+    assert AudioWindowing.from_preprocessing(before) == AudioWindowing()
+    grid = load_extract_backbones(ExtractConfig(step_seconds=0.6667, video_model="tiny", audio_model="tiny"))[1]
+    assert grid.preprocessing == {**fixed.preprocessing, "windows": "causal_step", "context_s": 1.0}
+    old = {**LEGACY_TINY_AUDIO, "preprocessing": before}
+    assert backbone_differences("audio", old, fixed.describe()) == []
+    assert backbone_differences("audio", old, grid.describe(), ("cache has", "requested")) == [
+        "audio preprocessing context_s: cache has nothing, requested 1.0",
+        "audio preprocessing windows: cache has 'consecutive', requested 'causal_step'",
+    ]
