@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache_schema import SAMPLE_RATE, StepLayout
+from extract.audio_windows import causal_step_windows
 from extract.sampling import step_segments
 
 __all__ = ["GridPlan", "Unit", "UnitPlan", "WindowPlan"]
@@ -70,8 +71,7 @@ class GridPlan(UnitPlan):
     def unit(self, index: int) -> Unit:
         s = self.layout.step_seconds
         bounds = np.array([[self.base + index * s, self.base + (index + 1) * s]])
-        hi = int(np.rint(bounds[0, 1] * self.sample_rate))
-        lo = max(0, min(int(np.rint(bounds[0, 0] * self.sample_rate)), hi - int(np.rint(self.context * self.sample_rate))))
+        lo, hi = (int(x) for x in causal_step_windows(bounds, self.context, self.sample_rate)[0])
         return Unit(index, float(bounds[0, 0]), float(bounds[0, 1]), bounds,
                     self.layout.frame_times(bounds).reshape(-1), lo, hi)
 
