@@ -107,3 +107,20 @@ def xd_grid_run(xd_standin_grid: dict) -> Path:
                                                             split=SplitConfig(split_file=str(xd_standin_grid["split"])),
                                                             progress=False), data=data)
     return rundir
+
+
+@pytest.fixture(scope="session")
+def xd_grid_fused_run(xd_standin_grid: dict) -> Path:
+    """The same MIL run on fused video + audio features (causal per-step audio windows, the
+    grid cache's default), for live mode's parity with audio."""
+    from temporal import SplitConfig, TrainConfig, load_cache
+    from temporal.train import train
+    from temporal.xd_tasks import apply_task
+
+    rundir = xd_standin_grid["cache"].parent.parent / "runs" / "grid-mil-fused"
+    data = apply_task(load_cache(xd_standin_grid["cache"]), "xd-detection")
+    with torch_threads(1):
+        train(xd_standin_grid["cache"], rundir, TrainConfig(head="mtcn", modality="fused", objective="mil", epochs=5,
+                                                            split=SplitConfig(split_file=str(xd_standin_grid["split"])),
+                                                            progress=False), data=data)
+    return rundir

@@ -253,3 +253,34 @@ def test_webhook_gets_alerts_and_a_dead_receiver_delays_nothing(grid_predictor, 
     finally:
         server.shutdown()
         silent.close()
+
+
+@pytest.mark.parametrize("audio", [True, False], ids=["with-audio", "no-audio"])
+def test_fused_grid_run_matches_offline_extraction_with_and_without_audio(xd_grid_fused_run: Path, tmp_path: Path,
+                                                                          audio: bool) -> None:
+    """Audio too: a fused run's live scores equal the head over stage 1's own features of
+    the file (``decode_clip`` + ``FeatureExtractor``, as ``extract`` computes them), because
+    both window a step's audio causally (the step and its context before it); a stream
+    without audio is scored with audio masked as missing."""
+    from extract import Decoded, decode_clip
+    from extract.pipeline import worker_transform
+    from live import load_watch_predictor
+    from synth.live_stream import StreamEvent, StreamPlan, write_stream
+
+    predictor, run_steps = load_watch_predictor(xd_grid_fused_run)
+    assert predictor.audio_backbone.preprocessing["windows"] == "causal_step"
+    video = tmp_path / "cam.ts"
+    write_stream(str(video), StreamPlan(seconds=8.0, seed=6, size=(64, 48), audio=audio,
+                                        event=StreamEvent(3.0, 5.0, "B2")), realtime=False)
+    clip = decode_clip(video, predictor.layout, frame_transform=worker_transform(predictor.video_backbone))
+    record = predictor.feature_extractor.records([Decoded("x", clip=clip)], isolate_failures=False)[0]
+    assert record.audio_mask.any() == audio
+    window = 6
+    audio_features = record.audio if record.audio is not None else np.zeros((len(record.video_mask),
+                                                                             predictor.audio_backbone.dim), np.float32)
+    offline = _offline_window_scores(predictor, record.video, audio_features, record.video_mask, record.audio_mask,
+                                     window)
+    events, _ = watch(predictor, [video], WatchConfig(window=window * 0.6667), run_steps)
+    live = np.array([e["score"] for e in events if e["type"] == "score"])
+    assert len(live) >= len(offline) - 1
+    np.testing.assert_allclose(live, offline[:len(live)], atol=1e-4)

@@ -215,3 +215,70 @@ def test_page_works_with_a_token(browser) -> None:
         assert "token" not in browser.current_url
     finally:
         view.close()
+
+
+
+def test_page_follows_a_real_watch_of_a_generated_stream(browser, xd_grid_run: Path, tmp_path: Path) -> None:
+    """The same page fed by ``watch`` itself: a generated stream (the stand-in's scene with
+    a violent event at 3 s) paced as a camera, scored by the stand-in's MIL run. The tile
+    and its moving timeline show, the alert appears in the list within a few seconds of
+    the event, and ``/api/alerts`` and ``/api/events`` carry the alerts of the JSON lines."""
+    import io
+    import json
+    import threading
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+
+    from live import AlertConfig, JsonLinesSink, WatchConfig, load_watch_predictor, parse_source, run_watch
+    from synth.live_stream import StreamEvent, StreamPlan, write_stream
+
+    video = tmp_path / "cam.ts"
+    write_stream(str(video), StreamPlan(seconds=9.0, seed=5, size=(64, 48), event=StreamEvent(3.0, 6.0, "B1")),
+                 realtime=False)
+    predictor, run_steps = load_watch_predictor(xd_grid_run)
+    source = parse_source(str(video), realtime=True)
+    view = WebView(WebConfig(port=0, threshold=0.5, timeline_s=60.0), sources=(source.name,))
+    url = view.start()
+    lines = io.StringIO()
+    hub = EventHub([JsonLinesSink(lines), view])
+    sse: list[dict] = []
+
+    def subscribe() -> None:  # another tool on the event stream
+        with urllib.request.urlopen(url + "api/events", timeout=30) as response:
+            for raw in response:
+                text = raw.decode().strip()
+                if text.startswith("data: "):
+                    sse.append(json.loads(text[6:]))
+
+    threading.Thread(target=subscribe, daemon=True).start()
+    browser.get(url)
+    config = WatchConfig(frames=True, alerts=AlertConfig(cooldown=2.0))
+    began = time.time()
+    watcher = threading.Thread(target=run_watch, args=(predictor, [source], config, hub),
+                               kwargs={"run_steps": run_steps}, daemon=True)
+    watcher.start()
+    tile = _wait("the source's tile", lambda: browser.find_elements(By.CSS_SELECTOR, ".tile"), 5)[0]
+
+    def last_t() -> float:
+        value = tile.find_element(By.CSS_SELECTOR, ".chart").get_attribute("data-last-t")
+        return float(value) if value else -1.0
+
+    t1 = _wait("the timeline to have points", lambda: last_t() > 0 and last_t(), 10)
+    _wait("the timeline to move", lambda: last_t() > t1, 5)
+    _wait("a frame in the tile", lambda: tile.get_attribute("data-frame-t"), 5)
+    _wait("the alert in the list", lambda: browser.find_elements(By.CSS_SELECTOR, "#alerts li.alert"), 15, every=0.05)
+    shown = time.time() - began
+    assert shown < 3.0 + 4.0, f"the alert appeared {shown:.1f} s after the stream began (the event starts at 3 s)"
+    watcher.join(30)
+    assert not watcher.is_alive()
+    with urllib.request.urlopen(url + "api/alerts", timeout=5) as response:
+        api = json.loads(response.read())["alerts"]
+    _wait("the event stream to carry the alert's end", lambda: any(e.get("type") == "alert_end" for e in sse), 5)
+    hub.close()
+    events = [json.loads(line) for line in lines.getvalue().splitlines()]
+    alerts = [e for e in events if e["type"].startswith("alert_")]
+    assert [e["type"] for e in alerts] == ["alert_start", "alert_end"]
+    assert abs(alerts[0]["t_start"] - 3.0) <= 0.6667 + 0.05
+    assert [e for e in sse if e.get("type", "").startswith("alert_")] == alerts      # the event stream: the same
+    assert len(api) == 1 and {k: api[0][k] for k in alerts[-1]} == alerts[-1]      # /api/alerts: the alert, closed
