@@ -40,6 +40,7 @@ import torch
 
 from apply import Predictor
 from cache_schema import StepLayout, check_output_file, write_json
+from extract.audio_windows import AudioWindowing
 from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.frozen_model import cpu_has_native_bf16, read_cpu_flags, resolve_device, resolve_precision
 from extract.pipeline import worker_transform
@@ -150,7 +151,8 @@ class ListSink:
 def build_predictor(backbones: str, precision: str, device: str, step_seconds: float) -> Predictor:
     """An untrained head over untrained backbones: a run's predictor in compute only."""
     video = load_video_backbone(backbones, device=device, precision=precision)
-    audio = load_audio_backbone(backbones, device=device, precision=precision)
+    # a grid run's audio: causal step windows, as grid extraction computes them
+    audio = load_audio_backbone(backbones, device=device, precision=precision, windowing=AudioWindowing.step())
     torch.manual_seed(0)
     model = AnomalyModel("mtcn", "fused", "early", video.dim, audio.dim, len(CLASS_NAMES), RUN_STEPS,
                          dict(HEAD_OPTIONS), objective="mil", normal_index=0)

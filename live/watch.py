@@ -96,8 +96,17 @@ class WatchSummary:
 
 
 def load_watch_predictor(rundir: str | Path, predict: PredictConfig = PredictConfig()) -> tuple[Predictor, int]:
-    """The run's predictor and the number of steps its head was built for."""
-    return load_predictor(rundir, predict), int(RunDir(rundir).read_config().steps)
+    """The run's predictor and the number of steps its head was built for. A grid run
+    whose audio features were computed over whole-clip windows (caches extracted before
+    causal step windows) is refused: a live stream has no future to hear."""
+    predictor = load_predictor(rundir, predict)
+    windows = (getattr(predictor.audio_backbone, "preprocessing", None) or {}).get("windows")
+    if predictor.layout.grid and windows not in (None, "causal_step"):
+        raise InvalidInput(f"{rundir}: its cache's audio features were computed over windows of the whole clip "
+                           f"({windows}), which hear each step's future; live audio has only the past. Re-extract "
+                           "the cache with this version (grid caches use causal step windows, --audio-context) and "
+                           "retrain, or train on --modality video")
+    return predictor, int(RunDir(rundir).read_config().steps)
 
 
 def plan_for(predictor: Predictor, run_steps: int, config: WatchConfig, context: float) -> tuple[UnitPlan, int]:

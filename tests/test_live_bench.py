@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.test_documented_commands import documents
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@documents("cli.py bench live")
 def test_bench_live_writes_every_row(tmp_path: Path) -> None:
     from cli import main
 

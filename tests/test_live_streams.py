@@ -35,7 +35,7 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-@documents("cli.py watch")
+@documents("cli.py watch", "cli.py synth-stream")
 def test_piped_stream_one_alert_at_the_event_and_a_stall(xd_grid_run: Path) -> None:
     """Two processes and a pipe, as an operator runs it: exactly one alert starting within
     one step of the event, latency on every record, and a 3 s stop of the sender reported
@@ -120,3 +120,50 @@ def test_make_watch_and_serve_refused_beyond_loopback_without_token(xd_grid_run:
 
     refused = CliRunner().invoke(main, ["watch", str(xd_grid_run), str(video), "--serve", "0.0.0.0:0"])
     assert refused.exit_code == 2 and "--token" in refused.output
+
+
+def test_sigterm_ends_cleanly_with_every_output_flushed(xd_grid_run: Path, tmp_path: Path) -> None:
+    """SIGTERM while watching a paced file: exit 0 within a few seconds, every line
+    written is whole JSON, and the source's ``ended`` is the last line."""
+    import signal
+    import time
+
+    from synth.live_stream import StreamPlan, write_stream
+
+    video = tmp_path / "cam.ts"
+    write_stream(str(video), StreamPlan(seconds=30.0, size=(64, 48)), realtime=False)
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "watch", str(xd_grid_run), str(video), "--realtime",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and '"score"' in out.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = [json.loads(line) for line in out.read_text().splitlines()]   # whole lines only
+    assert events[0]["type"] == "started" and events[-1]["type"] == "ended"
+    assert max(e["t"] for e in events if e["type"] == "score") < 25       # it stopped early, as asked
+
+
+def test_a_change_of_resolution_mid_stream_is_scored_through(xd_grid_run: Path, tmp_path: Path) -> None:
+    from live import load_watch_predictor
+    from synth.live_stream import StreamPlan, StreamResize, write_stream
+
+    video = tmp_path / "resized.ts"
+    write_stream(str(video), StreamPlan(seconds=6.0, size=(64, 48), resize=StreamResize(3.0, (96, 72))),
+                 realtime=False)
+    predictor, run_steps = load_watch_predictor(xd_grid_run)
+    buf = io.StringIO()
+    summary = run_watch(predictor, [parse_source(str(video))], WatchConfig(), EventHub([JsonLinesSink(buf)]),
+                        run_steps=run_steps)
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    records = [e for e in events if e["type"] == "score"]
+    assert len(records) == 8 and all(r["score"] is not None for r in records)   # every whole step of 6 s, both sizes
+    assert events[-1]["type"] == "ended" and events[-1]["corrupt_packets"] == 0
+    assert summary.sources[str(video)].error is None
