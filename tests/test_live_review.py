@@ -100,3 +100,26 @@ def test_a_stream_that_ends_and_comes_back_at_once_has_no_invented_gap(tmp_path:
     first = [u.unit.start for u in units if u.segment == 0]
     second = [u.unit.start for u in units if u.segment == 1]
     assert first and second and second[0] - (first[-1] + 0.5) < 1.0, (first[-1], second[0])
+
+
+def test_stopping_while_a_camera_does_not_answer_still_ends_it(xd_grid_run: Path) -> None:
+    """A tcp:// camera that accepts the connection and never sends: stopped (as SIGINT
+    stops), the watch returns within --stall-timeout + 2 s and still writes its ``ended``."""
+    import io
+    import json
+
+    from live import EventHub, JsonLinesSink, WatchConfig, load_watch_predictor, run_watch
+
+    predictor, run_steps = load_watch_predictor(xd_grid_run)
+    with socket.create_server(("127.0.0.1", 0)) as server:   # the kernel accepts; nobody answers
+        url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        buf, stop = io.StringIO(), threading.Event()
+        timer = threading.Timer(1.0, stop.set)
+        timer.start()
+        began = time.monotonic()
+        run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=1.0), EventHub([JsonLinesSink(buf)]),
+                  stop, run_steps=run_steps)
+        took = time.monotonic() - began
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert took < 1.0 + 1.0 + 2.0 + 1.0, took
+    assert [e["type"] for e in events] == ["ended"] and events[0]["source"] == url, events
