@@ -108,7 +108,13 @@ def test_stopping_while_a_camera_does_not_answer_still_ends_it(xd_grid_run: Path
     import io
     import json
 
-    from live import EventHub, JsonLinesSink, WatchConfig, load_watch_predictor, run_watch
+    from live import (
+        EventHub,
+        JsonLinesSink,
+        WatchConfig,
+        load_watch_predictor,
+        run_watch,
+    )
 
     predictor, run_steps = load_watch_predictor(xd_grid_run)
     with socket.create_server(("127.0.0.1", 0)) as server:   # the kernel accepts; nobody answers
