@@ -5,7 +5,8 @@ A per-source state machine with hysteresis over *media* time:
 * **quiet -> pending**: a step scores at or above ``threshold``;
 * **pending -> active** (``alert_start``): the scores stay at or above the threshold for
   ``min_duration`` seconds (a single loud step is not an alert); a step below it before
-  then returns to quiet;
+  then, or a gap in the stream of ``cooldown`` seconds or more, returns to quiet (two
+  blips either side of a stall are not one long run);
 * **active -> quiet** (``alert_end``): no step has reached the threshold for
   ``cooldown`` seconds, so that a fight with pauses stays one alert. ``t_end`` is the end
   of the last step at or above the threshold, not the end of the cooldown.
@@ -82,6 +83,8 @@ class AlertTracker:
             elif t_end - cur.last_hot_end >= self.config.cooldown:
                 events.append(self._end(wall_time))
         elif hot:
+            if cur is not None and not cur.started and t_start - cur.last_hot_end >= max(self.config.cooldown, 1e-3):
+                cur = self._open = None   # a gap as long as the cooldown (a stall) breaks a run not yet an alert
             if cur is None:
                 cur = self._open = _Open(t_start, t_end, float(score), t_end, label, image)
             else:

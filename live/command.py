@@ -16,7 +16,7 @@ from typing import Any
 from apply.predictor import PredictConfig
 
 from .events import EventHub, Sink
-from .sinks import JsonLinesSink, WebhookSink
+from .sinks import JsonLinesSink, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
@@ -52,13 +52,25 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
         check_serve_access(host, token)
         view = WebView(WebConfig(host=host, port=port, token=token, threshold=config.alerts.threshold),
                        sources=tuple(s.name for s in specs))
-    predictor, run_steps = load_watch_predictor(rundir, predict)
-    sinks: list[Any] = [JsonLinesSink(path=outputs.out) if outputs.out else JsonLinesSink(sys.stdout)]
-    if view is not None:
-        logger.info("browser view on %s", view.start())
-        sinks.append(view)
+    # every other option that can be wrong is refused here too, before the (slow) load
     if outputs.webhook:
-        sinks.append(WebhookSink(outputs.webhook, timeout=outputs.webhook_timeout, retries=outputs.webhook_retries))
+        check_webhook_url(outputs.webhook)
+    if config.snapshots:
+        SnapshotWriter(config.snapshots)
+    out = JsonLinesSink(path=outputs.out) if outputs.out else JsonLinesSink(sys.stdout)
+    sinks: list[Any] = [out]
+    try:
+        predictor, run_steps = load_watch_predictor(rundir, predict)
+        if view is not None:
+            logger.info("browser view on %s", view.start())
+            sinks.append(view)
+        if outputs.webhook:
+            sinks.append(WebhookSink(outputs.webhook, timeout=outputs.webhook_timeout,
+                                     retries=outputs.webhook_retries))
+    except BaseException:
+        for sink in reversed(sinks):
+            sink.close()
+        raise
     hub = EventHub([*sinks, *extra_sinks])
     stop = stop or threading.Event()
     previous = {}

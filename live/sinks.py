@@ -21,6 +21,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
@@ -31,7 +32,7 @@ from cache_schema import InvalidInput, replace_atomically
 
 from .events import ALERT_END, ALERT_START, AlertEvent, Event, FrameEvent
 
-__all__ = ["JsonLinesSink", "SnapshotWriter", "WebhookSink", "jpeg_bytes", "slug"]
+__all__ = ["JsonLinesSink", "SnapshotWriter", "WebhookSink", "check_webhook_url", "jpeg_bytes", "slug"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,22 @@ logger = logging.getLogger(__name__)
 def slug(name: str) -> str:
     """A source name as a file-name part (URLs hold ``/`` and ``:``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "source"
+
+
+def check_webhook_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host (and a valid port), else ``InvalidInput``:
+    checked when the command starts, because a URL that cannot work would otherwise only
+    show up as failed deliveries, one log line per alert, long after the operator left."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as e:
+        raise InvalidInput(f"--webhook {url}: not a valid URL ({e})") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InvalidInput(f"--webhook {url}: give an http:// or https:// URL")
+    if not parts.hostname:
+        raise InvalidInput(f"--webhook {url}: the URL names no host (e.g. http://127.0.0.1:8080/hook)")
+    return url
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 85) -> bytes:
@@ -53,7 +70,10 @@ class JsonLinesSink:
 
     def __init__(self, stream: IO[str] | None = None, path: str | Path | None = None) -> None:
         self._own = path is not None
-        self._stream = open(path, "a", encoding="utf-8") if path is not None else stream  # noqa: SIM115
+        try:
+            self._stream = open(path, "a", encoding="utf-8") if path is not None else stream  # noqa: SIM115
+        except OSError as e:
+            raise InvalidInput(f"--out {path}: cannot append to it ({e.strerror or e})") from None
         if self._stream is None:
             raise ValueError("give a stream or a path")
         self.lines = 0
@@ -78,8 +98,7 @@ class WebhookSink:
 
     def __init__(self, url: str, timeout: float = 5.0, retries: int = 3, backoff: float = 0.5,
                  max_queue: int = 1000) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise InvalidInput(f"--webhook {url}: give an http:// or https:// URL")
+        check_webhook_url(url)
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
         self._queue: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=max_queue)
         self.delivered = self.failed = self.dropped = 0
@@ -138,7 +157,10 @@ class WebhookSink:
 class SnapshotWriter:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InvalidInput(f"--snapshots {folder}: cannot make the folder ({e.strerror or e})") from None
 
     def write(self, event: AlertEvent, image: Any) -> str | None:
         """The JPEG of ``image`` for ``event``'s alert (rewritten at its end with the whole

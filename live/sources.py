@@ -166,6 +166,7 @@ class SourceReader(threading.Thread):
         self.segments = 0
         self.error: str | None = None
         self._stalled_at: float | None = None
+        self._silent_since: float | None = None   # wall time the last packet came (the gap's start)
 
     # -- status
     def _status(self, kind: str, **detail: Any) -> None:
@@ -173,6 +174,7 @@ class SourceReader(threading.Thread):
 
     def _stalled(self) -> None:
         self._stalled_at = time.time()
+        self._silent_since = self._stalled_at - self.stall_timeout  # a read waited that long for nothing
         self._status(STALLED, stall_timeout_s=self.stall_timeout, reconnecting=self.spec.reconnects)
 
     def _resumed(self, gap_s: float) -> None:
@@ -201,8 +203,9 @@ class SourceReader(threading.Thread):
                 if self.segments == 0:
                     self._status(STARTED, url=self.spec.url if self.spec.kind != "stream" else None)
                 elif self._stalled_at is not None:
-                    gap = time.time() - self._stalled_at + self.stall_timeout
-                    self._stalled_at = None
+                    since = self._silent_since if self._silent_since is not None else self._stalled_at
+                    gap = max(0.0, time.time() - since)
+                    self._stalled_at = self._silent_since = None
                     self._status(RECONNECTED, gap_s=round(gap, 3), reopened=True)
                     base = self.media_t + gap
                 try:
@@ -213,7 +216,7 @@ class SourceReader(threading.Thread):
                 if not more or not self.spec.reconnects:
                     break
                 if self._stalled_at is None:  # the stream ended (a camera rebooting): reopen
-                    self._stalled_at = time.time()
+                    self._stalled_at = self._silent_since = time.time()   # its last packet came just now
                     self._status(STALLED, stall_timeout_s=self.stall_timeout, reason="ended", reconnecting=True)
         finally:
             self._status(ENDED, corrupt_packets=self.corrupt_packets, **({"error": self.error} if self.error else {}))

@@ -247,8 +247,14 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
     finally:
         stop.set()
         scheduler.close()
+        deadline = time.monotonic() + config.stall_timeout + 2   # one wait for all, not one each
         for reader in readers:
-            reader.join(timeout=config.stall_timeout + 2)
+            reader.join(timeout=max(0.0, deadline - time.monotonic()))
+        for reader in readers:
+            if reader.is_alive():  # blocked in FFmpeg (opening a camera that does not answer): do not wait
+                logger.warning("%s: still busy in FFmpeg when stopped; left behind", reader.spec.name)
+                loop.status.put(StatusEvent(ENDED, reader.spec.name, time.time(), reader.media_t,
+                                            {"corrupt_packets": reader.corrupt_packets, "stopped_busy": True}))
         loop.statuses({})
         loop.summary.wall_s = time.monotonic() - began
     return loop.summary
