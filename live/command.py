@@ -42,6 +42,7 @@ class WatchOutputs:
 def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfig, predict: PredictConfig,
                   outputs: WatchOutputs = WatchOutputs(), realtime: bool = False,
                   extra_sinks: Sequence[Sink] = (), stop: threading.Event | None = None) -> tuple[int, WatchSummary]:
+    stop = stop or threading.Event()
     specs = [parse_source(s, realtime=realtime) for s in sources]   # a missing file is refused before loading
     view = None
     if outputs.serve is not None:  # refused before loading anything: binding beyond loopback needs a token
@@ -57,7 +58,7 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
         check_webhook_url(outputs.webhook)
     if config.snapshots:
         SnapshotWriter(config.snapshots)
-    out = JsonLinesSink(path=outputs.out) if outputs.out else JsonLinesSink(sys.stdout)
+    out = JsonLinesSink(path=outputs.out) if outputs.out else JsonLinesSink(sys.stdout, on_closed=stop.set)
     sinks: list[Any] = [out]
     try:
         predictor, run_steps = load_watch_predictor(rundir, predict)
@@ -72,7 +73,6 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
             sink.close()
         raise
     hub = EventHub([*sinks, *extra_sinks])
-    stop = stop or threading.Event()
     previous = {}
 
     def on_signal(signum: int, _: Any) -> None:

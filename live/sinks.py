@@ -13,18 +13,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import os
 import queue
 import re
+import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from PIL import Image
 
@@ -68,8 +71,11 @@ class JsonLinesSink:
     """Every event but frames, one line each; ``stream`` stays open for the caller to close
     unless the sink opened it (``path``)."""
 
-    def __init__(self, stream: IO[str] | None = None, path: str | Path | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, path: str | Path | None = None,
+                 on_closed: Callable[[], None] | None = None) -> None:
         self._own = path is not None
+        self._on_closed = on_closed  # the reader went away (``watch ... | head``): the caller stops
+        self.closed_by_reader = False
         try:
             self._stream = open(path, "a", encoding="utf-8") if path is not None else stream  # noqa: SIM115
         except OSError as e:
@@ -79,15 +85,27 @@ class JsonLinesSink:
         self.lines = 0
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, FrameEvent):
+        if isinstance(event, FrameEvent) or self.closed_by_reader:
             return
-        self._stream.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            self.closed_by_reader = True
+            logger.info("the reader of the JSON lines went away: stopping")
+            if self._stream is sys.stdout:  # so that Python's own flush at exit does not fail on it
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            if self._on_closed is not None:
+                self._on_closed()
+            return
         self.lines += 1
 
     def close(self) -> None:
         try:
-            self._stream.flush()
+            if not self.closed_by_reader:
+                self._stream.flush()
         finally:
             if self._own:
                 self._stream.close()
@@ -157,6 +175,7 @@ class WebhookSink:
 class SnapshotWriter:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.started = time.strftime("%Y%m%dT%H%M%S")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -167,7 +186,10 @@ class SnapshotWriter:
         alert's peak); returns its path, or None without an image (an audio-only source)."""
         if image is None:
             return None
-        path = self.folder / f"{slug(event.source)}-alert{event.alert_id:04d}.jpg"
+        # alert ids restart with every watch, and two names may make one slug: the run's
+        # start and a hash of the source's full name keep every snapshot apart
+        digest = hashlib.sha256(event.source.encode()).hexdigest()[:6]
+        path = self.folder / f"{slug(event.source)}-{digest}-{self.started}-alert{event.alert_id:04d}.jpg"
         data = jpeg_bytes(image)
         replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
         return str(path)

@@ -164,6 +164,23 @@ def test_a_change_of_resolution_mid_stream_is_scored_through(xd_grid_run: Path, 
                         run_steps=run_steps)
     events = [json.loads(line) for line in buf.getvalue().splitlines()]
     records = [e for e in events if e["type"] == "score"]
-    assert len(records) == 8 and all(r["score"] is not None for r in records)   # every whole step of 6 s, both sizes
+    assert len(records) == 9 and all(r["score"] is not None for r in records)   # every step of 6 s, both sizes
     assert events[-1]["type"] == "ended" and events[-1]["corrupt_packets"] == 0
     assert summary.sources[str(video)].error is None
+
+
+def test_a_reader_that_goes_away_stops_the_watch(xd_grid_run: Path, tmp_path: Path) -> None:
+    """``watch ... | head -n 3``: once standard output's reader is gone the watch stops
+    (exit 0, no traceback) instead of scoring on into nothing."""
+    from synth.live_stream import StreamPlan, write_stream
+
+    video = tmp_path / "cam.ts"
+    write_stream(str(video), StreamPlan(seconds=30.0, size=(64, 48)), realtime=False)
+    watcher = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "watch", str(xd_grid_run), str(video),
+                                "--realtime"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    head = [watcher.stdout.readline() for _ in range(3)]
+    watcher.stdout.close()                                   # the reader goes away
+    assert watcher.wait(timeout=20) == 0
+    stderr = watcher.stderr.read()
+    assert "Traceback" not in stderr and "went away" in stderr
+    assert json.loads(head[0])["type"] == "started"
