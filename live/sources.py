@@ -91,16 +91,19 @@ def parse_source(text: str, realtime: bool = False) -> SourceSpec:
 class PipeInput:
     """Standard input (or any binary stream) read on a thread of its own, so that a writer
     that stops is seen: after ``stall_timeout`` seconds without bytes ``on_stall()`` is
-    called once, and ``on_resume(gap_s)`` when bytes come again. ``read`` is what PyAV
-    calls; it returns b"" (end of stream) at EOF or once ``stop`` is set."""
+    called once, and ``on_resume(gap_s)`` when bytes come again (``gap_s``: between the
+    arrival of the last bytes before the stall and the first after it). ``read`` is what
+    PyAV calls; it returns b"" (end of stream) at EOF or once ``stop`` is set."""
 
     def __init__(self, stream: BinaryIO, stall_timeout: float, stop: threading.Event,
                  on_stall: Callable[[], None], on_resume: Callable[[float], None]) -> None:
-        self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=64)
+        self._chunks: queue.Queue[tuple[bytes, float]] = queue.Queue(maxsize=64)
         self._buffer = b""
         self._stream, self._stop = stream, stop
         self._stall_timeout, self._on_stall, self._on_resume = stall_timeout, on_stall, on_resume
         self._eof = False
+        self._stalled = False
+        self._last_arrival = time.monotonic()
         self._thread = threading.Thread(target=self._pump, name="stdin-reader", daemon=True)
         self._thread.start()
 
@@ -111,9 +114,10 @@ class PipeInput:
                 data = os.read(fd, 65536) if fd is not None else self._stream.read(65536)
             except (OSError, ValueError):
                 data = b""
+            arrived = time.monotonic()  # when the bytes came, not when the demuxer asked for them
             while True:  # never drop bytes of a stream: wait for room (bounded memory)
                 try:
-                    self._chunks.put(data, timeout=0.5)
+                    self._chunks.put((data, arrived), timeout=0.5)
                     break
                 except queue.Full:
                     if self._stop.is_set():
@@ -122,22 +126,23 @@ class PipeInput:
                 return
 
     def read(self, n: int) -> bytes:
-        waited_since, stalled = time.monotonic(), False
         while not self._buffer and not self._eof:
             if self._stop.is_set():
                 return b""
             try:
-                data = self._chunks.get(timeout=0.2)
+                data, arrived = self._chunks.get(timeout=0.2)
             except queue.Empty:
-                if not stalled and time.monotonic() - waited_since >= self._stall_timeout:
-                    stalled = True
+                if not self._stalled and time.monotonic() - self._last_arrival >= self._stall_timeout:
+                    self._stalled = True
                     self._on_stall()
                 continue
             if not data:
                 self._eof = True
                 break
-            if stalled:
-                self._on_resume(time.monotonic() - waited_since)
+            if self._stalled:
+                self._stalled = False
+                self._on_resume(arrived - self._last_arrival)
+            self._last_arrival = arrived
             self._buffer = data
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return out

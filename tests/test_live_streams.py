@@ -46,7 +46,7 @@ def test_piped_stream_one_alert_at_the_event_and_a_stall(xd_grid_run: Path) -> N
     try:
         watcher = subprocess.run([sys.executable, str(ROOT / "cli.py"), "watch", str(xd_grid_run), "-",
                                   "--stall-timeout", "1", "--threshold", "0.5", "--min-duration", "1",
-                                  "--cooldown", "3"], stdin=writer.stdout, capture_output=True, text=True,
+                                  "--cooldown", "3", "--queue", "4"], stdin=writer.stdout, capture_output=True, text=True,
                                  timeout=120, env=_env())
     finally:
         writer.stdout.close()
@@ -56,13 +56,14 @@ def test_piped_stream_one_alert_at_the_event_and_a_stall(xd_grid_run: Path) -> N
     records = [e for e in events if e["type"] == "score"]
     starts = [e for e in events if e["type"] == "alert_start"]
     assert len(starts) == 1, [(e["type"], e.get("t")) for e in events if e["type"] != "score"]
-    assert abs(starts[0]["t_start"] - 4.0) <= STEP + 0.05, starts
+    assert abs(starts[0]["t_start"] - 4.0) <= STEP + 0.05, [(e["type"], e.get("t"), e.get("score"), e.get("count"))
+                                                           for e in events]
     assert [e["type"] for e in events if e["type"] == "alert_end"] == ["alert_end"]
     assert all(0 <= r["latency_s"] < 3.0 for r in records), max(r["latency_s"] for r in records)
     kinds = [e["type"] for e in events]
     assert "stalled" in kinds and "reconnected" in kinds and kinds.index("stalled") < kinds.index("reconnected")
     gap = next(e for e in events if e["type"] == "reconnected")
-    assert 2.0 <= gap["gap_s"] <= 5.0
+    assert 1.0 <= gap["gap_s"] <= 5.0   # the silence the reader saw (the sender had sent ahead of its pause)
     after = [r for r in records if r["wall_time"] > gap["wall_time"]]
     assert after and max(r["t"] for r in records) > 10.0            # scoring resumed after the stall
     assert events[-1]["type"] == "ended" and kinds[0] == "started"
@@ -77,7 +78,7 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
     predictor, run_steps = load_watch_predictor(xd_grid_run)
     port = _free_udp_port()
     url = f"udp://127.0.0.1:{port}"
-    plan = StreamPlan(seconds=12.0, seed=4, audio=False, size=(64, 48), pause=StreamPause(4.0, 3.0))
+    plan = StreamPlan(seconds=9.5, seed=4, audio=False, size=(64, 48), pause=StreamPause(3.0, 3.0))
     sender = threading.Thread(target=write_stream, args=(url, plan), daemon=True)
     buf = io.StringIO()
     stop = threading.Event()
@@ -85,7 +86,7 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
     watchdog = threading.Timer(40, stop.set)
     watchdog.start()
     try:
-        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=1.0, duration=10.5), EventHub(
+        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=1.0, duration=8.5), EventHub(
             [JsonLinesSink(buf)]), stop, run_steps=run_steps)
     finally:
         watchdog.cancel()
@@ -93,7 +94,7 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
     events = [json.loads(line) for line in buf.getvalue().splitlines()]
     kinds = [e["type"] for e in events]
     records = [e for e in events if e["type"] == "score"]
-    assert len(records) >= 6 and all(r["score"] is not None for r in records)
+    assert len(records) >= 5 and all(r["score"] is not None for r in records)
     assert "stalled" in kinds and "reconnected" in kinds, kinds
     reconnect = next(e for e in events if e["type"] == "reconnected")
     assert reconnect["reopened"] is True and reconnect["gap_s"] > 1.0
@@ -101,30 +102,14 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
     assert summary.sources[url].error is None
 
 
+
 @documents("make watch")
-def test_make_watch_and_serve_refused_beyond_loopback_without_token(xd_grid_run: Path, tmp_path: Path) -> None:
-    """``make watch`` runs the command on a file (as fast as it decodes); ``--serve`` on a
-    non-loopback address without a token exits 2 with the reason, before loading anything."""
-    from synth.live_stream import StreamPlan, write_stream
-
-    video = tmp_path / "cam.ts"
-    write_stream(str(video), StreamPlan(seconds=3.0, size=(64, 48)), realtime=False)
-    made = subprocess.run(["make", "-s", "watch", f"PY={sys.executable}", f"RUN={xd_grid_run}", f"SOURCE={video}",
-                           "WATCH_ARGS=--duration 2"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=_env())
-    assert made.returncode == 0, made.stderr[-2000:]
-    kinds = [json.loads(line)["type"] for line in made.stdout.splitlines()]
-    assert kinds[0] == "started" and kinds.count("score") >= 2 and kinds[-1] == "ended"
-    from click.testing import CliRunner
-
-    from cli import main
-
-    refused = CliRunner().invoke(main, ["watch", str(xd_grid_run), str(video), "--serve", "0.0.0.0:0"])
-    assert refused.exit_code == 2 and "--token" in refused.output
-
-
-def test_sigterm_ends_cleanly_with_every_output_flushed(xd_grid_run: Path, tmp_path: Path) -> None:
-    """SIGTERM while watching a paced file: exit 0 within a few seconds, every line
-    written is whole JSON, and the source's ``ended`` is the last line."""
+def test_make_watch_ends_cleanly_on_sigterm_and_serve_is_refused_beyond_loopback(xd_grid_run: Path,
+                                                                                  tmp_path: Path) -> None:
+    """``make watch`` on a file paced as a camera, stopped with SIGTERM (as a supervisor
+    stops it): every line written is whole JSON, ``ended`` is the last, and it stopped
+    early; ``--serve`` on a non-loopback address without a token exits 2 with the reason,
+    before loading anything."""
     import signal
     import time
 
@@ -133,22 +118,30 @@ def test_sigterm_ends_cleanly_with_every_output_flushed(xd_grid_run: Path, tmp_p
     video = tmp_path / "cam.ts"
     write_stream(str(video), StreamPlan(seconds=30.0, size=(64, 48)), realtime=False)
     out = tmp_path / "events.jsonl"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "watch", str(xd_grid_run), str(video), "--realtime",
-                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(["make", "-s", "watch", f"PY={sys.executable}", f"RUN={xd_grid_run}", f"SOURCE={video}",
+                             f"WATCH_ARGS=--realtime --out {out}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (out.exists() and '"score"' in out.read_text()):
+        deadline = time.monotonic() + 90
+        while not (out.exists() and out.read_text().count('"type": "score"') >= 2):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        os.killpg(proc.pid, signal.SIGTERM)       # make and the watch it runs, as a process group
+        proc.wait(timeout=15)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    assert "Traceback" not in proc.stderr.read()
     events = [json.loads(line) for line in out.read_text().splitlines()]   # whole lines only
     assert events[0]["type"] == "started" and events[-1]["type"] == "ended"
-    assert max(e["t"] for e in events if e["type"] == "score") < 25       # it stopped early, as asked
+    assert 2 <= sum(e["type"] == "score" for e in events) and max(e["t"] for e in events if e["type"] == "score") < 25
+    from click.testing import CliRunner
+
+    from cli import main
+
+    refused = CliRunner().invoke(main, ["watch", str(xd_grid_run), str(video), "--serve", "0.0.0.0:0"])
+    assert refused.exit_code == 2 and "--token" in refused.output
 
 
 def test_a_change_of_resolution_mid_stream_is_scored_through(xd_grid_run: Path, tmp_path: Path) -> None:
