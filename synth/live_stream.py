@@ -82,7 +82,7 @@ RESUME_MODES = ("clock", "hold")
 SAMPLE_RATES = (48000, 44100)
 AAC_FRAME = 1024                 # samples per AAC frame: audio is made and sent in these
 UDP_PACKET = 1316                # 7 TS packets of 188 bytes: whole TS packets per datagram
-_VIDEO_BITRATE_CRF = "23"
+_CRF = "23"
 _AUDIO_BITRATE = 64_000          # per channel
 # Ended states of a stream (StreamResult.ended).
 COMPLETE, SIGNALLED, STOPPED, READER_GONE = "complete", "signal", "stopped", "reader gone"
@@ -333,7 +333,7 @@ def _is_fifo(path: str) -> bool:
 # -- writing ------------------------------------------------------------------------------
 def _x264_options(plan: StreamPlan) -> dict[str, str]:
     g = plan.gop
-    return {"preset": "ultrafast", "tune": "zerolatency", "crf": _VIDEO_BITRATE_CRF,
+    return {"preset": "ultrafast", "tune": "zerolatency", "crf": _CRF,
             "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0:bframes=0"}
 
 
@@ -488,11 +488,13 @@ class _Signals:
 
 
 def _open(target: str | os.PathLike | IO[bytes]) -> tuple[str, Any]:
-    """(kind, what av.open writes to): ``pipe`` (a file object), ``udp`` (its URL) or
-    ``file`` (a path, written through a temporary name)."""
+    """(kind, what av.open writes to): ``pipe`` (a file object; ``"-"`` is standard
+    output), ``fifo`` (its path, opened for writing: that waits for a reader), ``udp``
+    (its URL) or ``file`` (a path, written through a temporary name)."""
     if not isinstance(target, (str, os.PathLike)):
         if not hasattr(target, "write"):
-            raise InvalidInput(f"stream target {target!r}: give a binary file object, '-', udp://127.0.0.1:PORT or a path")
+            raise InvalidInput(f"stream target {target!r}: give a binary file object, '-', "
+                               "udp://127.0.0.1:PORT or a path")
         return "pipe", target
     text = os.fspath(target)
     if text == "-":
@@ -516,8 +518,9 @@ def write_stream(target: str | os.PathLike | IO[bytes], plan: StreamPlan = Strea
     """Write ``plan`` as MPEG-TS to ``target`` (see the module doc) and return how it went.
 
     ``realtime=None``: in real time for a stream (a file object, ``"-"``, a FIFO, udp),
-    as fast as possible for a file. ``truth_path``: write :func:`stream_truth` there (JSON, atomically) before the first
-    packet, so a reader can read the answer while the stream runs. ``stop``: an event
+    as fast as possible for a file. ``truth_path``: write :func:`stream_truth` there
+    (JSON, atomically) before the first packet, so a reader can read the answer while
+    the stream runs. ``stop``: an event
     that ends the stream early (as SIGTERM does from the main thread). A reader that goes
     away ends it too (``ended == "reader gone"``), as a camera keeps no client. A file
     object is not closed (its owner closes it); standard output, once its reader is gone,
@@ -569,9 +572,9 @@ def write_stream(target: str | os.PathLike | IO[bytes], plan: StreamPlan = Strea
             logger.warning("%s: the stream ended early (%s); the file was not written", where, state["ended"])
     elif kind == "fifo":
         with open(where, "wb", buffering=0) as fifo:      # blocks until a reader opens it
-            _into_file_object(stream_into, fifo)
+            stream_into(_FlushingWriter(fifo))
     elif kind == "pipe":
-        _into_file_object(stream_into, where)
+        stream_into(_FlushingWriter(where))
         if state["ended"] == READER_GONE and where is sys.stdout.buffer:
             _silence_stdout()
     else:
@@ -588,10 +591,6 @@ def write_stream(target: str | os.PathLike | IO[bytes], plan: StreamPlan = Strea
 
 class _Incomplete(Exception):
     """A file stream that was stopped: its temporary is removed, not renamed."""
-
-
-def _into_file_object(stream_into, fileobj: IO[bytes]) -> None:
-    stream_into(_FlushingWriter(fileobj))
 
 
 def _silence_stdout() -> None:

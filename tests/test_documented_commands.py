@@ -279,6 +279,21 @@ def test_xd_violence_extract_and_detection(xd_standin: dict, tmp_path: Path) -> 
            "--fps", "24", "--gt-frames", "official"), "frame AP")
 
 
+@documents("cli.py synth-stream")
+def test_synth_stream_to_a_file(tmp_path: Path) -> None:
+    """docs/synthetic.md, "Live streams": the file form (as fast as possible), its truth;
+    a non-loopback udp target is refused with exit status 2 (tests/test_live_stream.py
+    streams in real time)."""
+    out, truth = tmp_path / "cam.ts", tmp_path / "cam.truth.json"
+    result = cli("synth-stream", "--out", out, "--seconds", "2", "--event-at", "0.5", "--event-seconds", "1",
+                 "--pause-at", "1.5", "--pause-seconds", "0.2", "--truth", truth)
+    ok(result, "stream complete: 43 frames")
+    assert out.stat().st_size > 0
+    assert json.loads(truth.read_text())["events"][0]["start"] == 0.5
+    refused = cli("synth-stream", "--out", "udp://192.0.2.1:5000")
+    assert refused.exit_code == 2 and "loopback only" in refused.output
+
+
 @documents("cli.py import-features")
 def test_import_released_features(tmp_path: Path) -> None:
     """docs/xd_violence.md, "From the released features": both formats as documented, on

@@ -282,3 +282,18 @@ def test_stdout_stream_stops_on_sigterm_and_on_a_closed_pipe() -> None:
     assert (4000 + len(tail)) % 188 == 0                      # whole TS packets up to the end
     assert gone.returncode == 0 and READER_GONE in err_gone, err_gone
     assert "Traceback" not in err_gone and "Exception ignored" not in err_gone, err_gone
+
+
+def test_fifo_target(tmp_path: Path) -> None:
+    """A FIFO path is a stream, not a file: opened for writing (no temporary, no rename)."""
+    fifo = tmp_path / "cam.fifo"
+    os.mkfifo(fifo)
+    done: dict = {}
+    sender = threading.Thread(target=lambda: done.update(r=write_stream(fifo, StreamPlan(seconds=2.0), realtime=False)),
+                              daemon=True)
+    sender.start()
+    with open(fifo, "rb", buffering=0) as f, av.open(f, format="mpegts") as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    sender.join(10)
+    assert frames == 48 and done["r"].ended == "complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.fifo"]
