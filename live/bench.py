@@ -22,10 +22,8 @@ so every row says which CPU it is from.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import threading
@@ -39,21 +37,21 @@ import numpy as np
 import torch
 
 from apply import Predictor
+from apply.efficiency import cpu_model
 from cache_schema import StepLayout, check_output_file, write_json
 from extract.audio_windows import AudioWindowing
 from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.frozen_model import cpu_has_native_bf16, read_cpu_flags, resolve_device, resolve_precision
-from extract.pipeline import worker_transform
 from synth.bench_clip import write_bench_clip
 from temporal.model import AnomalyModel
 
-from .assembler import Assembler, LiveUnit
+from .assembler import LiveUnit
 from .events import DROPPED_STEPS, Event, EventHub, ScoreRecord, StatusEvent
 from .scorer import LiveScorer
 from .sources import SourceReader, SourceSpec, parse_source
-from .watch import WatchConfig, audio_context, plan_for, run_watch
+from .watch import WatchConfig, assembler_factory, audio_context, frame_transform, plan_for, run_watch
 
-__all__ = ["LiveBenchConfig", "Setting", "cpu_model", "run_live_bench"]
+__all__ = ["LiveBenchConfig", "Setting", "run_live_bench"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,18 +114,6 @@ class LiveBenchConfig:
         return out
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            name, sep, value = line.partition(":")
-            if sep and name.strip().lower() in ("model name", "hardware", "cpu model"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -164,15 +150,9 @@ def collect_units(predictor: Predictor, path: Path, config: WatchConfig) -> tupl
     """The file's live units, cut by live's own reader and assembler (not paced), and the
     head's window in steps."""
     plan, window_steps = plan_for(predictor, RUN_STEPS, config, audio_context(predictor))
-    transform = worker_transform(predictor.video_backbone) if predictor.layout.grid \
-        else predictor.video_backbone.transform
     spec = parse_source(str(path))
     units: list[LiveUnit] = []
-
-    def make(segment: int, base: float, has_video: bool, track: Any) -> Assembler:
-        return Assembler(spec.name, dataclasses.replace(plan, base=base), transform, track, has_video,
-                         slack=config.slack, segment=segment)
-
+    make = assembler_factory(spec.name, plan, frame_transform(predictor), config)
     reader = SourceReader(spec, make, units.append, lambda event: None, threading.Event(),
                           stall_timeout=config.stall_timeout, grid_every=plan.every)
     reader.start()

@@ -38,7 +38,7 @@ from extract.probe import DecodeError, choose_streams, not_a_media_file, probe
 from .assembler import Assembler, LiveUnit
 from .events import ENDED, RECONNECTED, STALLED, STARTED, StatusEvent
 
-__all__ = ["PipeInput", "SourceReader", "SourceSpec", "parse_source"]
+__all__ = ["AssemblerFactory", "PipeInput", "SourceReader", "SourceSpec", "parse_source"]
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 from apply import Predictor, load_predictor
 from apply.predictor import PredictConfig
 from cache_schema import InvalidInput
+from extract.audio_windows import WINDOWING_STEP, AudioWindowing
 from extract.pipeline import worker_transform
 from temporal.rundir import RunDir
 
@@ -36,10 +37,10 @@ from .plans import GridPlan, UnitPlan, WindowPlan
 from .scheduler import Scheduler
 from .scorer import LiveScorer, ScoredUnit
 from .sinks import SnapshotWriter, jpeg_bytes
-from .sources import SourceReader, SourceSpec
+from .sources import AssemblerFactory, SourceReader, SourceSpec
 
-__all__ = ["DEFAULT_FIXED_WINDOW_S", "SourceSummary", "WatchConfig", "WatchSummary", "load_watch_predictor",
-           "run_watch"]
+__all__ = ["DEFAULT_FIXED_WINDOW_S", "SourceSummary", "WatchConfig", "WatchSummary", "assembler_factory",
+           "audio_context", "audio_windowing", "frame_transform", "load_watch_predictor", "plan_for", "run_watch"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +96,21 @@ class WatchSummary:
         return [name for name, s in self.sources.items() if s.error and not s.records]
 
 
+def audio_windowing(predictor: Predictor) -> AudioWindowing | None:
+    """The windowing the run's audio backbone was rebuilt with (from its cache's record);
+    None for a run that reads no audio."""
+    return getattr(predictor.audio_backbone, "windowing", None)
+
+
 def load_watch_predictor(rundir: str | Path, predict: PredictConfig = PredictConfig()) -> tuple[Predictor, int]:
     """The run's predictor and the number of steps its head was built for. A grid run
     whose audio features were computed over whole-clip windows (caches extracted before
     causal step windows) is refused: a live stream has no future to hear."""
     predictor = load_predictor(rundir, predict)
-    windows = (getattr(predictor.audio_backbone, "preprocessing", None) or {}).get("windows")
-    if predictor.layout.grid and windows not in (None, "causal_step"):
-        raise InvalidInput(f"{rundir}: its cache's audio features were computed over windows of the whole clip "
-                           f"({windows}), which hear each step's future; live audio has only the past. Re-extract "
+    windowing = audio_windowing(predictor)
+    if predictor.layout.grid and windowing is not None and windowing.mode != WINDOWING_STEP:
+        raise InvalidInput(f"{rundir}: its cache's audio features were computed over {windowing.describe()} of the "
+                           "whole clip, which hear each step's future; live audio has only the past. Re-extract "
                            "the cache with this version (grid caches use causal step windows, --audio-context) and "
                            "retrain, or train on --modality video")
     return predictor, int(RunDir(rundir).read_config().steps)
@@ -125,16 +132,32 @@ def plan_for(predictor: Predictor, run_steps: int, config: WatchConfig, context:
 
 def audio_context(predictor: Predictor) -> float:
     """Seconds of audio before a grid step that its features read (the cache's windowing)."""
-    pre = getattr(predictor.audio_backbone, "preprocessing", None) or {}
-    return float(pre.get("context_s", 0.0) or 0.0)
+    windowing = audio_windowing(predictor)
+    return float(windowing.context_s) if windowing is not None and windowing.mode == WINDOWING_STEP else 0.0
+
+
+def frame_transform(predictor: Predictor) -> Callable[[Any], Any]:
+    """What a chosen frame goes through: the transform its offline path uses (grid
+    extraction: the uint8 geometry, finished per mini-batch; ``predict --window``: the
+    whole transform)."""
+    return worker_transform(predictor.video_backbone) if predictor.layout.grid \
+        else predictor.video_backbone.transform
+
+
+def assembler_factory(name: str, plan: UnitPlan, transform: Callable[[Any], Any], config: WatchConfig,
+                      ) -> AssemblerFactory:
+    """A new ``Assembler`` per connection of source ``name``, its plan starting at ``base``."""
+    def make(segment: int, base: float, has_video: bool, track: Any) -> Assembler:
+        return Assembler(name, dataclasses.replace(plan, base=base), transform, track, has_video,
+                         slack=config.slack, segment=segment)
+    return make
 
 
 class _Loop:
     """The scoring loop's state: trackers, summaries, what is waiting to be published."""
 
-    def __init__(self, predictor: Predictor, scorer: LiveScorer, config: WatchConfig, hub: EventHub,
-                 names: Sequence[str]) -> None:
-        self.predictor, self.scorer, self.config, self.hub = predictor, scorer, config, hub
+    def __init__(self, predictor: Predictor, config: WatchConfig, hub: EventHub, names: Sequence[str]) -> None:
+        self.predictor, self.config, self.hub = predictor, config, hub
         self.trackers = {n: AlertTracker(n, config.alerts) for n in names}
         self.summary = WatchSummary({n: SourceSummary() for n in names})
         self.snapshots = SnapshotWriter(config.snapshots) if config.snapshots else None
@@ -209,23 +232,16 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
     plan, window_steps = plan_for(predictor, run_steps, config, audio_context(predictor))
     scorer = LiveScorer(predictor, window_steps)
     scheduler = Scheduler(config.depth)
-    loop = _Loop(predictor, scorer, config, hub, names)
-    transform = worker_transform(predictor.video_backbone) if predictor.layout.grid \
-        else predictor.video_backbone.transform  # each the transform its offline path uses
-
-    def factory(spec: SourceSpec) -> Any:
-        def make(segment: int, base: float, has_video: bool, track: Any) -> Assembler:
-            return Assembler(spec.name, dataclasses.replace(plan, base=base), transform, track, has_video,
-                             slack=config.slack, segment=segment)
-        return make
+    loop = _Loop(predictor, config, hub, names)
+    transform = frame_transform(predictor)
 
     def on_unit(spec: SourceSpec) -> Any:
         live = spec.kind != "file" or spec.realtime
         return lambda unit: scheduler.put(unit, block=not live, stop=stop)
 
-    readers = [SourceReader(spec, factory(spec), on_unit(spec), loop.status.put, stop,
-                            stall_timeout=config.stall_timeout, duration=config.duration, grid_every=plan.every,
-                            stdin=stdin) for spec in sources]
+    readers = [SourceReader(spec, assembler_factory(spec.name, plan, transform, config), on_unit(spec),
+                            loop.status.put, stop, stall_timeout=config.stall_timeout, duration=config.duration,
+                            grid_every=plan.every, stdin=stdin) for spec in sources]
     began = time.monotonic()
     for reader in readers:
         reader.start()

@@ -29,15 +29,12 @@ def events_of(buf: io.StringIO) -> list[dict]:
     return [json.loads(line) for line in buf.getvalue().splitlines()]
 
 
-def watch(predictor, sources, config: WatchConfig, run_steps: int = 200, sinks=()) -> tuple[list[dict], object]:
+def watch(predictor, sources, config: WatchConfig, run_steps: int = 200, sinks=(), realtime: bool = False,
+          ) -> tuple[list[dict], object]:
     buf = io.StringIO()
-    summary = run_watch(predictor, [parse_source(str(s), realtime=config_realtime.get(str(s), False))
-                                    for s in sources], config, EventHub([JsonLinesSink(buf), *sinks]),
-                        run_steps=run_steps)
+    summary = run_watch(predictor, [parse_source(str(s), realtime=realtime) for s in sources], config,
+                        EventHub([JsonLinesSink(buf), *sinks]), run_steps=run_steps)
     return events_of(buf), summary
-
-
-config_realtime: dict[str, bool] = {}
 
 
 # -- alerts -------------------------------------------------------------------------------
@@ -204,11 +201,7 @@ def test_slow_scoring_drops_whole_steps_and_latency_stays_bounded(grid_predictor
                        _SlowVideo(predictor.video_backbone, delay), predictor.audio_backbone,
                        normal=predictor.normal_class)
     video = _short_standin(tmp_path, 5.0)
-    config_realtime[str(video)] = True
-    try:
-        events, summary = watch(slowed, [video], WatchConfig(depth=1), run_steps)
-    finally:
-        config_realtime.pop(str(video))
+    events, summary = watch(slowed, [video], WatchConfig(depth=1), run_steps, realtime=True)
     records = [e for e in events if e["type"] == "score"]
     drops = [e for e in events if e["type"] == "dropped_steps"]
     assert drops and sum(d["count"] for d in drops) == drops[-1]["total"] == summary.sources[str(video)].dropped
