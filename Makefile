@@ -55,8 +55,12 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Two pytest workers (pytest-xdist): the live tests wait on real-time streams and the CLI
+# tests on subprocess start-up, so two workers finish in about 60 % of one's time even on
+# 2 cores. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 data: $(STAMP)
 ifeq ($(DATASET),synth)

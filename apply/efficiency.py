@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache_schema import SAMPLE_RATE, check_output_file, write_json, write_text
+from cache_schema import SAMPLE_RATE, check_output_file, cpu_model, write_json, write_text
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.decode import DecodedClip, decode_clip
 from extract.frozen_model import AUTO, resolve_precision
@@ -76,19 +76,6 @@ def default_targets() -> tuple[tuple[str, str], ...]:
         out.append(("cuda", "fp32"))
         out.append(("cuda", "bf16" if torch.cuda.is_bf16_supported() else "fp16"))
     return tuple(out)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows: benchmarks say
-    which CPU their figures are from, since this project's machines differ."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            name, sep, value = line.partition(":")
-            if sep and name.strip().lower() in ("model name", "hardware", "cpu model"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(device: str) -> str:

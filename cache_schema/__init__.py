@@ -16,6 +16,7 @@ from .identity import (
 from .info import cache_info, format_cache_info
 from .keys import key_from_relpath, media_path, relpath_from_key, storable_text
 from .preprocessing import AudioPreprocessing, Crop, Normalization, Resize, VideoPreprocessing
+from .machine import cpu_model
 from .processes import die_with_parent, spawned_worker_init
 from .lock import FileLock
 from .layout import StepLayout
@@ -48,7 +49,7 @@ __all__ = [
     "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path",
     "split_file_for", "check_output_file", "finite_json", "json_text", "replace_atomically", "temporary_path", "write_bytes", "write_json",
     "write_text", "optional_file", "die_with_parent", "spawned_worker_init", "key_from_relpath", "media_path",
-    "relpath_from_key", "storable_text", "FileLock",
+    "relpath_from_key", "storable_text", "FileLock", "cpu_model",
     "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
     "informational_differences",
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import platform
 import resource
 import tempfile
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from cache_schema import StepLayout, check_output_file, spawned_worker_init, write_json
+from cache_schema import StepLayout, check_output_file, cpu_model, spawned_worker_init, write_json
 from synth.bench_clip import write_bench_clip
 
 from .decode import decode_all_frames_sequentially, decode_clip
@@ -187,7 +186,7 @@ def run_grid_bench(out: Path, cfg: ExtractConfig) -> dict[str, Any]:
     check_output_file(out)
     with tempfile.TemporaryDirectory() as tmp:
         grid = measure_grid_video(Path(tmp), cfg)
-    result = {"cpu": platform.processor() or platform.machine(), "video_model": cfg.video_model,
+    result = {"cpu": cpu_model(), "video_model": cfg.video_model,
               "grid_600s_720p": grid,
               "targets": {"grid frames_decoded_over_minimum <= 1.05": grid["frames_decoded_over_minimum"] <= 1.05}}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +217,7 @@ def run_bench(out: Path, cfg: ExtractConfig, n_clips: int = 8, grid_video: bool 
             grid = measure_grid_video(work, cfg)
     result = {
         "device": cfg.device, "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(), "workers": cfg.workers, "batch_size": cfg.batch_size,
         "steps": cfg.steps, "video_model": cfg.video_model, "audio_model": cfg.audio_model,
         "weights": "untrained (random preset): compute figures only",

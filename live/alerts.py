@@ -12,7 +12,8 @@ A per-source state machine with hysteresis over *media* time:
   of the last step at or above the threshold, not the end of the cooldown.
 
 A gap in the stream (dropped steps, a stall) counts as time passing with no evidence;
-a source that ends closes its open alert. The alert's label is the class of its peak
+a source that ends, or stays silent for the cooldown (a dead camera), closes its open
+alert then. The alert's label is the class of its peak
 step; the peak's frame is kept for the snapshot.
 """
 
@@ -101,7 +102,7 @@ class AlertTracker:
         return events
 
     def finish(self, wall_time: float) -> list[tuple[AlertEvent, Any]]:
-        """The source ended: close an open alert."""
+        """The source ended or went silent for the cooldown: close an open alert."""
         if self._open is not None and self._open.started:
             return [self._end(wall_time)]
         self._open = None

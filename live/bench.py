@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from apply import Predictor
-from apply.efficiency import cpu_model
+from cache_schema import cpu_model
 from cache_schema import StepLayout, check_output_file, write_json
 from extract.audio_windows import AudioWindowing
 from extract.backbones import load_audio_backbone, load_video_backbone

@@ -146,6 +146,9 @@ class WebhookSink:
             event = self._queue.get()
             if event is None:
                 return
+            if self._stop.is_set():               # closed before it was sent
+                self.dropped += 1
+                continue
             for attempt in range(self.retries + 1):
                 try:
                     self._post(event)
@@ -159,14 +162,21 @@ class WebhookSink:
                         break
 
     def close(self, wait: float = 2.0) -> None:
-        """Deliver what is queued for up to ``wait`` seconds, then give up on the rest."""
+        """Deliver what is queued for up to ``wait`` seconds, then give up on the rest: a
+        receiver that does not answer must not hold up the end of the watch by its timeout."""
+        ended = time.monotonic() + wait
         try:
             self._queue.put(None, timeout=wait)
         except queue.Full:
             pass
-        self._thread.join(wait)
-        self._stop.set()
-        self._thread.join(self.timeout + 1)
+        self._thread.join(max(0.0, ended - time.monotonic()))
+        self._stop.set()                      # a retry's backoff wakes now and gives up
+        self._thread.join(0.5)                # the rest of the queue is counted as dropped
+        if self._thread.is_alive():           # a POST still waiting on the receiver (daemon thread)
+            left = 1 + sum(1 for item in list(self._queue.queue) if item is not None)
+            self.dropped += left
+            logger.warning("webhook %s: %d alert event(s) not delivered by the end (the receiver did not answer "
+                           "within %.1f s)", self.url, left, wait)
         if self.failed or self.dropped:
             logger.warning("webhook %s: %d delivered, %d failed, %d dropped", self.url, self.delivered, self.failed,
                            self.dropped)

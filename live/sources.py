@@ -90,7 +90,7 @@ def parse_source(text: str, realtime: bool = False) -> SourceSpec:
 
 class PipeInput:
     """Standard input (or any binary stream) read on a thread of its own, so that a writer
-    that stops is seen: after ``stall_timeout`` seconds without bytes ``on_stall()`` is
+    that stops is seen: once bytes have come, after ``stall_timeout`` seconds without more ``on_stall()`` is
     called once, and ``on_resume(gap_s)`` when bytes come again (``gap_s``: between the
     arrival of the last bytes before the stall and the first after it). ``read`` is what
     PyAV calls; it returns b"" (end of stream) at EOF or once ``stop`` is set."""
@@ -103,6 +103,7 @@ class PipeInput:
         self._stall_timeout, self._on_stall, self._on_resume = stall_timeout, on_stall, on_resume
         self._eof = False
         self._stalled = False
+        self._started = False                 # no bytes yet
         self._last_arrival = time.monotonic()
         self._thread = threading.Thread(target=self._pump, name="stdin-reader", daemon=True)
         self._thread.start()
@@ -132,7 +133,9 @@ class PipeInput:
             try:
                 data, arrived = self._chunks.get(timeout=0.2)
             except queue.Empty:
-                if not self._stalled and time.monotonic() - self._last_arrival >= self._stall_timeout:
+                # Before the first bytes the writer has not started: that is waiting, not a stall.
+                if (self._started and not self._stalled
+                        and time.monotonic() - self._last_arrival >= self._stall_timeout):
                     self._stalled = True
                     self._on_stall()
                 continue
@@ -142,7 +145,7 @@ class PipeInput:
             if self._stalled:
                 self._stalled = False
                 self._on_resume(arrived - self._last_arrival)
-            self._last_arrival = arrived
+            self._last_arrival, self._started = arrived, True
             self._buffer = data
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return out

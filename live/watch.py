@@ -32,7 +32,7 @@ from temporal.rundir import RunDir
 
 from .alerts import AlertConfig, AlertTracker
 from .assembler import Assembler
-from .events import DROPPED_STEPS, ENDED, EventHub, FrameEvent, ScoreRecord, StatusEvent
+from .events import DROPPED_STEPS, ENDED, RECONNECTED, STALLED, EventHub, FrameEvent, ScoreRecord, StatusEvent
 from .plans import GridPlan, UnitPlan, WindowPlan
 from .scheduler import Scheduler
 from .scorer import LiveScorer, ScoredUnit
@@ -163,6 +163,7 @@ class _Loop:
         self.snapshots = SnapshotWriter(config.snapshots) if config.snapshots else None
         self.status: queue.Queue[StatusEvent] = queue.Queue()
         self.held_end: dict[str, StatusEvent] = {}
+        self.silent_since: dict[str, float] = {}   # stalled sources: wall time their last packet came
         self.last_frame: dict[str, float] = {}
 
     def emit(self, scored: ScoredUnit) -> None:
@@ -203,12 +204,30 @@ class _Loop:
                 if event.detail.get("error"):
                     self.summary.sources[event.source].error = event.detail["error"]
             else:
+                if event.type == STALLED:   # a read waited stall_timeout for nothing, or the stream ended now
+                    waited = 0.0 if event.detail.get("reason") == "ended" else event.detail.get("stall_timeout_s", 0.0)
+                    self.silent_since[event.source] = event.wall_time - float(waited)
+                elif event.type == RECONNECTED:
+                    self.silent_since.pop(event.source, None)
                 self.hub.publish(event)
+        self.close_stalled_alerts(pending)
         for name in list(self.held_end):
             if pending is not None and not pending.get(name):
                 for alert, image in self.trackers[name].finish(time.time()):
                     self.alert(alert, image)
                 self.hub.publish(self.held_end.pop(name))
+
+    def close_stalled_alerts(self, pending: dict[str, int] | None) -> None:
+        """A source silent for the cooldown ends its open alert then, not when (if ever) it
+        comes back: a dead camera must not leave an alert open. Its queued steps go first."""
+        now = time.time()
+        for name, since in list(self.silent_since.items()):
+            if pending is None or pending.get(name) or now - since < self.config.alerts.cooldown:
+                continue
+            del self.silent_since[name]
+            if self.trackers[name].active:
+                for alert, image in self.trackers[name].finish(now):
+                    self.alert(alert, image)
 
     def drops(self, reports: dict[str, int], totals: dict[str, int]) -> None:
         for name, count in reports.items():
@@ -243,6 +262,7 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
                             loop.status.put, stop, stall_timeout=config.stall_timeout, duration=config.duration,
                             grid_every=plan.every, stdin=stdin) for spec in sources]
     began = time.monotonic()
+    logger.info("watching %s", ", ".join(names))   # loaded: sources are read from now on
     for reader in readers:
         reader.start()
     try:

@@ -8,7 +8,6 @@ figure is the wall time of one training epoch over all clips on this machine.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from cache_schema import (SAMPLE_RATE, BackboneInfo, CacheConfig, CacheWriter, ClipEntry, ClipRecord, check_output_file,
-                          write_json)
+                          cpu_model, write_json)
 
 from .data import CacheData, HeadInputs, load_cache
 from .train import TrainConfig, build_model, make_optimizer, torch_threads, train_epoch
@@ -90,7 +89,7 @@ def bench_train(out_json: str | Path | None = None, n_clips: int = 3000, steps: 
         "grid": [{"batch_size": r.config.batch_size, "threads": r.config.threads,
                   "seconds_per_epoch": statistics.median(r.times), "epoch_seconds": r.times} for r in runs],
         "cache_build_seconds": t_build, "cache_load_seconds": t_load, "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "machine": cpu_model(),
         "head_options": asdict(config).get("head_options"),
     }
     if out_json is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ from temporal.train import torch_threads
 # The test session is an entry point like cli.main: flush denormal floats once, at start-up
 # (untrained MobileViT is about ten times slower on CPU without it).
 torch.set_flush_denormal(True)
+
+# Under pytest-xdist (``make test`` runs two workers) the workers share the cores: each
+# takes its share of intra-op threads instead of every worker spinning one per core.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -63,6 +64,38 @@ def test_alerts_have_hysteresis() -> None:
     assert [e.type for e, _ in tracker.finish(time.time())] == ["alert_end"]
     with pytest.raises(InvalidInput, match="threshold"):
         AlertConfig(threshold=1.5)
+
+
+# -- standard input -------------------------------------------------------------------------
+
+def test_pipe_stalls_only_after_its_first_bytes() -> None:
+    """A pipe whose writer has not started yet is waiting, not stalled; once bytes have
+    come, a silence of ``stall_timeout`` is one stall, and the next bytes resume it with
+    the silence measured from the bytes' arrival."""
+    from live.sources import PipeInput
+
+    read_fd, write_fd = os.pipe()
+    stalls: list[float] = []
+    gaps: list[float] = []
+    with os.fdopen(read_fd, "rb", buffering=0) as stream:
+        pipe = PipeInput(stream, 0.3, threading.Event(), lambda: stalls.append(time.monotonic()), gaps.append)
+        got: list[bytes] = []
+        reading = threading.Thread(target=lambda: got.append(pipe.read(16)))
+        reading.start()
+        time.sleep(0.8)                       # no writer yet: more than twice the stall timeout
+        assert not stalls
+        os.write(write_fd, b"abc")
+        reading.join(5)
+        assert got == [b"abc"] and not stalls
+        reading = threading.Thread(target=lambda: got.append(pipe.read(16)))
+        reading.start()
+        time.sleep(0.8)                       # the writer stops
+        assert len(stalls) == 1
+        os.write(write_fd, b"de")
+        reading.join(5)
+        assert got[-1] == b"de" and len(gaps) == 1 and 0.7 <= gaps[0] < 3.0
+        os.close(write_fd)
+        assert pipe.read(16) == b""           # end of stream
 
 
 # -- plans ----------------------------------------------------------------------------------
@@ -242,7 +275,10 @@ def test_webhook_gets_alerts_and_a_dead_receiver_delays_nothing(grid_predictor, 
         alerts = [e for e in events if e["type"].startswith("alert_")]
         assert alerts and got == alerts                           # every alert event, in order, as JSON
         assert took < 25                                          # the dead receiver (30 s timeout) held up nothing
-        assert dead.delivered == 0
+        t0 = time.monotonic()
+        dead.close(wait=1.0)                                      # nor the end of the watch: given up, counted
+        assert time.monotonic() - t0 < 3.0
+        assert dead.delivered == 0 and dead.dropped + dead.failed == len(alerts)
     finally:
         server.shutdown()
         silent.close()

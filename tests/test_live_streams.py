@@ -40,19 +40,49 @@ def test_piped_stream_one_alert_at_the_event_and_a_stall(xd_grid_run: Path) -> N
     """Two processes and a pipe, as an operator runs it: exactly one alert starting within
     one step of the event, latency on every record, and a 3 s stop of the sender reported
     as stalled then reconnected, with scoring going on after it."""
-    writer = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "synth-stream", "--out", "-", "--seconds", "12.5",
-                               "--event-at", "4", "--event-seconds", "3", "--pause-at", "7.5", "--pause-seconds", "3",
-                               "--seed", "3", "--size", "64x48"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env())
+    # The sender starts once the watcher has loaded its run: a sender started first writes
+    # into a pipe nobody reads, falls behind its clock, and then sends its pause at once.
+    read_end, write_end = os.pipe()
+    watcher = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "watch", str(xd_grid_run), "-",
+                                "--stall-timeout", "1", "--threshold", "0.5", "--min-duration", "1",
+                                "--cooldown", "3", "--queue", "4"], stdin=read_end, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=_env())
+    os.close(read_end)
+    out: list[str] = []
+    err: list[str] = []
+    watching = threading.Event()
+
+    def drain_stderr() -> None:
+        for line in watcher.stderr:
+            err.append(line)
+            if "watching -" in line:
+                watching.set()
+
+    readers = [threading.Thread(target=drain_stderr, daemon=True),
+               threading.Thread(target=lambda: out.extend(watcher.stdout), daemon=True)]
+    for thread in readers:
+        thread.start()
+    writer = None
     try:
-        watcher = subprocess.run([sys.executable, str(ROOT / "cli.py"), "watch", str(xd_grid_run), "-",
-                                  "--stall-timeout", "1", "--threshold", "0.5", "--min-duration", "1",
-                                  "--cooldown", "3", "--queue", "4"], stdin=writer.stdout, capture_output=True, text=True,
-                                 timeout=120, env=_env())
+        assert watching.wait(120), "".join(err)[-3000:]
+        writer = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "synth-stream", "--out", "-",
+                                   "--seconds", "12.5", "--event-at", "4", "--event-seconds", "3", "--pause-at", "7.5",
+                                   "--pause-seconds", "3", "--seed", "3", "--size", "64x48"],
+                                  stdout=write_end, stderr=subprocess.DEVNULL, env=_env())
+        os.close(write_end)
+        write_end = -1
+        assert writer.wait(timeout=120) == 0
+        assert watcher.wait(timeout=60) == 0, "".join(err)[-3000:]
     finally:
-        writer.stdout.close()
-        writer.wait(timeout=30)
-    assert watcher.returncode == 0, watcher.stderr[-3000:]
-    events = [json.loads(line) for line in watcher.stdout.splitlines()]
+        if write_end >= 0:
+            os.close(write_end)
+        for proc in (writer, watcher):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for thread in readers:
+            thread.join(timeout=10)
+    events = [json.loads(line) for line in out]
     records = [e for e in events if e["type"] == "score"]
     starts = [e for e in events if e["type"] == "alert_start"]
     assert len(starts) == 1, [(e["type"], e.get("t")) for e in events if e["type"] != "score"]
@@ -71,14 +101,16 @@ def test_piped_stream_one_alert_at_the_event_and_a_stall(xd_grid_run: Path) -> N
 
 def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> None:
     """A camera with no audio over UDP: scored (audio masked as missing), and when the sender
-    stops for 3 s the source is reported stalled, reopened, and scored again."""
-    from live import load_watch_predictor
-    from synth.live_stream import StreamPause, StreamPlan, write_stream
+    stops for 3 s the source is reported stalled, reopened, and scored again. The alert open
+    when it went silent ends once the silence has lasted the cooldown, before it comes back."""
+    from live import AlertConfig, load_watch_predictor
+    from synth.live_stream import StreamEvent, StreamPause, StreamPlan, write_stream
 
     predictor, run_steps = load_watch_predictor(xd_grid_run)
     port = _free_udp_port()
     url = f"udp://127.0.0.1:{port}"
-    plan = StreamPlan(seconds=9.5, seed=4, audio=False, size=(64, 48), pause=StreamPause(3.0, 3.0))
+    plan = StreamPlan(seconds=10.5, seed=4, audio=False, size=(64, 48), event=StreamEvent(0.5, 4.0),
+                      pause=StreamPause(4.0, 3.0))
     sender = threading.Thread(target=write_stream, args=(url, plan), daemon=True)
     buf = io.StringIO()
     stop = threading.Event()
@@ -86,8 +118,9 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
     watchdog = threading.Timer(40, stop.set)
     watchdog.start()
     try:
-        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=1.0, duration=8.5), EventHub(
-            [JsonLinesSink(buf)]), stop, run_steps=run_steps)
+        alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=1.5)
+        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=1.0, duration=9.5, alerts=alerts),
+                            EventHub([JsonLinesSink(buf)]), stop, run_steps=run_steps)
     finally:
         watchdog.cancel()
         stop.set()
@@ -100,6 +133,9 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
     assert reconnect["reopened"] is True and reconnect["gap_s"] > 1.0
     assert any(r["wall_time"] > reconnect["wall_time"] for r in records)   # scored again after the reopen
     assert summary.sources[url].error is None
+    assert [e["type"] for e in events if e["type"].startswith("alert")] == ["alert_start", "alert_end"], kinds
+    end = next(e for e in events if e["type"] == "alert_end")
+    assert end["wall_time"] < reconnect["wall_time"] and end["t_end"] <= 4.0 + STEP, (end, reconnect)
 
 
 
@@ -180,12 +216,24 @@ def test_a_reader_that_goes_away_stops_the_watch(xd_grid_run: Path, tmp_path: Pa
     stop = threading.Event()
     sink = JsonLinesSink(writer, on_closed=stop.set)
     result: dict = {}
-    watcher = threading.Thread(target=lambda: result.update(summary=run_watch(
-        predictor, [parse_source(str(video), realtime=True)], WatchConfig(), EventHub([sink]), stop,
-        run_steps=run_steps)), daemon=True)
+
+    def watch() -> None:
+        try:
+            result["summary"] = run_watch(predictor, [parse_source(str(video), realtime=True)], WatchConfig(),
+                                          EventHub([sink]), stop, run_steps=run_steps)
+        except BaseException as exc:   # shown by the assertion below instead of a silent hang
+            result["error"] = exc
+            stop.set()
+            writer.close()
+
+    watcher = threading.Thread(target=watch, daemon=True)
     began = time.monotonic()
     watcher.start()
-    head = [reader.readline() for _ in range(3)]
+    head: list[str] = []
+    reading = threading.Thread(target=lambda: head.extend(reader.readline() for _ in range(3)), daemon=True)
+    reading.start()
+    reading.join(30)
+    assert len(head) == 3 and all(head), (head, result.get("error"))
     reader.close()                                           # the reader goes away
     watcher.join(15)
     assert not watcher.is_alive() and stop.is_set() and sink.closed_by_reader
