@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+# Containers without a clock of their own: FFmpeg numbers an MJPEG-over-HTTP camera's
+# frames at an assumed 25 fps, whatever the camera sends (often 5-15 fps), so their media
+# time is their arrival time instead.
+UNTIMED_FORMATS = frozenset({"mpjpeg", "mjpeg", "jpeg_pipe", "image2pipe"})
 
 
 @dataclass(frozen=True)
@@ -266,13 +270,20 @@ class SourceReader(threading.Thread):
         first_dts: float | None = None
         start_wall = time.monotonic()
         streams = [s for s in (video, audio) if s is not None]
+        untimed = bool(set(container.format.name.split(",")) & UNTIMED_FORMATS) and self.spec.kind != "file"
+        if untimed:
+            logger.info("%s: %s has no timestamps; media time is arrival time", self.spec.name, container.format.name)
+        arrival: float | None = None
         try:
             for packet in container.demux(streams):
                 if self.stop_event.is_set():
                     return False
                 wall = time.time()
                 stamp = packet.dts if packet.dts is not None else packet.pts
-                if origin is None and stamp is not None and packet.time_base is not None:
+                if untimed:
+                    arrival = time.monotonic()
+                    origin = arrival if origin is None else origin
+                elif origin is None and stamp is not None and packet.time_base is not None:
                     origin = float(stamp * packet.time_base)
                 if assembler is None:
                     if origin is None:
@@ -287,7 +298,7 @@ class SourceReader(threading.Thread):
                     if delay > 0 and self.stop_event.wait(delay):
                         return False
                     wall = time.time()
-                units = self._decode(packet, video, decoder, assembler, origin - base, wall)
+                units = self._decode(packet, video, decoder, assembler, origin - base, wall, arrival)
                 for unit in units:
                     self.on_unit(unit)
                 if self.duration is not None and self.media_t >= self.duration:
@@ -310,7 +321,9 @@ class SourceReader(threading.Thread):
         return self.spec.reconnects
 
     def _decode(self, packet: av.Packet, video: Any, decoder: AudioDecoder | None, assembler: Assembler,
-                origin: float, wall: float) -> list[LiveUnit]:
+                origin: float, wall: float, arrival: float | None = None) -> list[LiveUnit]:
+        """The units a packet completes; a frame's media time is its timestamp, or its
+        packet's ``arrival`` (monotonic seconds) for a container without timestamps."""
         units: list[LiveUnit] = []
         if video is not None and packet.stream_index == video.index:
             try:
@@ -321,7 +334,7 @@ class SourceReader(threading.Thread):
             for frame in frames:
                 if frame.pts is None:
                     continue
-                t = float(frame.pts * frame.time_base) - origin
+                t = (arrival if arrival is not None else float(frame.pts * frame.time_base)) - origin
                 if self.duration is not None and t >= self.duration:
                     self.media_t = max(self.media_t, t)   # the loop sees the end of --duration
                     break

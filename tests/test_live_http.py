@@ -1,0 +1,116 @@
+"""Live mode on ``http://`` cameras: an MJPEG camera (``multipart/x-mixed-replace``, what
+most IP cameras serve besides RTSP) from a real HTTP server on 127.0.0.1.
+
+MJPEG carries no timestamps: FFmpeg numbers its frames as if they came at 25 fps,
+whatever the camera sends. The camera here sends 12 frames a second, so a watch that
+trusted those numbers would run its media clock at half speed and put the event at the
+wrong time; live mode takes such a stream's arrival time as its media time."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from live import AlertConfig, EventHub, JsonLinesSink, WatchConfig, load_watch_predictor, parse_source, run_watch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+STEP = 0.6667
+CAMERA_FPS = 12
+
+
+def _jpeg_frames(tmp_path: Path, seconds: float, event: tuple[float, float]) -> list[bytes]:
+    """The stand-in's scene (64 x 48, a violent event at ``event``), every other frame of
+    its 24 fps as a JPEG: a 12 fps camera."""
+    from synth.live_stream import StreamEvent, StreamPlan, write_stream
+
+    media = tmp_path / "scene.ts"
+    write_stream(str(media), StreamPlan(seconds=seconds, seed=5, audio=False, size=(64, 48),
+                                        event=StreamEvent(*event)), realtime=False)
+    out = []
+    with av.open(str(media)) as container:
+        for k, frame in enumerate(container.decode(video=0)):
+            if k % 2 == 0:
+                buf = io.BytesIO()
+                frame.to_image().save(buf, "JPEG", quality=90)
+                out.append(buf.getvalue())
+    return out
+
+
+class _MjpegCamera(http.server.ThreadingHTTPServer):
+    """Serves ``/video`` as multipart JPEG at ``fps`` in real time, once per connection."""
+
+    daemon_threads = True
+
+    def __init__(self, frames: list[bytes], fps: float) -> None:
+        self.frames, self.fps = frames, fps
+        self.connections = 0
+        super().__init__(("127.0.0.1", 0), _MjpegHandler)
+
+
+class _MjpegHandler(http.server.BaseHTTPRequestHandler):
+    server: _MjpegCamera
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.server.connections += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        began = time.monotonic()
+        try:
+            for k, jpeg in enumerate(self.server.frames):
+                delay = began + k / self.server.fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                                 + jpeg + b"\r\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the watch stopped reading
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_mjpeg_camera_over_http_runs_on_its_arrival_clock(xd_grid_run: Path, tmp_path: Path) -> None:
+    """A 12 fps MJPEG camera with an event at 2-5 s: scored on a media clock that keeps
+    wall time (FFmpeg's own numbering would reach only 12/25 of it), with one alert
+    starting at the event, within a step and the arrival jitter."""
+    frames = _jpeg_frames(tmp_path, 8.0, (2.0, 5.0))
+    predictor, run_steps = load_watch_predictor(xd_grid_run)
+    camera = _MjpegCamera(frames, CAMERA_FPS)
+    threading.Thread(target=camera.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{camera.server_address[1]}/video"
+    buf, stop = io.StringIO(), threading.Event()
+    watchdog = threading.Timer(40, stop.set)
+    watchdog.start()
+    try:
+        alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=2.0)
+        began = time.monotonic()
+        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=2.0, duration=7.0, alerts=alerts),
+                            EventHub([JsonLinesSink(buf)]), stop, run_steps=run_steps)
+        took = time.monotonic() - began
+    finally:
+        watchdog.cancel()
+        stop.set()
+        camera.shutdown()
+        camera.server_close()
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    records = [e for e in events if e["type"] == "score"]
+    assert events[0]["type"] == "started" and events[-1]["type"] == "ended", [e["type"] for e in events]
+    assert summary.sources[url].error is None and camera.connections == 1
+    assert len(records) >= 8 and all(math.isfinite(r["score"]) for r in records)
+    # media time kept wall time: 7 s of media took about 7 s (not 7 x 25 / 12 = 14.6 s)
+    assert 6.0 <= took <= 10.0, took
+    assert max(r["t"] for r in records) >= 6.0
+    assert all(0 <= r["latency_s"] < 2.0 for r in records), max(r["latency_s"] for r in records)
+    starts = [e for e in events if e["type"] == "alert_start"]
+    assert len(starts) == 1, [(e["type"], e.get("t_start")) for e in events if e["type"] != "score"]
+    assert abs(starts[0]["t_start"] - 2.0) <= STEP + 0.3, starts[0]
