@@ -139,6 +139,43 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
 
 
 
+def test_a_dead_camera_beside_a_live_one_holds_up_nothing(xd_grid_run: Path) -> None:
+    """Two cameras in one watch: a UDP camera with an event at 2-5 s, and a tcp:// camera
+    that accepts the connection and never sends. The live one is scored as if alone
+    (latency bounded, one alert at the event); the dead one gives no record and still
+    ends when the watch is stopped."""
+    from live import AlertConfig, load_watch_predictor
+    from synth.live_stream import StreamEvent, StreamPlan, write_stream
+
+    predictor, run_steps = load_watch_predictor(xd_grid_run)
+    live_url = f"udp://127.0.0.1:{_free_udp_port()}"
+    plan = StreamPlan(seconds=7.0, seed=6, audio=False, size=(64, 48), event=StreamEvent(2.0, 5.0))
+    sender = threading.Thread(target=write_stream, args=(live_url, plan), daemon=True)
+    with socket.create_server(("127.0.0.1", 0)) as dead:        # the kernel accepts; nobody answers
+        dead_url = f"tcp://127.0.0.1:{dead.getsockname()[1]}"
+        buf, stop = io.StringIO(), threading.Event()
+        threading.Timer(0.3, sender.start).start()
+        stopper = threading.Timer(8.5, stop.set)                 # the sender ends at about 7.3 s
+        stopper.start()
+        try:
+            alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=2.0)
+            summary = run_watch(predictor, [parse_source(live_url), parse_source(dead_url)],
+                                WatchConfig(stall_timeout=1.0, alerts=alerts), EventHub([JsonLinesSink(buf)]), stop,
+                                run_steps=run_steps)
+        finally:
+            stopper.cancel()
+            stop.set()
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    records = [e for e in events if e["type"] == "score"]
+    assert records and {r["source"] for r in records} == {live_url}
+    assert max(r["t"] for r in records) >= 6.0 and summary.sources[live_url].records == len(records)
+    assert all(0 <= r["latency_s"] < 2.0 for r in records), max(r["latency_s"] for r in records)
+    starts = [e for e in events if e["type"] == "alert_start"]
+    assert len(starts) == 1 and starts[0]["source"] == live_url and abs(starts[0]["t_start"] - 2.0) <= STEP + 0.05
+    ended = [e["source"] for e in events if e["type"] == "ended"]
+    assert sorted(ended) == sorted([live_url, dead_url]), ended
+
+
 @documents("make watch")
 def test_make_watch_ends_cleanly_on_sigterm_and_serve_is_refused_beyond_loopback(xd_grid_run: Path,
                                                                                   tmp_path: Path) -> None:
