@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 
 from extract.audio_track import AudioTrack
+from extract.media_reader import FrameGroup
+from extract.probe import DecodeError
 from extract.orientation import Orientation
 
 from .plans import Unit, UnitPlan
@@ -54,6 +56,13 @@ class LiveUnit:
     arrived: float
     picture: Image.Image | None = None
     segment: int = 0            # which connection of the source (a reconnect starts a new one)
+
+
+def _small(image: Image.Image) -> Image.Image:
+    """The kept copy of a unit's frame: at most ``SNAPSHOT_WIDTH`` wide."""
+    w = min(SNAPSHOT_WIDTH, image.width)
+    return image if w == image.width else image.resize((w, max(1, round(image.height * w / image.width))),
+                                                       Image.Resampling.BILINEAR)
 
 
 @dataclass
@@ -115,11 +124,37 @@ class Assembler:
             self._open_until(self._audio_reached / self.audio.sample_rate)
         return self._complete(wall)
 
-    def finish(self, wall: float) -> list[LiveUnit]:
-        """The connection ended: units whose media all arrived go; the rest are incomplete."""
+    def finish(self, wall: float, end: float | None = None,
+               frames_at: Callable[[np.ndarray], FrameGroup] | None = None) -> list[LiveUnit]:
+        """The connection ended: units whose media all arrived go; the rest are incomplete.
+
+        For a file (``end``: its duration in media time, ``frames_at``: the offline
+        engine's nearest frames of the file, upright), the units after those are the
+        ones offline decoding gives the file's tail, the last cut at ``end``: their
+        frames are read again by that engine (a cut step's targets move, and the frames
+        nearest them have passed), their audio comes from the track."""
         out = self._complete(wall, final=True)
+        if end is not None:
+            left = set(self._pending)           # not handed on (a unit past _next never opened)
+            tail = [u for u in self.plan.last_units(min([*left, self._next]), end)
+                    if u.index in left or u.index >= self._next]
+            for unit in tail:
+                try:
+                    out.append(self._unit(self._reread(unit, frames_at, wall), wall))
+                except DecodeError as exc:   # the file's tail is damaged: its whole units stand
+                    logger.warning("%s: the file's last step cannot be read again (%s); not scored", self.source, exc)
+                    break
         self._pending.clear()
         return out
+
+    def _reread(self, unit: Unit, frames_at: Callable[[np.ndarray], FrameGroup] | None, wall: float) -> _Pending:
+        p = _Pending(unit, video_wall=wall, audio_wall=wall)
+        if self.has_video and frames_at is not None:
+            group = frames_at(unit.targets)
+            p.frames = [self.transform(img) if self.transform is not None else img for img in group.frames]
+            p.times = [float(t) for t in group.times]
+            p.picture = _small(group.frames[len(group.frames) // 2])
+        return p
 
     # -- bookkeeping
     def _open_until(self, t: float) -> None:
@@ -139,10 +174,7 @@ class Assembler:
             hit = (self.transform(image) if self.transform is not None else image, image)
             self._converted[id(frame)] = hit
         if slot == len(pending.unit.targets) // 2:
-            image = hit[1]
-            w = min(SNAPSHOT_WIDTH, image.width)
-            pending.picture = image if w == image.width else image.resize(
-                (w, max(1, round(image.height * w / image.width))), Image.Resampling.BILINEAR)
+            pending.picture = _small(hit[1])
         return hit[0]
 
     def _audio_ok(self, unit: Unit) -> bool:
@@ -168,8 +200,7 @@ class Assembler:
             del self._pending[index]
             out.append(self._unit(p, wall))
         if self.audio is not None:
-            lows = [p.unit.audio_lo for p in self._pending.values()] + [self.plan.unit(self._next).audio_lo]
-            self.audio.release(min(lows))
+            self.audio.release(min(self.plan.audio_floor(i) for i in [*self._pending, self._next]))
         return out
 
     def _unit(self, p: _Pending, wall: float) -> LiveUnit:

@@ -56,6 +56,17 @@ class UnitPlan:
         """The first unit whose span reaches past ``t`` (units before it are over)."""
         raise NotImplementedError
 
+    def audio_floor(self, index: int) -> int:
+        """The first sample unit ``index`` may read, whole or cut at a file's end (audio
+        before the lowest floor of the units still to come can be let go)."""
+        return self.unit(index).audio_lo
+
+    def last_units(self, first: int, end: float) -> list[Unit]:
+        """A file's units from index ``first`` on that offline decoding gives a file ending
+        at media time ``end`` (the last one cut at ``end``); none where the offline
+        arithmetic has no partial unit (sliding windows stop at the last whole one)."""
+        return []
+
 
 @dataclass(frozen=True)
 class GridPlan(UnitPlan):
@@ -68,15 +79,27 @@ class GridPlan(UnitPlan):
     def every(self) -> float:  # type: ignore[override]
         return self.layout.step_seconds
 
-    def unit(self, index: int) -> Unit:
+    def unit(self, index: int, end: float | None = None) -> Unit:
+        """Step ``index``; ``end``: cut it there (a file's last step ends at the file's end,
+        as ``StepLayout.segments`` cuts it)."""
         s = self.layout.step_seconds
-        bounds = np.array([[self.base + index * s, self.base + (index + 1) * s]])
+        stop = self.base + (index + 1) * s
+        bounds = np.array([[self.base + index * s, stop if end is None else min(stop, end)]])
         lo, hi = (int(x) for x in causal_step_windows(bounds, self.context, self.sample_rate)[0])
         return Unit(index, float(bounds[0, 0]), float(bounds[0, 1]), bounds,
                     self.layout.frame_times(bounds).reshape(-1), lo, hi)
 
     def first_needing(self, t: float) -> int:
         return max(0, math.floor((t - self.base) / self.layout.step_seconds))
+
+    def audio_floor(self, index: int) -> int:
+        # a step cut at a file's end ends earlier, so its causal window starts up to one
+        # step earlier than the whole step's
+        return self.unit(index).audio_lo - math.ceil(self.layout.step_seconds * self.sample_rate)
+
+    def last_units(self, first: int, end: float) -> list[Unit]:
+        count = self.layout.count(end - self.base) if end > self.base else 0
+        return [self.unit(i, end) for i in range(first, count)]
 
 
 @dataclass(frozen=True)

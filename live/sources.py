@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import av
+import numpy as np
 
 from cache_schema import SAMPLE_RATE, InvalidInput
 from extract.audio_track import AudioDecoder, AudioTrack
-from extract.probe import DecodeError, choose_streams, not_a_media_file, probe
+from extract.media_reader import FrameGroup, MediaReader
+from extract.probe import DecodeError, MediaInfo, choose_streams, not_a_media_file, probe
 
 from .assembler import Assembler, LiveUnit
 from .events import ENDED, RECONNECTED, STALLED, STARTED, StatusEvent
@@ -179,6 +181,7 @@ class SourceReader(threading.Thread):
         self.error: str | None = None
         self._stalled_at: float | None = None
         self._silent_since: float | None = None   # wall time the last packet came (the gap's start)
+        self._file_info: MediaInfo | None = None   # a file's probe: its clip start and duration
 
     # -- status
     def _status(self, kind: str, **detail: Any) -> None:
@@ -253,7 +256,8 @@ class SourceReader(threading.Thread):
         start (so that its steps are the offline extraction's), else the container's start
         time; None: the first packet's."""
         if self.spec.kind == "file":
-            return probe(self.spec.url).start
+            self._file_info = probe(self.spec.url)
+            return self._file_info.start
         return None  # a stream joined mid-way: its first packet (the container's start_time may lie before it)
 
     def _read(self, container: av.container.InputContainer, base: float) -> bool:
@@ -316,9 +320,23 @@ class SourceReader(threading.Thread):
                     self.on_unit(unit)
             return self.spec.reconnects
         if assembler is not None:
-            for unit in assembler.finish(time.time()):
+            if decoder is not None:             # the decoder's and resampler's last samples
+                decoder.finish()
+                for unit in assembler.audio_advanced(time.time()):
+                    self.on_unit(unit)
+            for unit in assembler.finish(time.time(), *self._file_tail()):
                 self.on_unit(unit)
         return self.spec.reconnects
+
+    def _file_tail(self) -> tuple[float | None, Callable[[np.ndarray], FrameGroup] | None]:
+        """A file that was read to its end: its duration and the offline engine's frame
+        reader, so that its last, partial step is the one offline extraction gives."""
+        info = self._file_info
+        if self.spec.kind != "file" or info is None:
+            return None, None
+        if self.duration is not None and info.duration > self.duration:
+            return None, None          # --duration stops it before its end
+        return info.duration, lambda targets: MediaReader(self.spec.url, info=info).frames_at(targets)
 
     def _decode(self, packet: av.Packet, video: Any, decoder: AudioDecoder | None, assembler: Assembler,
                 origin: float, wall: float, arrival: float | None = None) -> list[LiveUnit]:
