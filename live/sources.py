@@ -24,7 +24,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -157,6 +157,18 @@ class PipeInput:
         return out
 
 
+def _timed(packets: Iterator[av.Packet]) -> Iterator[tuple[av.Packet, float]]:
+    """Each packet with the seconds the demuxer took to return it (a network read's wait)."""
+    it = iter(packets)
+    while True:
+        asked = time.monotonic()
+        try:
+            packet = next(it)
+        except StopIteration:
+            return
+        yield packet, time.monotonic() - asked
+
+
 AssemblerFactory = Callable[[int, float, bool, AudioTrack | None], Assembler]
 """(segment, base media time, has video, audio track or None) -> a new assembler."""
 
@@ -187,9 +199,10 @@ class SourceReader(threading.Thread):
     def _status(self, kind: str, **detail: Any) -> None:
         self.on_status(StatusEvent(kind, self.spec.name, time.time(), self.media_t, detail))
 
-    def _stalled(self) -> None:
+    def _stalled(self, silent_for: float | None = None) -> None:
         self._stalled_at = time.time()
-        self._silent_since = self._stalled_at - self.stall_timeout  # a read waited that long for nothing
+        # a read waited that long for nothing (or silent_for: how long the last one waited)
+        self._silent_since = self._stalled_at - (self.stall_timeout if silent_for is None else silent_for)
         self._status(STALLED, stall_timeout_s=self.stall_timeout, reconnecting=self.spec.reconnects)
 
     def _resumed(self, gap_s: float) -> None:
@@ -279,7 +292,7 @@ class SourceReader(threading.Thread):
             logger.info("%s: %s has no timestamps; media time is arrival time", self.spec.name, container.format.name)
         arrival: float | None = None
         try:
-            for packet in container.demux(streams):
+            for packet, waited in _timed(container.demux(streams)):
                 if self.stop_event.is_set():
                     return False
                 wall = time.time()
@@ -307,6 +320,12 @@ class SourceReader(threading.Thread):
                     self.on_unit(unit)
                 if self.duration is not None and self.media_t >= self.duration:
                     return False
+                if waited >= self.stall_timeout and self.spec.reconnects:
+                    # PyAV's read timeout fired inside this read, and FFmpeg returned what its
+                    # parsers held instead of the error (RTSP does): the stream stalled, and
+                    # the next read would wait a second timeout before saying so.
+                    self._stalled(silent_for=waited)
+                    break
         except av.FFmpegError as exc:
             if self.stop_event.is_set():
                 return False
