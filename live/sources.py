@@ -300,7 +300,10 @@ class SourceReader(threading.Thread):
                 if untimed:
                     arrival = time.monotonic()
                     origin = arrival if origin is None else origin
-                elif origin is None and stamp is not None and packet.time_base is not None:
+                elif (origin is None and stamp is not None and packet.time_base is not None
+                      and (video is None or packet.stream_index == video.index)):
+                    # a stream's clock starts at its first video packet: audio the muxer held
+                    # back over a pause arrives first after a reconnect, stamped before it
                     origin = float(stamp * packet.time_base)
                 if assembler is None:
                     if origin is None:

@@ -401,7 +401,10 @@ class _Writer:
         """Encode the AAC frames that start before media time ``until`` and send their
         packets, except those whose time is ``lost`` to a pause. The encoder sees the
         whole track (no discontinuity to encode), and the packet of the last frame
-        before a pause leaves before it (AAC gives a frame's packet one frame later)."""
+        before a pause is encoded before it (AAC gives a frame's packet one frame later).
+        The muxer's interleaving may still hold the last audio packets over the pause and
+        send them first when it ends, stamped before it, as real muxers do (live mode
+        starts a reopened stream's clock at its first video packet for that reason)."""
         sr = self.plan.sample_rate
         while self.next_sample / sr < until:
             start, self.next_sample = self.next_sample, self.next_sample + AAC_FRAME

@@ -43,14 +43,15 @@ def _watch(rundir: Path, url: str, config: WatchConfig, watchdog_s: float = 40.0
 
 
 def test_rtsp_camera_alerts_at_the_event_and_is_reopened_one_timeout_after_it_stalls(xd_grid_run: Path) -> None:
-    """An RTSP camera without audio, an event at 1-3.5 s, and a 2.5 s stop of its sender
-    at 4 s: the session is set up over TCP (OPTIONS, DESCRIBE, SETUP, PLAY), every step
+    """An RTSP camera (H.264 and AAC), an event at 1-3.5 s, and a 2.5 s stop of its sender
+    at 4 s (the muxer holds its last audio packets over the stop and sends them first, stamped
+    before it: the reopened stream's clock must start at its first video packet): the session is set up over TCP (OPTIONS, DESCRIBE, SETUP, PLAY), every step
     is scored with a finite score and a bounded latency, one alert starts within a step of
     the event, and the stop is reported ``stalled`` one stall timeout after the last packet
     (not two: FFmpeg's RTSP demuxer answers the first timed-out read with the frame its
     parser held), then ``reconnected`` (a new RTSP session) with the silence as its gap,
     and scoring goes on after it on the camera's clock."""
-    plan = StreamPlan(seconds=9.0, seed=3, audio=False, size=(64, 48), event=StreamEvent(1.0, 3.5),
+    plan = StreamPlan(seconds=9.0, seed=3, audio=True, size=(64, 48), event=StreamEvent(1.0, 3.5),
                       pause=StreamPause(4.0, 2.5))
     with LoopbackRtspServer(plan) as cam:
         alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=1.5)
