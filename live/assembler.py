@@ -90,6 +90,7 @@ class Assembler:
         self._orientation: Orientation | None = None
         self.video_t = -np.inf             # media time of the newest frame
         self._audio_reached = 0            # samples
+        self.file_end: float | None = None  # a file's duration: a unit reaching past it waits for finish()
 
     # -- what came in
     def add_frame(self, t: float, frame: av.VideoFrame, wall: float) -> list[LiveUnit]:
@@ -144,6 +145,9 @@ class Assembler:
                 except DecodeError as exc:   # the file's tail is damaged: its whole units stand
                     logger.warning("%s: the file's last step cannot be read again (%s); not scored", self.source, exc)
                     break
+                except Exception:            # a bug, or the file went away: shown, and the watch goes on
+                    logger.exception("%s: the file's last step could not be built; not scored", self.source)
+                    break
         self._pending.clear()
         return out
 
@@ -197,6 +201,8 @@ class Assembler:
                 continue
             if final and not (video_ok and audio_ok):
                 continue  # the stream ended inside this unit: it is not a whole unit
+            if self.file_end is not None and p.unit.end > self.file_end + 1e-9:
+                continue  # a file's last step is cut at its end: finish(end=...) builds it
             del self._pending[index]
             out.append(self._unit(p, wall))
         if self.audio is not None:

@@ -120,6 +120,8 @@ class WebhookSink:
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
         self._queue: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=max_queue)
         self.delivered = self.failed = self.dropped = 0
+        self._counting = threading.Lock()     # the counts, against close() giving up at the same time
+        self._closed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self._thread.start()
@@ -146,24 +148,31 @@ class WebhookSink:
             event = self._queue.get()
             if event is None:
                 return
-            if self._stop.is_set():               # closed before it was sent
-                self.dropped += 1
-                continue
+            if self._stop.is_set():               # closing: not sent; close() counts the rest
+                with self._counting:
+                    if not self._closed:          # (once closed, close() counted this one as in flight)
+                        self.dropped += 1
+                return
             for attempt in range(self.retries + 1):
                 try:
                     self._post(event)
-                    self.delivered += 1
+                    outcome = "delivered"
                     break
                 except (urllib.error.URLError, OSError, ValueError) as exc:
                     if attempt == self.retries or self._stop.wait(self.backoff * 2 ** attempt):
-                        self.failed += 1
+                        outcome = "failed"
                         logger.warning("webhook %s: %s of alert %d not delivered after %d attempt(s): %s",
                                        self.url, event.type, event.alert_id, attempt + 1, exc)
                         break
+            with self._counting:
+                if self._closed:                 # close() gave up on this one and counted it
+                    return
+                setattr(self, outcome, getattr(self, outcome) + 1)
 
     def close(self, wait: float = 2.0) -> None:
         """Deliver what is queued for up to ``wait`` seconds, then give up on the rest: a
-        receiver that does not answer must not hold up the end of the watch by its timeout."""
+        receiver that does not answer must not hold up the end of the watch by its timeout.
+        What was not delivered by then is counted as dropped, once."""
         ended = time.monotonic() + wait
         try:
             self._queue.put(None, timeout=wait)
@@ -171,10 +180,18 @@ class WebhookSink:
             pass
         self._thread.join(max(0.0, ended - time.monotonic()))
         self._stop.set()                      # a retry's backoff wakes now and gives up
-        self._thread.join(0.5)                # the rest of the queue is counted as dropped
-        if self._thread.is_alive():           # a POST still waiting on the receiver (daemon thread)
-            left = 1 + sum(1 for item in list(self._queue.queue) if item is not None)
+        self._thread.join(0.5)
+        with self._counting:
+            self._closed = True
+            left = 1 if self._thread.is_alive() else 0   # a POST still waiting on the receiver (daemon thread)
+            while True:
+                try:
+                    left += self._queue.get_nowait() is not None
+                except queue.Empty:
+                    break
             self.dropped += left
+        self._queue.put_nowait(None)          # a thread still blocked on the queue ends
+        if left:
             logger.warning("webhook %s: %d alert event(s) not delivered by the end (the receiver did not answer "
                            "within %.1f s)", self.url, left, wait)
         if self.failed or self.dropped:

@@ -246,6 +246,9 @@ class SourceReader(threading.Thread):
                 if self._stalled_at is None:  # the stream ended (a camera rebooting): reopen
                     self._stalled_at = self._silent_since = time.time()   # its last packet came just now
                     self._status(STALLED, stall_timeout_s=self.stall_timeout, reason="ended", reconnecting=True)
+        except Exception as exc:   # a bug: its traceback is logged, the source ends with the error, the rest go on
+            self.error = f"{self.spec.name}: {type(exc).__name__}: {exc}"
+            logger.exception("%s: reading failed", self.spec.name)
         finally:
             self._status(ENDED, corrupt_packets=self.corrupt_packets, **({"error": self.error} if self.error else {}))
 
@@ -291,6 +294,7 @@ class SourceReader(threading.Thread):
         if untimed:
             logger.info("%s: %s has no timestamps; media time is arrival time", self.spec.name, container.format.name)
         arrival: float | None = None
+        stall_wait: float | None = None         # set when this connection stalled: how long it waited
         try:
             for packet, waited in _timed(container.demux(streams)):
                 if self.stop_event.is_set():
@@ -311,6 +315,8 @@ class SourceReader(threading.Thread):
                     if decoder is not None:
                         track = AudioTrack(decoder, origin - base, origin - base)
                     assembler = self.make_assembler(self.segments, base, video is not None, track)
+                    if self.spec.kind == "file" and self._file_info is not None:
+                        assembler.file_end = self._file_info.duration
                 if self.spec.realtime and stamp is not None and packet.time_base is not None:
                     at = float(stamp * packet.time_base)
                     first_dts = at if first_dts is None else first_dts
@@ -327,19 +333,21 @@ class SourceReader(threading.Thread):
                     # PyAV's read timeout fired inside this read, and FFmpeg returned what its
                     # parsers held instead of the error (RTSP does): the stream stalled, and
                     # the next read would wait a second timeout before saying so.
-                    self._stalled(silent_for=waited)
+                    stall_wait = waited
                     break
         except av.FFmpegError as exc:
             if self.stop_event.is_set():
                 return False
             if isinstance(exc, av.ExitError) or "Immediate exit" in str(exc) or "timed out" in str(exc).lower():
-                self._stalled()                 # the read waited longer than stall_timeout
+                stall_wait = self.stall_timeout   # the read waited longer than stall_timeout
             else:
                 logger.warning("%s: read failed (%s); %s", self.spec.name, exc,
                                "reopening" if self.spec.reconnects else "stopping")
             if assembler is not None:
                 for unit in assembler.finish(time.time()):
                     self.on_unit(unit)
+            if stall_wait is not None:            # after the connection's last units are queued
+                self._stalled(silent_for=stall_wait)
             return self.spec.reconnects
         if assembler is not None:
             if decoder is not None:             # the decoder's and resampler's last samples
@@ -348,6 +356,8 @@ class SourceReader(threading.Thread):
                     self.on_unit(unit)
             for unit in assembler.finish(time.time(), *self._file_tail()):
                 self.on_unit(unit)
+        if stall_wait is not None:
+            self._stalled(silent_for=stall_wait)
         return self.spec.reconnects
 
     def _file_tail(self) -> tuple[float | None, Callable[[np.ndarray], FrameGroup] | None]:

@@ -32,7 +32,7 @@ from temporal.rundir import RunDir
 
 from .alerts import AlertConfig, AlertTracker
 from .assembler import Assembler
-from .events import DROPPED_STEPS, ENDED, RECONNECTED, STALLED, EventHub, FrameEvent, ScoreRecord, StatusEvent
+from .events import DROPPED_STEPS, ENDED, STALLED, EventHub, FrameEvent, ScoreRecord, StatusEvent
 from .plans import GridPlan, UnitPlan, WindowPlan
 from .scheduler import Scheduler
 from .scorer import LiveScorer, ScoredUnit
@@ -174,6 +174,9 @@ class _Loop:
         record = ScoreRecord(u.source, u.unit.end, u.unit.start, now, latency, scored.label, scored.score,
                              {c: float(p) for c, p in zip(names, scored.probs)})
         self.hub.publish(record)
+        since = self.silent_since.get(u.source)
+        if since is not None and u.arrived > since:
+            del self.silent_since[u.source]   # media again (a reopen that brings none does not count)
         s = self.summary.sources[u.source]
         s.records += 1
         s.max_latency_s = max(s.max_latency_s, latency)
@@ -206,9 +209,8 @@ class _Loop:
             else:
                 if event.type == STALLED:   # a read waited stall_timeout for nothing, or the stream ended now
                     waited = 0.0 if event.detail.get("reason") == "ended" else event.detail.get("stall_timeout_s", 0.0)
-                    self.silent_since[event.source] = event.wall_time - float(waited)
-                elif event.type == RECONNECTED:
-                    self.silent_since.pop(event.source, None)
+                    # the first stall of a silence counts: a reopen that brings no media does not end it
+                    self.silent_since.setdefault(event.source, event.wall_time - float(waited))
                 self.hub.publish(event)
         self.close_stalled_alerts(pending)
         for name in list(self.held_end):

@@ -300,8 +300,10 @@ def test_fused_grid_run_matches_offline_extraction_with_and_without_audio(xd_gri
     predictor, run_steps = load_watch_predictor(xd_grid_fused_run)
     assert predictor.audio_backbone.preprocessing["windows"] == "causal_step"
     video = tmp_path / "cam.ts"
-    # 7.5 s: 11 whole steps and a last one cut at 7.5 s, whose frames and causal audio window move
-    write_stream(str(video), StreamPlan(seconds=7.5, seed=6, size=(64, 48), audio=audio,
+    # 7.9 s: 11 whole steps and a last one cut at 7.9 s, whose frame target (7.667 -> 7.617 s)
+    # and causal audio window move; without audio its whole-step target is met by a frame
+    # before the file ends, and it must still wait to be cut
+    write_stream(str(video), StreamPlan(seconds=7.9, seed=6, size=(64, 48), audio=audio,
                                         event=StreamEvent(3.0, 5.0, "B2")), realtime=False)
     clip = decode_clip(video, predictor.layout, frame_transform=worker_transform(predictor.video_backbone))
     record = predictor.feature_extractor.records([Decoded("x", clip=clip)], isolate_failures=False)[0]

@@ -118,7 +118,7 @@ def test_mjpeg_camera_over_http_runs_on_its_arrival_clock(xd_grid_run: Path, tmp
     # media time kept wall time: 7 s of media took about 7 s (not 7 x 25 / 12 = 14.6 s)
     assert 6.0 <= took <= 10.0, took
     assert max(r["t"] for r in records) >= 6.0
-    assert all(0 <= r["latency_s"] < 2.0 for r in records), max(r["latency_s"] for r in records)
+    assert all(0 <= r["latency_s"] < 3.0 for r in records), max(r["latency_s"] for r in records)
     starts = [e for e in events if e["type"] == "alert_start"]
     assert len(starts) == 1, [(e["type"], e.get("t_start")) for e in events if e["type"] != "score"]
     assert abs(starts[0]["t_start"] - 2.0) <= STEP + 0.3, starts[0]

@@ -76,7 +76,7 @@ def test_rtsp_camera_alerts_at_the_event_and_is_reopened_one_timeout_after_it_st
     stalled = next(e for e in events if e["type"] == "stalled")
     reconnected = next(e for e in events if e["type"] == "reconnected")
     assert kinds.index("stalled") < kinds.index("reconnected")
-    assert STALL <= stalled["wall_time"] - last_before <= STALL + 0.5, stalled["wall_time"] - last_before
+    assert STALL - 0.1 <= stalled["wall_time"] - last_before <= STALL + 0.5, stalled["wall_time"] - last_before
     assert reconnected["reopened"] is True and stalled["reconnecting"] is True
     assert abs(reconnected["gap_s"] - (first_after - last_before)) <= 0.5, (reconnected, first_after - last_before)
     after = [r for r in records if r["wall_time"] > reconnected["wall_time"]]

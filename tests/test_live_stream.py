@@ -159,10 +159,11 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_bound(port: int, timeout: float = 5.0) -> None:
-    """Wait until someone listens on udp ``port`` (FFmpeg's unicast socket is exclusive)."""
+def _wait_bound(port: int, got: dict, timeout: float = 20.0) -> None:
+    """Wait until someone listens on udp ``port`` (FFmpeg's unicast socket is exclusive);
+    ``got["error"]``: why the reader gave up, if it did."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while time.monotonic() < end and "error" not in got:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -171,7 +172,7 @@ def _wait_bound(port: int, timeout: float = 5.0) -> None:
                     return
                 raise
         time.sleep(0.02)
-    raise AssertionError(f"no reader bound udp port {port}")
+    raise AssertionError(f"no reader bound udp port {port}: {got.get('error', 'not in time')}")
 
 
 def test_udp_reader_receives_decodable_video_and_audio() -> None:
@@ -191,10 +192,12 @@ def test_udp_reader_receives_decodable_video_and_audio() -> None:
                             got["rate"] = frame.sample_rate
         except av.ExitError:            # the read timeout once the sender has stopped: the end
             pass
+        except Exception as exc:        # shown by _wait_bound's assertion
+            got["error"] = repr(exc)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    _wait_bound(port)
+    _wait_bound(port, got)
     result = write_stream(f"udp://127.0.0.1:{port}", StreamPlan(seconds=2.5, event=StreamEvent(1.0, 1.5, "G")))
     reader.join(10)
     assert not reader.is_alive()
