@@ -125,19 +125,18 @@ class Assembler:
             self._open_until(self._audio_reached / self.audio.sample_rate)
         return self._complete(wall)
 
-    def finish(self, wall: float, end: float | None = None,
-               frames_at: Callable[[np.ndarray], FrameGroup] | None = None) -> list[LiveUnit]:
+    def finish(self, wall: float, frames_at: Callable[[np.ndarray], FrameGroup] | None = None) -> list[LiveUnit]:
         """The connection ended: units whose media all arrived go; the rest are incomplete.
 
-        For a file (``end``: its duration in media time, ``frames_at``: the offline
-        engine's nearest frames of the file, upright), the units after those are the
-        ones offline decoding gives the file's tail, the last cut at ``end``: their
-        frames are read again by that engine (a cut step's targets move, and the frames
-        nearest them have passed), their audio comes from the track."""
+        For a file read to its end (``file_end`` set, ``frames_at``: the offline engine's
+        nearest frames of the file, upright), the units after those are the ones offline
+        decoding gives the file's tail, the last cut at ``file_end``: their frames are read
+        again by that engine (a cut step's targets move, and the frames nearest them have
+        passed), their audio comes from the track."""
         out = self._complete(wall, final=True)
-        if end is not None:
+        if self.file_end is not None and frames_at is not None:
             left = set(self._pending)           # not handed on (a unit past _next never opened)
-            tail = [u for u in self.plan.last_units(min([*left, self._next]), end)
+            tail = [u for u in self.plan.last_units(min([*left, self._next]), self.file_end)
                     if u.index in left or u.index >= self._next]
             for unit in tail:
                 try:
@@ -151,9 +150,9 @@ class Assembler:
         self._pending.clear()
         return out
 
-    def _reread(self, unit: Unit, frames_at: Callable[[np.ndarray], FrameGroup] | None, wall: float) -> _Pending:
+    def _reread(self, unit: Unit, frames_at: Callable[[np.ndarray], FrameGroup], wall: float) -> _Pending:
         p = _Pending(unit, video_wall=wall, audio_wall=wall)
-        if self.has_video and frames_at is not None:
+        if self.has_video:
             group = frames_at(unit.targets)
             p.frames = [self.transform(img) if self.transform is not None else img for img in group.frames]
             p.times = [float(t) for t in group.times]
@@ -202,7 +201,7 @@ class Assembler:
             if final and not (video_ok and audio_ok):
                 continue  # the stream ended inside this unit: it is not a whole unit
             if self.file_end is not None and p.unit.end > self.file_end + 1e-9:
-                continue  # a file's last step is cut at its end: finish(end=...) builds it
+                continue  # a file's last step is cut at its end: finish() builds it
             del self._pending[index]
             out.append(self._unit(p, wall))
         if self.audio is not None:

@@ -315,7 +315,7 @@ class SourceReader(threading.Thread):
                     if decoder is not None:
                         track = AudioTrack(decoder, origin - base, origin - base)
                     assembler = self.make_assembler(self.segments, base, video is not None, track)
-                    if self.spec.kind == "file" and self._file_info is not None:
+                    if self._file_info is not None:   # a file: its last step is cut at its end
                         assembler.file_end = self._file_info.duration
                 if self.spec.realtime and stamp is not None and packet.time_base is not None:
                     at = float(stamp * packet.time_base)
@@ -343,32 +343,27 @@ class SourceReader(threading.Thread):
             else:
                 logger.warning("%s: read failed (%s); %s", self.spec.name, exc,
                                "reopening" if self.spec.reconnects else "stopping")
-            if assembler is not None:
-                for unit in assembler.finish(time.time()):
-                    self.on_unit(unit)
-            if stall_wait is not None:            # after the connection's last units are queued
-                self._stalled(silent_for=stall_wait)
-            return self.spec.reconnects
+            read_to_end = False
+        else:
+            read_to_end = True
         if assembler is not None:
-            if decoder is not None:             # the decoder's and resampler's last samples
+            if read_to_end and decoder is not None:   # the decoder's and resampler's last samples
                 decoder.finish()
                 for unit in assembler.audio_advanced(time.time()):
                     self.on_unit(unit)
-            for unit in assembler.finish(time.time(), *self._file_tail()):
+            for unit in assembler.finish(time.time(), self._file_frames() if read_to_end else None):
                 self.on_unit(unit)
-        if stall_wait is not None:
+        if stall_wait is not None:                    # after the connection's last units are queued
             self._stalled(silent_for=stall_wait)
         return self.spec.reconnects
 
-    def _file_tail(self) -> tuple[float | None, Callable[[np.ndarray], FrameGroup] | None]:
-        """A file that was read to its end: its duration and the offline engine's frame
-        reader, so that its last, partial step is the one offline extraction gives."""
+    def _file_frames(self) -> Callable[[np.ndarray], FrameGroup] | None:
+        """For a file read to its end, the offline engine's frame reader, so that its last,
+        partial step is the one offline extraction gives; None for a stream."""
         info = self._file_info
-        if self.spec.kind != "file" or info is None:
-            return None, None
-        if self.duration is not None and info.duration > self.duration:
-            return None, None          # --duration stops it before its end
-        return info.duration, lambda targets: MediaReader(self.spec.url, info=info).frames_at(targets)
+        if info is None or (self.duration is not None and info.duration > self.duration):
+            return None                # a stream, or --duration stops the file before its end
+        return lambda targets: MediaReader(self.spec.url, info=info).frames_at(targets)
 
     def _decode(self, packet: av.Packet, video: Any, decoder: AudioDecoder | None, assembler: Assembler,
                 origin: float, wall: float, arrival: float | None = None) -> list[LiveUnit]:
