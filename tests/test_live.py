@@ -31,10 +31,22 @@ def events_of(buf: io.StringIO) -> list[dict]:
 
 
 def watch(predictor, sources, config: WatchConfig, run_steps: int = 200, sinks=(), realtime: bool = False,
-          ) -> tuple[list[dict], object]:
+          watchdog_s: float | None = None) -> tuple[list[dict], object]:
+    """``run_watch`` over ``sources`` (paths or URLs) into JSON lines; the events and the
+    summary. ``watchdog_s``: stop it after that many seconds of wall time (a stream that
+    may never end)."""
     buf = io.StringIO()
-    summary = run_watch(predictor, [parse_source(str(s), realtime=realtime) for s in sources], config,
-                        EventHub([JsonLinesSink(buf), *sinks]), run_steps=run_steps)
+    stop = threading.Event()
+    watchdog = threading.Timer(watchdog_s, stop.set) if watchdog_s is not None else None
+    if watchdog is not None:
+        watchdog.start()
+    try:
+        summary = run_watch(predictor, [parse_source(str(s), realtime=realtime) for s in sources], config,
+                            EventHub([JsonLinesSink(buf), *sinks]), stop, run_steps=run_steps)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        stop.set()
     return events_of(buf), summary
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import json
 import math
 import threading
 import time
@@ -22,7 +21,8 @@ from pathlib import Path
 import av
 import pytest
 
-from live import AlertConfig, EventHub, JsonLinesSink, WatchConfig, load_watch_predictor, parse_source, run_watch
+from live import AlertConfig, WatchConfig, load_watch_predictor
+from tests.test_live import watch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEP = 0.6667
@@ -96,21 +96,15 @@ def test_mjpeg_camera_over_http_runs_on_its_arrival_clock(xd_grid_run: Path, tmp
     camera = _MjpegCamera(frames, CAMERA_FPS)
     threading.Thread(target=camera.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{camera.server_address[1]}/video"
-    buf, stop = io.StringIO(), threading.Event()
-    watchdog = threading.Timer(40, stop.set)
-    watchdog.start()
     try:
         alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=2.0)
         began = time.monotonic()
-        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=2.0, duration=7.0, alerts=alerts),
-                            EventHub([JsonLinesSink(buf)]), stop, run_steps=run_steps)
+        events, summary = watch(predictor, [url], WatchConfig(stall_timeout=2.0, duration=7.0, alerts=alerts),
+                                run_steps, watchdog_s=40)
         took = time.monotonic() - began
     finally:
-        watchdog.cancel()
-        stop.set()
         camera.shutdown()
         camera.server_close()
-    events = [json.loads(line) for line in buf.getvalue().splitlines()]
     records = [e for e in events if e["type"] == "score"]
     assert events[0]["type"] == "started" and events[-1]["type"] == "ended", [e["type"] for e in events]
     assert summary.sources[url].error is None and camera.connections == 1
@@ -158,27 +152,22 @@ def test_live_hls_playlist_over_http_is_scored_as_it_grows(xd_grid_run: Path, tm
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(folder)))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    stop, published = threading.Event(), threading.Event()
+    published = threading.Event()
     publisher = threading.Thread(target=_publish_hls, args=(media, folder, published), daemon=True)
     publisher.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/cam.m3u8"
-    buf = io.StringIO()
-    watchdog = threading.Timer(40, stop.set)
-    watchdog.start()
     try:
         deadline = time.monotonic() + 10
         while not (folder / "cam.m3u8").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=2.0)
-        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=3.0, duration=6.5, alerts=alerts),
-                            EventHub([JsonLinesSink(buf)]), stop, run_steps=run_steps)
+        events, summary = watch(predictor, [url], WatchConfig(stall_timeout=3.0, duration=6.5, alerts=alerts),
+                                run_steps, watchdog_s=40)
     finally:
-        watchdog.cancel()
         published.set()
         publisher.join(10)
         server.shutdown()
         server.server_close()
-    events = [json.loads(line) for line in buf.getvalue().splitlines()]
     records = [e for e in events if e["type"] == "score"]
     assert events[0]["type"] == "started" and events[-1]["type"] == "ended", [e["type"] for e in events]
     assert summary.sources[url].error is None

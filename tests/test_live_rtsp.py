@@ -5,17 +5,16 @@ real-time writer). The run is the stand-in's MIL run on the snippet grid."""
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import threading
 from pathlib import Path
 
 import pytest
 
-from live import AlertConfig, EventHub, JsonLinesSink, WatchConfig, load_watch_predictor, parse_source, run_watch
+from live import AlertConfig, WatchConfig, load_watch_predictor
 from synth.live_stream import StreamEvent, StreamPause, StreamPlan
 from tests.loopback_rtsp import LoopbackRtspServer
+from tests.test_live import watch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEP = 0.6667
@@ -25,21 +24,13 @@ STALL = 1.0
 def _watch(rundir: Path, url: str, config: WatchConfig, watchdog_s: float = 40.0,
            during: threading.Timer | None = None) -> tuple[list[dict], object]:
     predictor, run_steps = load_watch_predictor(rundir)
-    buf = io.StringIO()
-    stop = threading.Event()
-    watchdog = threading.Timer(watchdog_s, stop.set)
-    watchdog.start()
     if during is not None:
         during.start()
     try:
-        summary = run_watch(predictor, [parse_source(url)], config, EventHub([JsonLinesSink(buf)]), stop,
-                            run_steps=run_steps)
+        return watch(predictor, [url], config, run_steps, watchdog_s=watchdog_s)
     finally:
-        watchdog.cancel()
         if during is not None:
             during.cancel()
-        stop.set()
-    return [json.loads(line) for line in buf.getvalue().splitlines()], summary
 
 
 def test_rtsp_camera_alerts_at_the_event_and_is_reopened_one_timeout_after_it_stalls(xd_grid_run: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from live import EventHub, JsonLinesSink, WatchConfig, parse_source, run_watch
 from tests.test_documented_commands import documents
+from tests.test_live import watch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,19 +113,10 @@ def test_udp_stream_without_audio_is_scored_and_reopened(xd_grid_run: Path) -> N
     plan = StreamPlan(seconds=10.5, seed=4, audio=False, size=(64, 48), event=StreamEvent(0.5, 4.0),
                       pause=StreamPause(4.0, 3.0))
     sender = threading.Thread(target=write_stream, args=(url, plan), daemon=True)
-    buf = io.StringIO()
-    stop = threading.Event()
     threading.Timer(0.3, sender.start).start()                       # the reader listens first
-    watchdog = threading.Timer(40, stop.set)
-    watchdog.start()
-    try:
-        alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=1.5)
-        summary = run_watch(predictor, [parse_source(url)], WatchConfig(stall_timeout=1.0, duration=9.5, alerts=alerts),
-                            EventHub([JsonLinesSink(buf)]), stop, run_steps=run_steps)
-    finally:
-        watchdog.cancel()
-        stop.set()
-    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=1.5)
+    events, summary = watch(predictor, [url], WatchConfig(stall_timeout=1.0, duration=9.5, alerts=alerts), run_steps,
+                            watchdog_s=40)
     kinds = [e["type"] for e in events]
     records = [e for e in events if e["type"] == "score"]
     assert len(records) >= 5 and all(r["score"] is not None for r in records)
@@ -153,19 +145,10 @@ def test_a_dead_camera_beside_a_live_one_holds_up_nothing(xd_grid_run: Path) -> 
     sender = threading.Thread(target=write_stream, args=(live_url, plan), daemon=True)
     with socket.create_server(("127.0.0.1", 0)) as dead:        # the kernel accepts; nobody answers
         dead_url = f"tcp://127.0.0.1:{dead.getsockname()[1]}"
-        buf, stop = io.StringIO(), threading.Event()
         threading.Timer(0.3, sender.start).start()
-        stopper = threading.Timer(8.5, stop.set)                 # the sender ends at about 7.3 s
-        stopper.start()
-        try:
-            alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=2.0)
-            summary = run_watch(predictor, [parse_source(live_url), parse_source(dead_url)],
-                                WatchConfig(stall_timeout=1.0, alerts=alerts), EventHub([JsonLinesSink(buf)]), stop,
-                                run_steps=run_steps)
-        finally:
-            stopper.cancel()
-            stop.set()
-    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+        alerts = AlertConfig(threshold=0.5, min_duration=1.0, cooldown=2.0)
+        events, summary = watch(predictor, [live_url, dead_url], WatchConfig(stall_timeout=1.0, alerts=alerts),
+                                run_steps, watchdog_s=8.5)                # the sender ends at about 7.3 s
     records = [e for e in events if e["type"] == "score"]
     assert records and {r["source"] for r in records} == {live_url}
     assert max(r["t"] for r in records) >= 6.0 and summary.sources[live_url].records == len(records)
