@@ -9,7 +9,6 @@ in a fraction of the time), does not pause (no gap) or buffers (frames arrive in
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -159,18 +158,24 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def _udp_bound(port: int) -> bool:
+    """Whether a socket is bound to udp ``port``, from the kernel's own table: probing by
+    binding the port would race the reader's bind (FFmpeg's unicast socket is exclusive)
+    and could make it fail with 'Address already in use'."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        local = line.split()[1]                    # "0100007F:DB84": address and port in hex
+        if int(local.rsplit(":", 1)[1], 16) == port:
+            return True
+    return False
+
+
 def _wait_bound(port: int, got: dict, timeout: float = 20.0) -> None:
-    """Wait until someone listens on udp ``port`` (FFmpeg's unicast socket is exclusive);
-    ``got["error"]``: why the reader gave up, if it did."""
+    """Wait until the reader listens on udp ``port``; ``got["error"]``: why the reader
+    gave up, if it did."""
     end = time.monotonic() + timeout
     while time.monotonic() < end and "error" not in got:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return
-                raise
+        if _udp_bound(port):
+            return
         time.sleep(0.02)
     raise AssertionError(f"no reader bound udp port {port}: {got.get('error', 'not in time')}")
 
