@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 from apply import Predictor
-from cache_schema import cpu_model
-from cache_schema import StepLayout, check_output_file, write_json
+from cache_schema import StepLayout, check_output_file, cpu_model, write_json
 from extract.audio_windows import AudioWindowing
 from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.frozen_model import cpu_has_native_bf16, read_cpu_flags, resolve_device, resolve_precision
