@@ -36,7 +36,7 @@ import torch
 from cache_schema import SAMPLE_RATE, check_output_file, cpu_model, write_json, write_text
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.decode import DecodedClip, decode_clip
-from extract.frozen_model import AUTO, resolve_precision
+from extract.backbones import AUTO, resolve_precision
 from extract.manifest import ManifestRow
 from extract.pipeline import Decoded, ExtractConfig, iter_decoded
 from synth.bench_clip import write_bench_clip
@@ -69,7 +69,7 @@ class BenchConfig:
 
 def default_targets() -> tuple[tuple[str, str], ...]:
     """(device, precision) pairs: the CPU at the precision ``auto`` picks for it (bf16 with
-    native bf16, else fp32: see ``extract.frozen_model.choose_precision``); on a GPU fp32
+    native bf16, else fp32: see ``extract.backbones.choose_precision``); on a GPU fp32
     and bf16 (fp16 where the GPU has no bf16)."""
     out = [("cpu", resolve_precision(AUTO, "cpu"))]
     if torch.cuda.is_available():

@@ -21,7 +21,7 @@ from PIL import Image
 from cache_schema import (SAMPLE_RATE, AvarError, BackboneInfo, CacheConfig, InvalidInput, backbone_differences,
                           informational_differences)
 from extract.backbones import AudioBackbone, AudioWindowing, VideoBackbone, load_audio_backbone, load_video_backbone
-from extract.frozen_model import resolve_device, resolve_precision
+from extract.backbones import resolve_device, resolve_precision
 from temporal.evaluate import load_run
 from temporal.metrics import resolve_normal_class
 from temporal.rundir import RunDir

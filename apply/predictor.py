@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from cache_schema import SAMPLE_RATE, AvarError, ClipRecord, InvalidInput, StepLayout
-from extract.frozen_model import autocast_context
+from extract.backbones import autocast_context
 from extract.decode import DecodeError, decode_clip
 from extract.pipeline import Decoded, FeatureExtractor, worker_transform
 from extract.windows import DecodedWindow, decode_windows, thumbnail

@@ -38,7 +38,7 @@ _WHERE = {
     "BackboneUnavailable": "backbones", "resolve_device": "backbones",
     "AudioWindowing": "audio_windows", "DEFAULT_AUDIO_CONTEXT_S": "audio_windows",
     "causal_step_windows": "audio_windows",
-    "autocast_context": "frozen_model",
+    "autocast_context": "backbones",
     "ExtractConfig": "pipeline", "ExtractSummary": "pipeline", "run_extract": "pipeline",
     "FeatureExtractor": "pipeline", "Decoded": "pipeline", "iter_decoded": "pipeline",
     "DistEnv": "distributed", "RankFailed": "distributed",

@@ -25,10 +25,10 @@ from cache_schema import StepLayout, check_output_file, cpu_model, spawned_worke
 from synth.bench_clip import write_bench_clip
 
 from .decode import decode_all_frames_sequentially, decode_clip
-from .frozen_model import resolve_device, resolve_precision
+from .backbones import resolve_device, resolve_precision
 from .manifest import Manifest, ManifestRow
 from .pipeline import Decoded, ExtractConfig, FeatureExtractor, load_extract_backbones, run_extract
-from .video_backbone import VideoTransform
+from .backbones import VideoTransform
 
 GRID_VIDEO_S = 600.0
 GRID_STEP_S = 0.6667  # XD-Violence's snippet: 16 frames at 24 fps

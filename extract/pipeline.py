@@ -41,7 +41,7 @@ from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone,
 from .decode import ClipTimeout, DecodedClip, DecodeError, decode_clip
 from .distributed import DistEnv, Group, RankFailed, plan_shards, process_group, rank_device
 from .manifest import Manifest, ManifestRow
-from .video_backbone import VideoTransform
+from .backbones import VideoTransform
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ExtractConfig:
     video_model: str = DEFAULT_VIDEO_MODEL
     audio_model: str = DEFAULT_AUDIO_MODEL
     device: str = "auto"
-    precision: str = "auto"  # resolved when the backbones load (extract.frozen_model.resolve_precision)
+    precision: str = "auto"  # resolved when the backbones load (extract.backbones.resolve_precision)
     batch_size: int = 8
     workers: int = 2
     # Seconds one clip's decoding (probe, frames, audio, in its worker) may take. The backbones

@@ -40,7 +40,7 @@ from apply import Predictor
 from cache_schema import StepLayout, check_output_file, cpu_model, write_json
 from extract.audio_windows import AudioWindowing
 from extract.backbones import load_audio_backbone, load_video_backbone
-from extract.frozen_model import cpu_has_native_bf16, read_cpu_flags, resolve_device, resolve_precision
+from extract.backbones import cpu_has_native_bf16, read_cpu_flags, resolve_device, resolve_precision
 from synth.bench_clip import write_bench_clip
 from temporal.model import AnomalyModel
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from cache_schema import SAMPLE_RATE, InvalidInput, StepLayout, backbone_differences
-from extract.audio_backbone import AudioBackbone, default_feature_extractor, tiny_wav2vec2_config
+from extract.backbones.hf_audio import AudioBackbone, default_feature_extractor, tiny_wav2vec2_config
 from extract.audio_windows import DEFAULT_AUDIO_CONTEXT_S, AudioWindowing, causal_step_windows
 from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.decode import decode_clip

@@ -20,7 +20,7 @@ from timm.data import create_transform, resolve_data_config
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from cache_schema import SAMPLE_RATE, VideoPreprocessing
-from extract.audio_backbone import AudioBackbone, default_feature_extractor, tiny_wav2vec2_config
+from extract.backbones.hf_audio import AudioBackbone, default_feature_extractor, tiny_wav2vec2_config
 from extract.audio_windows import FrameGeometry, normalize_like_wav2vec2, plan_windows, pool_frames_per_step
 from extract.backbones import BackboneUnavailable, load_audio_backbone, load_video_backbone
 

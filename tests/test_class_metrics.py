@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from cache_schema import InvalidInput
-from extract import frozen_model
+from extract.backbones import frozen as frozen_model
 from extract.backbones import load_video_backbone
-from extract.frozen_model import choose_precision, read_cpu_flags, resolve_precision
+from extract.backbones.frozen import choose_precision, read_cpu_flags, resolve_precision
 from temporal.compare import compare
 from temporal.evaluate import evaluate_run
 from temporal.metrics import classification_metrics, present_classes
@@ -124,7 +124,7 @@ def test_precision_auto_follows_the_cpu_flags(tmp_path: Path, caplog: pytest.Log
     assert resolve_precision("auto", "cpu", cpu_flags=read_cpu_flags(info)) == "bf16"
     # bf16 asked for on a CPU that emulates it: run as asked, one warning with the numbers and the fix
     monkeypatch.setattr(frozen_model, "_warned_slow_bf16", set())
-    with caplog.at_level(logging.WARNING, logger="extract.frozen_model"):
+    with caplog.at_level(logging.WARNING, logger="extract.backbones.frozen"):
         assert resolve_precision("bf16", "cpu", cpu_flags=epyc) == "bf16"
         assert resolve_precision("bf16", "cpu", cpu_flags=epyc) == "bf16"
         assert resolve_precision("bf16", "cpu", cpu_flags=read_cpu_flags(info)) == "bf16"

@@ -30,7 +30,7 @@ from torch import nn
 
 from cache_schema import VideoPreprocessing
 
-from .frozen_model import (
+from .frozen import (
     BackboneUnavailable,
     DescribedBackbone,
     autocast_context,

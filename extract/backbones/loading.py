@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .audio_backbone import (
+from .hf_audio import (
     DEFAULT_AUDIO_MODEL,
     DEFAULT_WINDOW_S,
     AudioBackbone,
@@ -26,9 +26,9 @@ from .audio_backbone import (
     default_feature_extractor,
     load_pretrained_audio_model,
 )
-from .audio_windows import DEFAULT_AUDIO_CONTEXT_S, AudioWindowing
-from .frozen_model import AUTO, BackboneUnavailable, resolve_device
-from .video_backbone import (
+from ..audio_windows import DEFAULT_AUDIO_CONTEXT_S, AudioWindowing
+from .frozen import AUTO, BackboneUnavailable, resolve_device
+from .timm_image import (
     DEFAULT_VIDEO_MODEL,
     VideoBackbone,
     build_random_video_model,
@@ -103,7 +103,7 @@ the demo give the same numbers on a CPU with native bf16 (AMX) as on one without
 
 def preset_precision(name: str, precision: str) -> str:
     """``precision`` for the backbone ``name``: ``auto`` is fp32 for ``FP32_PRESETS``, and
-    left to :func:`~extract.frozen_model.resolve_precision` otherwise."""
+    left to :func:`~extract.backbones.resolve_precision` otherwise."""
     return "fp32" if precision == AUTO and name in FP32_PRESETS else precision
 
 

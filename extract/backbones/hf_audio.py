@@ -52,7 +52,7 @@ from cache_schema.preprocessing import (
     WINDOWS_CONSECUTIVE,
 )
 
-from .audio_windows import (
+from ..audio_windows import (
     NORM_EPS,
     WINDOWING_CLIP,
     WINDOWING_STEP,
@@ -64,7 +64,7 @@ from .audio_windows import (
     plan_windows,
     pool_frames_per_step,
 )
-from .frozen_model import (
+from .frozen import (
     BackboneUnavailable,
     DescribedBackbone,
     autocast_context,
