@@ -56,6 +56,34 @@ def main(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _list_backbones(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from extract.backbones import list_backbones, measure_cost
+
+    click.echo(f"{'name':<24} {'modality':<8} {'dim':>5}  {'GFLOP':>7} {'ms':>8}  {'per':<10} {'licence':<22} "
+               "input; weights")
+    for entry in list_backbones():
+        cost = measure_cost(entry)
+        click.echo(f"{entry.name:<24} {entry.modality:<8} {entry.dim:>5}  {cost.gflop:>7.3f} {cost.ms:>8.1f}  "
+                   f"{entry.unit:<10} {entry.licence:<22} {entry.input}; {entry.weights}"
+                   + ("" if entry.pretrained else " (UNTRAINED)"))
+    click.echo("cost: this CPU, fp32, the architecture with untrained weights (the weights do not change it); "
+               "presets: " + ", ".join(f"{k} = {v[0]} + {v[1]}" for k, v in _presets().items()))
+    ctx.exit()
+
+
+def _presets() -> dict[str, tuple[str, str]]:
+    from extract.backbones import BACKBONE_PRESETS
+
+    return BACKBONE_PRESETS
+
+
+BACKBONE_PRESET_NAMES = ["pretrained", "lite", "random", "tiny"]
+"""``--backbones`` choices: the keys of ``extract.backbones.BACKBONE_PRESETS`` (written
+out so that ``--help`` does not import torch; tests/test_architecture.py checks them)."""
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write DIR/<class>/<clip>.<ext>.")
 @click.option("--clips-per-class", default=30, show_default=True, type=click.IntRange(1))
@@ -164,12 +192,17 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
                    "[default: 1].")
 @click.option("--format", "fmt", type=click.Choice(["zarr", "hdf5"]), default=None,
               help="Cache format [default: from the --out suffix, zarr unless .h5/.hdf5].")
-@click.option("--backbones", type=click.Choice(["pretrained", "random", "tiny"]), default="pretrained",
-              show_default=True, help="Preset for both models; --video-model/--audio-model override it.")
+@click.option("--backbones", type=click.Choice(BACKBONE_PRESET_NAMES), default="pretrained",
+              show_default=True, help="Preset for both models (pretrained: the paper's MobileViT-S + wav2vec2-base "
+                                      "from the hubs; lite: EfficientNet-Lite0 + YAMNet, no hub); "
+                                      "--video-model/--audio-model override it. See --list-backbones.")
 @click.option("--video-model", default=None,
-              help="timm name, checkpoint file or folder, or tiny/random [the preset's; pretrained: MobileViT-S].")
+              help="timm name, checkpoint file or folder, efficientnet_lite0, or tiny/random [the preset's].")
 @click.option("--audio-model", default=None,
-              help="HF audio model id or folder, or tiny/random [the preset's; pretrained: wav2vec2-base].")
+              help="HF audio model id or folder, yamnet or a YAMNet .tflite file, or tiny/random [the preset's].")
+@click.option("--list-backbones", is_flag=True, expose_value=False, is_eager=True, callback=_list_backbones,
+              help="Print every registered backbone (modality, dim, input, cost on this CPU, weights, licence), "
+                   "and exit.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)

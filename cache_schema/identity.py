@@ -12,7 +12,9 @@ Informational, compared only to warn:
   weights loaded from the hub or from a local copy give the same tensors, and the checksum
   already tells weights apart, so a renamed copy of the weights is the same backbone.
 * ``pretrained``: whether the loader took the weights for trained ones (a preset is not,
-  any file is). It says what the weights mean, not what they compute: the checksum fixes
+  any file is).
+* ``weights``: where the weights came from (package or file, its sha256, the licence);
+  a cache written before it was recorded has none, which is no difference. It says what the weights mean, not what they compute: the checksum fixes
   the tensors, and the cache keeps the flag it was created with.
 * ``preprocessing.library`` (the timm / transformers version) and
   ``preprocessing.pretrained_tag`` (timm's name of a weight set): provenance.
@@ -52,6 +54,7 @@ BACKBONE_FIELDS: dict[str, tuple[str, bool]] = {
     "preprocessing": ("preprocessing", True),
     "name": ("name", False),
     "pretrained": ("pretrained", False),
+    "weights": ("weights provenance", False),
 }
 INFORMATIONAL_PREPROCESSING = frozenset({"library", "pretrained_tag"})
 """Preprocessing fields (of either family) that describe where values came from."""
@@ -133,6 +136,12 @@ def _backbone_lines(kind: str, expected: BackboneLike, found: BackboneLike, side
     for field, (label, defines) in BACKBONE_FIELDS.items():
         if field == "preprocessing":
             out += _preprocessing_lines(f"{kind} {label}", a[field], b[field], sides, identity)
+        elif field == "weights":
+            # recorded on one side only (an older cache or run) is no difference; where the
+            # file lies differs from machine to machine and says nothing about the weights
+            x, y = ({k: v for k, v in side.get(field, {}).items() if k != "file"} for side in (a, b))
+            if not identity and x and y and x != y:
+                out.append(_line(f"{kind} {label}", x, y, sides))
         elif defines == identity and a[field] != b[field]:
             out.append(_line(f"{kind} {label}", a[field], b[field], sides, checksum=field == "checksum"))
     return out

@@ -72,9 +72,17 @@ class BackboneInfo:
     pretrained: bool
     dim: int
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
+    """Where the weights came from (``source``, ``file``, ``sha256`` of that file,
+    ``licence``, ``pretrained``): provenance, not identity (the ``checksum`` of the loaded
+    tensors is). Empty in caches written before it was recorded, and absent from their
+    ``to_dict()`` so that their records stay what they were."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["weights"]:
+            del d["weights"]
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "BackboneInfo":
@@ -86,6 +94,7 @@ class BackboneInfo:
             dim=int(d["dim"]),
             # preprocessing of caches written before it had named fields, in today's form
             preprocessing=upgrade_preprocessing(d.get("preprocessing", {})),
+            weights=dict(d.get("weights") or {}),
         )
 
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from cache_schema import SAMPLE_RATE, InvalidInput, StepLayout, backbone_differences
-from extract.backbones.hf_audio import AudioBackbone, default_feature_extractor, tiny_wav2vec2_config
+from extract.backbones.hf_audio import Wav2Vec2Backbone, default_feature_extractor, tiny_wav2vec2_config
 from extract.audio_windows import DEFAULT_AUDIO_CONTEXT_S, AudioWindowing, causal_step_windows
 from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.decode import decode_clip
@@ -176,7 +176,7 @@ def test_batching_never_changes_a_step_feature(encoder_norm: str) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Wav2Vec2Model(config)
-    backbone = AudioBackbone(model, default_feature_extractor(config), name="t", pretrained=False, batch_size=8,
+    backbone = Wav2Vec2Backbone(model, default_feature_extractor(config), name="t", pretrained=False, batch_size=8,
                              windowing="step", context_s=1.0)
     clips = [(_noise(3.3, seed=5), _grid(3.3, 0.5)), (_noise(2.2, seed=6) * 3, _grid(2.2, 0.5))]
     calls: list[tuple[int, ...]] = []

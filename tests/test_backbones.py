@@ -20,7 +20,7 @@ from timm.data import create_transform, resolve_data_config
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from cache_schema import SAMPLE_RATE, VideoPreprocessing
-from extract.backbones.hf_audio import AudioBackbone, default_feature_extractor, tiny_wav2vec2_config
+from extract.backbones.hf_audio import Wav2Vec2Backbone, default_feature_extractor, tiny_wav2vec2_config
 from extract.audio_windows import FrameGeometry, normalize_like_wav2vec2, plan_windows, pool_frames_per_step
 from extract.backbones import BackboneUnavailable, load_audio_backbone, load_video_backbone
 
@@ -166,7 +166,7 @@ def test_recorded_normalisation_follows_the_feature_extractor(tiny_audio) -> Non
     assert tiny_audio.preprocessing["sample_rate"] == SR and tiny_audio.preprocessing["min_window_samples"] == 400
     extractor = default_feature_extractor(tiny_audio.model.config)
     extractor.do_normalize = False
-    plain = AudioBackbone(tiny_audio.model, extractor, name="t", pretrained=False)
+    plain = Wav2Vec2Backbone(tiny_audio.model, extractor, name="t", pretrained=False)
     assert plain.preprocessing["normalize"] == {"kind": "none", "eps": None, "per": None}
 
 
@@ -203,7 +203,7 @@ def test_batching_clips_gives_the_same_features(encoder_norm: str) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Wav2Vec2Model(config)
-    backbone = AudioBackbone(
+    backbone = Wav2Vec2Backbone(
         model, default_feature_extractor(config), name="t", pretrained=False, window_s=1.0, batch_size=8
     )
     assert backbone.uses_attention_mask is (encoder_norm == "layer")

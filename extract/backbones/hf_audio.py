@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +56,12 @@ from ..audio_windows import (
     WINDOWING_STEP,
     AudioWindowing,
     FrameGeometry,
-    causal_step_windows,
     normalize_like_wav2vec2,
     pad_to_length,
-    plan_windows,
-    pool_frames_per_step,
 )
+from .audio_frames import AudioBackbone, AudioWindow
 from .frozen import (
     BackboneUnavailable,
-    DescribedBackbone,
     autocast_context,
     resolve_precision,
     freeze,
@@ -78,26 +73,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_AUDIO_MODEL = "facebook/wav2vec2-base"
 DEFAULT_WINDOW_S = 30.0
-
-AudioClip = tuple[np.ndarray, np.ndarray]
-"""(mono float32 16 kHz audio, step bounds [T, 2] in seconds of clip time). The audio is
-the whole clip, or (causal step windows) any part of it that holds every step's window:
-``embed``'s ``origins`` say which clip sample its first sample is."""
-
-
-@dataclass
-class _Window:
-    """One encoder input: ``source[lo:hi]`` (clip ``clip``'s audio array), normalised and
-    padded only when its batch runs, so that a long clip's many step windows are never all
-    copied at once."""
-
-    clip: int
-    start_sample: int  # clip sample of the window's first sample: where its frames lie in time
-    source: np.ndarray
-    lo: int
-    hi: int
-    length: int  # after padding to the receptive field: what decides who shares a batch
-    step: int = -1  # causal step windows: the step this window serves
 
 
 def tiny_wav2vec2_config() -> Wav2Vec2Config:
@@ -176,8 +151,9 @@ def load_pretrained_audio_model(
     return model, extractor
 
 
-class AudioBackbone(DescribedBackbone):
-    """A frozen wav2vec2-family encoder with windowing, bucketing and per-step pooling."""
+class Wav2Vec2Backbone(AudioBackbone):
+    """A frozen wav2vec2-family encoder: windows normalised as its feature extractor does,
+    batched only where batching cannot change a result (see the module doc)."""
 
     def __init__(
         self,
@@ -192,10 +168,12 @@ class AudioBackbone(DescribedBackbone):
         batch_size: int = 8,
         windowing: str = WINDOWING_CLIP,
         context_s: float | None = None,
+        weights: dict | None = None,
     ) -> None:
         """``windowing`` "clip" (consecutive ``window_s`` windows) or "step" (causal step
         windows reaching ``context_s`` seconds back, default ``DEFAULT_AUDIO_CONTEXT_S``;
-        ``window_s`` is then unused)."""
+        ``window_s`` is then unused). ``weights``: where the weights came from
+        (``WeightsProvenance.to_dict()``)."""
         config = model.config
         if not hasattr(model, "_get_feat_extract_output_lengths") or not hasattr(config, "conv_stride"):
             raise BackboneUnavailable(
@@ -212,6 +190,7 @@ class AudioBackbone(DescribedBackbone):
         self.windowing = AudioWindowing(windowing, context_s)
         self.name = name
         self.pretrained = pretrained
+        self.weights = dict(weights or {})
         self.device = device
         self.precision = resolve_precision(precision, device)  # auto: what this machine runs best
         self.batch_size = int(batch_size)
@@ -244,86 +223,16 @@ class AudioBackbone(DescribedBackbone):
         ).to_dict()
         self.model.to(device)
 
-    def embed(self, clips: Sequence[AudioClip], origins: Sequence[int] | None = None) -> list[np.ndarray]:
-        """Per clip: (audio, step_bounds [T, 2] s) -> features [T, D] float32.
-
-        ``origins[i]`` is the clip sample index of clip i's ``audio[0]`` (default 0: the
-        whole clip). With causal step windows the audio may be any part of the clip that
-        holds every step's window (live mode passes recent audio only) and the features
-        are bit-identical to those of the whole clip's audio; a window that begins before
-        the audio given is a ValueError. Clip windows need the whole clip (origin 0)."""
-        origins = [0] * len(clips) if origins is None else [int(o) for o in origins]
-        if len(origins) != len(clips):
-            raise ValueError(f"{len(origins)} origins for {len(clips)} clips")
-        audios = []
-        for index, (audio, _) in enumerate(clips):
-            audio = np.asarray(audio, dtype=np.float32)
-            if audio.ndim != 1:
-                raise ValueError(f"clip {index}: expected mono audio of shape [samples], got {audio.shape}")
-            audios.append(audio)
-        if self.windowing.mode == WINDOWING_STEP:
-            return self._embed_steps(audios, [bounds for _, bounds in clips], origins)
-        if any(origins):
-            raise ValueError("clip windows start at the clip's first sample: pass the whole clip's audio (origin 0)")
-        return self._embed_clips(audios, [bounds for _, bounds in clips])
-
-    def _window(self, clip: int, start_sample: int, source: np.ndarray, lo: int, hi: int, step: int = -1) -> _Window:
-        hi = min(max(hi, 0), source.shape[0])
-        lo = min(max(lo, 0), hi)
-        return _Window(clip, start_sample, source, lo, hi, max(hi - lo, self.geometry.receptive_field_samples), step)
-
-    def _input(self, window: _Window) -> np.ndarray:
+    def prepare(self, window: AudioWindow) -> np.ndarray:
         """The window as the encoder takes it: normalised, then padded to the receptive field."""
         piece = window.source[window.lo : window.hi]
         if self.do_normalize:
             piece = normalize_like_wav2vec2(piece)
         return pad_to_length(piece, self.geometry.receptive_field_samples)
 
-    def _embed_clips(self, audios: list[np.ndarray], bounds: list[np.ndarray]) -> list[np.ndarray]:
-        windows = [
-            self._window(index, start, audio, start, stop)
-            for index, audio in enumerate(audios)
-            for start, stop in plan_windows(audio.shape[0], self.window_samples)
-        ]
-        per_clip_times: dict[int, list[np.ndarray]] = defaultdict(list)
-        per_clip_frames: dict[int, list[np.ndarray]] = defaultdict(list)
-        frames: list[np.ndarray | None] = [None] * len(windows)
-        for i, window_frames in self._run_windows(windows):
-            frames[i] = window_frames
-        for window, window_frames in zip(windows, frames):
-            per_clip_times[window.clip].append(self.geometry.frame_times(window.start_sample, window_frames.shape[0]))
-            per_clip_frames[window.clip].append(window_frames)
-        return [
-            pool_frames_per_step(
-                np.concatenate(per_clip_times[index]), np.concatenate(per_clip_frames[index]), clip_bounds
-            )
-            for index, clip_bounds in enumerate(bounds)
-        ]
-
-    def _embed_steps(self, audios: list[np.ndarray], bounds: list[np.ndarray], origins: list[int]) -> list[np.ndarray]:
-        """Causal step windows: each step pooled from its own window's frames only."""
-        windows: list[_Window] = []
-        steps: list[np.ndarray] = []
-        for index, (audio, clip_bounds, origin) in enumerate(zip(audios, bounds, origins)):
-            clip_bounds = np.asarray(clip_bounds, dtype=np.float64).reshape(-1, 2)
-            steps.append(clip_bounds)
-            ranges = causal_step_windows(clip_bounds, float(self.windowing.context_s), SAMPLE_RATE)
-            if len(ranges) and int(ranges[:, 0].min()) < origin:
-                raise ValueError(
-                    f"clip {index}: a step window starts at clip sample {int(ranges[:, 0].min())}, before the "
-                    f"audio given (origin {origin}); keep {self.windowing.context_s:g} s before the first step"
-                )
-            windows += [self._window(index, int(lo), audio, int(lo) - origin, int(hi) - origin, step)
-                        for step, (lo, hi) in enumerate(ranges.tolist())]
-        out = [np.zeros((len(b), self.dim), dtype=np.float32) for b in steps]
-        for i, frames in self._run_windows(windows):
-            w = windows[i]
-            times = self.geometry.frame_times(w.start_sample, frames.shape[0])
-            out[w.clip][w.step] = pool_frames_per_step(times, frames, steps[w.clip][w.step : w.step + 1])[0]
-        return out
-
-    def _batches(self, windows: list[_Window]) -> list[list[int]]:
-        """Window indices grouped into forward passes that cannot change any window's result."""
+    def group(self, windows: list[AudioWindow]) -> list[list[int]]:
+        """GroupNorm encoders: only windows of one length share a batch; layer-norm ones
+        are padded with a mask, longest first."""
         if self.uses_attention_mask:
             order = sorted(range(len(windows)), key=lambda i: -windows[i].length)
             groups = [order]
@@ -334,25 +243,19 @@ class AudioBackbone(DescribedBackbone):
             groups = list(by_length.values())
         return [group[s : s + self.batch_size] for group in groups for s in range(0, len(group), self.batch_size)]
 
-    def _run_windows(self, windows: list[_Window]) -> Iterator[tuple[int, np.ndarray]]:
-        """(window index, its frames [F, D]) for every window, batch by batch: only one
-        batch's inputs and outputs are held at a time."""
-        for batch in self._batches(windows):
-            yield from zip(batch, self._run_batch([self._input(windows[i]) for i in batch]))
-
     @torch.inference_mode()
-    def _run_batch(self, audios: list[np.ndarray]) -> list[np.ndarray]:
-        lengths = [a.shape[0] for a in audios]
+    def run_batch(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        lengths = [a.shape[0] for a in inputs]
         longest = max(lengths)
-        inputs = np.zeros((len(audios), longest), dtype=np.float32)
-        for row, audio in enumerate(audios):
-            inputs[row, : lengths[row]] = audio
+        batch = np.zeros((len(inputs), longest), dtype=np.float32)
+        for row, audio in enumerate(inputs):
+            batch[row, : lengths[row]] = audio
         kwargs: dict[str, torch.Tensor] = {}
         if self.uses_attention_mask:
             mask = np.arange(longest)[None, :] < np.asarray(lengths)[:, None]
             kwargs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)
         with autocast_context(self.device, self.precision):
-            hidden = self.model(torch.from_numpy(inputs).to(self.device), **kwargs).last_hidden_state
+            hidden = self.model(torch.from_numpy(batch).to(self.device), **kwargs).last_hidden_state
         hidden = hidden.float().cpu().numpy()
         n_frames = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
-        return [hidden[row, : int(n_frames[row])] for row in range(len(audios))]
+        return [hidden[row, : int(n_frames[row])] for row in range(len(inputs))]

