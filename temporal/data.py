@@ -37,6 +37,7 @@ streams are stored as zeros, and zeros must never be read as real audio or video
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ from cache_schema import UNLABELLED, CacheConfig, InvalidInput, StepLayout, open
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("fused", "video", "audio")
+
+
+def modalities_of(modality: str) -> tuple[str, ...]:
+    """The streams a run of ``modality`` reads: ("video", "audio") for fused."""
+    return ("video", "audio") if modality == "fused" else (modality,)
 FUSIONS = ("early", "late")
 STREAMS = ("fused", "video", "audio")
 
@@ -303,10 +309,18 @@ class CacheData:
         index = {k: i for i, k in enumerate(self.keys.tolist())}
         return np.array([index[k] for k in keys if k in index], dtype=np.int64)
 
-    def pretrained_backbones(self) -> dict[str, Any]:
+    def pretrained_backbones(self, modalities: Sequence[str] = ("video", "audio")) -> dict[str, Any]:
+        """Whether the backbones were pretrained, and which ``untrained`` ones of those that
+        ``modalities`` read ("video", "audio"): a video-only run on a pretrained video
+        backbone beside an untrained audio one is not a run on untrained features. The
+        weights' provenance (source, sha256, licence) comes along for the run's record."""
         v, a = self.config.video, self.config.audio
+        used = {"video": v, "audio": a}
         return {"video": v.pretrained, "audio": a.pretrained, "both": v.pretrained and a.pretrained,
-                "video_backbone": v.name, "audio_backbone": a.name}
+                "video_backbone": v.name, "audio_backbone": a.name,
+                "untrained": [f"{m} {used[m].name}" for m in ("video", "audio") if m in modalities
+                              and not used[m].pretrained],
+                "weights": {m: b.weights for m, b in used.items() if b.weights}}
 
 
 def load_cache(path: str | Path) -> CacheData:

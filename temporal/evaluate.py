@@ -19,8 +19,8 @@ import torch
 from cache_schema import feature_identity_differences
 
 from .checkpoint import load_weights
-from .data import CacheData, Clips, RaggedClips, has_modality, step_batches
-from .metrics import classification_metrics, per_class_table, present_classes, resolve_normal_class
+from .data import CacheData, Clips, RaggedClips, has_modality, modalities_of, step_batches
+from .metrics import classification_metrics, per_class_table, present_classes, resolve_normal_class, untrained_note
 from .model import AnomalyModel
 from .plots import confusion_figure, save_figure
 from .rundir import RunConfig, RunDir, RunMismatch
@@ -206,7 +206,7 @@ def evaluate_run(rundir: str | Path, cache: str | Path | None = None, data: Cach
     keys = data.keys[all_rows].tolist()
     metrics.update({
         "head": t.head, "modality": t.modality, "fusion": t.fusion, "seed": t.seed,
-        "params": config.params, "pretrained_backbones": data.pretrained_backbones(),
+        "params": config.params, "pretrained_backbones": data.pretrained_backbones(modalities_of(t.modality)),
         "split": split.info, "cache": str(data.path),
         "n_test_without_stream": n_without,
         "test_without": {m: int((~has_modality(data.clips, m)[all_rows]).sum()) for m in ("video", "audio")},
@@ -218,8 +218,8 @@ def evaluate_run(rundir: str | Path, cache: str | Path | None = None, data: Cach
     })
     if write:
         run.write_metrics(metrics)
-        note = "" if metrics["pretrained_backbones"]["both"] else \
-            "\n\n> Features from UNTRAINED backbone weights: these numbers test the pipeline, not recognition.\n"
+        untrained = untrained_note(metrics["pretrained_backbones"])
+        note = f"\n\n> {untrained[0].upper()}{untrained[1:]}\n" if untrained else ""
         prior_note = f"; {n_without} test clips without {t.modality} data, predicted with the training class " \
             "prior" if n_without else ""
         run.write_per_class(

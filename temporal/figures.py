@@ -28,6 +28,7 @@ from cache_schema import MissingInput, open_cache
 
 from .compare import TABLE2_CSV
 from .evaluate import load_test_split, predict
+from .metrics import untrained_backbones
 from .plots import (DPI, confusion_figure, curves_figure, f1_figure, heatmap_figure, read_comparison,
                     save_figure)
 from .rundir import MissingRunFile, RunDir
@@ -43,8 +44,7 @@ def figure_file(out: str | Path, name: str) -> Path:
 
 
 def _untrained_note(metrics: dict[str, Any]) -> str:
-    pb = metrics.get("pretrained_backbones") or {}
-    return " (untrained backbones)" if pb and not pb.get("both") else ""
+    return " (untrained backbones)" if untrained_backbones(metrics.get("pretrained_backbones")) else ""
 
 
 def find_comparison(rundir: str | Path) -> Path | None:

@@ -161,10 +161,29 @@ def format_summary(metrics: dict[str, Any]) -> str:
     if isinstance(split, dict):
         lines.append(f"split: {split.get('kind')} (seed {split.get('seed')}, groups from "
                      f"{split.get('groups_source')}), sizes {split.get('sizes')}")
-    pb = metrics.get("pretrained_backbones", {})
-    if pb and not pb.get("both"):
-        lines.append("NOTE: features from UNTRAINED backbone weights: this tests the pipeline, not recognition.")
+    note = untrained_note(metrics.get("pretrained_backbones"))
+    if note:
+        lines.append(f"NOTE: {note}")
     return "\n".join(lines) or "no metrics"
+
+
+def untrained_backbones(pb: dict[str, Any] | None) -> list[str]:
+    """The untrained backbones a run read ("audio tiny"), from its ``pretrained_backbones``
+    record; a record from before it named them falls back to its "both" flag."""
+    if not pb:
+        return []
+    if "untrained" in pb:
+        return list(pb["untrained"])
+    return [] if pb.get("both") else [f"{m} {pb.get(f'{m}_backbone')}" for m in ("video", "audio")
+                                       if not pb.get(m)]
+
+
+def untrained_note(pb: dict[str, Any] | None) -> str:
+    """One sentence when a run's features came from UNTRAINED backbone weights, naming
+    them; empty when every backbone it read was pretrained."""
+    names = untrained_backbones(pb)
+    return f"features from UNTRAINED backbone weights ({', '.join(names)}): this tests the pipeline, " \
+        "not recognition." if names else ""
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -77,7 +77,8 @@ def test_run_directory_metrics_and_evaluate(cache: Path, tmp_path: Path) -> None
                 "confusion_matrix", "split"):
         assert key in m, key
     assert m["pretrained_backbones"] == {"video": False, "audio": False, "both": False, "video_backbone": "tiny",
-                                         "audio_backbone": "tiny"}
+                                         "audio_backbone": "tiny", "untrained": ["video tiny", "audio tiny"],
+                                         "weights": {}}
     assert m["params"] == sum(p.numel() for p in load_run(run)[0].parameters())
     assert set(m["per_class"]) == set(CLASSES) and m["n_test"] == sum(c["support"] for c in m["per_class"].values())
     assert m["split"]["kind"] == "stratified-group" and m["split"]["seed"] == 0 and m["split"]["groups_source"] == "cache"

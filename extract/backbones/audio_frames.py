@@ -117,9 +117,9 @@ class AudioBackbone(DescribedBackbone):
 
     def _embed_clips(self, audios: list[np.ndarray], bounds: list[np.ndarray]) -> list[np.ndarray]:
         windows = [
-            self._window(index, start, audio, start, stop + (self.lookahead_samples if stop < audio.shape[0] else 0))
+            self._window(index, start, audio, start, stop + self.lookahead_samples)
             for index, audio in enumerate(audios)
-            for start, stop in plan_windows(audio.shape[0], self.window_samples)
+            for start, stop in self._clip_windows(audio.shape[0])
         ]
         per_clip_times: dict[int, list[np.ndarray]] = defaultdict(list)
         per_clip_frames: dict[int, list[np.ndarray]] = defaultdict(list)
@@ -135,6 +135,14 @@ class AudioBackbone(DescribedBackbone):
             )
             for index, clip_bounds in enumerate(bounds)
         ]
+
+    def _clip_windows(self, n_samples: int) -> list[tuple[int, int]]:
+        """Consecutive windows; with a lookahead, a last window no longer than it is left
+        out, since the window before it read those samples already."""
+        ranges = plan_windows(n_samples, self.window_samples)
+        if self.lookahead_samples and len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] <= self.lookahead_samples:
+            ranges = ranges[:-1]
+        return ranges
 
     def _embed_steps(self, audios: list[np.ndarray], bounds: list[np.ndarray], origins: list[int]) -> list[np.ndarray]:
         """Causal step windows: each step pooled from its own window's frames only."""
