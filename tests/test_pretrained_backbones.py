@@ -214,7 +214,7 @@ def test_predict_and_watch_recognise_a_real_crying_baby(esc10_runs: dict[str, Pa
     done = cli("predict", str(run), str(clip), "--json", env=lite_env)
     (result,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert result["label"] == "baby_cry", result
-    watched = cli("watch", str(run), str(clip), env=lite_env)
+    watched = cli("watch", str(run), str(clip), "--window", "5", "--hop", "1", env=lite_env)
     records = [json.loads(line) for line in watched.stdout.splitlines() if line.startswith("{")]
     scored = [r for r in records if "label" in r and "probs" in r]
     assert scored and max(set(r["label"] for r in scored), key=[r["label"] for r in scored].count) == "baby_cry"
