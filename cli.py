@@ -393,8 +393,8 @@ def evaluate(rundir: Path, cache_path: Path | None, detection: bool, annotations
 @main.command()
 @click.option("--cache", "cache_path", required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder (tables, CSV, heat-map).")
-@click.option("--heads", default="mtcn,gru,bigru,lstm,bilstm,transformer", show_default=True,
-              help="Comma-separated head names.")
+@click.option("--heads", default="mtcn,gru,bigru,lstm,bilstm,transformer,linear", show_default=True,
+              help="Comma-separated head names: the paper's, then the `linear` baseline row.")
 @click.option("--modalities", default="audio,video,fused", show_default=True)
 @click.option("--seeds", "n_seeds", default=1, show_default=True, type=click.IntRange(1),
               help="Runs per cell: mean ± std over seeds SEED..SEED+N-1.")

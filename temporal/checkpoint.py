@@ -39,11 +39,23 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not path.exists():
         raise MissingRunFile(f"no checkpoint at {path}; was this run trained to the end? Train it with `cli.py train`")
     state = read_weights(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    no_normalisation = [k for k in missing if k.startswith("standardize.")]
+    if no_normalisation:
+        # The input normalisation is part of the model: scoring without it would feed the
+        # head raw features on another scale than the one it was trained on.
+        raise RunMismatch(f"{path} holds no input normalisation ({', '.join(no_normalisation)}), so its head cannot "
+                          "be given the features it was trained on; train the run again into a new --out")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunMismatch(f"{path} holds the weights of another model than its config.json describes ({first}); "
+        unexpected = [k for k in state if k not in expected]
+        detail = "; ".join(part for part in (
+            f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing else "",
+            f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}" if unexpected else "",
+        ) if part) or " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise RunMismatch(f"{path} holds the weights of another model than its config.json describes ({detail}); "
                           "train the run again into a new --out") from None
 
 

@@ -55,10 +55,11 @@ def write_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, fmt: str
 def write_class_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, separation: float = 1.5,
                       clips_per_group: int = 1, no_audio: tuple[int, ...] = (), no_video: tuple[int, ...] = (),
                       errors: tuple[int, ...] = (), fmt: str | None = None,
-                      present: tuple[int, ...] | None = None) -> list[str]:
+                      present: tuple[int, ...] | None = None, scale: float = 1.0, offset: float = 0.0) -> list[str]:
     """A learnable cache for stage-2 tests: clip ``i`` has label ``i % C`` (with
     ``present``: ``present[i % len(present)]``, the other classes get no clip) and features
-    around a per-class prototype (``separation`` apart, unit noise) in both streams.
+    around a per-class prototype (``separation`` apart, unit noise) in both streams, then
+    ``* scale + offset`` (the same clips on another scale, as real backbones give them).
     Consecutive clips of a class share a group (``clips_per_group`` of them, keys
     ``<class>/src<g>_<i>.mp4``, so the source id can also be recovered by a pattern). Rows
     in ``no_audio`` / ``no_video`` lack that stream; rows in ``errors`` failed extraction."""
@@ -78,8 +79,8 @@ def write_class_cache(path: Path, config: CacheConfig, n: int, seed: int = 0, se
         if i in errors:
             records.append(ClipRecord.failed(key, "synthetic failure"))
             continue
-        video = (proto_v[y] + rng.standard_normal((t, config.video.dim))).astype(np.float32)
-        audio = (proto_a[y] + rng.standard_normal((t, config.audio.dim))).astype(np.float32)
+        video = ((proto_v[y] + rng.standard_normal((t, config.video.dim))) * scale + offset).astype(np.float32)
+        audio = ((proto_a[y] + rng.standard_normal((t, config.audio.dim))) * scale + offset).astype(np.float32)
         records.append(ok_record(key, config, rng, video=video, audio=audio,
                                  video_mask=np.zeros(t, bool) if i in no_video else None,
                                  audio_mask=np.zeros(t, bool) if i in no_audio else None))

@@ -139,11 +139,11 @@ def test_cli_choices_are_the_librarys() -> None:
     import cli
     from extract.backbones import BACKBONE_PRESETS
     from extract.datasets import DATASET_NAMES
-    from temporal.heads import PAPER_HEADS
+    from temporal.heads import TABLE_HEADS
 
     def option(command: str, name: str):
         return next(p for p in cli.main.commands[command].params if p.name == name)
 
     assert tuple(option("extract", "dataset").type.choices) == DATASET_NAMES
     assert sorted(option("extract", "backbones").type.choices) == sorted(BACKBONE_PRESETS)
-    assert tuple(option("compare", "heads").default.split(",")) == PAPER_HEADS
+    assert tuple(option("compare", "heads").default.split(",")) == TABLE_HEADS

@@ -43,9 +43,12 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("head", [h for h in HEADS if h != "linear"])
 def test_every_head_overfits_a_tiny_cache(tmp_path: Path, head: str) -> None:
-    """Random features (no class structure): only memorising gives 100% train accuracy."""
+    """Random features (no class structure): only memorising gives 100% train accuracy.
+    The ``linear`` baseline is left out: a linear map of the 14-d mean feature cannot
+    shatter 16 random clips into 4 classes, and is not meant to (its own test is in
+    test_baseline_and_normalisation.py)."""
     write_class_cache(tmp_path / "tiny.zarr", make_config(classes=CLASSES), 16, separation=0.0)
     data = load_cache(tmp_path / "tiny.zarr")
     torch.manual_seed(0)

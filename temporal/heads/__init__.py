@@ -17,6 +17,7 @@ from torch import nn
 from cache_schema import InvalidInput
 
 from .base import HeadOutput, mean_probability_logits, masked_mean
+from .linear import LinearConfig, LinearHead
 from .mtcn import MTCN, MTCNConfig, layers_for_steps, receptive_field
 from .pool import PoolConfig, PoolHead
 from .recurrent import RecurrentConfig, RecurrentHead
@@ -43,9 +44,16 @@ HEADS: dict[str, HeadSpec] = {
     "bilstm": HeadSpec(RecurrentHead, RecurrentConfig, {"cell": "lstm", "bidirectional": True}, "bidirectional LSTM"),
     "transformer": HeadSpec(TransformerHead, TransformerConfig, {}, "Transformer encoder"),
     "pool": HeadSpec(PoolHead, PoolConfig, {}, "order-blind baseline: per-step MLP, mean of probabilities"),
+    "linear": HeadSpec(LinearHead, LinearConfig, {},
+                       "baseline: logistic regression on the standardised, mean-pooled step features"),
 }
 # The heads of the paper's Table 2, in its order.
 PAPER_HEADS: tuple[str, ...] = ("mtcn", "gru", "bigru", "lstm", "bilstm", "transformer")
+# The row every table is judged by (not in the paper): a head that does not beat a linear
+# probe on the clip's mean feature has learnt nothing the mean did not already hold.
+BASELINE_HEAD = "linear"
+# The rows `compare` trains by default: the paper's, then the baseline.
+TABLE_HEADS: tuple[str, ...] = (*PAPER_HEADS, BASELINE_HEAD)
 
 
 def list_heads() -> list[str]:
@@ -89,7 +97,7 @@ def _spec(name: str) -> HeadSpec:
 
 
 __all__ = [
-    "HEADS", "PAPER_HEADS", "HeadOutput", "HeadSpec", "MTCN", "MTCNConfig", "RecurrentHead", "RecurrentConfig",
+    "BASELINE_HEAD", "HEADS", "PAPER_HEADS", "TABLE_HEADS", "HeadOutput", "LinearHead", "LinearConfig", "HeadSpec", "MTCN", "MTCNConfig", "RecurrentHead", "RecurrentConfig",
     "TransformerHead", "TransformerConfig", "PoolHead", "PoolConfig", "count_parameters", "create_head",
     "describe_heads", "head_config", "mil_head_options", "layers_for_steps", "list_heads", "masked_mean", "mean_probability_logits",
     "receptive_field",
