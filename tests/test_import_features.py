@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from cache_schema import official_split_path, open_cache, validate
-from extract.released_features import (CROP_MEAN, ImportConfig, MissingFeatureFiles, ReleasedFeaturesError,
+from extract.datasets.released_features import (CROP_MEAN, ImportConfig, MissingFeatureFiles, ReleasedFeaturesError,
                                        RELEASED_FORMATS, import_features, read_released_lists, resolve_files,
                                        video_features)
 

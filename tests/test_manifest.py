@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cache_schema import InvalidInput, key_from_relpath, media_path, relpath_from_key, split_file_for
-from extract.manifest import VAAR_CLASSES, build_manifest
+from extract.datasets import VAAR_CLASSES, build_manifest
 
 
 def _touch(root: Path, rel: str) -> None:

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from cache_schema import CacheReader, InvalidInput, official_split_path
 from extract.datasets import prepare_dataset
-from extract.labelled import ManifestFileError
-from extract.manifest import build_manifest
+from extract.datasets import ManifestFileError
+from extract.datasets import build_manifest
 from tests.media_factory import write_clip
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -191,7 +191,7 @@ def test_symlinked_folders_files_and_loops(clips: dict, tmp_path: Path, caplog: 
     os.symlink(root / "fight", root / "fight" / "again")               # a loop
     os.symlink(root / "noFight", root / "zz-same")                     # the same folder twice
     os.symlink(tmp_path / "gone.mp4", root / "fight" / "dangling.mp4")  # a broken link
-    with caplog.at_level(logging.WARNING, logger="extract.manifest"):
+    with caplog.at_level(logging.WARNING, logger="extract.datasets.tree"):
         m = build_manifest("classes", root)
     assert [r.key for r in m.rows] == ["fight/c0.mp4", "fight/c1.mp4", "fight/linked.mp4",
                                        "noFight/c0.mp4", "noFight/c1.mp4"]

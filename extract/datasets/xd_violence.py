@@ -31,7 +31,8 @@ from pathlib import Path
 
 from cache_schema import InvalidInput, MissingInput, official_split_path, write_json
 
-from .manifest import MEDIA_SUFFIXES, Manifest, ManifestRow
+from .manifest import Manifest, ManifestRow
+from .tree import MEDIA_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

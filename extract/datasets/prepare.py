@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .distributed import DistEnv
+from ..distributed import DistEnv
 from .labelled import describe_labelled, write_own_split
-from .manifest import DATASETS, Manifest, build_manifest
+from .manifest import Manifest
+from .registry import build_manifest
 from .xd_violence import load_xd_violence
-
-DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 
 @dataclass(frozen=True)
@@ -46,4 +45,4 @@ def prepare_dataset(dataset: str, root: str | Path, out: str | Path, lists: str 
     return PreparedDataset(xd.manifest, f"{xd.describe()}\nofficial split -> {xd.write_official_split(out)}")
 
 
-__all__ = ["DATASET_NAMES", "PreparedDataset", "prepare_dataset"]
+__all__ = ["PreparedDataset", "prepare_dataset"]

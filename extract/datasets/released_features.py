@@ -30,7 +30,7 @@ The layouts, as read in the authors' repositories:
   scores the test rows at full length, ``np.repeat(.., 16)``). VadCLIP releases no audio.
 
 What the cache holds, per video (key: the video name, group: the name, as
-``extract.xd_violence`` leaves groups; label: the first code's class of seven):
+``xd_violence`` leaves groups; label: the first code's class of seven):
 
 * video: ``--crop mean`` (default) the mean of the crops the list names for the video (a
   video whose listed crops disagree in shape fails), ``--crop N`` the file
