@@ -65,7 +65,12 @@ class Clip:
 def _listed_once(text: str, line: int, root: Path, first: dict[str, int],
                  problems: list[str]) -> tuple[PurePosixPath, str] | None:
     """A row's relative path and key, or None with the problem noted: not a clean relative
-    path, or a path listed on an earlier line (``first`` maps keys to their first line)."""
+    path, one holding a control character (``names``), or a path listed on an earlier line
+    (``first`` maps keys to their first line)."""
+    problem = name_problem(text, "path (a clip's key)")
+    if problem is not None:
+        problems.append(f"line {line}: {problem}")
+        return None
     rel = _relative(text)
     if isinstance(rel, str):
         problems.append(f"line {line}: {rel}")
@@ -106,12 +111,18 @@ def _split_of(value: str) -> str | None:
 
 
 def _row_fields(row: TableRow, problems: list[str]) -> tuple[str, str, str] | None:
-    """label, group and split of a row; a bad split value is a problem."""
+    """label, group and split of a row; a bad split value, or a label or group holding a
+    control character (``names``), is a problem."""
+    label, group = row.values.get("label", ""), row.values.get("group", "")
+    problem = name_problem(label, "label") or name_problem(group, "group")
+    if problem is not None:
+        problems.append(f"line {row.line}: {problem}")
+        return None
     split = _split_of(row.values.get("split", ""))
     if split is None:
         problems.append(f"line {row.line}: split {row.values['split']!r} is not one of {sorted(SPLIT_NAMES)}")
         return None
-    return row.values.get("label", ""), row.values.get("group", ""), split
+    return label, group, split
 
 
 # -- the manifest dataset ---------------------------------------------------------------------
@@ -181,6 +192,11 @@ def classes_manifest(root: Path) -> Manifest:
         logger.warning("ignoring %d files outside a class folder and without a label in the metadata: %s%s",
                        len(unlabelled), unlabelled[:5], " ..." if len(unlabelled) > 5 else "")
     kept = [c for c in clips.values() if c.label]
+    bad = sorted({c.label for c in kept if name_problem(c.label, "label")})
+    if bad:  # metadata labels were checked with their lines: these are folder names
+        raise InvalidInput(f"{root}: the class folder {bad[0]!r} cannot be a label: "
+                           f"{name_problem(bad[0], 'label')}; rename the folder"
+                           + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     if not kept:
         raise MissingInput(f"no labelled media files under {root}: expected {root}/<label>/<clip> (or "
                            f"{root}/train/<label>/<clip>, ...), or a metadata.csv with file_name and label columns")

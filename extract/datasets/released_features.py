@@ -79,6 +79,7 @@ from cache_schema import (SAMPLE_RATE, STATUS_OK, BackboneInfo, CacheConfig, Cac
 from cache_schema.lock import CacheLock
 
 from .manifest import Manifest, ManifestRow
+from .names import name_problem
 from .xd_violence import (ANNOTATIONS_FILE, DATASET, SPLITS, XD_CLASSES, XDListError, XDLists, XDVideo, XDViolence,
                           default_lists_dir, label_codes, parse_entry)
 
@@ -256,6 +257,9 @@ def _parsed(entry: str, path: Path, line: int, audio: bool = False) -> tuple[str
             raise ReleasedFeaturesError(f"{path}, line {line}: {base!r} is not a VGGish file "
                                         f"<name>{AUDIO_FILE_SUFFIX}.npy")
         base = stem[: -len(AUDIO_FILE_SUFFIX)]
+    problem = name_problem(base, "file name (a video's key)")
+    if problem is not None:
+        raise ReleasedFeaturesError(f"{path}, line {line}: {problem}")
     try:
         parsed = parse_entry(base)
     except XDListError as exc:
