@@ -80,6 +80,7 @@ from cache_schema.lock import CacheLock
 
 from .manifest import Manifest, ManifestRow
 from .names import name_problem
+from .npy import NpyError, npy_header, read_npy
 from .xd_violence import (ANNOTATIONS_FILE, DATASET, SPLITS, XD_CLASSES, XDListError, XDLists, XDVideo, XDViolence,
                           default_lists_dir, label_codes, parse_entry)
 
@@ -444,8 +445,10 @@ class UnusableFeatures(ReleasedFeaturesError):
 
 def _load(path: Path, dim: int | None) -> np.ndarray:
     try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+        a = read_npy(path)  # its header checked against the file's size first: never a MemoryError
+    except NpyError as exc:
+        raise UnusableFeatures(str(exc)) from None
+    except OSError as exc:
         raise UnusableFeatures(f"{path} is not a readable .npy array ({exc})") from None
     if a.ndim != 2 or a.shape[0] < 1 or a.dtype.kind not in "fiu":
         raise UnusableFeatures(f"{path} holds a {a.dtype} array of shape {a.shape}; expected [snippets, dim] numbers")
@@ -505,12 +508,12 @@ def _dims(found: Sequence[ResolvedVideo]) -> tuple[int, int | None]:
     """(video dim, audio dim) from the first video whose files read (headers only)."""
     for r in found:
         try:
-            v = np.load(r.crops[0], mmap_mode="r", allow_pickle=False)
-            a = None if r.audio is None else np.load(r.audio, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+            v = npy_header(r.crops[0])[0]
+            a = None if r.audio is None else npy_header(r.audio)[0]
+        except (OSError, NpyError):
             continue
-        if v.ndim == 2 and (a is None or a.ndim == 2):
-            return int(v.shape[1]), (None if a is None else int(a.shape[1]))
+        if len(v) == 2 and (a is None or len(a) == 2):
+            return int(v[1]), (None if a is None else int(a[1]))
     raise ReleasedFeaturesError("none of the listed feature files is a readable [snippets, dim] .npy array; "
                                 "check --root and --format")
 
