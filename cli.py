@@ -263,7 +263,7 @@ def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | 
 def import_features(release: str, root: Path, lists: Path | None, out: Path, crop: str, strict: bool,
                     fmt: str | None, feature_dtype: str, retry_errors: bool, chunk_clips: int) -> None:
     """Stage 1 from released XD-Violence snippet features: a time-grid cache and its official split."""
-    from extract.released_features import ImportConfig, import_features as run_import
+    from extract.datasets import ImportConfig, import_features as run_import
 
     cfg = ImportConfig(release, crop=crop, strict=strict, feature_dtype=feature_dtype, fmt=fmt,
                        chunk_clips=chunk_clips, retry_errors=retry_errors)

@@ -37,7 +37,7 @@ from cache_schema import SAMPLE_RATE, check_output_file, cpu_model, write_json, 
 from extract.backbones import AudioBackbone, VideoBackbone, load_audio_backbone, load_video_backbone
 from extract.decode import DecodedClip, decode_clip
 from extract.backbones import AUTO, resolve_precision
-from extract.manifest import ManifestRow
+from extract.datasets import ManifestRow
 from extract.pipeline import Decoded, ExtractConfig, iter_decoded
 from synth.bench_clip import write_bench_clip
 from temporal.model import AnomalyModel

@@ -5,8 +5,12 @@ POSIX names are bytes; the cache stores keys as UTF-8 text. A name that is not v
 UTF-8 (``caf\\xe9.mp4`` written by a Latin-1 tool) has no text form, so its undecodable
 bytes are written as ``\\xHH``. To keep that reversible, a backslash of the name that
 would otherwise read as the start of an escape (one followed by ``x`` or by another
-backslash, or by an escaped byte) is doubled. Every other name, which is nearly every
-name, is its own key, so caches made before this rule keep their keys.
+backslash, or by an escaped byte) is doubled. A control character (a line break, a tab,
+an escape; Unicode categories Cc, Zl, Zp) is escaped the same way, byte by byte of its
+UTF-8 form: a key is one line in every output that lists keys (``cache info``, the logs,
+TSV split files), and a file name on disk is not the user's mistake to be refused. Every
+other name, which is nearly every name, is its own key, so caches made before these
+rules keep their keys.
 
 :func:`media_path` turns a key back into the file's path under a root.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 _HEX = re.compile(r"[0-9a-fA-F]{2}")
@@ -24,6 +29,15 @@ def _escaped_byte(c: str) -> bool:
     return "\udc80" <= c <= "\udcff"  # how os.fsdecode (surrogateescape) keeps an undecodable byte
 
 
+def _control(c: str) -> bool:
+    """A character that breaks or hides a line (module doc)."""
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
+def _escaped(c: str) -> bool:
+    return _escaped_byte(c) or _control(c)
+
+
 def key_from_relpath(rel: str | bytes) -> str:
     """The key of the relative path ``rel`` (posix form, as ``os.fsdecode`` or bytes)."""
     s = os.fsdecode(rel) if isinstance(rel, bytes) else rel
@@ -31,9 +45,11 @@ def key_from_relpath(rel: str | bytes) -> str:
     for i, c in enumerate(s):
         if _escaped_byte(c):
             out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif _control(c):
+            out.append("".join(f"\\x{b:02x}" for b in c.encode("utf-8")))
         elif c == "\\":
             nxt = s[i + 1] if i + 1 < len(s) else ""
-            out.append("\\\\" if nxt in ("x", "\\") or (nxt and _escaped_byte(nxt)) else "\\")
+            out.append("\\\\" if nxt in ("x", "\\") or (nxt and _escaped(nxt)) else "\\")
         else:
             out.append(c)
     return "".join(out)

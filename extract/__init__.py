@@ -26,8 +26,8 @@ from typing import Any
 
 _WHERE = {
     "prepare_dataset": "datasets", "DATASET_NAMES": "datasets",
-    "build_manifest": "manifest", "Manifest": "manifest", "ManifestRow": "manifest", "VAAR_CLASSES": "manifest",
-    "walk_media": "manifest", "read_manifest_file": "labelled", "ManifestFileError": "labelled",
+    "build_manifest": "datasets", "Manifest": "datasets", "ManifestRow": "datasets", "VAAR_CLASSES": "datasets",
+    "walk_media": "datasets", "read_manifest_file": "datasets", "ManifestFileError": "datasets",
     "MediaReader": "media_reader", "DecodeStats": "media_reader", "FrameGroup": "media_reader",
     "probe": "probe", "MediaInfo": "probe", "DecodeError": "probe", "ClipTimeout": "probe",
     "ImplausibleTimeline": "probe",
@@ -42,10 +42,10 @@ _WHERE = {
     "ExtractConfig": "pipeline", "ExtractSummary": "pipeline", "run_extract": "pipeline",
     "FeatureExtractor": "pipeline", "Decoded": "pipeline", "iter_decoded": "pipeline",
     "DistEnv": "distributed", "RankFailed": "distributed",
-    "load_xd_violence": "xd_violence",
-    "import_features": "released_features", "ImportConfig": "released_features",
-    "ImportSummary": "released_features", "RELEASED_FORMATS": "released_features",
-    "ReleasedFeaturesError": "released_features", "MissingFeatureFiles": "released_features",
+    "load_xd_violence": "datasets",
+    "import_features": "datasets", "ImportConfig": "datasets",
+    "ImportSummary": "datasets", "RELEASED_FORMATS": "datasets",
+    "ReleasedFeaturesError": "datasets", "MissingFeatureFiles": "datasets",
 }
 
 __all__ = sorted(_WHERE)

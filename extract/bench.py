@@ -26,7 +26,7 @@ from synth.bench_clip import write_bench_clip
 
 from .decode import decode_all_frames_sequentially, decode_clip
 from .backbones import resolve_device, resolve_precision
-from .manifest import Manifest, ManifestRow
+from .datasets import Manifest, ManifestRow
 from .pipeline import Decoded, ExtractConfig, FeatureExtractor, load_extract_backbones, run_extract
 from .backbones import VideoTransform
 

@@ -40,8 +40,8 @@ from .backbones import (DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL, AudioBackbone,
                         load_video_backbone, resolve_device)
 from .decode import ClipTimeout, DecodedClip, DecodeError, decode_clip
 from .distributed import DistEnv, Group, RankFailed, plan_shards, process_group, rank_device
-from .manifest import Manifest, ManifestRow
 from .backbones import VideoTransform
+from .datasets import Manifest, ManifestRow
 
 logger = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from cache_schema import (AvarError, BackboneInfo, FileLock, InvalidInput, Missi
                           write_text)
 
 from .data import streams_for
+from .run_bounds import run_bounds_problem
 from .split import Split, split_from_json
 from .train_config import TrainConfig
 from .xd_tasks import task_of_identity
@@ -155,7 +156,7 @@ class RunConfig:
             names = doc["class_names"]
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise TypeError("'class_names' is not a list of names")
-            return RunConfig(cache=str(doc["cache"]), cache_identity=dict(identity),
+            config = RunConfig(cache=str(doc["cache"]), cache_identity=dict(identity),
                              class_names=tuple(names), steps=int(doc["steps"]),
                              video_dim=int(doc["video_dim"]), audio_dim=int(doc["audio_dim"]),
                              streams=tuple(doc.get("streams") or streams_for(train.modality, train.fusion)),
@@ -163,6 +164,11 @@ class RunConfig:
                              layout=StepLayout(step_seconds=float(doc["step_seconds"]),
                                                frames_per_step=int(doc.get("frames_per_step") or 1))
                              if doc.get("step_seconds") else None)
+            problem = run_bounds_problem(train.head, train.head_options or {}, config.steps, config.video_dim,
+                                         config.audio_dim, config.class_names, config.streams)
+            if problem is not None:  # checked before anything is built (temporal/run_bounds.py)
+                raise ValueError(problem)
+            return config
         except (KeyError, TypeError, ValueError, AttributeError, AvarError) as exc:
             detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
             raise RunMismatch(f"{source} is not a run configuration this version can read ({detail}); {fix}") from None

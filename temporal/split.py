@@ -266,11 +266,27 @@ def read_stored_split(path: str | Path) -> Split:
         raise SplitError(f"the stored split {path} is damaged ({exc}); {fix}") from None
 
 
+def require_two_classes(data: CacheData) -> None:
+    """Refuse (``SplitError``, exit 2) a cache whose usable clips are of one class: a head
+    trained on it learns nothing and its metrics would read accuracy and macro F1 1.000
+    over "1 classes". Extraction refuses such a dataset where it knows the labels
+    (``extract.datasets.require_two_classes``); this catches the rest (imported features,
+    caches from before that rule, a task view)."""
+    labels = np.unique(data.clips.label.numpy())
+    labels = labels[labels >= 0]
+    if len(labels) < 2:
+        names = [data.class_names[i] for i in labels if i < len(data.class_names)]
+        raise SplitError(f"{data.path} holds usable clips of {'one class only, ' + repr(names[0]) if names else 'no class'} "
+                         f"({len(data.keys)} clips); a classifier needs at least two: extract the clips of another "
+                         "class into this cache (e.g. a 'normal' one)")
+
+
 def load_or_create_split(data: CacheData, config: SplitConfig) -> Split:
     """The split of this cache: the explicit file, the stored ``<cache>.split.json``, or
     a new one written there. Keys of the split that the cache no longer holds (or that
     failed) are dropped and counted; loaded clips that the split does not know are left out
-    and counted."""
+    and counted. A cache of one class is refused first (:func:`require_two_classes`)."""
+    require_two_classes(data)
     groups, source = resolve_groups(data, config)
     labels = data.clips.label.numpy()
     if config.split_file:
@@ -340,5 +356,5 @@ def _reconcile(data: CacheData, groups: np.ndarray, split: Split) -> Split:
 
 
 __all__ = ["SplitConfig", "Split", "SplitError", "compile_group_pattern", "default_split_path",
-           "load_or_create_split", "make_split", "read_groups_file", "read_split_file", "read_stored_split",
+           "load_or_create_split", "make_split", "require_two_classes", "read_groups_file", "read_split_file", "read_stored_split",
            "resolve_groups", "split_from_json"]

@@ -30,7 +30,7 @@ from cache_schema import CacheReader, CacheWriter
 from cache_schema.storage import ZarrBackend
 from temporal.train import torch_threads
 from extract.distributed import DistEnv
-from extract.manifest import VAAR_CLASSES, Manifest, build_manifest
+from extract.datasets import VAAR_CLASSES, Manifest, build_manifest
 from extract.pipeline import ExtractConfig, run_extract
 from tests.media_factory import write_clip
 

@@ -147,3 +147,34 @@ def test_cli_choices_are_the_librarys() -> None:
     assert tuple(option("extract", "dataset").type.choices) == DATASET_NAMES
     assert sorted(option("extract", "backbones").type.choices) == sorted(BACKBONE_PRESETS)
     assert tuple(option("compare", "heads").default.split(",")) == TABLE_HEADS
+
+
+def test_the_datasets_package_has_no_import_circle() -> None:
+    """``extract.datasets``: the manifest types are at the bottom and each layout builds on
+    them, so the graph of imports between its modules (those inside functions too) has no
+    cycle; before the package, ``labelled`` <-> ``manifest`` <-> ``xd_violence`` formed one."""
+    package = ROOT / "extract" / "datasets"
+    graph: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        own = _module_name(path)
+        graph[own] = {m for _, m, _ in _imports(path) if m.startswith("extract.datasets.") and m != own}
+        graph[own] |= {f"{m}.{n}" for _, m, n in _imports(path) if m == "extract.datasets" and n
+                       and (package / f"{n}.py").exists()}
+    assert "extract.datasets.manifest" in graph and not graph["extract.datasets.manifest"] - {
+        "extract.datasets.names"}, "the manifest types must be the bottom of the package"
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        if state.get(node) == 1:
+            raise AssertionError("import circle: " + " -> ".join([*trail, node]))
+        if state.get(node) == 2:
+            return
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt != "extract.datasets":   # the package's face imports everything; modules never import it
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if not node.endswith("__init__") and node != "extract.datasets":
+            visit(node, [])

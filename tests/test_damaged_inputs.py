@@ -96,6 +96,39 @@ def test_a_config_that_is_not_a_run_configuration_is_named(trained, tmp_path: Pa
     assert why in line and "train the run again" in line
 
 
+@pytest.mark.parametrize("change, why", [
+    ({"train.head_options": {"hidden": 10**9}}, "head option hidden = 1000000000 is outside the sane range"),
+    ({"train.head_options": {"attention_heads": 0}}, "head option attention_heads = 0 is outside the sane range"),
+    ({"train.head_options": {"layers": 10**6}}, "head option layers = 1000000 is outside the sane range"),
+    ({"train.head_options": {"attention_heads": 3}}, "cannot be built with options {'attention_heads': 3}"),
+    ({"train.head_options": {"dropout": 1.5}}, "head option dropout = 1.5 is outside"),
+    ({"train.head_options": {"hidden": 8192, "stages": 64}}, "parameters, more than the sane bound"),
+    ({"video_dim": 10**9}, "video_dim = 1000000000 is outside"),
+    ({"steps": 10**12}, "steps = 1000000000000 is outside"),
+])
+def test_a_config_asking_for_an_absurd_head_is_refused_before_building(trained, tmp_path: Path, change: dict,
+                                                                        why: str) -> None:
+    """Issue 24, fault 11: a run whose config.json asks for a hidden size of 10**9, 0
+    attention heads or 10**6 layers made evaluate allocate first and die with a traceback,
+    or build layers until it was killed. The configuration is checked against sane bounds
+    (temporal/run_bounds.py; the head built on the meta device) before anything is built:
+    one error line naming config.json, for evaluate and predict alike."""
+    run = copy_run(trained[1], tmp_path)
+    doc = json.loads((run / "config.json").read_text())
+    for path, value in change.items():
+        *parents, leaf = path.split(".")
+        target = doc
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    (run / "config.json").write_text(json.dumps(doc))
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"never opened")
+    for result in (invoke("evaluate", run), invoke("predict", run, video)):
+        line = assert_one_error(result, run / "config.json")
+        assert why in line and "train the run again" in line, line
+
+
 @pytest.mark.parametrize("field", ["name", "checksum"])
 def test_a_recorded_backbone_without_its_name_or_checksum_is_named(trained, tmp_path: Path, field: str) -> None:
     run = copy_run(trained[1], tmp_path)

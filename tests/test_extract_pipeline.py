@@ -17,7 +17,7 @@ import torch
 from cache_schema import CacheConfigMismatch, CacheReader, validate
 from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.decode import decode_clip
-from extract.manifest import VAAR_CLASSES, build_manifest
+from extract.datasets import VAAR_CLASSES, build_manifest
 from extract.pipeline import ExtractConfig, run_extract
 from tests.media_factory import write_clip
 

@@ -21,7 +21,7 @@ import pytest
 
 import extract.pipeline as pipeline
 from cache_schema import CacheReader, validate
-from extract.manifest import build_manifest
+from extract.datasets import build_manifest
 from extract.pipeline import ExtractConfig, hard_limit_s, run_extract
 from tests.extract_harness import REALDATA, one_thread
 from tests.media_factory import write_clip

@@ -161,7 +161,7 @@ def grid_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`extract --step-seconds 0.5 --frames-per-step 2` of 15 generated clips of 0.4 to
     1.8 s over three classes (enough for a stratified split)."""
     import cli
-    from extract.manifest import VAAR_CLASSES
+    from extract.datasets import VAAR_CLASSES
 
     work = tmp_path_factory.mktemp("grid_cache")
     root = work / "data"
@@ -252,7 +252,7 @@ def test_predict_scores_a_whole_file_at_the_run_grid(clips: dict[str, Path], bac
 def test_grid_decoding_hands_over_one_clip_at_a_time(grid_cache: dict[str, Path]) -> None:
     """On a grid a clip carries a frame per step, so the decode workers hand over one clip
     per batch (few clips in flight, whatever --batch-size), where fixed steps keep it."""
-    from extract.manifest import ManifestRow
+    from extract.datasets import ManifestRow
     from extract.pipeline import ExtractConfig, iter_decoded
 
     rows = [ManifestRow(p.name, p) for p in sorted(grid_cache["root"].rglob("*.mp4"))[:5]]

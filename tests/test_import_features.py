@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from cache_schema import official_split_path, open_cache, validate
-from extract.released_features import (CROP_MEAN, ImportConfig, MissingFeatureFiles, ReleasedFeaturesError,
+from extract.datasets.released_features import (CROP_MEAN, ImportConfig, MissingFeatureFiles, ReleasedFeaturesError,
                                        RELEASED_FORMATS, import_features, read_released_lists, resolve_files,
                                        video_features)
 
@@ -304,3 +304,38 @@ def test_detection_trains_and_scores_on_imported_features(tmp_path: Path) -> Non
     detection = json.loads((run / "metrics.json").read_text())["detection"]
     test_steps = sum(v.steps for v in videos if v.split == "test")
     assert detection["n_frames"] == 16 * test_steps and detection["n_videos"] == 4
+
+
+def _lying_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """A .npy whose header declares ``shape`` float32 over a 64-byte body (what a damaged
+    download or a hostile file looks like); written by numpy's own header writer."""
+    from numpy.lib import format as npy_format
+
+    with path.open("wb") as f:
+        npy_format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        f.write(b"\0" * 64)
+
+
+def test_a_header_declaring_a_huge_shape_is_that_videos_error(tmp_path: Path) -> None:
+    """Issue 24, fault 12: one .npy whose header declares 10**7 x 10**6 float32 over a 64-byte
+    body raised an uncaught MemoryError in import-features, and every video stayed pending.
+    The declared size is checked against the file's size before anything is read: that
+    video is a failed entry naming the file, the others are imported; the same for an
+    audio file, and for the first video's file, where the dims are read from headers."""
+    root, lists, videos = write_xdviodet(tmp_path)
+    crop = root / "i3d-features" / "RGB" / f"{videos[0].name}__2.npy"   # the first listed video's file
+    _lying_npy(crop, (10**7, 10**6))
+    audio = root / "vggish-features" / "test" / f"{videos[6].name}__vggish.npy"
+    _lying_npy(audio, (2**40, 4))
+    cache = tmp_path / "xd.zarr"
+    result = cli("import-features", "--format", "xdviodet", "--root", root, "--lists", lists, "--out", cache)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "imported 7 videos" in result.output and "3 failed" in result.output, result.output  # + v=ccc, unalignable
+    with open_cache(cache) as reader:
+        status = dict(zip(reader.read("key"), reader.read("status")))
+        errors = dict(zip(reader.read("key"), reader.read("error")))
+    assert "pending" not in {str(s) for s in status.values()}
+    assert "declares a float32 array of shape (10000000, 1000000)" in str(errors[videos[0].name])
+    assert str(crop) in str(errors[videos[0].name]) and "64 bytes after the header" in str(errors[videos[0].name])
+    assert "shape (1099511627776, 4)" in str(errors[videos[6].name])
+    assert validate(cache).ok

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cache_schema import InvalidInput, key_from_relpath, media_path, relpath_from_key, split_file_for
-from extract.manifest import VAAR_CLASSES, build_manifest
+from extract.datasets import VAAR_CLASSES, build_manifest
 
 
 def _touch(root: Path, rel: str) -> None:
@@ -94,3 +94,48 @@ def test_official_split_name_taken_by_a_folder_is_refused(tmp_path: Path) -> Non
     (tmp_path / "c.zarr.official_split.json").mkdir()
     with pytest.raises(InvalidInput, match="official_split.json is a folder"):
         split_file_for(tmp_path / "c.zarr", None, "recognition")
+
+
+def test_control_characters_in_labels_keys_and_groups_are_refused_with_their_line(tmp_path: Path) -> None:
+    """Issue 24, fault 13: a label, key or group read from a file may not hold a control
+    character (a quoted CSV cell with a line break would become a class name that breaks
+    per_class.md, cache info and the logs); each is refused with its row's line number. A
+    file name on disk is escaped in its key instead, and a folder name is refused by name."""
+    from extract.datasets import ManifestFileError
+
+    root = tmp_path / "root"
+    for rel in ["fight/a.mp4", "calm/b.mp4", "calm/c\x1b.mp4", "calm/d.mp4"]:
+        _touch(root, rel)
+    table = tmp_path / "m.csv"
+    table.write_text('path,label,group\n'
+                     'fight/a.mp4,"fig\nht",g1\n'        # lines 2-3: a label with a newline
+                     'calm/b.mp4,calm,"cam\u20281"\n'    # 4: a group with a line separator
+                     '"calm/c\x1b.mp4",calm,g2\n'         # 5: a path (key) with an escape
+                     'calm/d.mp4,calm,g2\n')
+    with pytest.raises(ManifestFileError) as info:
+        build_manifest("manifest", root, table)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 4 and lines[0].startswith(f"{table} has 3 problem(s)"), lines
+    assert [x.split(":", 1)[0] for x in lines[1:]] == ["line 2", "line 4", "line 5"]
+    assert "label 'fig\\nht'" in lines[1] and "U+000A (newline)" in lines[1]
+    assert "group" in lines[2] and "U+2028" in lines[2] and "path" in lines[3] and "U+001B" in lines[3]
+    # metadata of a classes folder: same rule, same line numbers
+    (root / "metadata.jsonl").write_text('{"file_name": "calm/b.mp4", "label": "calm"}\n'
+                                         '{"file_name": "calm/d.mp4", "label": "c\\u0085alm"}\n')
+    with pytest.raises(ManifestFileError, match=r"(?s)line 2: the label 'c\\x85alm' holds a control character"):
+        build_manifest("classes", root)
+    (root / "metadata.jsonl").unlink()
+    # a file name on disk is not refused: its key escapes the bytes and turns back into the name
+    m = build_manifest("classes", root)
+    keys = [r.key for r in m.rows]
+    assert "calm/c\\x1b.mp4" in keys and all(k.isprintable() for k in keys)
+    assert media_path(root, "calm/c\\x1b.mp4") == root / "calm/c\x1b.mp4"
+    # groups.tsv: a quoted cell with a line break is refused with its line
+    (root / "groups.tsv").write_text('key\tgroup\nfight/a.mp4\tg1\ncalm/b.mp4\t"cam\n2"\n')
+    with pytest.raises(InvalidInput, match=r"groups.tsv: line 3: the group 'cam\\n2'"):
+        build_manifest("classes", root)
+    (root / "groups.tsv").unlink()
+    # a class folder whose name would be such a label
+    _touch(root, "bad\nname/e.mp4")
+    with pytest.raises(InvalidInput, match=r"the class folder 'bad\\nname' cannot be a label"):
+        build_manifest("classes", root)

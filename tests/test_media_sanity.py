@@ -62,7 +62,7 @@ def test_plausible_gaps_are_still_decoded(tmp_path: Path) -> None:
 
 
 def test_extract_records_the_jump_as_that_clips_error(tmp_path: Path) -> None:
-    from extract.manifest import Manifest, ManifestRow
+    from extract.datasets import Manifest, ManifestRow
     from extract.pipeline import ExtractConfig, run_extract
     from tests.extract_harness import one_thread
 

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from cache_schema import CacheReader, InvalidInput, official_split_path
 from extract.datasets import prepare_dataset
-from extract.labelled import ManifestFileError
-from extract.manifest import build_manifest
+from extract.datasets import ManifestFileError
+from extract.datasets import build_manifest
 from tests.media_factory import write_clip
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -191,7 +191,7 @@ def test_symlinked_folders_files_and_loops(clips: dict, tmp_path: Path, caplog: 
     os.symlink(root / "fight", root / "fight" / "again")               # a loop
     os.symlink(root / "noFight", root / "zz-same")                     # the same folder twice
     os.symlink(tmp_path / "gone.mp4", root / "fight" / "dangling.mp4")  # a broken link
-    with caplog.at_level(logging.WARNING, logger="extract.manifest"):
+    with caplog.at_level(logging.WARNING, logger="extract.datasets.tree"):
         m = build_manifest("classes", root)
     assert [r.key for r in m.rows] == ["fight/c0.mp4", "fight/c1.mp4", "fight/linked.mp4",
                                        "noFight/c0.mp4", "noFight/c1.mp4"]
@@ -230,9 +230,30 @@ def test_the_readme_metadata_and_manifest_examples_read_as_described(tmp_path: P
                       "fight/cam1_0001.mp4": ("fight", "cam1"), "noFight/cam1_0002.mp4": ("fight", "cam1")}
     only_train = tmp_path / "only-train"
     shutil.copytree(root / "fight", only_train / "train" / "fight")
+    shutil.copytree(root / "noFight", only_train / "train" / "noFight")
     assert prepare_dataset("classes", only_train, tmp_path / "c.zarr").summary.startswith("class")
     assert not official_split_path(tmp_path / "c.zarr").exists()
     (only_train / "fight2").mkdir()
     (only_train / "fight2" / "a.mp4").write_bytes(b"x")
     with pytest.raises(InvalidInput, match="mixes split folders"):
         build_manifest("classes", only_train)
+
+
+def test_a_dataset_of_one_class_is_refused_at_extraction(tmp_path: Path) -> None:
+    """Issue 24, fault 14: a labelled dataset with a single class was extracted and trained
+    without a word, and its run reported accuracy and macro F1 1.000 over "1 classes".
+    Extraction refuses it in one line (exit 2) before anything is written, for every
+    labelled layout; an unlabelled ``folder`` dataset is still extracted."""
+    root = tmp_path / "root"
+    for name in ("a.mp4", "b.mp4"):
+        (root / "fight").mkdir(parents=True, exist_ok=True)
+        (root / "fight" / name).write_bytes(b"x")   # refused before any file is opened
+    (tmp_path / "m.csv").write_text("path,label\nfight/a.mp4,fight\nfight/b.mp4,fight\n")
+    for args in (["--dataset", "classes"], ["--dataset", "manifest", "--manifest", tmp_path / "m.csv"]):
+        out = tmp_path / "c.zarr"
+        result = cli("extract", *args, "--root", root, "--out", out, *TINY["extract"])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+        assert "one class only ('fight', 2 clips)" in result.output and "at least two" in result.output
+        assert not out.exists()
+    assert len(prepare_dataset("folder", root, tmp_path / "f.zarr").manifest) == 2

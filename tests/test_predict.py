@@ -65,7 +65,7 @@ def build_synthetic_run(root: Path) -> Path:
     run = root / "run"
     if (run / "metrics.json").is_file():
         return run
-    from extract.manifest import Manifest, ManifestRow
+    from extract.datasets import Manifest, ManifestRow
     from extract.pipeline import ExtractConfig, run_extract
     from temporal.train import TrainConfig, train
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cache_schema import CacheReader, validate
-from extract.manifest import build_manifest
+from extract.datasets import build_manifest
 from extract.pipeline import ExtractConfig, run_extract
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"

@@ -278,3 +278,17 @@ def test_an_out_that_is_a_folder_of_other_files_is_refused(cache: Path, tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _cli("train", "--cache", str(cache), "--out", str(empty), "--epochs", "1").exit_code == 0
+
+
+def test_a_cache_of_one_class_is_refused_at_training(tmp_path: Path) -> None:
+    """Issue 24, fault 14, where extraction could not know the labels (imported features,
+    a cache from before the rule): ``train`` refuses a cache whose usable clips are of one
+    class in one line, exit 2, and writes no run; a second class makes it trainable."""
+    one = tmp_path / "one.zarr"
+    write_class_cache(one, make_config(classes=("normal", "crash")), 12, present=(1,))
+    result = CliRunner().invoke(main, ["train", "--cache", str(one), "--head", "pool", "--epochs", "1",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith(f"error: {one} holds usable clips of one "
+                                                                        "class only, 'crash' (12 clips)")
+    assert not (tmp_path / "run" / "config.json").exists() and not default_split_path(one).exists()

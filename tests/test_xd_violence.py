@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.xd_violence import (
+from extract.datasets.xd_violence import (
     XD_CLASSES,
     XDListError,
     label_codes,

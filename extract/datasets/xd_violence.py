@@ -31,7 +31,8 @@ from pathlib import Path
 
 from cache_schema import InvalidInput, MissingInput, official_split_path, write_json
 
-from .manifest import MEDIA_SUFFIXES, Manifest, ManifestRow
+from .manifest import Manifest, ManifestRow, relative_key
+from .tree import MEDIA_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ def load_xd_violence(root: str | Path, lists: str | Path | None = None) -> XDVio
         if path is None:
             missing.append(v)
             continue
-        key = path.relative_to(root).as_posix()
+        key = relative_key(path, root)  # a name's odd bytes escaped, as every layout's keys
         keys[v.name] = key
         rows.append(ManifestRow(key, path, v.class_index))
     if missing:

@@ -30,7 +30,7 @@ The layouts, as read in the authors' repositories:
   scores the test rows at full length, ``np.repeat(.., 16)``). VadCLIP releases no audio.
 
 What the cache holds, per video (key: the video name, group: the name, as
-``extract.xd_violence`` leaves groups; label: the first code's class of seven):
+``xd_violence`` leaves groups; label: the first code's class of seven):
 
 * video: ``--crop mean`` (default) the mean of the crops the list names for the video (a
   video whose listed crops disagree in shape fails), ``--crop N`` the file
@@ -79,6 +79,8 @@ from cache_schema import (SAMPLE_RATE, STATUS_OK, BackboneInfo, CacheConfig, Cac
 from cache_schema.lock import CacheLock
 
 from .manifest import Manifest, ManifestRow
+from .names import name_problem
+from .npy import NpyError, npy_header, read_npy
 from .xd_violence import (ANNOTATIONS_FILE, DATASET, SPLITS, XD_CLASSES, XDListError, XDLists, XDVideo, XDViolence,
                           default_lists_dir, label_codes, parse_entry)
 
@@ -256,6 +258,9 @@ def _parsed(entry: str, path: Path, line: int, audio: bool = False) -> tuple[str
             raise ReleasedFeaturesError(f"{path}, line {line}: {base!r} is not a VGGish file "
                                         f"<name>{AUDIO_FILE_SUFFIX}.npy")
         base = stem[: -len(AUDIO_FILE_SUFFIX)]
+    problem = name_problem(base, "file name (a video's key)")
+    if problem is not None:
+        raise ReleasedFeaturesError(f"{path}, line {line}: {problem}")
     try:
         parsed = parse_entry(base)
     except XDListError as exc:
@@ -440,8 +445,10 @@ class UnusableFeatures(ReleasedFeaturesError):
 
 def _load(path: Path, dim: int | None) -> np.ndarray:
     try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+        a = read_npy(path)  # its header checked against the file's size first: never a MemoryError
+    except NpyError as exc:
+        raise UnusableFeatures(str(exc)) from None
+    except OSError as exc:
         raise UnusableFeatures(f"{path} is not a readable .npy array ({exc})") from None
     if a.ndim != 2 or a.shape[0] < 1 or a.dtype.kind not in "fiu":
         raise UnusableFeatures(f"{path} holds a {a.dtype} array of shape {a.shape}; expected [snippets, dim] numbers")
@@ -501,12 +508,12 @@ def _dims(found: Sequence[ResolvedVideo]) -> tuple[int, int | None]:
     """(video dim, audio dim) from the first video whose files read (headers only)."""
     for r in found:
         try:
-            v = np.load(r.crops[0], mmap_mode="r", allow_pickle=False)
-            a = None if r.audio is None else np.load(r.audio, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+            v = npy_header(r.crops[0])[0]
+            a = None if r.audio is None else npy_header(r.audio)[0]
+        except (OSError, NpyError):
             continue
-        if v.ndim == 2 and (a is None or a.ndim == 2):
-            return int(v.shape[1]), (None if a is None else int(a.shape[1]))
+        if len(v) == 2 and (a is None or len(a) == 2):
+            return int(v[1]), (None if a is None else int(a[1]))
     raise ReleasedFeaturesError("none of the listed feature files is a readable [snippets, dim] .npy array; "
                                 "check --root and --format")
 

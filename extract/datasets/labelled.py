@@ -23,15 +23,13 @@ that points elsewhere is followed, because linking data in is a deliberate act.
 
 A dataset's own split (split folders, or a ``split`` column) is written beside the cache
 as its official split, ``<cache>.official_split.json``, in the format XD-Violence's is
-written (extract/xd_violence.py); stage 2 uses it for every run of that cache unless
+written (xd_violence.py); stage 2 uses it for every run of that cache unless
 ``--split-file`` says otherwise (``cache_schema.split_file_for``). Without ``val``, stage
 2 carves one out of train.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -41,27 +39,16 @@ from pathlib import Path, PurePosixPath
 
 from cache_schema import UNLABELLED, InvalidInput, MissingInput, official_split_path, optional_file, write_json
 
-from .manifest import SPLIT_NAMES, Manifest, ManifestRow, read_groups, relative_key, walk_media
+from .manifest import SPLIT_NAMES, Manifest, ManifestRow, check_root, relative_key
+from .names import name_problem
+from .tables import ManifestFileError, TableRow, read_table, refuse
+from .tree import read_groups, walk_media
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 MANIFEST_COLUMNS = ("path", "label", "group", "split")
 METADATA_COLUMNS = ("file_name", "label", "group", "split")
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-                  ".json": "jsonl"}
-MAX_LISTED = 50  # bad rows named in one message; the rest are counted
-
-
-class ManifestFileError(InvalidInput):
-    """A manifest or metadata file has bad rows or columns. The first line of the message
-    names the file and the fix; one line per problem follows, with its line number."""
-
-
-@dataclass(frozen=True)
-class TableRow:
-    line: int
-    values: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -75,75 +62,15 @@ class Clip:
     split: str = ""
 
 
-# -- tables (CSV, TSV, JSON lines) --------------------------------------------------------------
-def read_table(path: Path, problems: list[str]) -> tuple[list[str], list[TableRow]]:
-    """The columns and rows of a CSV, TSV or JSON-lines file. Rows that cannot be read
-    are added to ``problems`` (``line N: ...``) and left out."""
-    kind = TABLE_SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise InvalidInput(f"{path}: unknown table format {path.suffix!r}; name it .csv, .tsv or .jsonl")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets often start with a BOM
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise MissingInput(f"cannot read {path} ({exc.strerror or exc}); pass an existing file") from None
-    if kind == "jsonl":
-        return _jsonl_table(text, problems)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ",")
-    header: list[str] | None = None
-    rows: list[TableRow] = []
-    start = 1
-    for cells in reader:
-        line, start = start, reader.line_num + 1
-        if not any(c.strip() for c in cells) or (header is None and cells[0].lstrip().startswith("#")):
-            continue
-        if header is None:
-            header = [c.strip() for c in cells]
-            continue
-        if len(cells) != len(header):
-            problems.append(f"line {line}: {len(cells)} fields where the header has {len(header)}")
-            continue
-        rows.append(TableRow(line, {h: c.strip() for h, c in zip(header, cells)}))
-    return header or [], rows
-
-
-def _jsonl_table(text: str, problems: list[str]) -> tuple[list[str], list[TableRow]]:
-    columns: dict[str, None] = {}
-    rows: list[TableRow] = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            problems.append(f"line {n}: not JSON ({exc})")
-            continue
-        if not isinstance(doc, dict):
-            problems.append(f"line {n}: a JSON {type(doc).__name__}, not an object")
-            continue
-        bad = [k for k, v in doc.items() if v is not None and not isinstance(v, (str, int))]
-        if bad:
-            problems.append(f"line {n}: {bad} must be strings")
-            continue
-        columns.update(dict.fromkeys(doc))
-        rows.append(TableRow(n, {k: "" if v is None else str(v).strip() for k, v in doc.items()}))
-    return list(columns), rows
-
-
-def _refuse(path: Path, fix: str, problems: list[str]) -> None:
-    if not problems:
-        return
-    problems = sorted(problems, key=lambda p: int(p.split(":", 1)[0].removeprefix("line ")))  # stable
-    listed = problems[:MAX_LISTED]
-    more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
-    raise ManifestFileError("\n".join([f"{path} has {len(problems)} problem(s); {fix}:", *listed, *more]))
-
-
 def _listed_once(text: str, line: int, root: Path, first: dict[str, int],
                  problems: list[str]) -> tuple[PurePosixPath, str] | None:
     """A row's relative path and key, or None with the problem noted: not a clean relative
-    path, or a path listed on an earlier line (``first`` maps keys to their first line)."""
+    path, one holding a control character (``names``), or a path listed on an earlier line
+    (``first`` maps keys to their first line)."""
+    problem = name_problem(text, "path (a clip's key)")
+    if problem is not None:
+        problems.append(f"line {line}: {problem}")
+        return None
     rel = _relative(text)
     if isinstance(rel, str):
         problems.append(f"line {line}: {rel}")
@@ -184,18 +111,24 @@ def _split_of(value: str) -> str | None:
 
 
 def _row_fields(row: TableRow, problems: list[str]) -> tuple[str, str, str] | None:
-    """label, group and split of a row; a bad split value is a problem."""
+    """label, group and split of a row; a bad split value, or a label or group holding a
+    control character (``names``), is a problem."""
+    label, group = row.values.get("label", ""), row.values.get("group", "")
+    problem = name_problem(label, "label") or name_problem(group, "group")
+    if problem is not None:
+        problems.append(f"line {row.line}: {problem}")
+        return None
     split = _split_of(row.values.get("split", ""))
     if split is None:
         problems.append(f"line {row.line}: split {row.values['split']!r} is not one of {sorted(SPLIT_NAMES)}")
         return None
-    return row.values.get("label", ""), row.values.get("group", ""), split
+    return label, group, split
 
 
 # -- the manifest dataset ---------------------------------------------------------------------
 def read_manifest_file(root: Path, file: Path) -> Manifest:
     """``--dataset manifest --root ROOT --manifest FILE`` (module doc)."""
-    _check_root(root)
+    check_root(root)
     if optional_file(file, "the manifest (--manifest)") is None:
         raise MissingInput(f"manifest {file} does not exist; pass --manifest FILE (CSV, TSV or JSON lines with a "
                            "'path' column)")
@@ -222,7 +155,7 @@ def read_manifest_file(root: Path, file: Path) -> Manifest:
         fields = _row_fields(row, problems)
         if fields is not None:
             clips.append(Clip(path, key, *fields))
-    _refuse(file, f"fix these rows (paths are relative to --root {root}) and run again", problems)
+    refuse(file, f"fix these rows (paths are relative to --root {root}) and run again", problems)
     if not clips:
         raise MissingInput(f"manifest {file} lists no clip; add rows with a 'path' relative to --root {root}")
     groups = read_groups(root)  # a group column wins over ROOT/groups.tsv, as in metadata
@@ -233,7 +166,7 @@ def read_manifest_file(root: Path, file: Path) -> Manifest:
 # -- the classes dataset ----------------------------------------------------------------------
 def classes_manifest(root: Path) -> Manifest:
     """``--dataset classes`` (module doc)."""
-    _check_root(root)
+    check_root(root)
     files = walk_media(root)
     tops = {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
     split_tops = {t for t in tops if t.lower() in SPLIT_NAMES}
@@ -259,6 +192,11 @@ def classes_manifest(root: Path) -> Manifest:
         logger.warning("ignoring %d files outside a class folder and without a label in the metadata: %s%s",
                        len(unlabelled), unlabelled[:5], " ..." if len(unlabelled) > 5 else "")
     kept = [c for c in clips.values() if c.label]
+    bad = sorted({c.label for c in kept if name_problem(c.label, "label")})
+    if bad:  # metadata labels were checked with their lines: these are folder names
+        raise InvalidInput(f"{root}: the class folder {bad[0]!r} cannot be a label: "
+                           f"{name_problem(bad[0], 'label')}; rename the folder"
+                           + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     if not kept:
         raise MissingInput(f"no labelled media files under {root}: expected {root}/<label>/<clip> (or "
                            f"{root}/train/<label>/<clip>, ...), or a metadata.csv with file_name and label columns")
@@ -301,15 +239,10 @@ def _apply_metadata(root: Path, file: Path, clips: dict[str, Clip]) -> None:
             clip = Clip(root / rel, key)
         label, group, split = fields
         clips[key] = replace(clip, label=label or clip.label, group=group or clip.group, split=split or clip.split)
-    _refuse(file, f"fix these rows (file_name is relative to {root}) and run again", problems)
+    refuse(file, f"fix these rows (file_name is relative to {root}) and run again", problems)
 
 
 # -- both -------------------------------------------------------------------------------------
-def _check_root(root: Path) -> None:
-    if not root.is_dir():
-        raise MissingInput(f"dataset root {root} is not a folder; pass --root (or DATA_ROOT=) pointing at it")
-
-
 def _assemble(dataset: str, root: Path, clips: list[Clip], split_source: str) -> Manifest:
     """Class names in sorted order, rows in key order; a split on some clips only is an error."""
     with_split = [c.key for c in clips if c.split]
@@ -381,5 +314,5 @@ def _remove_stale_split(path: Path) -> None:
                        "every run: delete it if it is stale", path)
 
 
-__all__ = ["METADATA_FILES", "MANIFEST_COLUMNS", "METADATA_COLUMNS", "ManifestFileError", "read_table",
+__all__ = ["METADATA_FILES", "MANIFEST_COLUMNS", "METADATA_COLUMNS",
            "read_manifest_file", "classes_manifest", "describe_labelled", "write_own_split"]
