@@ -68,7 +68,8 @@ def _list_backbones(ctx: click.Context, _: click.Parameter, value: bool) -> None
         click.echo(f"{entry.name:<24} {entry.modality:<8} {entry.dim:>5}  {cost.gflop:>7.3f} {cost.ms:>8.1f}  "
                    f"{entry.unit:<10} {entry.licence:<22} {entry.input}; {entry.weights}"
                    + ("" if entry.pretrained else " (UNTRAINED)"))
-    click.echo("cost: this CPU, fp32, the architecture with untrained weights (the weights do not change it); "
+    click.echo("cost: this CPU, fp32, the architecture with untrained weights (the weights do not change it); GFLOP "
+               "counts 2 per multiply-add (torch.utils.flop_counter); "
                "presets: " + ", ".join(f"{k} = {v[0]} + {v[1]}" for k, v in _presets().items()))
     ctx.exit()
 
@@ -486,16 +487,24 @@ def bench() -> None:
               help="Add a 10-minute 720p video decoded on a 0.6667 s grid (minutes more).")
 @click.option("--grid-only", is_flag=True,
               help="Only that row [--out default: reports/bench/extract_grid.json].")
+@click.option("--backbones", type=click.Choice([p for p in BACKBONE_PRESET_NAMES if p != "random"]), default=None,
+              help="Instead: this preset against the paper's architectures (random), in one run, on the same "
+                   "clips [--out default: reports/bench/extract_PRESET.json].")
 def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
-                  device: str, precision: str, grid_video: bool, grid_only: bool) -> None:
+                  device: str, precision: str, grid_video: bool, grid_only: bool, backbones: str | None) -> None:
     """Stage 1 with full-size architectures: decode plan vs minimum, end-to-end vs backbone-only,
     peak memory and time of a 120 s vs a 10 s 720p clip (and, with --grid-video, a 10-minute
     720p video on a time grid)."""
-    from extract.bench import run_bench, run_grid_bench
+    from extract.bench import run_bench, run_grid_bench, run_preset_bench
     from extract.pipeline import ExtractConfig
 
     cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
                         progress=False, device=device, precision=precision)
+    if backbones:
+        if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
+            out = Path(f"reports/bench/extract_{backbones}.json")
+        click.echo(json.dumps(run_preset_bench(out, cfg, backbones, n_clips=min(clips, 4)), indent=2))
+        return
     if grid_only:
         if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
             out = Path("reports/bench/extract_grid.json")
@@ -515,15 +524,17 @@ def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, wor
 @click.option("--no-full", is_flag=True, help="Tiny backbones only (seconds).")
 @click.option("--no-bf16", is_flag=True, help="Leave out the bf16 rows.")
 @click.option("--notes", default="", help="Recorded in the JSON (e.g. what else ran on the machine).")
+@click.option("--backbones", "lite", type=click.Choice(["lite"]), default=None,
+              help="--backbones lite: add the pretrained lite rows (EfficientNet-Lite0 + YAMNet; 1, 4, 8 streams).")
 def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds: float, no_full: bool,
-               no_bf16: bool, notes: str) -> None:
+               no_bf16: bool, notes: str, lite: str | None) -> None:
     """Live scoring (``watch``) vs the backbones alone: real-time factor, latency p50/p95 and
     drops for 1 and 4 streams (8 tiny), full-size untrained backbones in fp32 and bf16 and
     the tiny ones, on this CPU (and a GPU when one is visible)."""
     from live.bench import LiveBenchConfig, run_live_bench
 
     cfg = LiveBenchConfig(full_s=full_seconds, bf16_s=bf16_seconds, tiny_s=tiny_seconds, full=not no_full,
-                          bf16=not no_bf16, notes=notes)
+                          bf16=not no_bf16, notes=notes, lite=lite == "lite")
     click.echo(json.dumps(run_live_bench(out, cfg), indent=2))
 
 

@@ -95,8 +95,8 @@ def measure_cost(entry_: BackboneEntry, repeats: int = 2) -> Cost:
     """FLOPs (torch's counter) and wall time of the architecture, untrained, so that it is
     measured without the weights: the cost depends on the architecture only."""
     model, example, units = _example(entry_)
-    model.eval()
-    with torch.inference_mode():
+    model.eval().requires_grad_(False)
+    with torch.no_grad():  # inference_mode breaks wav2vec2's weight-norm parametrization under the counter
         with FlopCounterMode(display=False) as counter:
             model(example)
         model(example)  # warm-up
