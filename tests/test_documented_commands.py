@@ -41,6 +41,8 @@ EXEMPT = {
     "make xd-standin-check": "the stand-in and a held-out set through the grid route (minutes); its commands "
                              "(synth-xd, extract, train, evaluate --detection) are run here one by one",
     "make install": "installs the virtual environment the tests already run in",
+    "make install-lite": "installs the lite extra, which `make install` already put in the tests' environment "
+                         "(tests/test_pretrained_backbones.py uses it)",
     "make bench": "benchmarks at full size; `bench train` runs here with tiny settings",
     "make bench-extract": "a benchmark of full-size backbones (minutes)",
     "cli.py bench extract": "a benchmark of full-size backbones (minutes)",

@@ -219,3 +219,45 @@ def test_predict_and_watch_recognise_a_real_crying_baby(esc10_runs: dict[str, Pa
     records = [json.loads(line) for line in watched.stdout.splitlines() if line.startswith("{")]
     scored = [r for r in records if "label" in r and "probs" in r]
     assert scored and max(set(r["label"] for r in scored), key=[r["label"] for r in scored].count) == "baby_cry"
+
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
+def test_lite_on_a_time_grid_under_torchrun_equals_one_process(lite_env: dict[str, str], tmp_path: Path) -> None:
+    """Real videos with sound, on XD-Violence's 0.6667 s grid (causal YAMNet windows):
+    two torchrun ranks write the features one process writes."""
+    root = tmp_path / "footage"
+    for label, video in (("a", "video_llama/boat.mp4"), ("a", "moviepy/chaplin.mp4"),
+                         ("b", "video_llama/dog_barking.mp4"), ("b", "video_features/v_GGSY1Qvo990.mp4")):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (root / label / Path(video).name).symlink_to(VIDEOS / video)
+    common = ["extract", "--dataset", "classes", "--root", str(root), "--backbones", "lite", "--step-seconds",
+              "0.6667", "--device", "cpu", "--precision", "fp32", "--workers", "1", "--chunk-clips", "2"]
+    cli(*common, "--out", str(tmp_path / "one.zarr"), env=lite_env)
+    done = subprocess.run([str(TORCHRUN), "--nproc-per-node", "2", "--standalone", str(REPO / "cli.py"), *common,
+                           "--out", str(tmp_path / "two.zarr")], cwd=REPO, env=lite_env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fields = ("video", "audio", "video_mask", "audio_mask", "step_time")
+    with open_cache(tmp_path / "one.zarr") as one, open_cache(tmp_path / "two.zarr") as two:
+        assert one.identity == two.identity and one.identity["audio_backbone"]["preprocessing"]["windows"] == \
+            "causal_step"
+        a, b = one.load_steps(fields=fields), two.load_steps(fields=fields)
+        order = [list(b["key"]).index(k) for k in a["key"]]
+        assert len(order) == 4 and a["audio_mask"].all() and a["video_mask"].all()
+        for name in fields:
+            got = np.concatenate([b[name][b["offsets"][i]:b["offsets"][i + 1]] for i in order])
+            if name in ("video", "audio"):
+                # oneDNN picks its convolution kernels by batch shape, and the ranks batch other
+                # clips together: the same features up to float16 rounding of the cache
+                np.testing.assert_allclose(a[name], got, rtol=2e-2, atol=2e-3, err_msg=name)
+                cosine = (a[name] * got).sum(1) / np.linalg.norm(a[name], axis=1) / np.linalg.norm(got, axis=1)
+                assert cosine.min() > 0.9999, name
+            else:
+                np.testing.assert_array_equal(a[name], got, err_msg=name)
+        ranks = two.attrs["last_run"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["done"] > 0 for r in ranks)
+    # a real frame gives a real feature: every step differs from its neighbours in some clip
+    assert np.isfinite(a["video"]).all() and np.abs(np.diff(a["video"], axis=0)).max() > 0.1
