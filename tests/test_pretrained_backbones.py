@@ -128,6 +128,9 @@ def test_yamnet_clip_windows_are_the_whole_clip_and_causal_windows_need_only_the
     expected = pool_frames_per_step(clip.geometry.frame_times(0, whole.shape[0]), whole, bounds)
     np.testing.assert_allclose(clip.embed([(audio, bounds)])[0], expected, rtol=0, atol=1e-6)
     assert clip.preprocessing["windows"] == "whole_clip" and clip.preprocessing["frontend"]["log_offset"] == 0.001
+    # the file itself, or the folder holding it, name the same weights as ``yamnet`` does
+    for name in (str(YAMNET_DIR), str(YAMNET_DIR / "yamnet_spectra_in.tflite")):
+        assert load_audio_backbone(name).checksum == clip.checksum
 
     causal = load_audio_backbone("yamnet", windowing=AudioWindowing.step(1.0))
     grid = np.stack([np.arange(0, 9) * 0.6667, np.arange(1, 10) * 0.6667], axis=1)

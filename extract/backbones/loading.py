@@ -33,6 +33,7 @@ from .hf_audio import (
     load_pretrained_audio_model,
 )
 from .registry import AUDIO, BACKBONE_PRESETS, entry
+from .yamnet import YAMNET_FILE
 from .timm_image import (
     DEFAULT_VIDEO_MODEL,
     VideoBackbone,
@@ -106,8 +107,9 @@ def preset_precision(name: str, precision: str) -> str:
 
 
 def is_yamnet(name: str) -> bool:
-    """``yamnet``, or a path to a ``.tflite`` file (YAMNet is the TFLite audio model we read)."""
-    return name == "yamnet" or name.lower().endswith(".tflite")
+    """``yamnet``, a path to a ``.tflite`` file (YAMNet is the TFLite audio model we read), or
+    a folder holding ``yamnet_spectra_in.tflite``."""
+    return name == "yamnet" or name.lower().endswith(".tflite") or (Path(name).expanduser() / YAMNET_FILE).is_file()
 
 
 def load_video_backbone(

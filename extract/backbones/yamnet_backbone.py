@@ -63,6 +63,7 @@ def yamnet_weights_file(name: str) -> Path:
     where to get it."""
     if name != "yamnet":
         path = Path(name).expanduser()
+        path = path / YAMNET_FILE if path.is_dir() else path
     elif os.environ.get(YAMNET_ENV):
         path = Path(os.environ[YAMNET_ENV]).expanduser()
         path = path / YAMNET_FILE if path.is_dir() else path
