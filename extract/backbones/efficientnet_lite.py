@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from cache_schema import replace_atomically, write_json
 
 from .frozen import BackboneUnavailable, WeightsProvenance, file_sha256, user_cache_dir
 
@@ -80,7 +80,8 @@ def converted_checkpoint(cache_root: Path | None = None) -> tuple[Path, WeightsP
     """The timm checkpoint converted from the installed package (converted now if this
     package file has not been), and its provenance.
 
-    Written under temporary names and renamed into place, config.json last: concurrent
+    Written under temporary names and renamed into place (``cache_schema.atomic``),
+    config.json last: concurrent
     converters (torchrun ranks, test workers) write the same bytes, and a reader never sees
     a half-written pair."""
     import timm
@@ -104,11 +105,9 @@ def converted_checkpoint(cache_root: Path | None = None) -> tuple[Path, WeightsP
     converted = convert(state, timm.create_model(TIMM_ARCH, pretrained=False))
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tag = f".tmp-{os.getpid()}"
-        save_file(converted, str(checkpoint) + tag, metadata={"source": source.source, "sha256": digest})
-        os.replace(str(checkpoint) + tag, checkpoint)
-        Path(str(config) + tag).write_text(json.dumps(timm_config(source), indent=2))
-        os.replace(str(config) + tag, config)
+        replace_atomically(checkpoint, lambda p: save_file(converted, str(p), metadata={"source": source.source,
+                                                                                          "sha256": digest}))
+        write_json(config, timm_config(source), indent=2)
     except OSError as err:
         raise BackboneUnavailable(f"cannot write the converted EfficientNet-Lite0 checkpoint to {folder} ({err}): "
                                   "set AVAR_CACHE_DIR to a writable folder") from err
