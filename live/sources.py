@@ -51,9 +51,15 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 # frames at an assumed 25 fps, whatever the camera sends (often 5-15 fps), so their media
 # time is their arrival time instead.
 UNTIMED_FORMATS = frozenset({"mpjpeg", "mjpeg", "jpeg_pipe", "image2pipe"})
-# A stream's clock starts at its first video packet; one that declares a video stream and
-# sends only audio for this long is scored as audio-only (as offline scores such a file).
-VIDEO_WAIT_S = 2.0
+# A stream's clock starts at its first video packet. One that declares a video stream and
+# sends only audio is scored as audio-only (as offline scores such a file) once that audio
+# spans VIDEO_WAIT_S of media time AND has taken VIDEO_WAIT_S of wall time (a reconnect's
+# audio, held back by the muxer over a pause, arrives in a burst just before the video; a
+# camera's first keyframe may take a few seconds), or spans HELD_AUDIO_MAX_S whatever the
+# wall time (memory stays bounded), or when the connection ends first. The audio received
+# meanwhile is held and scored.
+VIDEO_WAIT_S = 5.0
+HELD_AUDIO_MAX_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,11 @@ class PipeInput:
             self._buffer = data
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return out
+
+
+def _seconds(packet: av.Packet) -> float:
+    """A packet's decode (else presentation) time, in seconds."""
+    return float((packet.dts if packet.dts is not None else packet.pts) * packet.time_base)
 
 
 def _timed(packets: Iterator[av.Packet]) -> Iterator[tuple[av.Packet, float]]:
@@ -338,6 +349,7 @@ class SourceReader(threading.Thread):
         arrival: float | None = None
         stall_wait: float | None = None         # set when this connection stalled: how long it waited
         held: list[av.Packet] = []              # audio before the first video packet (the clock waits for video)
+        held_since = 0.0                        # monotonic time the first held packet came
         try:
             for packet, waited in _timed(container.demux(streams)):
                 if self.stop_event.is_set():
@@ -356,20 +368,17 @@ class SourceReader(threading.Thread):
                 if origin is None and video is not None and audio is not None and packet.stream_index == audio.index \
                         and stamp is not None and packet.time_base is not None:
                     held.append(packet)
-                    first = float((held[0].dts if held[0].dts is not None else held[0].pts) * held[0].time_base)
-                    if float(stamp * packet.time_base) - float(first) < VIDEO_WAIT_S:
+                    held_since = held_since if len(held) > 1 else time.monotonic()
+                    span = float(stamp * packet.time_base) - _seconds(held[0])
+                    if span < HELD_AUDIO_MAX_S and (span < VIDEO_WAIT_S
+                                                    or time.monotonic() - held_since < VIDEO_WAIT_S):
                         continue  # video may still come: its first packet starts the clock
-                    logger.warning("%s: declares a video stream but sent only audio for %.0f s; scored as "
-                                   "audio-only, as offline scores such a file", self.spec.name, VIDEO_WAIT_S)
-                    video, origin, replay, held = None, first, held, []
+                    video, origin, replay, held = None, _seconds(held[0]), held, []
+                    self._audio_only(span)
                 if assembler is None:
                     if origin is None:
                         continue  # nothing is timed yet
-                    if decoder is not None:
-                        track = AudioTrack(decoder, origin - base, origin - base)
-                    assembler = self.make_assembler(self.segments, base, video is not None, track)
-                    if self._file_info is not None:   # a file: its last step is cut at its end
-                        assembler.file_end = self._file_info.duration
+                    assembler, track = self._assembler(decoder, origin, base, video is not None)
                 if self.spec.realtime and stamp is not None and packet.time_base is not None:
                     at = float(stamp * packet.time_base)
                     first_dts = at if first_dts is None else first_dts
@@ -399,6 +408,13 @@ class SourceReader(threading.Thread):
             read_to_end = False
         else:
             read_to_end = True
+        if assembler is None and held and origin is None:   # it ended before any video: audio-only (VIDEO_WAIT_S)
+            origin = _seconds(held[0])
+            self._audio_only(_seconds(held[-1]) - origin)
+            assembler, track = self._assembler(decoder, origin, base, False)
+            for item in held:
+                for unit in self._decode(item, None, audio, decoder, assembler, origin - base, time.time(), arrival):
+                    self.on_unit(unit)
         if assembler is not None:
             if read_to_end and decoder is not None:   # the decoder's and resampler's last samples
                 decoder.finish()
@@ -409,6 +425,19 @@ class SourceReader(threading.Thread):
         if stall_wait is not None:                    # after the connection's last units are queued
             self._stalled(silent_for=stall_wait)
         return self.spec.reconnects
+
+    def _assembler(self, decoder: AudioDecoder | None, origin: float, base: float,
+                   has_video: bool) -> tuple[Assembler, AudioTrack | None]:
+        """A connection's assembler (and audio track), media time 0 at ``origin``."""
+        track = AudioTrack(decoder, origin - base, origin - base) if decoder is not None else None
+        assembler = self.make_assembler(self.segments, base, has_video, track)
+        if self._file_info is not None:   # a file: its last step is cut at its end
+            assembler.file_end = self._file_info.duration
+        return assembler, track
+
+    def _audio_only(self, span: float) -> None:
+        logger.warning("%s: declares a video stream but sent only audio (%.1f s of it); scored as audio-only, as "
+                       "offline scores such a file", self.spec.name, span)
 
     def _file_frames(self) -> Callable[[np.ndarray], FrameGroup] | None:
         """For a file read to its end, the offline engine's frame reader, so that its last,

@@ -200,8 +200,8 @@ def test_a_stream_that_declares_video_and_sends_audio_is_scored_as_audio_only(xd
                                                                                tmp_path: Path) -> None:
     """Fault 4: such a stream gave 0 records and exit 0 (a pipe), or a traceback (a file),
     while predict scores the file as audio-only. Now both are scored as audio-only: a file
-    at once (its probe finds no video frames), a stream once it has sent 2 s of audio and no
-    video (the audio held meanwhile is scored too)."""
+    at once (its probe finds no video frames), a stream once it has sent 5 s of audio and no
+    video over 5 s of wall time, or at its end (the audio held meanwhile is scored too)."""
     from live import load_watch_predictor
 
     predictor, run_steps = load_watch_predictor(xd_grid_fused_run)
@@ -223,7 +223,8 @@ def test_a_stream_that_declares_video_and_sends_audio_is_scored_as_audio_only(xd
                             run_steps=run_steps, stdin=stdin)
     piped = [json.loads(line) for line in buf.getvalue().splitlines()]
     scores = [e for e in piped if e["type"] == "score"]
-    # a pipe is live: read faster than real time, steps are dropped (and counted) rather than queued
+    # a pipe read faster than real time ends before 5 s of wall time: its held audio is scored at its end;
+    # a pipe is live, so steps are dropped (and counted) rather than queued
     assert len(scores) >= 2 and len(scores) + summary.sources["-"].dropped >= 6 and not summary.failed
     assert all(s["score"] is not None for s in scores)
 
