@@ -662,6 +662,9 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 @click.option("--token", default=None, help="Required on every request to --serve (header, ?token= or cookie).")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Read the --serve token from this file's first line.")
+@click.option("--serve-name", "serve_names", multiple=True, metavar="NAME",
+              help="A host name the browser view answers to besides its address (repeatable); any other Host "
+                   "header is refused (DNS rebinding).")
 @click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
 @click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -670,7 +673,7 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float | None, hop: float | None,
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
-          token: str | None, token_file: Path | None, video_model: str | None, audio_model: str | None, device: str,
+          token: str | None, token_file: Path | None, serve_names: tuple[str, ...], video_model: str | None, audio_model: str | None, device: str,
           precision: str) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
@@ -689,7 +692,8 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
                               PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
                                             precision=precision),
                               WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve, token=token,
-                                           token_file=str(token_file) if token_file else None), realtime=realtime)
+                                           token_file=str(token_file) if token_file else None,
+                                           serve_names=serve_names), realtime=realtime)
     sys.exit(status)
 
 

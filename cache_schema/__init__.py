@@ -40,7 +40,7 @@ from .schema import (
     ClipEntry,
     ClipRecord,
 )
-from .sidecars import official_split_path, optional_file, split_file_for
+from .sidecars import input_file, official_split_path, optional_file, split_file_for
 from .storage import FORMATS, detect_format
 from .validate import ValidationReport, validate
 from .writer import CacheWriter
@@ -48,7 +48,7 @@ from .writer import CacheWriter
 __all__ = [
     "AvarError", "InvalidInput", "MissingInput", "cache_info", "format_cache_info", "official_split_path",
     "split_file_for", "check_output_file", "finite_json", "json_text", "replace_atomically", "temporary_path", "write_bytes", "write_json",
-    "write_text", "optional_file", "die_with_parent", "spawned_worker_init", "key_from_relpath", "media_path",
+    "write_text", "optional_file", "input_file", "die_with_parent", "spawned_worker_init", "key_from_relpath", "media_path",
     "relpath_from_key", "storable_text", "FileLock", "cpu_model",
     "backbone_differences", "cache_identity", "feature_identity_differences", "identity_informational_differences",
     "informational_differences",

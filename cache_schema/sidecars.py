@@ -10,13 +10,17 @@ one whose name is taken by something that is not a regular file (a folder, a FIF
 socket) is refused with a message naming it. Not ignored: its presence says someone
 meant to use it, and silently dropping, say, a ``groups.tsv`` would let clips of one
 source fall on both sides of a split. Not opened: a FIFO would block the run.
+
+Every file the user names (``--token-file``, ``--split-file``, ``--groups-file``, the
+released lists, a run's JSON files) goes through the same check before it is opened,
+:func:`input_file`: one that is required is refused when absent too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import InvalidInput
+from .errors import InvalidInput, MissingInput
 
 OFFICIAL_SPLIT_SUFFIX = ".official_split.json"
 
@@ -41,6 +45,16 @@ def optional_file(path: str | Path, what: str) -> Path | None:
                        "or make it that file")
 
 
+def input_file(path: str | Path, what: str) -> Path:
+    """``path`` when it is a regular file (module doc); :class:`MissingInput` when nothing
+    has that name, :class:`InvalidInput` when a folder, a FIFO or a broken link has it,
+    before it is opened (a FIFO would block forever). ``what`` names it in the message."""
+    found = optional_file(path, what)
+    if found is None:
+        raise MissingInput(f"{path}: no such file; it should be {what}")
+    return found
+
+
 def split_file_for(cache: str | Path, split_file: str | Path | None, task: str | None) -> Path | None:
     """The split a run uses: ``split_file`` when given; else the dataset's own split beside
     the cache when extraction wrote one (XD-Violence's, for a ``--task`` run or any other;
@@ -51,4 +65,4 @@ def split_file_for(cache: str | Path, split_file: str | Path | None, task: str |
     return optional_file(official_split_path(cache), "the official split that extraction writes beside the cache")
 
 
-__all__ = ["OFFICIAL_SPLIT_SUFFIX", "official_split_path", "optional_file", "split_file_for"]
+__all__ = ["OFFICIAL_SPLIT_SUFFIX", "input_file", "official_split_path", "optional_file", "split_file_for"]

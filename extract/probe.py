@@ -210,8 +210,8 @@ def not_a_media_file(path: str | os.PathLike) -> str | None:
     if stat.S_ISDIR(mode):
         return f"{path}: is a directory, not a media file; pass the media files in it."
     if stat.S_ISFIFO(mode):
-        return (f"{path}: is a FIFO (named pipe), not a regular media file; reading a live stream is "
-                "for the coming live mode: save the stream to a file and pass the file.")
+        return (f"{path}: is a FIFO (named pipe), not a regular media file; live mode reads a stream as it "
+                f"arrives (cli.py watch RUN {path}), or save the stream to a file and pass the file.")
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return f"{path}: is a device, not a regular media file; save its stream to a file and pass the file."
     if stat.S_ISSOCK(mode):

@@ -17,10 +17,10 @@ arriving. The parts, in the order media flows through them:
 
 from .alerts import AlertConfig, AlertTracker
 from .events import AlertEvent, EventHub, FrameEvent, ScoreRecord, Sink, StatusEvent
-from .sinks import JsonLinesSink, SnapshotWriter, WebhookSink
+from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink
 from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
-__all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "EventHub", "FrameEvent", "JsonLinesSink", "ScoreRecord",
+__all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "EventHub", "FrameEvent", "JsonLinesSink", "OutputFailed", "ScoreRecord",
            "Sink", "SnapshotWriter", "SourceSpec", "StatusEvent", "WatchConfig", "WatchSummary", "WebhookSink",
            "load_watch_predictor", "parse_source", "run_watch"]

@@ -1,6 +1,7 @@
 """``cli.py watch`` as one call: the run and sources checked, the sinks built, signals
 handled, and the exit status decided (0; 1 when a source failed before giving a
-record). ``cli.py`` only parses options into these arguments."""
+record; an ``error:`` line and 2 when the JSON lines could not be written). ``cli.py``
+only parses options into these arguments."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 from apply.predictor import PredictConfig
 
 from .events import EventHub, Sink
-from .sinks import JsonLinesSink, SnapshotWriter, WebhookSink, check_webhook_url
+from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
@@ -37,6 +38,7 @@ class WatchOutputs:
     serve: str | None = None        # HOST:PORT of the browser view
     token: str | None = None
     token_file: str | None = None
+    serve_names: tuple[str, ...] = ()   # host names the browser view answers to besides its address
 
 
 def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfig, predict: PredictConfig,
@@ -51,14 +53,16 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
         host, port = parse_serve(outputs.serve)
         token = outputs.token or (read_token_file(outputs.token_file) if outputs.token_file else None)
         check_serve_access(host, token)
-        view = WebView(WebConfig(host=host, port=port, token=token, threshold=config.alerts.threshold),
+        view = WebView(WebConfig(host=host, port=port, token=token, threshold=config.alerts.threshold,
+                                 names=tuple(outputs.serve_names)),
                        sources=tuple(s.name for s in specs))
     # every other option that can be wrong is refused here too, before the (slow) load
     if outputs.webhook:
         check_webhook_url(outputs.webhook)
     if config.snapshots:
         SnapshotWriter(config.snapshots)
-    out = JsonLinesSink(path=outputs.out) if outputs.out else JsonLinesSink(sys.stdout, on_closed=stop.set)
+    out = JsonLinesSink(path=outputs.out, on_failed=stop.set) if outputs.out else \
+        JsonLinesSink(sys.stdout, on_closed=stop.set, on_failed=stop.set)
     sinks: list[Any] = [out]
     try:
         predictor, run_steps = load_watch_predictor(rundir, predict)
@@ -91,4 +95,9 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
     for name, s in summary.sources.items():
         logger.info("%s: %d records, %d dropped steps, %d alerts, max latency %.2f s%s", name, s.records, s.dropped,
                     s.alerts, s.max_latency_s, f", error: {s.error}" if s.error else "")
+    if summary.snapshot_failures:
+        logger.warning("--snapshots %s: %d snapshot(s) could not be written (logged above); their alerts went out "
+                       "without them", config.snapshots, summary.snapshot_failures)
+    if out.failed:   # the operator's only full record is gone: never exit 0 (live/sinks.py)
+        raise OutputFailed(out.failed)
     return (1 if summary.failed else 0), summary

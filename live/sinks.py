@@ -2,7 +2,8 @@
 
 * :class:`JsonLinesSink`: one JSON object per line (standard output, or a file opened
   for appending), flushed line by line so that a reader (``tail -f``, a log shipper)
-  sees each event at once and nothing is lost when the process is stopped.
+  sees each event at once and nothing is lost when the process is stopped; a file is
+  never left with a torn line, and a failed output stops the watch with an error.
 * :class:`WebhookSink`: POSTs each alert event as JSON on a thread of its own, with a
   timeout and retries; its queue is bounded, so a slow or dead receiver never delays
   scoring: what it cannot take is dropped, logged and counted.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -20,6 +22,7 @@ import logging
 import os
 import queue
 import re
+import stat
 import sys
 import threading
 import time
@@ -31,11 +34,11 @@ from typing import IO, Any, Callable
 
 from PIL import Image
 
-from cache_schema import InvalidInput, replace_atomically
+from cache_schema import AvarError, InvalidInput, replace_atomically
 
 from .events import ALERT_END, ALERT_START, AlertEvent, Event, FrameEvent
 
-__all__ = ["JsonLinesSink", "SnapshotWriter", "WebhookSink", "check_webhook_url", "jpeg_bytes", "slug"]
+__all__ = ["JsonLinesSink", "OutputFailed", "SnapshotWriter", "WebhookSink", "check_webhook_url", "jpeg_bytes", "slug"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,29 +70,65 @@ def jpeg_bytes(image: Image.Image, quality: int = 85) -> bytes:
     return buf.getvalue()
 
 
+class OutputFailed(AvarError):
+    """The JSON lines (``--out`` or standard output), the operator's only full record of a
+    watch, could not be written: the watch stops and the command ends with this error."""
+
+
+def _regular_fd(stream: Any) -> int | None:
+    """The descriptor of ``stream`` when it is a regular file (``watch > log.jsonl``), else None."""
+    try:
+        fd = stream.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):   # io.StringIO, a closed stream
+        return None
+
+
 class JsonLinesSink:
     """Every event but frames, one line each; ``stream`` stays open for the caller to close
-    unless the sink opened it (``path``)."""
+    unless the sink opened it (``path``).
+
+    Into a file (``path``, or standard output redirected to a file) each line is written
+    with ``os.write`` and, when a write fails (a full disk, a file-size limit), the part of
+    the line that got there is taken back (``ftruncate`` to where the line began): the
+    file always ends with a whole line. A failed output is never silent: it is logged
+    naming the output, ``failed`` says why, and ``on_failed`` is called (the watch stops:
+    scoring on with its only record gone would be work for nobody)."""
 
     def __init__(self, stream: IO[str] | None = None, path: str | Path | None = None,
-                 on_closed: Callable[[], None] | None = None) -> None:
+                 on_closed: Callable[[], None] | None = None, on_failed: Callable[[], None] | None = None) -> None:
         self._own = path is not None
         self._on_closed = on_closed  # the reader went away (``watch ... | head``): the caller stops
+        self._on_failed = on_failed
         self.closed_by_reader = False
-        try:
-            self._stream = open(path, "a", encoding="utf-8") if path is not None else stream  # noqa: SIM115
-        except OSError as e:
-            raise InvalidInput(f"--out {path}: cannot append to it ({e.strerror or e})") from None
-        if self._stream is None:
+        self.failed: str | None = None
+        self.name = f"--out {path}" if path is not None else "standard output"
+        self._stream = stream
+        self._fd: int | None = None
+        if path is not None:
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise InvalidInput(f"--out {path}: cannot append to it ({e.strerror or e})") from None
+        elif stream is None:
             raise ValueError("give a stream or a path")
+        else:
+            self._fd = _regular_fd(stream)
+            if self._fd is not None:
+                stream.flush()        # what the stream holds goes first; every line after by os.write
         self.lines = 0
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, FrameEvent) or self.closed_by_reader:
+        if isinstance(event, FrameEvent) or self.closed_by_reader or self.failed:
             return
+        line = json.dumps(event.to_json(), ensure_ascii=False) + "\n"
         try:
-            self._stream.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
-            self._stream.flush()
+            if self._fd is not None:
+                self._write_whole(line.encode("utf-8"))
+            else:
+                assert self._stream is not None
+                self._stream.write(line)
+                self._stream.flush()
         except BrokenPipeError:
             self.closed_by_reader = True
             logger.info("the reader of the JSON lines went away: stopping")
@@ -100,19 +139,63 @@ class JsonLinesSink:
             if self._on_closed is not None:
                 self._on_closed()
             return
+        except OSError as exc:
+            self._fail(exc)
+            return
         self.lines += 1
+
+    def _write_whole(self, data: bytes) -> None:
+        """``data`` appended whole, or nothing of it (class doc)."""
+        assert self._fd is not None
+        fd = self._fd
+        start = os.fstat(fd).st_size if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else os.lseek(fd, 0, os.SEEK_CUR)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            if len(view) < len(data):
+                try:
+                    os.ftruncate(fd, start)
+                    if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+                        os.lseek(fd, start, os.SEEK_SET)
+                except OSError as exc:
+                    logger.error("%s: the torn last line could not be taken back (%s)", self.name,
+                                 exc.strerror or exc)
+            raise
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = (f"{self.name}: cannot be written ({exc.strerror or exc}): the watch stopped there; the JSON "
+                       f"lines hold the {self.lines} whole line(s) written before (the line being written was taken "
+                       "back). Free space or raise the limit, and watch again")
+        logger.error("%s", self.failed)
+        if self._on_failed is not None:
+            self._on_failed()
 
     def close(self) -> None:
         try:
-            if not self.closed_by_reader:
+            if not self.closed_by_reader and not self.failed and self._fd is None and self._stream is not None:
                 self._stream.flush()
         finally:
-            if self._own:
-                self._stream.close()
+            if self._own and self._fd is not None:
+                os.close(self._fd)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is the receiver's answer, not a new address: urllib would re-send the alert
+    as a GET without its body, to wherever the receiver pointed, and call it delivered."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None   # urllib then raises HTTPError(code): a failed delivery
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects())
 
 
 class WebhookSink:
-    """Alert events POSTed to ``url`` as JSON (``Content-Type: application/json``)."""
+    """Alert events POSTed to ``url`` as JSON (``Content-Type: application/json``). Only a
+    2xx answer is a delivery: a redirect (not followed) or a refusal is a failed one,
+    logged with the status; a 5xx, a timeout or a refused connection is retried."""
 
     def __init__(self, url: str, timeout: float = 5.0, retries: int = 3, backoff: float = 0.5,
                  max_queue: int = 1000) -> None:
@@ -140,7 +223,7 @@ class WebhookSink:
         body = json.dumps(event.to_json()).encode()
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (the user's URL)
+        with _NO_REDIRECTS.open(request, timeout=self.timeout) as response:
             response.read()
 
     def _run(self) -> None:
@@ -158,6 +241,17 @@ class WebhookSink:
                     self._post(event)
                     outcome = "delivered"
                     break
+                except urllib.error.HTTPError as exc:
+                    # the receiver answered: a redirect or a refusal is its answer (retried: 5xx, 408, 429)
+                    final = exc.code < 500 and exc.code not in (408, 429)
+                    if final or attempt == self.retries or self._stop.wait(self.backoff * 2 ** attempt):
+                        outcome = "failed"
+                        where = exc.headers.get("Location") if 300 <= exc.code < 400 and exc.headers else None
+                        logger.warning("webhook %s: %s of alert %d not delivered: the receiver answered %d %s%s",
+                                       self.url, event.type, event.alert_id, exc.code, exc.reason,
+                                       f" (a redirect to {where}; redirects are not followed, the alert would "
+                                       "lose its body: give --webhook the final URL)" if where is not None else "")
+                        break
                 except (urllib.error.URLError, OSError, ValueError) as exc:
                     if attempt == self.retries or self._stop.wait(self.backoff * 2 ** attempt):
                         outcome = "failed"
@@ -200,8 +294,13 @@ class WebhookSink:
 
 
 class SnapshotWriter:
+    """Alert snapshots in ``folder``. A snapshot that cannot be written (a full disk, a
+    file-size limit, a name taken by a folder) is logged and counted (``failed``) and the
+    alert goes out without it: an output that fails never stops scoring."""
+
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.failed = 0
         self.started = time.strftime("%Y%m%dT%H%M%S")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -218,7 +317,14 @@ class SnapshotWriter:
         digest = hashlib.sha256(event.source.encode()).hexdigest()[:6]
         path = self.folder / f"{slug(event.source)}-{digest}-{self.started}-alert{event.alert_id:04d}.jpg"
         data = jpeg_bytes(image)
-        replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+        try:
+            replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+        except OSError as exc:
+            self.failed += 1
+            logger.error("--snapshots: the snapshot %s of %s's alert %d cannot be written (%s); the alert goes out "
+                         "without it (%d snapshot(s) not written so far)", path, event.source, event.alert_id,
+                         exc.strerror or exc, self.failed)
+            return None
         return str(path)
 
 

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import Any, BinaryIO
 import av
 import numpy as np
 
-from cache_schema import SAMPLE_RATE, InvalidInput
+from cache_schema import SAMPLE_RATE, AvarError, InvalidInput
 from extract.audio_track import AudioDecoder, AudioTrack
 from extract.media_reader import FrameGroup, MediaReader
 from extract.probe import DecodeError, MediaInfo, choose_streams, not_a_media_file, probe
@@ -50,12 +51,23 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 # frames at an assumed 25 fps, whatever the camera sends (often 5-15 fps), so their media
 # time is their arrival time instead.
 UNTIMED_FORMATS = frozenset({"mpjpeg", "mjpeg", "jpeg_pipe", "image2pipe"})
+# A stream's clock starts at its first video packet. One that declares a video stream and
+# sends only audio is scored as audio-only (as offline scores such a file) once that audio
+# spans VIDEO_WAIT_S of media time AND has taken VIDEO_WAIT_S of wall time (a reconnect's
+# audio, held back by the muxer over a pause, arrives in a burst just before the video; a
+# camera's first keyframe may take a few seconds), or spans HELD_AUDIO_MAX_S whatever the
+# wall time (memory stays bounded), or when the connection ends first. The audio received
+# meanwhile is held and scored.
+VIDEO_WAIT_S = 5.0
+HELD_AUDIO_MAX_S = 120.0
 
 
 @dataclass(frozen=True)
 class SourceSpec:
     """``name`` as the user gave it (what every event names); ``url`` what FFmpeg opens;
-    ``kind``: ``stream`` (a URL), ``device`` (V4L2), ``stdin`` or ``file``."""
+    ``kind``: ``stream`` (a URL), ``device`` (V4L2), ``stdin``, ``fifo`` (a named pipe,
+    read as standard input is: an MPEG-TS stream that ends when its writer closes it) or
+    ``file``."""
 
     name: str
     url: str
@@ -88,6 +100,12 @@ def parse_source(text: str, realtime: bool = False) -> SourceSpec:
                            f"({', '.join(NETWORK_SCHEMES)}), /dev/videoN, - or a file")
     if text.startswith("/dev/video"):
         return SourceSpec(text, text, "device", format="v4l2")
+    try:
+        fifo = stat.S_ISFIFO(os.stat(text).st_mode)
+    except OSError:
+        fifo = False
+    if fifo:   # a named pipe: read as standard input is read (``watch -``), never opened here (it would block)
+        return SourceSpec(text, text, "fifo")
     problem = not_a_media_file(Path(text))
     if problem is not None:
         raise InvalidInput(problem)
@@ -157,6 +175,11 @@ class PipeInput:
         return out
 
 
+def _seconds(packet: av.Packet) -> float:
+    """A packet's decode (else presentation) time, in seconds."""
+    return float((packet.dts if packet.dts is not None else packet.pts) * packet.time_base)
+
+
 def _timed(packets: Iterator[av.Packet]) -> Iterator[tuple[av.Packet, float]]:
     """Each packet with the seconds the demuxer took to return it (a network read's wait)."""
     it = iter(packets)
@@ -194,6 +217,7 @@ class SourceReader(threading.Thread):
         self._stalled_at: float | None = None
         self._silent_since: float | None = None   # wall time the last packet came (the gap's start)
         self._file_info: MediaInfo | None = None   # a file's probe: its clip start and duration
+        self._fifo_waiting = False                 # a named pipe's open() waits for its writer
 
     # -- status
     def _status(self, kind: str, **detail: Any) -> None:
@@ -217,6 +241,9 @@ class SourceReader(threading.Thread):
                 try:
                     container = self._open()
                 except (av.FFmpegError, OSError, DecodeError) as exc:
+                    if self.stop_event.is_set():   # a stop asked for (SIGTERM) while it waited: not a failure
+                        logger.info("%s: stopped while opening (%s)", self.spec.name, exc)
+                        break
                     if not self.spec.reconnects:
                         self.error = f"{self.spec.name}: cannot open ({exc})"
                         logger.error("%s", self.error)
@@ -246,6 +273,9 @@ class SourceReader(threading.Thread):
                 if self._stalled_at is None:  # the stream ended (a camera rebooting): reopen
                     self._stalled_at = self._silent_since = time.time()   # its last packet came just now
                     self._status(STALLED, stall_timeout_s=self.stall_timeout, reason="ended", reconnecting=True)
+        except AvarError as exc:   # a known data error (a clock that jumps, no stream): the source's error, no traceback
+            self.error = f"{self.spec.name}: {exc}" if self.spec.name not in str(exc) else str(exc)
+            logger.error("%s", self.error)
         except Exception as exc:   # a bug: its traceback is logged, the source ends with the error, the rest go on
             self.error = f"{self.spec.name}: {type(exc).__name__}: {exc}"
             logger.exception("%s: reading failed", self.spec.name)
@@ -258,14 +288,34 @@ class SourceReader(threading.Thread):
         return base
 
     def _open(self) -> av.container.InputContainer:
-        if self.spec.kind == "stdin":
-            pipe = PipeInput(self.stdin, self.stall_timeout, self.stop_event, self._stalled, self._resumed)
+        if self.spec.kind in ("stdin", "fifo"):
+            stream = self.stdin if self.spec.kind == "stdin" else self._open_fifo()
+            pipe = PipeInput(stream, self.stall_timeout, self.stop_event, self._stalled, self._resumed)
             return av.open(pipe, mode="r", format="mpegts" if self.spec.format is None else self.spec.format,
                            metadata_errors="ignore")
         if self.spec.kind == "file":
             return av.open(self.spec.url, mode="r", metadata_errors="ignore")
         return av.open(self.spec.url, mode="r", format=self.spec.format, options=dict(self.spec.options),
                        timeout=(self.open_timeout, self.stall_timeout), metadata_errors="ignore")
+
+    def _open_fifo(self) -> BinaryIO:
+        """The named pipe, opened for reading: this waits for its writer, and ``release()``
+        ends the wait when the watch stops."""
+        self._fifo_waiting = True
+        try:
+            return open(self.spec.url, "rb", buffering=0)  # noqa: SIM115 - PipeInput's thread reads it to its end
+        finally:
+            self._fifo_waiting = False
+
+    def release(self) -> None:
+        """Called once ``stop`` is set: a named pipe still waiting for its writer is opened
+        for writing and closed at once, so that the wait ends (an EOF, read as the stop)."""
+        if self.spec.kind != "fifo" or not self._fifo_waiting:
+            return
+        try:
+            os.close(os.open(self.spec.url, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:   # the writer came and went meanwhile: nothing waits
+            pass
 
     def _origin(self, container: av.container.InputContainer) -> float | None:
         """Media time 0 of this connection, absolute seconds: for a file the probe's clip
@@ -279,11 +329,14 @@ class SourceReader(threading.Thread):
     def _read(self, container: av.container.InputContainer, base: float) -> bool:
         """One connection; returns whether the source may come back (reconnect)."""
         video, audio = choose_streams(container)
+        origin = self._origin(container)
+        if video is not None and self._file_info is not None and not self._file_info.has_video:
+            logger.info("%s: its video stream has no frames; scored as audio-only, as offline", self.spec.name)
+            video = None
         if video is None and audio is None:
             raise DecodeError(f"{self.spec.name}: no audio or video stream")
         if video is not None:
             video.thread_type = "AUTO"
-        origin = self._origin(container)
         decoder = AudioDecoder(SAMPLE_RATE) if audio is not None else None
         track: AudioTrack | None = None
         assembler: Assembler | None = None
@@ -295,6 +348,8 @@ class SourceReader(threading.Thread):
             logger.info("%s: %s has no timestamps; media time is arrival time", self.spec.name, container.format.name)
         arrival: float | None = None
         stall_wait: float | None = None         # set when this connection stalled: how long it waited
+        held: list[av.Packet] = []              # audio before the first video packet (the clock waits for video)
+        held_since = 0.0                        # monotonic time the first held packet came
         try:
             for packet, waited in _timed(container.demux(streams)):
                 if self.stop_event.is_set():
@@ -309,14 +364,21 @@ class SourceReader(threading.Thread):
                     # a stream's clock starts at its first video packet: audio the muxer held
                     # back over a pause arrives first after a reconnect, stamped before it
                     origin = float(stamp * packet.time_base)
+                replay = [packet]
+                if origin is None and video is not None and audio is not None and packet.stream_index == audio.index \
+                        and stamp is not None and packet.time_base is not None:
+                    held.append(packet)
+                    held_since = held_since if len(held) > 1 else time.monotonic()
+                    span = float(stamp * packet.time_base) - _seconds(held[0])
+                    if span < HELD_AUDIO_MAX_S and (span < VIDEO_WAIT_S
+                                                    or time.monotonic() - held_since < VIDEO_WAIT_S):
+                        continue  # video may still come: its first packet starts the clock
+                    video, origin, replay, held = None, _seconds(held[0]), held, []
+                    self._audio_only(span)
                 if assembler is None:
                     if origin is None:
                         continue  # nothing is timed yet
-                    if decoder is not None:
-                        track = AudioTrack(decoder, origin - base, origin - base)
-                    assembler = self.make_assembler(self.segments, base, video is not None, track)
-                    if self._file_info is not None:   # a file: its last step is cut at its end
-                        assembler.file_end = self._file_info.duration
+                    assembler, track = self._assembler(decoder, origin, base, video is not None)
                 if self.spec.realtime and stamp is not None and packet.time_base is not None:
                     at = float(stamp * packet.time_base)
                     first_dts = at if first_dts is None else first_dts
@@ -324,9 +386,9 @@ class SourceReader(threading.Thread):
                     if delay > 0 and self.stop_event.wait(delay):
                         return False
                     wall = time.time()
-                units = self._decode(packet, video, decoder, assembler, origin - base, wall, arrival)
-                for unit in units:
-                    self.on_unit(unit)
+                for item in replay:
+                    for unit in self._decode(item, video, audio, decoder, assembler, origin - base, wall, arrival):
+                        self.on_unit(unit)
                 if self.duration is not None and self.media_t >= self.duration:
                     return False
                 if waited >= self.stall_timeout and self.spec.reconnects:
@@ -346,6 +408,13 @@ class SourceReader(threading.Thread):
             read_to_end = False
         else:
             read_to_end = True
+        if assembler is None and held and origin is None:   # it ended before any video: audio-only (VIDEO_WAIT_S)
+            origin = _seconds(held[0])
+            self._audio_only(_seconds(held[-1]) - origin)
+            assembler, track = self._assembler(decoder, origin, base, False)
+            for item in held:
+                for unit in self._decode(item, None, audio, decoder, assembler, origin - base, time.time(), arrival):
+                    self.on_unit(unit)
         if assembler is not None:
             if read_to_end and decoder is not None:   # the decoder's and resampler's last samples
                 decoder.finish()
@@ -357,6 +426,19 @@ class SourceReader(threading.Thread):
             self._stalled(silent_for=stall_wait)
         return self.spec.reconnects
 
+    def _assembler(self, decoder: AudioDecoder | None, origin: float, base: float,
+                   has_video: bool) -> tuple[Assembler, AudioTrack | None]:
+        """A connection's assembler (and audio track), media time 0 at ``origin``."""
+        track = AudioTrack(decoder, origin - base, origin - base) if decoder is not None else None
+        assembler = self.make_assembler(self.segments, base, has_video, track)
+        if self._file_info is not None:   # a file: its last step is cut at its end
+            assembler.file_end = self._file_info.duration
+        return assembler, track
+
+    def _audio_only(self, span: float) -> None:
+        logger.warning("%s: declares a video stream but sent only audio (%.1f s of it); scored as audio-only, as "
+                       "offline scores such a file", self.spec.name, span)
+
     def _file_frames(self) -> Callable[[np.ndarray], FrameGroup] | None:
         """For a file read to its end, the offline engine's frame reader, so that its last,
         partial step is the one offline extraction gives; None for a stream."""
@@ -365,7 +447,7 @@ class SourceReader(threading.Thread):
             return None                # a stream, or --duration stops the file before its end
         return lambda targets: MediaReader(self.spec.url, info=info).frames_at(targets)
 
-    def _decode(self, packet: av.Packet, video: Any, decoder: AudioDecoder | None, assembler: Assembler,
+    def _decode(self, packet: av.Packet, video: Any, audio: Any, decoder: AudioDecoder | None, assembler: Assembler,
                 origin: float, wall: float, arrival: float | None = None) -> list[LiveUnit]:
         """The units a packet completes; a frame's media time is its timestamp, or its
         packet's ``arrival`` (monotonic seconds) for a container without timestamps."""
@@ -385,7 +467,7 @@ class SourceReader(threading.Thread):
                     break
                 units += assembler.add_frame(t, frame, wall)
                 self.media_t = max(self.media_t, t)
-        elif decoder is not None:
+        elif decoder is not None and audio is not None and packet.stream_index == audio.index:
             failed = decoder.failed
             decoder.feed(packet)
             self.corrupt_packets += decoder.failed - failed

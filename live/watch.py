@@ -90,6 +90,7 @@ class WatchSummary:
     sources: dict[str, SourceSummary] = field(default_factory=dict)
     wall_s: float = 0.0
     scoring_s: float = 0.0          # wall time spent in backbones and head
+    snapshot_failures: int = 0      # snapshots that could not be written (their alerts went out without them)
 
     @property
     def failed(self) -> list[str]:
@@ -284,6 +285,8 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
                 break
     finally:
         stop.set()
+        for reader in readers:
+            reader.release()   # a named pipe still waiting for its writer stops waiting
         scheduler.close()
         deadline = time.monotonic() + config.stall_timeout + 2   # one wait for all, not one each
         for reader in readers:
@@ -295,4 +298,5 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
                                             {"corrupt_packets": reader.corrupt_packets, "stopped_busy": True}))
         loop.statuses({})
         loop.summary.wall_s = time.monotonic() - began
+        loop.summary.snapshot_failures = loop.snapshots.failed if loop.snapshots is not None else 0
     return loop.summary

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cache_schema import InvalidInput, MissingInput, optional_file, write_json
+from cache_schema import InvalidInput, input_file, optional_file, write_json
 
 from .data import CacheData
 
@@ -117,10 +117,7 @@ def read_groups_file(path: str | Path) -> dict[str, str]:
 def _tsv_rows(path: str | Path, option: str) -> list[tuple[int, list[str]]]:
     """The numbered rows of a TSV file the user passed with ``option``; a missing,
     unreadable or non-text file is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        what = "a folder" if path.is_dir() else "no file"
-        raise MissingInput(f"{option} {path}: {what} there; pass the path of a tab-separated text file")
+    path = input_file(path, f"the {option} (a tab-separated text file)")  # a folder or a FIFO refused unopened
     try:
         with path.open(newline="", encoding="utf-8") as f:
             return list(enumerate(csv.reader(f, delimiter="\t"), 1))
@@ -215,9 +212,7 @@ def _finish(keys: np.ndarray, groups: np.ndarray, train: np.ndarray, val: np.nda
 
 def read_split_file(path: str | Path) -> dict[str, list[str]]:
     """Key lists per part from our JSON or from ``key<TAB>part`` lines."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingInput(f"no split file at {path}; pass --split-file PATH to an existing file")
+    path = input_file(path, "the --split-file (JSON train/val/test key lists, or key<TAB>part lines)")  # no FIFO
     if path.suffix == ".json":
         d = _read_json(path, "--split-file")
         fix = ("a split file is a JSON object with 'train', 'test' and optionally 'val' lists of cache keys "

@@ -327,7 +327,7 @@ def test_a_client_that_never_reads_does_not_delay_the_score_records(served) -> N
     stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect((parts.hostname, parts.port))
-    stuck.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    stuck.sendall(f"GET /api/events HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())  # its own address (421 else)
     _wait_for(lambda: view.stats()["clients"] == 1, "the stuck client to subscribe")
 
     probs = {f"class_{k:02d}": 0.01 for k in range(32)}  # ~900-byte records

@@ -9,11 +9,12 @@ loopback address needs nothing, anything else needs ``--token`` or ``--token-fil
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_schema import InvalidInput, MissingInput
+from cache_schema import InvalidInput, MissingInput, optional_file
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -44,6 +45,16 @@ class WebConfig:
     max_clients: int = 32
     inbox: int = 20000
     heartbeat_s: float = 15.0
+    # Host names (``--serve-name``) the view answers to besides its own address: any other
+    # Host header is refused, so that a web page whose domain is rebound to this address
+    # (DNS rebinding) cannot read the view from the operator's browser.
+    names: tuple[str, ...] = ()
+    # Connections: one that sends no request for ``idle_timeout_s`` is closed, and at most
+    # ``max_connections`` are held (fewer when the descriptor limit is low: see
+    # ``connection_budget``), so that idle sockets never take the descriptors that the
+    # sources, snapshots and reconnects need.
+    idle_timeout_s: float = 15.0
+    max_connections: int = 64
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -52,6 +63,68 @@ class WebConfig:
             raise InvalidInput("--token is empty; give a non-empty token or leave it out (loopback only)")
         if self.timeline_s <= 0 or self.alert_context_s < 0:
             raise InvalidInput("the timeline lengths must be positive")
+        for name in self.names:
+            if not name or any(c in name for c in "/:@ \t\r\n[]"):
+                raise InvalidInput(f"--serve-name {name!r}: give a bare host name (e.g. cams.example.org), without "
+                                   "scheme, port or path")
+        if self.idle_timeout_s <= 0 or self.max_connections < 1:
+            raise InvalidInput("the idle timeout and the connection limit must be positive")
+
+
+def host_of(header: str) -> str:
+    """The host part of a Host header, lower-cased, without port, brackets or a final dot."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    host, sep, port = header.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        header = host
+    return header.rstrip(".")
+
+
+def allowed_hosts(config: WebConfig) -> frozenset[str] | None:
+    """The Host names the view answers to: its bound address, ``localhost`` when that is a
+    loopback address, and ``config.names``. None: bound to every interface, where any IP
+    address of the machine is its address (names still need ``names``)."""
+    bound = host_of(config.host)
+    names = {host_of(n) for n in config.names}
+    if bound in ("0.0.0.0", "::", ""):
+        return None
+    names.add(bound)
+    if is_loopback(bound):
+        names.add("localhost")
+    return frozenset(names)
+
+
+def host_allowed(header: str | None, allowed: frozenset[str] | None, names: tuple[str, ...]) -> bool:
+    """Whether a request's Host header names this view (``allowed_hosts``); no header
+    (HTTP/1.0) is the address the request came to."""
+    if not header:
+        return True
+    host = host_of(header)
+    if allowed is not None:
+        return host in allowed
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in {host_of(n) for n in names}
+
+
+def connection_budget(config: WebConfig) -> int:
+    """How many connections the view may hold: ``max_connections``, or fewer so that half
+    of the descriptors left under the process's limit stay free for the sources, snapshot
+    files and reconnects."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return config.max_connections
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = 64
+    return max(1, min(config.max_connections, (soft - used) // 2))
 
 
 def parse_serve(text: str) -> tuple[str, int]:
@@ -100,6 +173,8 @@ def read_token_file(path: str | Path) -> str:
     """The token in the first line of ``path`` (surrounding blanks stripped), so that it
     need not appear on the command line (where ``ps`` shows it to every user)."""
     path = Path(path)
+    if optional_file(path, "the --token-file (the token on its first line)") is None:  # a FIFO is never opened
+        raise MissingInput(f"--token-file {path}: no such file; write the token on its first line")
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -112,4 +187,5 @@ def read_token_file(path: str | Path) -> str:
     return token
 
 
-__all__ = ["DEFAULT_HOST", "WebConfig", "check_serve_access", "is_loopback", "parse_serve", "read_token_file"]
+__all__ = ["DEFAULT_HOST", "WebConfig", "allowed_hosts", "check_serve_access", "connection_budget", "host_allowed",
+           "host_of", "is_loopback", "parse_serve", "read_token_file"]

@@ -33,7 +33,7 @@ from aiohttp import web
 from cache_schema import InvalidInput, json_text
 from live.events import Event
 
-from .config import WebConfig, check_serve_access
+from .config import WebConfig, allowed_hosts, check_serve_access, connection_budget, host_allowed
 from .state import AlertState, LiveState
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,41 @@ class _Client:
             self.transport.abort()  # a client stuck in a write would otherwise hold shutdown
 
 
+class _Refused(asyncio.Protocol):
+    """A connection over the view's budget: closed as it arrives."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's handler of one connection, and ``lost()`` called once it is closed."""
+
+    def __init__(self, inner: asyncio.Protocol, lost: Any) -> None:
+        self._inner, self._lost = inner, lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._lost()
+
+
 class WebView:
     """A ``live.events.Sink`` that serves the live view (see the module docstring).
 
@@ -100,6 +135,13 @@ class WebView:
         self._seq = 0
         self._started_at = time.time()
         self._cookie = COOKIE
+        self._hosts = allowed_hosts(config)
+        self._budget = connection_budget(config)
+        self._refused_connections = 0
+        self._refused_hosts = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._open = 0                       # connections held (counted by ``_limited``'s factory)
+        self._accepted = 0
         self.url: str | None = None
 
     # -- the sink (scoring thread) -----------------------------------------------------
@@ -173,9 +215,11 @@ class WebView:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            runner = web.AppRunner(self._app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+            # keepalive_timeout: aiohttp closes a connection idle that long, one that never sent a request included
+            runner = web.AppRunner(self._app(), handle_signals=False, access_log=None, shutdown_timeout=1.0,
+                                   keepalive_timeout=self.config.idle_timeout_s)
             loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
+            self._server = loop.run_until_complete(loop.create_server(self._limited(runner.server), sock=sock))
         except BaseException as e:  # noqa: BLE001 - handed to start(), which raises it
             sock.close()
             loop.close()
@@ -189,8 +233,30 @@ class WebView:
         finally:
             for client in list(self._clients):
                 client.close()
+            if self._server is not None:
+                self._server.close()
             loop.run_until_complete(runner.cleanup())
             loop.close()
+
+    def _limited(self, server: web.Server) -> Any:
+        """aiohttp's protocol factory, refusing a connection beyond the budget at once
+        (closed on arrival: its descriptor is freed, nothing is read from it)."""
+        def lost() -> None:
+            self._open -= 1
+
+        def factory() -> asyncio.Protocol:
+            # counted here, not by aiohttp's list: a burst of accepts calls this factory many
+            # times before the first of those connections is registered there
+            if self._open >= self._budget:
+                self._refused_connections += 1
+                if self._refused_connections in (1, 10, 100) or self._refused_connections % 1000 == 0:
+                    logger.warning("live view: %d connection(s) refused so far, %d are open (the limit)",
+                                   self._refused_connections, self._open)
+                return _Refused()
+            self._open += 1
+            self._accepted += 1
+            return _Counted(server(), lost)
+        return factory
 
     # -- the server's loop ---------------------------------------------------------------
     def _drain(self) -> None:
@@ -218,6 +284,9 @@ class WebView:
                 "clients": len(self._clients),
                 "client_queues": [{"queued": len(c.queue), "dropped": c.dropped, "buffered_bytes": c.buffered()}
                                   for c in self._clients],
+                "connections": {"open": self._open, "accepted": self._accepted,
+                                "limit": self._budget,
+                                "refused": self._refused_connections, "refused_hosts": self._refused_hosts},
                 "dropped": {"inbox": self._inbox_dropped,
                             "clients": self._client_dropped + sum(c.dropped for c in self._clients)}}
 
@@ -246,6 +315,11 @@ class WebView:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not host_allowed(request.headers.get("Host"), self._hosts, self.config.names):
+            self._refused_hosts += 1   # a page whose name was rebound to this address (DNS rebinding)
+            return web.Response(status=421, text=f"421: this live view answers to {self.url} (Host "
+                                f"{request.headers.get('Host')!r} is not its address); a name that points here must "
+                                "be given to watch with --serve-name NAME\n")
         if not self._authorised(request):
             return web.Response(status=401, text="401: this live view needs its token: open the page as "
                                 "/?token=TOKEN, or send the header 'Authorization: Bearer TOKEN'\n",
