@@ -15,6 +15,9 @@ PRECISION_HELP = ("auto: bf16 on a CPU with native bf16 (AMX / AVX-512 BF16) or 
                   "else fp32 (emulated bf16 is many times slower); the cache records the precision used.")
 
 
+# TrainConfig.std_floor, spelled out so that --help imports nothing heavy (a test checks they agree).
+STD_FLOOR = 0.1
+
 NORMAL_CLASS_HELP = ("The class of normal clips: the binary view scores anomalies as 1 - p(NAME) (AP(anomaly)) "
                      "[normal, if a class has that name; else no binary view].")
 
@@ -304,6 +307,9 @@ def _train_options(f):
                      help="MIL: weight of Sultani et al.'s sparsity term."),
         click.option("--mil-smoothness", default=0.0, show_default=True, type=click.FloatRange(0),
                      help="MIL: weight of Sultani et al.'s smoothness term."),
+        click.option("--std-floor", default=STD_FLOOR, show_default=True, type=click.FloatRange(0),
+                     help="Input normalisation: every feature's std is at least this fraction of its stream's RMS "
+                          "std, so near-constant dimensions of real backbones are not blown up (docs/temporal.md)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -314,7 +320,8 @@ def _train_config(head: str, modality: str, fusion: str, seed: int, epochs: int,
                   early_stop: int, class_weights: bool, split_seed: int, split_file: Path | None,
                   groups_file: Path | None, group_pattern: str | None, threads: int, normal_class: str = "",
                   max_train_steps: int = 200, train_steps_mode: str = "sample", objective: str = "auto",
-                  mil_sparsity: float = 0.0, mil_smoothness: float = 0.0, progress: bool = True):
+                  mil_sparsity: float = 0.0, mil_smoothness: float = 0.0, std_floor: float = STD_FLOOR,
+                  progress: bool = True):
     from temporal.split import SplitConfig
     from temporal.train import TrainConfig
 
@@ -324,7 +331,7 @@ def _train_config(head: str, modality: str, fusion: str, seed: int, epochs: int,
                        lr=lr, early_stop=early_stop, class_weights=class_weights, threads=threads, split=split,
                        normal_class=normal_class, max_train_steps=max_train_steps, train_steps_mode=train_steps_mode,
                        objective=objective, mil_sparsity=mil_sparsity, mil_smoothness=mil_smoothness,
-                       progress=progress)
+                       std_floor=std_floor, progress=progress)
 
 
 def _list_heads(ctx: click.Context, _: click.Parameter, value: bool) -> None:

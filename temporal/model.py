@@ -29,7 +29,14 @@ from .losses import step_anomaly_scores, topk_clip_score
 class FeatureStandardizer(nn.Module):
     """Per-dimension standardisation of each backbone's features, fitted on the training
     clips' valid steps (the two backbones' features live on unrelated scales). Absent
-    steps stay exactly zero. Stored as buffers, so it travels with the checkpoint."""
+    steps stay exactly zero. Stored as buffers, so it travels with the checkpoint: what
+    ``evaluate``, ``predict`` and ``watch`` apply is what training fitted.
+
+    A dimension's std is floored at ``std_floor`` times the stream's RMS std (see
+    :meth:`fit`): real backbones have many near-constant dimensions (YAMNet on ESC-10:
+    456 of 1,024 with std below 1e-3, against an RMS std of 0.15), and dividing by their
+    tiny std turns rounding noise, or a value a test clip holds and no training clip did,
+    into z-scores in the hundreds."""
 
     def __init__(self, video_dim: int, audio_dim: int) -> None:
         super().__init__()
@@ -38,16 +45,22 @@ class FeatureStandardizer(nn.Module):
             self.register_buffer(f"{name}_std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, clips: Clips | RaggedClips) -> None:
-        """Fit on the valid steps of ``clips`` (dense or ragged: the same steps in the same order)."""
+    def fit(self, clips: Clips | RaggedClips, std_floor: float = 0.0) -> None:
+        """Fit on the valid steps of ``clips`` (dense or ragged: the same steps in the same
+        order). ``std_floor`` > 0 raises every dimension's std to at least that fraction of
+        the stream's RMS std (the square root of its mean variance), so that a near-constant
+        dimension is scaled like the stream, not blown up; a constant one keeps std 1 when
+        the floor is 0 (the only guard before floors existed)."""
         for name in ("video", "audio"):
             x, m = getattr(clips, name), getattr(clips, f"{name}_mask")
             valid = x[m].float()
             if len(valid) < 2:
                 continue  # stream absent from every training clip: nothing to learn
             std = valid.std(0)
+            floor = std_floor * float(std.square().mean().sqrt())
+            std = std.clamp_min(floor) if floor > 1e-6 else torch.where(std > 1e-6, std, torch.ones_like(std))
             getattr(self, f"{name}_mean").copy_(valid.mean(0))
-            getattr(self, f"{name}_std").copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+            getattr(self, f"{name}_std").copy_(std)
 
     def forward(self, clips: Clips) -> Clips:
         # Absent steps become exact zeros by selection, not by multiplying with the mask:

@@ -277,7 +277,7 @@ def _train(cache: str | Path, run: RunDir, config: TrainConfig, data: CacheData 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config, data)
-    model.standardize.fit(data.clips.take(rows["train"]))
+    model.standardize.fit(data.clips.take(rows["train"]), config.std_floor)
     params = model.parameter_count()
     logger.info("%s head, %s modality (%s fusion): %d parameters", config.head, config.modality, config.fusion, params)
     weight = class_weight_tensor(data.clips.label[rows["train"]].numpy(), len(data.class_names)) \

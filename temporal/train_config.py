@@ -39,6 +39,7 @@ class TrainConfig:
     class_weights: bool = False     # inverse-frequency class weights in the loss
     normal_class: str = ""  # "" = the class named "normal", if any
     input_dropout: float = 0.5      # drops whole feature dimensions of a training clip
+    std_floor: float = 0.1          # input normalisation: a dimension's std >= this x its stream's RMS std (HTK: 1% of the variance)
     modality_dropout: float = 0.0   # fused runs: chance that a training clip loses one stream
     threads: int | None = 1         # torch intra-op threads during the run (None: leave as is); see torch_threads
     checkpoint_every: int = 1       # epochs between saved training states (for --resume); 0 = only at the end

@@ -147,6 +147,9 @@ def test_cli_choices_are_the_librarys() -> None:
     assert tuple(option("extract", "dataset").type.choices) == DATASET_NAMES
     assert sorted(option("extract", "backbones").type.choices) == sorted(BACKBONE_PRESETS)
     assert tuple(option("compare", "heads").default.split(",")) == TABLE_HEADS
+    from temporal.train_config import TrainConfig
+
+    assert option("train", "std_floor").default == option("compare", "std_floor").default == TrainConfig().std_floor
 
 
 def test_the_datasets_package_has_no_import_circle() -> None:

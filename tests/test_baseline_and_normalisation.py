@@ -172,3 +172,32 @@ def test_the_kept_weights_are_those_of_the_best_validation_epoch(cache: Path, tm
     accuracy = float((torch.from_numpy(predict(model, val).clip_probs).argmax(1) == val.label).float().mean())
     assert accuracy == pytest.approx(best["val_accuracy"])
     assert accuracy != pytest.approx(history[-1]["val_accuracy"]) or best["val_loss"] < history[-1]["val_loss"]
+
+
+def test_the_std_floor_keeps_near_constant_dimensions_from_blowing_up() -> None:
+    """Real backbones have near-constant dimensions (YAMNet: about half of its 1,024); the
+    floor scales them like the stream instead of dividing by their tiny std, and leaves
+    dimensions with an ordinary spread exactly as they were."""
+    from temporal.data import Clips
+    from temporal.model import FeatureStandardizer
+
+    torch.manual_seed(0)
+    n, t = 40, 5
+    video = torch.randn(n, t, 3)
+    video[..., 1] = 1e-4 * torch.randn(n, t)   # near-constant
+    video[..., 2] = 0.0                         # constant
+    audio = torch.randn(n, t, 2) * 10
+    mask = torch.ones(n, t, dtype=torch.bool)
+    clips = Clips(video, audio, mask, mask, torch.zeros(n, dtype=torch.long))
+    plain, floored = FeatureStandardizer(3, 2), FeatureStandardizer(3, 2)
+    plain.fit(clips)
+    floored.fit(clips, std_floor=0.1)
+    std = video.reshape(-1, 3).std(0)
+    rms = float(std.square().mean().sqrt())
+    assert float(plain.video_std[1]) == pytest.approx(float(std[1])) and float(plain.video_std[2]) == 1.0
+    torch.testing.assert_close(floored.video_std, torch.tensor([float(std[0]), 0.1 * rms, 0.1 * rms]))
+    torch.testing.assert_close(floored.audio_std, plain.audio_std)  # every audio dimension is above the floor
+    # a test clip holding 0.01 where training saw ~1e-4: a z-score in the hundreds without the floor
+    probe = Clips(torch.full((1, t, 3), 0.01), torch.zeros(1, t, 2), mask[:1], mask[:1], torch.zeros(1, dtype=torch.long))
+    assert float(plain(probe).video[0, 0, 1].abs()) > 50
+    assert float(floored(probe).video[0, 0, 1].abs()) < 1
