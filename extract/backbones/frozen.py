@@ -210,6 +210,20 @@ class DescribedBackbone:
     weights: dict
     """``WeightsProvenance.to_dict()``: provenance of the weights (never identity)."""
 
+    def hold(self, model: nn.Module, *, name: str, pretrained: bool, weights: dict | None, device: str,
+             precision: str, batch_size: int) -> None:
+        """What every family's constructor sets alike: the frozen model and its checksum
+        (on the CPU, before any move), where the weights came from, and the device and the
+        precision (``auto`` resolved to what this machine runs best)."""
+        self.name = name
+        self.pretrained = pretrained
+        self.weights = dict(weights or {})
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.batch_size = int(batch_size)
+        self.model = freeze(model)
+        self.checksum = state_dict_checksum(self.model)
+
     def describe(self) -> dict:
         """Everything a cache needs to record about the features (JSON-serialisable)."""
         return {k: getattr(self, k) for k in

@@ -63,10 +63,7 @@ from .audio_frames import AudioBackbone, AudioWindow
 from .frozen import (
     BackboneUnavailable,
     autocast_context,
-    resolve_precision,
-    freeze,
     seeded_rng,
-    state_dict_checksum,
 )
 
 logger = logging.getLogger(__name__)
@@ -188,15 +185,9 @@ class Wav2Vec2Backbone(AudioBackbone):
         if window_s <= 0:
             raise InvalidInput(f"window_s must be positive, got {window_s}")
         self.windowing = AudioWindowing(windowing, context_s)
-        self.name = name
-        self.pretrained = pretrained
-        self.weights = dict(weights or {})
-        self.device = device
-        self.precision = resolve_precision(precision, device)  # auto: what this machine runs best
-        self.batch_size = int(batch_size)
+        self.hold(model, name=name, pretrained=pretrained, weights=weights, device=device, precision=precision,
+                  batch_size=batch_size)
         self.feature_extractor = feature_extractor
-        self.model = freeze(model)
-        self.checksum = state_dict_checksum(self.model)
         self.arch = str(config.model_type)
         self.dim = int(config.hidden_size)
         self.geometry = FrameGeometry.from_conv(config.conv_kernel, config.conv_stride, SAMPLE_RATE)

@@ -36,10 +36,7 @@ from .frozen import (
     WeightsProvenance,
     file_sha256,
     autocast_context,
-    resolve_precision,
-    freeze,
     seeded_rng,
-    state_dict_checksum,
     variance_preserving_init_,
 )
 
@@ -144,15 +141,9 @@ class VideoBackbone(DescribedBackbone):
         """``weights``: where the weights came from (``WeightsProvenance.to_dict()``);
         ``pretrained_tag``: timm's name of the weight set, only where the weights are timm's
         own (a hub name with a tag), never for a file that merely has timm's architecture."""
-        self.name = name
-        self.pretrained = pretrained
-        self.weights = dict(weights or {})
-        self.device = device
-        self.precision = resolve_precision(precision, device)  # auto: what this machine runs best
-        self.batch_size = int(batch_size)
+        self.hold(model, name=name, pretrained=pretrained, weights=weights, device=device, precision=precision,
+                  batch_size=batch_size)
         self.channels_last = torch.device(device).type == "cuda" if channels_last is None else channels_last
-        self.model = freeze(model)
-        self.checksum = state_dict_checksum(self.model)  # on CPU, before any move
         self.arch = str(self.model.pretrained_cfg.get("architecture", type(self.model).__name__))
         self.dim = int(self.model.num_features)
         data_config = resolve_data_config({}, model=self.model)

@@ -42,8 +42,6 @@ from .frozen import (
     BackboneUnavailable,
     WeightsProvenance,
     autocast_context,
-    resolve_precision,
-    state_dict_checksum,
     user_cache_dir,
 )
 from .yamnet import EMBEDDING_DIM, YAMNET_ENV, YAMNET_FILE, YAMNET_SHA256, YamNet, load_yamnet, where_to_get
@@ -82,15 +80,9 @@ class YamnetBackbone(AudioBackbone):
                  windowing: AudioWindowing = AudioWindowing()) -> None:
         """``batch_size``: patches per forward pass (each is an independent input)."""
         frontend = YAMNET_FRONTEND
-        self.model = model.eval().requires_grad_(False)
-        self.name = name
-        self.pretrained = weights.pretrained
-        self.weights = weights.to_dict()
-        self.device = device
-        self.precision = resolve_precision(precision, device)
-        self.batch_size = int(batch_size)
+        self.hold(model, name=name, pretrained=weights.pretrained, weights=weights.to_dict(), device=device,
+                  precision=precision, batch_size=batch_size)
         self.windowing = windowing
-        self.checksum = state_dict_checksum(self.model)
         self.arch = "yamnet"
         self.dim = EMBEDDING_DIM
         self.geometry = FrameGeometry(frontend.patch_hop_samples, frontend.patch_samples, SAMPLE_RATE)
