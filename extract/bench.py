@@ -265,13 +265,26 @@ def run_preset_bench(out: Path, cfg: ExtractConfig, preset: str, baseline: str =
             rows[name] = {"video_model": video_model, "audio_model": audio_model,
                           "clip_10s_720p": _probe_in_subprocess(short, run_cfg),
                           "throughput": measure_throughput(clips, run_cfg, work / name)}
-    ratio = rows[preset]["clip_10s_720p"]["seconds"] / rows[baseline]["clip_10s_720p"]["seconds"]
+    def ratio(*path: str) -> float:
+        a, b = rows[preset], rows[baseline]
+        for key in path:
+            a, b = a[key], b[key]
+        return round(a / b, 4)
+
+    ratios = {"10s_720p_clip_fresh_process": ratio("clip_10s_720p", "seconds"),
+              "backbone_only": ratio("throughput", "backbone_only_s"),
+              "end_to_end": ratio("throughput", "end_to_end_s")}
     result = {
         "device": cfg.device, "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)),
         "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "workers": cfg.workers,
         "steps": cfg.steps, "rows": rows,
-        f"{preset}_over_{baseline}_10s_clip": round(ratio, 4),
-        "targets": {f"{preset} 10 s clip <= 1/10 of the paper backbones' cost": ratio <= 0.1},
+        f"{preset}_over_{baseline}": ratios,
+        "definitions": {"10s_720p_clip_fresh_process": "one 10 s 720p clip extracted in a fresh process, backbones "
+                                                       "loaded first (decode, cache writes and start-up included)",
+                        "backbone_only": f"{n_clips} 10 s 360p clips, inputs decoded beforehand",
+                        "end_to_end": f"the same {n_clips} clips through run_extract"},
+        "targets": {f"{preset} 10 s clip <= 1/10 of the paper backbones' cost": ratios["10s_720p_clip_fresh_process"]
+                    <= 0.1},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result, indent=2)
