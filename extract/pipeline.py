@@ -673,9 +673,10 @@ def _extract_shard(writer: CacheWriter, shard: Sequence[tuple[int, str]], manife
                    backbones: tuple[VideoBackbone, AudioBackbone], summary: ExtractSummary, env: DistEnv) -> None:
     video, audio = backbones
     by_key = {r.key: r for r in manifest.rows}
-    if env.is_main and not (video.pretrained and audio.pretrained):
-        logger.warning("backbones carry UNTRAINED weights (%s, %s): features are for testing the pipeline only",
-                       video.name, audio.name)
+    untrained = [f"{kind} {b.name}" for kind, b in (("video", video), ("audio", audio)) if not b.pretrained]
+    if env.is_main and untrained:
+        logger.warning("UNTRAINED backbone weights (%s): their features are for testing the pipeline only",
+                       ", ".join(untrained))
     logger.info("%s: %d clips to extract, %d already in %s", env.label(), len(shard), summary.skipped, summary.cache)
     extractor = FeatureExtractor(video, audio, cfg.layout)
     progress = _progress(len(shard), cfg.progress and env.is_main)
