@@ -24,6 +24,7 @@ from torch import nn
 from cache_schema import replace_atomically, write_json
 
 from .frozen import BackboneUnavailable, WeightsProvenance, file_sha256, user_cache_dir
+from .timm_image import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +97,9 @@ def converted_checkpoint(cache_root: Path | None = None) -> tuple[Path, WeightsP
     if checkpoint.is_file() and config.is_file():
         return checkpoint, source
     try:
-        state = torch.load(pth, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged file fails in many ways; none is unpickled
-        raise BackboneUnavailable(f"EfficientNet-Lite0 weights {pth} cannot be read ({err}); reinstall: "
-                                  f"{INSTALL_HINT}") from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BackboneUnavailable(f"{pth} does not hold a state_dict of tensors; reinstall: {INSTALL_HINT}")
+        state = read_state_dict(pth)  # weights only, never unpickled
+    except BackboneUnavailable as err:
+        raise BackboneUnavailable(f"EfficientNet-Lite0 weights: {err} Reinstall: {INSTALL_HINT}") from err
     converted = convert(state, timm.create_model(TIMM_ARCH, pretrained=False))
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -118,11 +116,10 @@ def converted_checkpoint(cache_root: Path | None = None) -> tuple[Path, WeightsP
 def load_classifier(cache_root: Path | None = None) -> nn.Module:
     """The whole ImageNet classifier (1000 logits), for checking the weights' semantics."""
     import timm
-    from safetensors.torch import load_file
 
     checkpoint, _ = converted_checkpoint(cache_root)
     model = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=1000)  # timm's cfg is the TF weights' one
-    model.load_state_dict(load_file(str(checkpoint)), strict=True)
+    model.load_state_dict(read_state_dict(checkpoint), strict=True)
     return model.eval().requires_grad_(False)
 
 

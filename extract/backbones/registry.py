@@ -134,7 +134,7 @@ def _wav2vec2_example(name: str) -> tuple[nn.Module, torch.Tensor, float]:
     from .hf_audio import tiny_wav2vec2_config
 
     model = Wav2Vec2Model(tiny_wav2vec2_config() if name == "tiny" else Wav2Vec2Config())
-    return _LastHidden(model), torch.randn(1, 2 * SAMPLE_RATE), 2.0
+    return _Features(model, lambda out: out.last_hidden_state), torch.randn(1, 2 * SAMPLE_RATE), 2.0
 
 
 def _yamnet_example() -> tuple[nn.Module, torch.Tensor, float]:
@@ -143,25 +143,18 @@ def _yamnet_example() -> tuple[nn.Module, torch.Tensor, float]:
 
     # 2 s of audio: patches every 0.48 s (the waveform's framing is the frontend's, not counted)
     patches = 1 + int((2 * SAMPLE_RATE - YAMNET_FRONTEND.patch_samples) // YAMNET_FRONTEND.patch_hop_samples)
-    return _Embedding(YamNet()), torch.randn(patches, YAMNET_FRONTEND.patch_frames, YAMNET_FRONTEND.mel_bands), 2.0
+    return _Features(YamNet(), lambda out: out[0]), torch.randn(patches, YAMNET_FRONTEND.patch_frames, YAMNET_FRONTEND.mel_bands), 2.0
 
 
-class _LastHidden(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+class _Features(nn.Module):
+    """A model whose forward returns the backbone's features, picked out of its output."""
+
+    def __init__(self, model: nn.Module, pick: Callable[[object], torch.Tensor]) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.pick = model, pick
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).last_hidden_state
-
-
-class _Embedding(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[0]
+        return self.pick(self.model(x))
 
 
 __all__ = ["AUDIO", "BACKBONE_PRESETS", "BackboneEntry", "Cost", "ENTRIES", "VIDEO", "entry", "list_backbones",

@@ -61,12 +61,11 @@ def yamnet_weights_file(name: str) -> Path:
     where to get it."""
     if name != "yamnet":
         path = Path(name).expanduser()
-        path = path / YAMNET_FILE if path.is_dir() else path
     elif os.environ.get(YAMNET_ENV):
         path = Path(os.environ[YAMNET_ENV]).expanduser()
-        path = path / YAMNET_FILE if path.is_dir() else path
     else:
-        path = user_cache_dir() / "yamnet" / YAMNET_FILE
+        path = user_cache_dir() / "yamnet"
+    path = path / YAMNET_FILE if path.is_dir() else path
     if not path.is_file():
         raise BackboneUnavailable(where_to_get(path, "is not there" if not path.exists() else "is not a file"))
     return path
@@ -112,8 +111,10 @@ class YamnetBackbone(AudioBackbone):
         piece = window.source[window.lo : window.hi]
         if window.step < 0:
             return piece
-        return piece[len(piece) - self._causal_length(len(piece)):] if len(piece) >= YAMNET_FRONTEND.patch_samples \
-            else np.concatenate([np.zeros(YAMNET_FRONTEND.patch_samples - len(piece), np.float32), piece])
+        keep = self._causal_length(len(piece))
+        if len(piece) >= keep:
+            return piece[len(piece) - keep:]
+        return np.concatenate([np.zeros(keep - len(piece), np.float32), piece])
 
     @staticmethod
     def _causal_length(n: int) -> int:
@@ -148,18 +149,7 @@ class YamnetBackbone(AudioBackbone):
         for start in range(0, patches.shape[0], self.batch_size):
             with autocast_context(self.device, self.precision):
                 embeddings.append(self.model(patches[start : start + self.batch_size])[0].float().cpu())
-        flat = torch.cat(embeddings).numpy()
-        out, offset = [], 0
-        for p in per_input:
-            out.append(flat[offset : offset + p.shape[0]])
-            offset += p.shape[0]
-        return out
-
-    @torch.inference_mode()
-    def class_scores(self, audio: np.ndarray) -> np.ndarray:
-        """AudioSet scores ``[patches, 521]`` of a whole clip's audio (for checking semantics)."""
-        patches = waveform_to_patches(torch.from_numpy(np.asarray(audio, dtype=np.float32))).to(self.device)
-        return self.model(patches)[1].float().cpu().numpy()
+        return [e.numpy() for e in torch.cat(embeddings).split([p.shape[0] for p in per_input])]
 
 
 def load_yamnet_backbone(name: str, *, device: str, precision: str,
