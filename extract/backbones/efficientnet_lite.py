@@ -82,9 +82,8 @@ def converted_checkpoint(cache_root: Path | None = None) -> tuple[Path, WeightsP
     package file has not been), and its provenance.
 
     Written under temporary names and renamed into place (``cache_schema.atomic``),
-    config.json last: concurrent
-    converters (torchrun ranks, test workers) write the same bytes, and a reader never sees
-    a half-written pair."""
+    config.json last: concurrent converters (torchrun ranks, test workers) write the same
+    bytes, and a reader never sees a half-written pair."""
     import timm
     from safetensors.torch import save_file
 
