@@ -638,9 +638,23 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
         sys.exit(1)
 
 
+def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from live.config_file import schema_text
+
+    click.echo(schema_text())
+    ctx.exit()
+
+
 @main.command()
-@click.argument("rundir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("rundir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False)
+@click.argument("sources", nargs=-1, required=False)
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="A YAML file of named cameras, their settings and the outputs (docs/live.md); RUN and SOURCES "
+                   "come from it, and the flags it also sets are refused beside it.")
+@click.option("--config-schema", is_flag=True, expose_value=False, is_eager=True, callback=_print_config_schema,
+              help="Print the JSON Schema of the --config file and exit.")
 @click.option("--realtime", is_flag=True, help="Pace files by their timestamps, as a camera sends them "
               "[files are read as fast as they decode].")
 @click.option("--window", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -677,7 +691,7 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
-def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float | None, hop: float | None,
+def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | None, realtime: bool, window: float | None, hop: float | None,
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
           token: str | None, token_file: Path | None, serve_names: tuple[str, ...], video_model: str | None, audio_model: str | None, device: str,
@@ -687,21 +701,48 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
     A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
     stream on standard input, or a file. Prints JSON lines: a score record per step, alert
     events, and status events (started, stalled, reconnected, dropped_steps, ended);
-    docs/live.md describes them. SIGINT/SIGTERM stop cleanly."""
+    docs/live.md describes them. SIGINT/SIGTERM stop cleanly. With --config FILE the run,
+    the named cameras and the outputs come from the file instead. Passwords and tokens
+    are scrubbed from every output, logs included."""
     from apply import PredictConfig
     from live import AlertConfig, WatchConfig
-    from live.command import WatchOutputs, watch_command
+    from live.command import WatchOutputs, watch_command, watch_config_command
+    from live.redact import install_secret_filter, url_secrets
 
-    config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
-                         stall_timeout=stall_timeout, duration=duration, depth=depth,
-                         snapshots=str(snapshots) if snapshots else None, frames=serve is not None)
-    status, _ = watch_command(rundir, sources, config,
-                              PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
-                                            precision=precision),
-                              WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve, token=token,
-                                           token_file=str(token_file) if token_file else None,
-                                           serve_names=serve_names), realtime=realtime)
-    sys.exit(status)
+    # the last line of defence: every log record is scrubbed of the passwords and tokens known
+    scrubber = install_secret_filter([s for text in sources for s in url_secrets(text)] + [token or ""])
+    try:
+        if config_file is not None:
+            from live.config_file import load_config, refuse_flags_beside
+
+            ctx = click.get_current_context()
+            if rundir is not None or sources:
+                raise click.UsageError("give RUN and SOURCES, or --config FILE (which names the run and the "
+                                       "cameras), not both")
+            refuse_flags_beside(config_file, [name for name in ctx.params if ctx.get_parameter_source(name)
+                                              in (click.core.ParameterSource.COMMANDLINE,
+                                                  click.core.ParameterSource.ENVIRONMENT)])
+            deploy = load_config(config_file)
+            scrubber.add(deploy.secrets)
+            status, _ = watch_config_command(deploy, WatchConfig(hop=hop, stall_timeout=stall_timeout,
+                                                                 duration=duration, depth=depth),
+                                             PredictConfig(video_model=video_model, audio_model=audio_model,
+                                                           precision=precision))
+            sys.exit(status)
+        if rundir is None or not sources:
+            raise click.UsageError("give RUN and at least one SOURCE (or --config FILE)")
+        config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
+                             stall_timeout=stall_timeout, duration=duration, depth=depth,
+                             snapshots=str(snapshots) if snapshots else None, frames=serve is not None)
+        status, _ = watch_command(rundir, sources, config,
+                                  PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
+                                                precision=precision),
+                                  WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve,
+                                               token=token, token_file=str(token_file) if token_file else None,
+                                               serve_names=serve_names), realtime=realtime)
+        sys.exit(status)
+    finally:
+        scrubber.uninstall()
 
 
 @main.command()

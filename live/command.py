@@ -5,6 +5,7 @@ only parses options into these arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -16,12 +17,13 @@ from typing import Any
 
 from apply.predictor import PredictConfig
 
+from .config_file import DeployConfig
 from .events import EventHub, Sink
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
-from .sources import parse_source
+from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
-__all__ = ["WatchOutputs", "watch_command"]
+__all__ = ["WatchOutputs", "watch_command", "watch_config_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +43,13 @@ class WatchOutputs:
     serve_names: tuple[str, ...] = ()   # host names the browser view answers to besides its address
 
 
-def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfig, predict: PredictConfig,
-                  outputs: WatchOutputs = WatchOutputs(), realtime: bool = False,
+def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], config: WatchConfig,
+                  predict: PredictConfig, outputs: WatchOutputs = WatchOutputs(), realtime: bool = False,
                   extra_sinks: Sequence[Sink] = (), stop: threading.Event | None = None) -> tuple[int, WatchSummary]:
+    """``sources``: SOURCE texts, or specs already made (a config file's named cameras)."""
     stop = stop or threading.Event()
-    specs = [parse_source(s, realtime=realtime) for s in sources]   # a missing file is refused before loading
+    # a missing file is refused before loading
+    specs = [s if isinstance(s, SourceSpec) else parse_source(s, realtime=realtime) for s in sources]
     view = None
     if outputs.serve is not None:  # refused before loading anything: binding beyond loopback needs a token
         from .web import WebConfig, WebView, check_serve_access, parse_serve, read_token_file
@@ -54,7 +58,8 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
         token = outputs.token or (read_token_file(outputs.token_file) if outputs.token_file else None)
         check_serve_access(host, token)
         view = WebView(WebConfig(host=host, port=port, token=token, threshold=config.alerts.threshold,
-                                 names=tuple(outputs.serve_names)),
+                                 names=tuple(outputs.serve_names),
+                                 thresholds=tuple((s.name, s.alerts.threshold) for s in specs if s.alerts)),
                        sources=tuple(s.name for s in specs))
     # every other option that can be wrong is refused here too, before the (slow) load
     if outputs.webhook:
@@ -101,3 +106,30 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
     if out.failed:   # the operator's only full record is gone: never exit 0 (live/sinks.py)
         raise OutputFailed(out.failed)
     return (1 if summary.failed else 0), summary
+
+
+def watch_config_command(deploy: DeployConfig, config: WatchConfig = WatchConfig(),
+                         predict: PredictConfig = PredictConfig(), extra_sinks: Sequence[Sink] = (),
+                         stop: threading.Event | None = None) -> tuple[int, WatchSummary]:
+    """``cli.py watch --config FILE``: the file's enabled cameras (each with its name and
+    settings; a disabled one is never opened) and outputs, with ``config``'s settings the
+    file does not describe (``--stall-timeout``, ``--duration``, ``--queue``, ``--hop``)."""
+    for camera in deploy.cameras:
+        if not camera.enabled:
+            logger.info("camera %s: disabled in %s; not opened", camera.name, deploy.path)
+    specs = [camera.spec(realtime=deploy.realtime) for camera in deploy.enabled]
+    serve = deploy.serve
+    outputs = WatchOutputs(out=deploy.jsonl, serve=serve.address if serve else None,
+                           token=serve.token if serve else None, serve_names=serve.names if serve else (),
+                           **({"webhook": deploy.webhook.url, "webhook_timeout": deploy.webhook.timeout,
+                               "webhook_retries": deploy.webhook.retries} if deploy.webhook else {}))
+    # The lead connects these at merge time (their components live on other branches):
+    #   deploy.clips   -> live.clips' ClipConfig (and WatchConfig / run_watch's clip writer)
+    #   deploy.mqtt    -> live.mqtt's MqttConfig (a sink on the hub)
+    #   deploy.metrics -> live.metrics' MetricsConfig (on the serve port, or its own address)
+    for name in ("clips", "mqtt", "metrics"):
+        if getattr(deploy, name) is not None:
+            logger.warning("%s: outputs.%s is not connected in this build; it is ignored", deploy.path, name)
+    watch = dataclasses.replace(config, snapshots=deploy.snapshots, frames=serve is not None, window=None)
+    return watch_command(deploy.run, specs, watch, dataclasses.replace(predict, device=deploy.device), outputs,
+                         realtime=deploy.realtime, extra_sinks=extra_sinks, stop=stop)

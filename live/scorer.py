@@ -54,10 +54,12 @@ class _Step:
 
 
 class LiveScorer:
-    def __init__(self, predictor: Predictor, window_steps: int = 0) -> None:
+    def __init__(self, predictor: Predictor, window_steps: int = 0, per_source: dict[str, int] | None = None) -> None:
         self.predictor = predictor
         self.grid = predictor.layout.grid
         self.window_steps = max(1, int(window_steps))
+        # a camera's own window (a config file's ``window``), in steps; others: window_steps
+        self.per_source = {name: max(1, int(n)) for name, n in (per_source or {}).items()}
         self._history: dict[tuple[str, int], deque[_Step]] = {}
 
     def clip(self, u: LiveUnit) -> DecodedClip:
@@ -113,11 +115,12 @@ class LiveScorer:
         key = (u.source, u.segment)
         if key not in self._history:
             self.forget(u.source)  # a new connection: the old history is not this stream's past
-            self._history[key] = deque(maxlen=self.window_steps)
+            self._history[key] = deque(maxlen=self.per_source.get(u.source, self.window_steps))
         history = self._history[key]
+        window_steps = history.maxlen or self.window_steps
         vdim, adim = self.predictor.video_backbone.dim, self.predictor.audio_backbone.dim
         if history and u.unit.index > history[-1].index + 1:   # dropped steps: there, but masked
-            for missing in range(max(history[-1].index + 1, u.unit.index - self.window_steps + 1), u.unit.index):
+            for missing in range(max(history[-1].index + 1, u.unit.index - window_steps + 1), u.unit.index):
                 history.append(_Step(missing, np.zeros(vdim, np.float32), np.zeros(adim, np.float32), False, False))
         history.append(_Step(
             u.unit.index,

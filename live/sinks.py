@@ -37,6 +37,7 @@ from PIL import Image
 from cache_schema import AvarError, InvalidInput, replace_atomically
 
 from .events import ALERT_END, ALERT_START, AlertEvent, Event, FrameEvent
+from .redact import redact_text, redact_url, url_secrets
 
 __all__ = ["JsonLinesSink", "OutputFailed", "SnapshotWriter", "WebhookSink", "check_webhook_url", "jpeg_bytes", "slug"]
 
@@ -56,11 +57,11 @@ def check_webhook_url(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
     except ValueError as e:
-        raise InvalidInput(f"--webhook {url}: not a valid URL ({e})") from None
+        raise InvalidInput(f"--webhook {redact_url(url)}: not a valid URL ({e})") from None
     if parts.scheme.lower() not in ("http", "https"):
-        raise InvalidInput(f"--webhook {url}: give an http:// or https:// URL")
+        raise InvalidInput(f"--webhook {redact_url(url)}: give an http:// or https:// URL")
     if not parts.hostname:
-        raise InvalidInput(f"--webhook {url}: the URL names no host (e.g. http://127.0.0.1:8080/hook)")
+        raise InvalidInput(f"--webhook {redact_url(url)}: the URL names no host (e.g. http://127.0.0.1:8080/hook)")
     return url
 
 
@@ -201,6 +202,7 @@ class WebhookSink:
                  max_queue: int = 1000) -> None:
         check_webhook_url(url)
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.shown = redact_url(url)          # what logs name: a hook's URL may carry a token
         self._queue: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=max_queue)
         self.delivered = self.failed = self.dropped = 0
         self._counting = threading.Lock()     # the counts, against close() giving up at the same time
@@ -217,7 +219,7 @@ class WebhookSink:
         except queue.Full:
             self.dropped += 1
             logger.warning("webhook %s: %d alert event(s) dropped, the receiver is not keeping up",
-                           self.url, self.dropped)
+                           self.shown, self.dropped)
 
     def _post(self, event: AlertEvent) -> None:
         body = json.dumps(event.to_json()).encode()
@@ -248,7 +250,7 @@ class WebhookSink:
                         outcome = "failed"
                         where = exc.headers.get("Location") if 300 <= exc.code < 400 and exc.headers else None
                         logger.warning("webhook %s: %s of alert %d not delivered: the receiver answered %d %s%s",
-                                       self.url, event.type, event.alert_id, exc.code, exc.reason,
+                                       self.shown, event.type, event.alert_id, exc.code, exc.reason,
                                        f" (a redirect to {where}; redirects are not followed, the alert would "
                                        "lose its body: give --webhook the final URL)" if where is not None else "")
                         break
@@ -256,7 +258,8 @@ class WebhookSink:
                     if attempt == self.retries or self._stop.wait(self.backoff * 2 ** attempt):
                         outcome = "failed"
                         logger.warning("webhook %s: %s of alert %d not delivered after %d attempt(s): %s",
-                                       self.url, event.type, event.alert_id, attempt + 1, exc)
+                                       self.shown, event.type, event.alert_id, attempt + 1,
+                                       redact_text(str(exc), url_secrets(self.url)))
                         break
             with self._counting:
                 if self._closed:                 # close() gave up on this one and counted it
@@ -287,9 +290,9 @@ class WebhookSink:
         self._queue.put_nowait(None)          # a thread still blocked on the queue ends
         if left:
             logger.warning("webhook %s: %d alert event(s) not delivered by the end (the receiver did not answer "
-                           "within %.1f s)", self.url, left, wait)
+                           "within %.1f s)", self.shown, left, wait)
         if self.failed or self.dropped:
-            logger.warning("webhook %s: %d delivered, %d failed, %d dropped", self.url, self.delivered, self.failed,
+            logger.warning("webhook %s: %d delivered, %d failed, %d dropped", self.shown, self.delivered, self.failed,
                            self.dropped)
 
 

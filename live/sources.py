@@ -38,8 +38,10 @@ from extract.audio_track import AudioDecoder, AudioTrack
 from extract.media_reader import FrameGroup, MediaReader
 from extract.probe import DecodeError, MediaInfo, choose_streams, not_a_media_file, probe
 
+from .alerts import AlertConfig
 from .assembler import Assembler, LiveUnit
 from .events import ENDED, RECONNECTED, STALLED, STARTED, StatusEvent
+from .redact import redact_text, redact_url, url_secrets
 
 __all__ = ["AssemblerFactory", "PipeInput", "SourceReader", "SourceSpec", "parse_source"]
 
@@ -64,28 +66,43 @@ HELD_AUDIO_MAX_S = 120.0
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """``name`` as the user gave it (what every event names); ``url`` what FFmpeg opens;
-    ``kind``: ``stream`` (a URL), ``device`` (V4L2), ``stdin``, ``fifo`` (a named pipe,
-    read as standard input is: an MPEG-TS stream that ends when its writer closes it) or
-    ``file``."""
+    """``name``: what every event, log line, file name and the page call the source (a
+    config file's camera name; for a SOURCE argument the text with its credentials
+    masked, ``live.redact``); ``url`` what FFmpeg opens, the only place that holds the
+    credentials (left out of ``repr``); ``kind``: ``stream`` (a URL), ``device`` (V4L2),
+    ``stdin``, ``fifo`` (a named pipe, read as standard input is: an MPEG-TS stream that
+    ends when its writer closes it) or ``file``.
+
+    Per-camera settings (a config file's): ``alerts`` (None: the watch's), ``window``
+    seconds (None: the watch's), ``audio`` (False: its audio is not read, so the head sees
+    it masked, as for a camera without audio)."""
 
     name: str
-    url: str
+    url: str = field(repr=False)
     kind: str
     realtime: bool = False
     format: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    alerts: AlertConfig | None = None
+    window: float | None = None
+    audio: bool = True
+
+    def __str__(self) -> str:
+        return self.name
 
     @property
     def reconnects(self) -> bool:
         return self.kind in ("stream", "device")
 
 
-def parse_source(text: str, realtime: bool = False) -> SourceSpec:
-    """A SOURCE argument; a local file that is not there or not readable media is refused
-    at once (``InvalidInput``), a URL is tried (and retried) when watching starts."""
+def parse_source(text: str, realtime: bool = False, name: str | None = None, **settings: Any) -> SourceSpec:
+    """A SOURCE argument (or a config file's camera ``url``, ``name`` its camera name; the
+    default name is ``text`` with its credentials masked); ``settings`` are the per-camera
+    fields of :class:`SourceSpec`. A local file that is not there or not readable media is
+    refused at once (``InvalidInput``), a URL is tried (and retried) when watching starts."""
+    shown = name if name is not None else redact_url(text)
     if text == "-":
-        return SourceSpec("-", "pipe:0", "stdin")
+        return SourceSpec(name or "-", "pipe:0", "stdin", **settings)
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme in NETWORK_SCHEMES:
         # FFmpeg's default probe waits for 20 frames to guess a frame rate (about 1 s);
@@ -94,22 +111,22 @@ def parse_source(text: str, realtime: bool = False) -> SourceSpec:
         options = {"fpsprobesize": "0"}
         if scheme in ("rtsp", "rtsps"):
             options["rtsp_transport"] = "tcp"
-        return SourceSpec(text, text, "stream", options=options)
+        return SourceSpec(shown, text, "stream", options=options, **settings)
     if scheme:
-        raise InvalidInput(f"{text}: unknown source scheme {scheme!r}; a SOURCE is a URL "
+        raise InvalidInput(f"{redact_url(text)}: unknown source scheme {scheme!r}; a SOURCE is a URL "
                            f"({', '.join(NETWORK_SCHEMES)}), /dev/videoN, - or a file")
     if text.startswith("/dev/video"):
-        return SourceSpec(text, text, "device", format="v4l2")
+        return SourceSpec(shown, text, "device", format="v4l2", **settings)
     try:
         fifo = stat.S_ISFIFO(os.stat(text).st_mode)
     except OSError:
         fifo = False
     if fifo:   # a named pipe: read as standard input is read (``watch -``), never opened here (it would block)
-        return SourceSpec(text, text, "fifo")
+        return SourceSpec(shown, text, "fifo", **settings)
     problem = not_a_media_file(Path(text))
     if problem is not None:
-        raise InvalidInput(problem)
-    return SourceSpec(text, text, "file", realtime=realtime)
+        raise InvalidInput(problem if name is None else f"camera {name}: {problem}")
+    return SourceSpec(shown, text, "file", realtime=realtime, **settings)
 
 
 class PipeInput:
@@ -219,6 +236,11 @@ class SourceReader(threading.Thread):
         self._file_info: MediaInfo | None = None   # a file's probe: its clip start and duration
         self._fifo_waiting = False                 # a named pipe's open() waits for its writer
 
+    def _said(self, exc: BaseException) -> str:
+        """An exception's text as it may be shown: FFmpeg's messages repeat the URL, and
+        with it the password (``live.redact``)."""
+        return redact_text(str(exc).replace(self.spec.url, self.spec.name), url_secrets(self.spec.url))
+
     # -- status
     def _status(self, kind: str, **detail: Any) -> None:
         self.on_status(StatusEvent(kind, self.spec.name, time.time(), self.media_t, detail))
@@ -242,21 +264,21 @@ class SourceReader(threading.Thread):
                     container = self._open()
                 except (av.FFmpegError, OSError, DecodeError) as exc:
                     if self.stop_event.is_set():   # a stop asked for (SIGTERM) while it waited: not a failure
-                        logger.info("%s: stopped while opening (%s)", self.spec.name, exc)
+                        logger.info("%s: stopped while opening (%s)", self.spec.name, self._said(exc))
                         break
                     if not self.spec.reconnects:
-                        self.error = f"{self.spec.name}: cannot open ({exc})"
+                        self.error = f"{self.spec.name}: cannot open ({self._said(exc)})"
                         logger.error("%s", self.error)
                         break
                     wait = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
-                    logger.info("%s: cannot open (%s); retrying in %.1f s", self.spec.name, exc, wait)
+                    logger.info("%s: cannot open (%s); retrying in %.1f s", self.spec.name, self._said(exc), wait)
                     attempt += 1
                     if self.stop_event.wait(wait):
                         break
                     continue
                 attempt = 0
                 if self.segments == 0:
-                    self._status(STARTED, url=self.spec.url if self.spec.kind != "stream" else None)
+                    self._status(STARTED, url=redact_url(self.spec.url) if self.spec.kind != "stream" else None)
                 elif self._stalled_at is not None:
                     since = self._silent_since if self._silent_since is not None else self._stalled_at
                     gap = max(0.0, time.time() - since)
@@ -274,10 +296,11 @@ class SourceReader(threading.Thread):
                     self._stalled_at = self._silent_since = time.time()   # its last packet came just now
                     self._status(STALLED, stall_timeout_s=self.stall_timeout, reason="ended", reconnecting=True)
         except AvarError as exc:   # a known data error (a clock that jumps, no stream): the source's error, no traceback
-            self.error = f"{self.spec.name}: {exc}" if self.spec.name not in str(exc) else str(exc)
+            said = self._said(exc)
+            self.error = f"{self.spec.name}: {said}" if self.spec.name not in said else said
             logger.error("%s", self.error)
         except Exception as exc:   # a bug: its traceback is logged, the source ends with the error, the rest go on
-            self.error = f"{self.spec.name}: {type(exc).__name__}: {exc}"
+            self.error = f"{self.spec.name}: {type(exc).__name__}: {self._said(exc)}"
             logger.exception("%s: reading failed", self.spec.name)
         finally:
             self._status(ENDED, corrupt_packets=self.corrupt_packets, **({"error": self.error} if self.error else {}))
@@ -329,6 +352,8 @@ class SourceReader(threading.Thread):
     def _read(self, container: av.container.InputContainer, base: float) -> bool:
         """One connection; returns whether the source may come back (reconnect)."""
         video, audio = choose_streams(container)
+        if not self.spec.audio:   # the camera's ``audio: false``: not read, so the head sees it masked
+            audio = None
         origin = self._origin(container)
         if video is not None and self._file_info is not None and not self._file_info.has_video:
             logger.info("%s: its video stream has no frames; scored as audio-only, as offline", self.spec.name)
@@ -403,7 +428,7 @@ class SourceReader(threading.Thread):
             if isinstance(exc, av.ExitError) or "Immediate exit" in str(exc) or "timed out" in str(exc).lower():
                 stall_wait = self.stall_timeout   # the read waited longer than stall_timeout
             else:
-                logger.warning("%s: read failed (%s); %s", self.spec.name, exc,
+                logger.warning("%s: read failed (%s); %s", self.spec.name, self._said(exc),
                                "reopening" if self.spec.reconnects else "stopping")
             read_to_end = False
         else:

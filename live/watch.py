@@ -157,9 +157,11 @@ def assembler_factory(name: str, plan: UnitPlan, transform: Callable[[Any], Any]
 class _Loop:
     """The scoring loop's state: trackers, summaries, what is waiting to be published."""
 
-    def __init__(self, predictor: Predictor, config: WatchConfig, hub: EventHub, names: Sequence[str]) -> None:
+    def __init__(self, predictor: Predictor, config: WatchConfig, hub: EventHub, names: Sequence[str],
+                 alerts: dict[str, AlertConfig] | None = None) -> None:
         self.predictor, self.config, self.hub = predictor, config, hub
-        self.trackers = {n: AlertTracker(n, config.alerts) for n in names}
+        self.alerts = {n: (alerts or {}).get(n) or config.alerts for n in names}   # per camera (a config file's)
+        self.trackers = {n: AlertTracker(n, self.alerts[n]) for n in names}
         self.summary = WatchSummary({n: SourceSummary() for n in names})
         self.snapshots = SnapshotWriter(config.snapshots) if config.snapshots else None
         self.status: queue.Queue[StatusEvent] = queue.Queue()
@@ -225,7 +227,7 @@ class _Loop:
         comes back: a dead camera must not leave an alert open. Its queued steps go first."""
         now = time.time()
         for name, since in list(self.silent_since.items()):
-            if pending is None or pending.get(name) or now - since < self.config.alerts.cooldown:
+            if pending is None or pending.get(name) or now - since < self.alerts[name].cooldown:
                 continue
             del self.silent_since[name]
             if self.trackers[name].active:
@@ -251,19 +253,25 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
     if sum(s.kind == "stdin" for s in sources) > 1:
         raise InvalidInput("standard input (-) can be one source only")
     stop = stop or threading.Event()
-    plan, window_steps = plan_for(predictor, run_steps, config, audio_context(predictor))
-    scorer = LiveScorer(predictor, window_steps)
+    # Per-camera windows: a grid run's plan is one step whatever the window (the window is
+    # how many steps of history the head reads), a fixed-step run's units are T steps
+    # whatever their seconds, so units of cameras with different windows share a batch
+    # (score_records pads and masks records of different lengths).
+    plans = {s.name: plan_for(predictor, run_steps, config if s.window is None else
+                              dataclasses.replace(config, window=s.window), audio_context(predictor)) for s in sources}
+    window_steps = plan_for(predictor, run_steps, config, audio_context(predictor))[1]
+    scorer = LiveScorer(predictor, window_steps, {name: steps for name, (_, steps) in plans.items()})
     scheduler = Scheduler(config.depth)
-    loop = _Loop(predictor, config, hub, names)
+    loop = _Loop(predictor, config, hub, names, {s.name: s.alerts for s in sources if s.alerts is not None})
     transform = frame_transform(predictor)
 
     def on_unit(spec: SourceSpec) -> Any:
         live = spec.kind != "file" or spec.realtime
         return lambda unit: scheduler.put(unit, block=not live, stop=stop)
 
-    readers = [SourceReader(spec, assembler_factory(spec.name, plan, transform, config), on_unit(spec),
+    readers = [SourceReader(spec, assembler_factory(spec.name, plans[spec.name][0], transform, config), on_unit(spec),
                             loop.status.put, stop, stall_timeout=config.stall_timeout, duration=config.duration,
-                            grid_every=plan.every, stdin=stdin) for spec in sources]
+                            grid_every=plans[spec.name][0].every, stdin=stdin) for spec in sources]
     began = time.monotonic()
     logger.info("watching %s", ", ".join(names))   # loaded: sources are read from now on
     for reader in readers:

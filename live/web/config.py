@@ -55,6 +55,12 @@ class WebConfig:
     # sources, snapshots and reconnects need.
     idle_timeout_s: float = 15.0
     max_connections: int = 64
+    # A camera's own alert threshold (a config file's per-camera ``threshold``), drawn on
+    # its tile instead of ``threshold``: (name, threshold) pairs.
+    thresholds: tuple[tuple[str, float], ...] = ()
+
+    def threshold_of(self, source: str) -> float | None:
+        return dict(self.thresholds).get(source, self.threshold)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

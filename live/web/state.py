@@ -180,7 +180,8 @@ class LiveState:
         for src in self.by_id:
             frame = src.latest_frame()
             item: dict[str, Any] = {
-                "id": src.id, "name": src.name, "state": src.state, "label": src.label, "score": src.score,
+                "id": src.id, "name": src.name, "threshold": self.config.threshold_of(src.name),
+                "state": src.state, "label": src.label, "score": src.score,
                 "t": src.t, "wall_time": src.wall_time, "dropped_steps": src.dropped_steps,
                 "last_status": src.last_status, "frames": src.frame_count,
                 "frame_t": None if frame is None else frame.t,
@@ -205,7 +206,7 @@ class LiveState:
         return {"alerts": [self.alert_json(a) for _, a in order]}
 
     def alert_timeline_json(self, alert: AlertState) -> dict[str, Any]:
-        return {"alert": self.alert_json(alert), "threshold": self.config.threshold,
+        return {"alert": self.alert_json(alert), "threshold": self.config.threshold_of(alert.latest.source),
                 "points": [[t, s] for t, s in alert.points]}
 
     def frame(self, source_id: int) -> FrameEvent | None:

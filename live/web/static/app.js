@@ -83,7 +83,8 @@
     $(".label", tile.node).textContent = src.label ?? "–";
     $(".score", tile.node).textContent = fmtScore(src.score);
     const score = $(".score", tile.node);
-    score.classList.toggle("high", view.threshold !== null && src.score !== null && src.score >= view.threshold);
+    const thr = tile.threshold ?? view.threshold;
+    score.classList.toggle("high", thr !== null && thr !== undefined && src.score !== null && src.score >= thr);
   }
 
   function setState(tile, src) {
@@ -122,7 +123,7 @@
         while (cut < n && tile.xs[cut] < since) cut++;
         if (cut) { tile.xs = tile.xs.slice(cut); tile.ys = tile.ys.slice(cut); }
       }
-      const thr = tile.xs.map(() => view.threshold);
+      const thr = tile.xs.map(() => tile.threshold ?? view.threshold);
       tile.plot.setData([tile.xs, tile.ys, thr]);
       tile.chartEl.dataset.points = tile.xs.length;
       tile.chartEl.dataset.lastT = tile.xs.length ? tile.xs[tile.xs.length - 1] : "";
@@ -134,6 +135,7 @@
     view.timelineS = data.timeline_s;
     for (const src of data.sources) {
       const tile = view.tiles.get(src.name) || makeTile(src);
+      tile.threshold = src.threshold;   // the camera's own (a config file's per-camera threshold)
       if (withTimeline) {
         tile.xs = []; tile.ys = [];
         for (const [t, s] of src.timeline) addPoint(tile, t, s);
