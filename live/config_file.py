@@ -465,8 +465,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Deplo
         if found:
             _set(data, where, SECRET.sub(lambda m: found.get(m[1], m[0]), value))
             secrets |= set(found.values())
-            if where[-1:] == ("url",):
-                secrets |= url_secrets(SECRET.sub(lambda m: found.get(m[1], m[0]), value))
+            if where[-1:] == ("url",) and len(found) == len(set(names)):
+                secrets |= url_secrets(SECRET.sub(lambda m: found[m[1]], value))
     model: ConfigFile | None = None
     try:
         model = ConfigFile.model_validate(data)

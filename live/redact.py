@@ -22,6 +22,7 @@ __all__ = ["MASK", "SECRET_QUERY_KEYS", "SecretFilter", "install_secret_filter",
            "url_secrets"]
 
 MASK = "***"
+SHORT = 6   # secrets shorter than this are masked only where they stand alone
 
 # Query parameters that cameras and hooks use for credentials (lower case).
 SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "pass", "token", "access_token", "auth", "key",
@@ -47,7 +48,10 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     text = _QUERY.sub(lambda m: f"{m['key']}{MASK}" if m["value"] else m[0], text)
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
+        if len(secret) >= SHORT:
+            text = text.replace(secret, MASK)
+        else:   # a short secret is masked where it stands alone (not every "t" of every word)
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
     return text
 
 
@@ -67,7 +71,7 @@ def url_secrets(url: str) -> set[str]:
     for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=False):
         if key.lower() in SECRET_QUERY_KEYS:
             out |= {value, urllib.parse.quote(value, safe="")}
-    return {s for s in out if len(s) >= 3}   # "ab" would mask half of every message
+    return {s for s in out if s}
 
 
 class SecretFilter(logging.Filter):
