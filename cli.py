@@ -710,7 +710,8 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
     from live.redact import install_secret_filter, url_secrets
 
     # the last line of defence: every log record is scrubbed of the passwords and tokens known
-    scrubber = install_secret_filter([s for text in sources for s in url_secrets(text)] + [token or ""])
+    scrubber = install_secret_filter([s for text in (*sources, webhook or "") for s in url_secrets(text)]
+                                     + [token or ""])
     try:
         if config_file is not None:
             from live.config_file import load_config, refuse_flags_beside

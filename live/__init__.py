@@ -12,15 +12,20 @@ arriving. The parts, in the order media flows through them:
 * ``alerts``: hysteresis from step scores to alerts;
 * ``events`` / ``sinks``: what is emitted, and where it goes (JSON lines, webhook,
   snapshots; the browser view subscribes to the same hub);
-* ``watch``: the loop that ties them together.
+* ``watch``: the loop that ties them together;
+* ``config_file``: ``watch --config``, named cameras and outputs in one YAML file;
+* ``redact``: credentials out of every text that can reach an output.
 """
 
 from .alerts import AlertConfig, AlertTracker
+from .config_file import CameraConfig, DeployConfig, load_config
 from .events import AlertEvent, EventHub, FrameEvent, ScoreRecord, Sink, StatusEvent
+from .redact import SecretFilter, redact_text, redact_url
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink
 from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
-__all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "EventHub", "FrameEvent", "JsonLinesSink", "OutputFailed", "ScoreRecord",
-           "Sink", "SnapshotWriter", "SourceSpec", "StatusEvent", "WatchConfig", "WatchSummary", "WebhookSink",
-           "load_watch_predictor", "parse_source", "run_watch"]
+__all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "CameraConfig", "DeployConfig", "EventHub", "FrameEvent",
+           "JsonLinesSink", "OutputFailed", "ScoreRecord", "SecretFilter", "Sink", "SnapshotWriter", "SourceSpec",
+           "StatusEvent", "WatchConfig", "WatchSummary", "WebhookSink", "load_config", "load_watch_predictor",
+           "parse_source", "redact_text", "redact_url", "run_watch"]
