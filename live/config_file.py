@@ -475,6 +475,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Deplo
             loc = err["loc"]
             msg = err["msg"].removeprefix("Value error, ")
             errors.append((lines.of(loc), _dotted(loc), msg))
+    if model is not None:
+        errors += _missing_paths(path, model, lines)
     if errors:
         errors.sort(key=lambda e: e[0])
         listed = "\n".join(f"  {path}:{line}: {where}: {redact_text(msg, secrets)}" for line, where, msg in errors)
@@ -482,6 +484,29 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Deplo
                            f"schema):\n{listed}")
     assert model is not None
     return _deploy(path, model, frozenset(secrets))
+
+
+def _missing_paths(path: Path, m: ConfigFile, lines: _Lines) -> list[tuple[int, str, str]]:
+    """What would only fail once the watch starts, checked now with its line: the run
+    folder, the enabled cameras' files, a view served beyond loopback without a token."""
+    from .web import is_loopback, parse_serve
+
+    base = path.resolve().parent
+    errors = []
+    run = Path(_resolve(base, m.run) or m.run)
+    if not run.is_dir():
+        errors.append((lines.of(("run",)), "run", f"{run}: no such run folder"))
+    for name, c in m.cameras.items():
+        url = _resolve_source(base, c.url)
+        if c.enabled and url != "-" and "://" not in url and not url.startswith("/dev/") and not Path(url).exists():
+            errors.append((lines.of(("cameras", name, "url")), f"cameras.{name}.url",
+                           f"{url}: no such file (or set enabled: false)"))
+    serve = m.outputs.serve
+    if serve is not None and serve.token is None and not is_loopback(parse_serve(serve.address)[0]):
+        errors.append((lines.of(("outputs", "serve")), "outputs.serve",
+                       "serving beyond this machine (not a loopback address) needs a token: "
+                       'token: "{AVAR_SERVE_TOKEN}"'))
+    return errors
 
 
 def _deploy(path: Path, m: ConfigFile, secrets: frozenset[str]) -> DeployConfig:

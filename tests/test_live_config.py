@@ -99,6 +99,7 @@ def test_secrets_come_from_the_environment_a_file_or_the_credentials_folder(tmp_
     cfg.write_text('run: run\ncameras:\n  door:\n    url: "rtsp://{AVAR_USER}:{AVAR_PASS}@10.0.0.2/s?token={AVAR_TOK}"\n'
                    'outputs:\n  serve: {address: "0.0.0.0:8765", token: "{AVAR_TOK}"}\n'
                    '  mqtt: {host: broker, username: avar, password: "{AVAR_MQTT}"}\n')
+    (tmp_path / "run").mkdir()
     (tmp_path / "pass").write_text("from-a-file\n")
     creds = tmp_path / "creds"
     creds.mkdir()
@@ -124,10 +125,15 @@ def test_secrets_come_from_the_environment_a_file_or_the_credentials_folder(tmp_
     assert load_config(cfg, {"AVAR_PATH": "s1"}).cameras[0].url == "rtsp://{USER}@10.0.0.2/s1"
 
 
-def test_the_example_file_is_valid() -> None:
-    """docs/cameras.example.yml, with its secrets set (and its commented sections too)."""
+def test_the_example_file_is_valid(tmp_path: Path) -> None:
+    """docs/cameras.example.yml, with its secrets set, beside the run it names."""
     env = {"AVAR_FRONT_USER": "admin", "AVAR_FRONT_PASSWORD": "pw", "AVAR_SERVE_TOKEN": "t", "AVAR_MQTT_PASSWORD": "m"}
-    deploy = load_config(EXAMPLE, env)
+    with pytest.raises(InvalidInput, match=r"cameras.example.yml:10: run: .*runs/vaar-fused: no such run folder"):
+        load_config(EXAMPLE, env)
+    (tmp_path / "runs" / "vaar-fused").mkdir(parents=True)
+    cfg = tmp_path / "cameras.yml"
+    cfg.write_text(EXAMPLE.read_text())
+    deploy = load_config(cfg, env)
     assert [c.name for c in deploy.cameras] == ["front_door", "backyard", "garage"]
     assert [c.name for c in deploy.enabled] == ["front_door", "backyard"]
     front, back, _ = deploy.cameras
@@ -142,6 +148,7 @@ def test_the_examples_commented_outputs_are_valid_too(tmp_path: Path) -> None:
     out = lines[:start] + [line.replace("  # ", "  ", 1) if line.startswith("  # ") else line for line in lines[start:]]
     cfg = tmp_path / "full.yml"
     cfg.write_text("\n".join(out) + "\n")
+    (tmp_path / "runs" / "vaar-fused").mkdir(parents=True)
     deploy = load_config(cfg, env)
     assert deploy.clips is not None and deploy.clips.dir == str(tmp_path / "clips")
     assert deploy.mqtt is not None and deploy.mqtt.password == "m" and deploy.metrics is not None
@@ -218,3 +225,23 @@ outputs: {{jsonl: events.jsonl, snapshots: snaps}}
     assert any(abs(a - b) > 1e-4 for a, b in zip(scores["loose"][3:], scores["strict"][3:]))
     snaps = sorted(p.name for p in (tmp_path / "snaps").iterdir())
     assert snaps and all(name.startswith("loose-") for name in snaps), snaps
+
+
+def test_what_would_fail_at_start_is_refused_with_its_line(tmp_path: Path) -> None:
+    """The run folder, an enabled camera's file and a view beyond loopback without a token
+    are checked with the file; a disabled camera's file is not."""
+    cfg = tmp_path / "cams.yml"
+    cfg.write_text("run: nowhere\ncameras:\n  a: {url: a.mp4}\n  b: {url: b.mp4, enabled: false}\n"
+                   "outputs:\n  serve: {address: '0.0.0.0:8765'}\n")
+    with pytest.raises(InvalidInput) as err:
+        load_config(cfg, {})
+    listed = str(err.value).splitlines()[1:]
+    assert [line.strip().split(": ")[0] for line in listed] == [f"{cfg}:1", f"{cfg}:3", f"{cfg}:6"], listed
+    assert "no such run folder" in listed[0] and "a.mp4: no such file" in listed[1] and "needs a token" in listed[2]
+
+
+def test_each_cameras_threshold_is_drawn_on_its_tile() -> None:
+    from live.web import LiveState, WebConfig
+
+    state = LiveState(WebConfig(threshold=0.5, thresholds=(("door", 0.8),)), sources=("door", "yard"))
+    assert [(s["name"], s["threshold"]) for s in state.sources_json()["sources"]] == [("door", 0.8), ("yard", 0.5)]
