@@ -17,6 +17,7 @@ from typing import Any
 from apply.predictor import PredictConfig
 
 from .events import EventHub, Sink
+from .metrics import MetricsConfig, MetricsServer, WatchMetrics
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
@@ -39,6 +40,7 @@ class WatchOutputs:
     token: str | None = None
     token_file: str | None = None
     serve_names: tuple[str, ...] = ()   # host names the browser view answers to besides its address
+    metrics: str | None = None      # HOST:PORT of /metrics on a port of its own (with --serve it is on that port too)
 
 
 def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfig, predict: PredictConfig,
@@ -47,15 +49,25 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
     stop = stop or threading.Event()
     specs = [parse_source(s, realtime=realtime) for s in sources]   # a missing file is refused before loading
     view = None
+    metrics = metrics_server = None
+    token = None
+    if outputs.serve is not None or outputs.metrics is not None:
+        from .web import read_token_file
+
+        token = outputs.token or (read_token_file(outputs.token_file) if outputs.token_file else None)
+        metrics = WatchMetrics(tuple(s.name for s in specs), MetricsConfig(address=outputs.metrics, token=token))
+    if outputs.metrics is not None:   # refused before loading anything: beyond loopback needs a token
+        from .web import parse_serve
+
+        metrics_server = MetricsServer(metrics, *parse_serve(outputs.metrics), token=token)
     if outputs.serve is not None:  # refused before loading anything: binding beyond loopback needs a token
-        from .web import WebConfig, WebView, check_serve_access, parse_serve, read_token_file
+        from .web import WebConfig, WebView, check_serve_access, parse_serve
 
         host, port = parse_serve(outputs.serve)
-        token = outputs.token or (read_token_file(outputs.token_file) if outputs.token_file else None)
         check_serve_access(host, token)
         view = WebView(WebConfig(host=host, port=port, token=token, threshold=config.alerts.threshold,
                                  names=tuple(outputs.serve_names)),
-                       sources=tuple(s.name for s in specs))
+                       sources=tuple(s.name for s in specs), metrics=metrics)
     # every other option that can be wrong is refused here too, before the (slow) load
     if outputs.webhook:
         check_webhook_url(outputs.webhook)
@@ -69,6 +81,9 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
         if view is not None:
             logger.info("browser view on %s", view.start())
             sinks.append(view)
+        if metrics_server is not None:
+            logger.info("metrics on %s", metrics_server.start())
+            sinks.append(metrics_server)
         if outputs.webhook:
             sinks.append(WebhookSink(outputs.webhook, timeout=outputs.webhook_timeout,
                                      retries=outputs.webhook_retries))
@@ -87,7 +102,7 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        summary = run_watch(predictor, specs, config, hub, stop, run_steps=run_steps)
+        summary = run_watch(predictor, specs, config, hub, stop, run_steps=run_steps, metrics=metrics)
     finally:
         hub.close()
         for sig, handler in previous.items():

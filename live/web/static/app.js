@@ -189,6 +189,10 @@
     $(".label", node).textContent = alert.label;
     $(".source", node).textContent = alert.source;
     $(".open", node).hidden = !alert.open;
+    const trigger = $(".trigger", node);       // heard | seen | both (fused runs), from the alert's peak step
+    trigger.hidden = !alert.trigger;
+    trigger.textContent = alert.trigger || "";
+    trigger.dataset.trigger = alert.trigger || "";
     const end = alert.open ? "still open" : `end ${fmtT(alert.t_end)}`;
     $(".times", node).textContent =
       `start ${fmtT(alert.t_start)} (${clock(alert.start_wall_time || alert.wall_time)}) · ${end} · ` +
