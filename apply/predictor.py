@@ -149,11 +149,16 @@ class Predictor:
         counterfactual scores, not shares of the fused score (docs/predict.md, "Heard,
         seen or both")."""
         v, a, vm, am = self._inputs(records)
-        full = self._head(v, a, vm, am)
         if not self.reads_both:
-            return full, {}
-        return full, {"audio": self._head(torch.zeros_like(v), a, torch.zeros_like(vm), am),
-                      "video": self._head(v, torch.zeros_like(a), vm, torch.zeros_like(am))}
+            return self._head(v, a, vm, am), {}
+        # one head call over the batch three times (as is, video masked, audio masked): one
+        # pass of three times the rows costs less than three passes
+        zv, za, zvm, zam = torch.zeros_like(v), torch.zeros_like(a), torch.zeros_like(vm), torch.zeros_like(am)
+        clip_p, step_p, mask = self._head(torch.cat([v, zv, v]), torch.cat([a, a, za]), torch.cat([vm, zvm, vm]),
+                                          torch.cat([am, am, zam]))
+        b = len(v)
+        parts = [(clip_p[i * b:(i + 1) * b], step_p[i * b:(i + 1) * b], mask[i * b:(i + 1) * b]) for i in range(3)]
+        return parts[0], {"audio": parts[1], "video": parts[2]}
 
     @property
     def reads_both(self) -> bool:

@@ -57,8 +57,9 @@ class _Step:
 
 
 class LiveScorer:
-    def __init__(self, predictor: Predictor, window_steps: int = 0) -> None:
+    def __init__(self, predictor: Predictor, window_steps: int = 0, evidence: bool = True) -> None:
         self.predictor = predictor
+        self.evidence = evidence   # False: no masked passes (what they cost: docs/live.md, "Heard, seen or both")
         self.grid = predictor.layout.grid
         self.window_steps = max(1, int(window_steps))
         self._history: dict[tuple[str, int], deque[_Step]] = {}
@@ -109,7 +110,10 @@ class LiveScorer:
         records = self.features(units)
         t1 = time.perf_counter()
         inputs = [self._window(u, r) for u, r in zip(units, records)] if self.grid else records
-        (clip_p, step_p, _), evidence = self.predictor.score_with_evidence(inputs)
+        if self.evidence:
+            (clip_p, step_p, _), evidence = self.predictor.score_with_evidence(inputs)
+        else:
+            (clip_p, step_p, _), evidence = self.predictor.score_records(inputs), {}
         t2 = time.perf_counter()
         self.backbone_s += t1 - t0
         self.head_s += t2 - t1
