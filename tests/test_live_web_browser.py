@@ -159,6 +159,7 @@ def test_page_shows_tiles_moving_timeline_and_the_alert(browser, live_feed) -> N
     item = browser.find_element(By.CSS_SELECTOR, "#alerts li.alert")
     assert item.find_element(By.CSS_SELECTOR, ".label").text == feed.producer.scenario.label
     assert item.find_element(By.CSS_SELECTOR, ".source").text == sources[0]
+    assert item.find_element(By.CSS_SELECTOR, ".trigger").text == "heard"    # the heard/seen/both badge
 
     # It closes; its snapshot loads; the second source shows that it stalled.
     assert feed.producer.alert_ended.wait(10)
