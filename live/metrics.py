@@ -59,12 +59,11 @@ STEP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """``/metrics``: ``enabled`` serves it on the ``--serve`` port; ``address`` (HOST:PORT)
-    on a port of its own (then ``token`` is required on every request when the address is
-    not loopback, as for ``--serve``). ``process``: the client's process collector (CPU,
-    memory, descriptors of this process)."""
+    """``/metrics``: always on the ``--serve`` port when there is one; ``address``
+    (HOST:PORT) also on a port of its own (then ``token`` is required on every request when
+    the address is not loopback, as for ``--serve``). ``process``: the client's process
+    collector (CPU, memory, descriptors of this process)."""
 
-    enabled: bool = True
     address: str | None = None
     token: str | None = None
     process: bool = True

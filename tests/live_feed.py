@@ -99,7 +99,8 @@ class FeedProducer(threading.Thread):
                 score = score_at(t, sc, k == 0)
                 label = sc.label if score > 0.5 else "normal"
                 self.publish(ScoreRecord(name, t, t - sc.step_s, now, 0.01, label, score,
-                                         {sc.label: score, "normal": 1 - score}))
+                                         {sc.label: score, "normal": 1 - score},
+                                         evidence={"audio": score, "video": min(score, 0.2)}))
                 if k == 0 and sc.alert_start_s <= t <= sc.alert_end_s and score > peak[1]:
                     peak = (t, score)
             if t >= next_frame:

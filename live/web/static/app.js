@@ -84,6 +84,10 @@
     $(".score", tile.node).textContent = fmtScore(src.score);
     const score = $(".score", tile.node);
     score.classList.toggle("high", view.threshold !== null && src.score !== null && src.score >= view.threshold);
+    const ev = src.evidence;                    // fused runs: each modality's score with the other masked
+    $(".evidence", tile.node).textContent = ev && (ev.audio !== null || ev.video !== null)
+      ? `audio ${ev.audio === null ? "–" : fmtScore(ev.audio)} · video ${ev.video === null ? "–" : fmtScore(ev.video)}`
+      : "";
   }
 
   function setState(tile, src) {
