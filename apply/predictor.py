@@ -198,13 +198,17 @@ class Predictor:
         """``1 - p(normal)`` over the last axis; None when the run has no normal class."""
         return anomaly_score(probs, self.class_names, self.normal_class)
 
-    def score(self, decoded: Sequence[Decoded]) -> list[ScoredClip]:
-        """Backbones and head over a batch of decoded clips, one ``ScoredClip`` each."""
+    def score(self, decoded: Sequence[Decoded], evidence: bool = False) -> list[ScoredClip]:
+        """Backbones and head over a batch of decoded clips, one ``ScoredClip`` each;
+        ``evidence``: with each modality's evidence (``score_with_evidence``; what
+        ``predict`` gives), else the head alone (what the benchmarks time)."""
         records = self.feature_extractor.records(decoded, isolate_failures=False)
         ok = [i for i, r in enumerate(records) if r.status == "ok"]
         out = [ScoredClip(r) for r in records]
         if ok:
-            (clip_p, step_p, mask), evidence = self.score_with_evidence([records[i] for i in ok])
+            batch = [records[i] for i in ok]
+            (clip_p, step_p, mask), masked = self.score_with_evidence(batch) if evidence else \
+                (self.score_records(batch), {})
 
             def steps(probs: np.ndarray, m: np.ndarray, j: int, n: int) -> np.ndarray:
                 s = self.anomaly(probs[j, :n])
@@ -214,7 +218,7 @@ class Predictor:
                 n = len(records[i].video_mask)  # this clip's steps (the batch may be padded past them)
                 # a modality absent from the whole clip has no evidence (the head read nothing)
                 ev = {k: (_score(self.anomaly(e_clip[j])) if e_mask[j, :n].any() else None,
-                          steps(e_step, e_mask, j, n)) for k, (e_clip, e_step, e_mask) in evidence.items()}
+                          steps(e_step, e_mask, j, n)) for k, (e_clip, e_step, e_mask) in masked.items()}
                 out[i] = ScoredClip(records[i], clip_p[j], steps(step_p, mask, j, n), mask[j, :n], ev)
         return out
 
@@ -263,7 +267,7 @@ class Predictor:
         if config.thumbnails and clip.frames is not None:
             clip.frames, thumbs = (list(x) for x in zip(*clip.frames))
             thumbs = thumbs[clip.frames_per_step // 2::clip.frames_per_step]  # one per step
-        scored = self.score([Decoded(str(path), clip=clip)])[0]
+        scored = self.score([Decoded(str(path), clip=clip)], evidence=True)[0]
         if not scored.ok:
             raise DecodeError(scored.error)
         w = self._window_result(0.0, clip.duration, clip.step_times, scored, None, None)
@@ -290,7 +294,7 @@ class Predictor:
 
         def flush() -> None:
             good = [w for w in pending if w.clip is not None]
-            scored = iter(self.score([Decoded(f"{path}@{w.start:.3f}", clip=w.clip) for w in good]))
+            scored = iter(self.score([Decoded(f"{path}@{w.start:.3f}", clip=w.clip) for w in good], evidence=True))
             for w in pending:
                 s = next(scored) if w.clip is not None else None
                 results.append(self._window_result(w.start, w.end, w.step_times, s, w.error, w.thumbnail))
