@@ -686,6 +686,9 @@ def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) ->
 @click.option("--serve-name", "serve_names", multiple=True, metavar="NAME",
               help="A host name the browser view answers to besides its address (repeatable); any other Host "
                    "header is refused (DNS rebinding).")
+@click.option("--metrics", "metrics_address", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus /metrics on a port of its own [off; with --serve it is also on that port]; a "
+                   "host other than loopback needs --token or --token-file.")
 @click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
 @click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -694,8 +697,8 @@ def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) ->
 def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | None, realtime: bool, window: float | None, hop: float | None,
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
-          token: str | None, token_file: Path | None, serve_names: tuple[str, ...], video_model: str | None, audio_model: str | None, device: str,
-          precision: str) -> None:
+          token: str | None, token_file: Path | None, serve_names: tuple[str, ...], metrics_address: str | None,
+          video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
     A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
@@ -740,7 +743,8 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
                                                 precision=precision),
                                   WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve,
                                                token=token, token_file=str(token_file) if token_file else None,
-                                               serve_names=serve_names), realtime=realtime)
+                                               serve_names=serve_names, metrics=metrics_address),
+                                  realtime=realtime)
         sys.exit(status)
     finally:
         scrubber.uninstall()

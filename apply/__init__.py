@@ -13,6 +13,7 @@ imports ``extract``.
         print(format_table([pred]))
 """
 
+from .attribution import BOTH, HEARD, SEEN, TRIGGERS, trigger_of
 from .batch import predict_batch
 from .loading import BackboneMismatch, load_predictor
 from .media_figures import (FiguresResult, all_figures, check_figure_path, plot_clip_strips, plot_timeline,
@@ -22,6 +23,7 @@ from .report import format_table, to_json_lines
 from .results import ScoredClip, Segment, VideoPrediction, WindowResult
 
 __all__ = [
+    "BOTH", "HEARD", "SEEN", "TRIGGERS", "trigger_of",
     "BackboneMismatch", "FiguresResult", "PredictConfig", "Predictor", "ScoredClip", "Segment", "VideoPrediction",
     "WindowResult", "all_figures", "check_figure_path", "format_table", "load_predictor", "plot_clip_strips",
     "plot_timeline", "predict_batch", "timeline_figure", "timeline_paths", "to_json_lines",

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 THUMB_HEIGHT = 72
 
+HeadProbs = tuple[np.ndarray, np.ndarray, np.ndarray]   # clip probs [B, C], step probs [B, T, C], step mask [B, T]
+Evidence = dict[str, HeadProbs]                         # modality kept ("audio", "video") -> the head without the other
+
 
 @dataclass(frozen=True)
 class PredictConfig:
@@ -79,6 +82,10 @@ class PredictConfig:
         if self.window is None:
             return None
         return self.hop if self.hop is not None else self.window / 2
+
+
+def _score(x: np.ndarray | float | None) -> float | None:
+    return None if x is None else float(x)
 
 
 class VideoFeatures(Protocol):
@@ -130,6 +137,37 @@ class Predictor:
         head reads exactly what it would have read from the cache. Records of different
         step counts (a time grid) are padded to the longest of the batch, the padding
         masked out (``T`` is that longest; a record's own steps come first)."""
+        return self._head(*self._inputs(records))
+
+    @torch.inference_mode()
+    def score_with_evidence(self, records: Sequence[ClipRecord]) -> tuple[HeadProbs, Evidence]:
+        """``score_records`` and, for a run that reads both modalities, the same with one
+        modality masked out: per modality *kept* (``"audio"``: the video masked,
+        ``"video"``: the audio masked), exactly as a clip without the other stream is
+        presented to the head (features zero, mask False). ``{}`` for a single-modality
+        run. One extra head pass per modality, the backbones' features reused. These are
+        counterfactual scores, not shares of the fused score (docs/predict.md, "Heard,
+        seen or both")."""
+        v, a, vm, am = self._inputs(records)
+        if not self.reads_both:
+            return self._head(v, a, vm, am), {}
+        # one head call over the batch three times (as is, video masked, audio masked): one
+        # pass of three times the rows costs less than three passes
+        zv, za, zvm, zam = torch.zeros_like(v), torch.zeros_like(a), torch.zeros_like(vm), torch.zeros_like(am)
+        clip_p, step_p, mask = self._head(torch.cat([v, zv, v]), torch.cat([a, a, za]), torch.cat([vm, zvm, vm]),
+                                          torch.cat([am, am, zam]))
+        b = len(v)
+        parts = [(clip_p[i * b:(i + 1) * b], step_p[i * b:(i + 1) * b], mask[i * b:(i + 1) * b]) for i in range(3)]
+        return parts[0], {"audio": parts[1], "video": parts[2]}
+
+    @property
+    def reads_both(self) -> bool:
+        """Whether the run's head reads video and audio (a fused run, early or late):
+        only then does masking one of them say anything."""
+        streams = set(self.model.streams)
+        return "fused" in streams or streams == {"video", "audio"}
+
+    def _inputs(self, records: Sequence[ClipRecord]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         lengths = [len(r.video_mask) for r in records]
         t = max(lengths)
 
@@ -146,7 +184,10 @@ class Predictor:
         am = torch.from_numpy(np.stack([pad(np.asarray(r.audio_mask, bool), n) for r, n in zip(records, lengths)]))
         v = feats("video", self.video_backbone.dim) * vm.unsqueeze(-1)
         a = feats("audio", self.audio_backbone.dim) * am.unsqueeze(-1)
-        clips = Clips(*(x.to(self.device) for x in (v, a, vm, am, torch.zeros(len(records), dtype=torch.long))))
+        return v, a, vm, am
+
+    def _head(self, v: torch.Tensor, a: torch.Tensor, vm: torch.Tensor, am: torch.Tensor) -> HeadProbs:
+        clips = Clips(*(x.to(self.device) for x in (v, a, vm, am, torch.zeros(len(v), dtype=torch.long))))
         with autocast_context(self.device, self.precision):
             out = self.model(clips)
         clip_p = torch.softmax(out.clip_logits.float(), -1)
@@ -157,18 +198,28 @@ class Predictor:
         """``1 - p(normal)`` over the last axis; None when the run has no normal class."""
         return anomaly_score(probs, self.class_names, self.normal_class)
 
-    def score(self, decoded: Sequence[Decoded]) -> list[ScoredClip]:
-        """Backbones and head over a batch of decoded clips, one ``ScoredClip`` each."""
+    def score(self, decoded: Sequence[Decoded], evidence: bool = False) -> list[ScoredClip]:
+        """Backbones and head over a batch of decoded clips, one ``ScoredClip`` each;
+        ``evidence``: with each modality's evidence (``score_with_evidence``; what
+        ``predict`` gives), else the head alone (what the benchmarks time)."""
         records = self.feature_extractor.records(decoded, isolate_failures=False)
         ok = [i for i, r in enumerate(records) if r.status == "ok"]
         out = [ScoredClip(r) for r in records]
         if ok:
-            clip_p, step_p, mask = self.score_records([records[i] for i in ok])
-            step_s = self.anomaly(step_p)
+            batch = [records[i] for i in ok]
+            (clip_p, step_p, mask), masked = self.score_with_evidence(batch) if evidence else \
+                (self.score_records(batch), {})
+
+            def steps(probs: np.ndarray, m: np.ndarray, j: int, n: int) -> np.ndarray:
+                s = self.anomaly(probs[j, :n])
+                return np.full(n, np.nan) if s is None else np.where(m[j, :n], s, np.nan)
+
             for j, i in enumerate(ok):
                 n = len(records[i].video_mask)  # this clip's steps (the batch may be padded past them)
-                s = np.full(n, np.nan) if step_s is None else np.where(mask[j, :n], step_s[j, :n], np.nan)
-                out[i] = ScoredClip(records[i], clip_p[j], s, mask[j, :n])
+                # a modality absent from the whole clip has no evidence (the head read nothing)
+                ev = {k: (_score(self.anomaly(e_clip[j])) if e_mask[j, :n].any() else None,
+                          steps(e_step, e_mask, j, n)) for k, (e_clip, e_step, e_mask) in masked.items()}
+                out[i] = ScoredClip(records[i], clip_p[j], steps(step_p, mask, j, n), mask[j, :n], ev)
         return out
 
     def _window_result(self, start: float, end: float, step_times: np.ndarray, scored: ScoredClip | None,
@@ -178,7 +229,9 @@ class Predictor:
                                 step_scores=np.full(len(step_times), np.nan), thumbnail=thumb)
         score = self.anomaly(scored.probs)
         return WindowResult(start, end, self.class_names[int(np.argmax(scored.probs))], scored.probs,
-                            None if score is None else float(score), step_times, scored.step_scores, thumbnail=thumb)
+                            None if score is None else float(score), step_times, scored.step_scores, thumbnail=thumb,
+                            evidence={k: clip for k, (clip, _) in scored.evidence.items()} or None,
+                            step_evidence={k: steps for k, (_, steps) in scored.evidence.items()} or None)
 
     # -- files
     def predict(self, path: str | Path, config: PredictConfig = PredictConfig()) -> VideoPrediction:
@@ -214,7 +267,7 @@ class Predictor:
         if config.thumbnails and clip.frames is not None:
             clip.frames, thumbs = (list(x) for x in zip(*clip.frames))
             thumbs = thumbs[clip.frames_per_step // 2::clip.frames_per_step]  # one per step
-        scored = self.score([Decoded(str(path), clip=clip)])[0]
+        scored = self.score([Decoded(str(path), clip=clip)], evidence=True)[0]
         if not scored.ok:
             raise DecodeError(scored.error)
         w = self._window_result(0.0, clip.duration, clip.step_times, scored, None, None)
@@ -223,7 +276,8 @@ class Predictor:
                            "timeline at the scale of the training clips", path, clip.duration, self.steps,
                            clip.duration / self.steps)
         pred = VideoPrediction(str(path), self.class_names, clip.duration, w.label, w.probs,
-                               np.asarray(clip.step_times), w.step_scores, [w], mode="clip")
+                               np.asarray(clip.step_times), w.step_scores, [w], mode="clip",
+                               evidence=w.step_evidence)
         if self.normal is not None and pred.label != self.class_names[self.normal]:
             pred.segments = clip_segments(pred.duration or 0.0, pred.scores, pred.label,
                                           step_bounds=clip.step_bounds if self.layout.grid else None)
@@ -240,7 +294,7 @@ class Predictor:
 
         def flush() -> None:
             good = [w for w in pending if w.clip is not None]
-            scored = iter(self.score([Decoded(f"{path}@{w.start:.3f}", clip=w.clip) for w in good]))
+            scored = iter(self.score([Decoded(f"{path}@{w.start:.3f}", clip=w.clip) for w in good], evidence=True))
             for w in pending:
                 s = next(scored) if w.clip is not None else None
                 results.append(self._window_result(w.start, w.end, w.step_times, s, w.error, w.thumbnail))
@@ -263,8 +317,13 @@ class Predictor:
         times, scores = merged_timeline(starts, ends, [w.step_scores if w.probs is not None else None
                                                        for w in results], info.duration, self.steps, config.window)
         top = max(good, key=lambda w: (w.score if w.score is not None else float(np.max(w.probs))))
+        evidence = None
+        if self.reads_both:   # each modality's masked timeline, merged as the scores are
+            evidence = {k: merged_timeline(starts, ends, [w.step_evidence[k] if w.probs is not None and w.step_evidence
+                                                          else None for w in results],
+                                           info.duration, self.steps, config.window)[1] for k in ("audio", "video")}
         pred = VideoPrediction(str(path), self.class_names, info.duration, top.label, top.probs, times, scores,
-                               results, mode="window", window=config.window, hop=hop)
+                               results, mode="window", window=config.window, hop=hop, evidence=evidence)
         pred.segments = window_segments(starts, ends, [w.label for w in results],
                                         np.array([np.nan if w.score is None else w.score for w in results]),
                                         info.duration, self.class_names[self.normal] if self.normal is not None

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from apply.attribution import trigger_of
 from cache_schema import InvalidInput
 
 from .events import ALERT_END, ALERT_START, AlertEvent
@@ -55,6 +56,7 @@ class _Open:
     peak_image: Any = None
     started: bool = False
     alert_id: int = 0
+    peak_evidence: dict[str, float | None] | None = None
 
 
 class AlertTracker:
@@ -73,8 +75,9 @@ class AlertTracker:
         return self._open is not None and self._open.started
 
     def update(self, t_start: float, t_end: float, score: float | None, label: str, wall_time: float,
-               image: Any = None) -> list[tuple[AlertEvent, Any]]:
-        """One step ``[t_start, t_end)`` with its anomaly score and top class."""
+               image: Any = None, evidence: dict[str, float | None] | None = None) -> list[tuple[AlertEvent, Any]]:
+        """One step ``[t_start, t_end)`` with its anomaly score, top class and (fused runs)
+        its evidence per modality, of which the peak step's decides the alert's trigger."""
         events: list[tuple[AlertEvent, Any]] = []
         hot = score is not None and score >= self.config.threshold
         cur = self._open
@@ -87,14 +90,15 @@ class AlertTracker:
             if cur is not None and not cur.started and t_start - cur.last_hot_end >= max(self.config.cooldown, 1e-3):
                 cur = self._open = None   # a gap as long as the cooldown (a stall) breaks a run not yet an alert
             if cur is None:
-                cur = self._open = _Open(t_start, t_end, float(score), t_end, label, image)
+                cur = self._open = _Open(t_start, t_end, float(score), t_end, label, image, peak_evidence=evidence)
             else:
                 if cur.started and t_start - cur.last_hot_end >= self.config.cooldown:
                     events.append(self._end(wall_time))              # a gap longer than the cooldown
-                    return events + self.update(t_start, t_end, score, label, wall_time, image)
+                    return events + self.update(t_start, t_end, score, label, wall_time, image, evidence)
                 cur.last_hot_end = t_end
                 if score > cur.peak_score:
                     cur.peak_score, cur.peak_t, cur.label, cur.peak_image = float(score), t_end, label, image
+                    cur.peak_evidence = evidence
             if not cur.started and t_end - cur.t_start >= self.config.min_duration - 1e-9:
                 cur.started, cur.alert_id = True, self._next_id
                 self._next_id += 1
@@ -115,5 +119,7 @@ class AlertTracker:
         return self._event(ALERT_END, cur, cur.last_hot_end, wall_time)
 
     def _event(self, kind: str, cur: _Open, t_end: float | None, wall_time: float) -> tuple[AlertEvent, Any]:
+        ev = cur.peak_evidence
+        trigger = None if ev is None else trigger_of(ev.get("audio"), ev.get("video"), self.config.threshold)
         return AlertEvent(kind, self.source, cur.t_start, t_end, cur.label, cur.peak_score, wall_time,
-                          cur.alert_id, cur.peak_t), cur.peak_image
+                          cur.alert_id, cur.peak_t, trigger=trigger, peak_evidence=ev), cur.peak_image

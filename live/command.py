@@ -19,6 +19,7 @@ from apply.predictor import PredictConfig
 
 from .config_file import DeployConfig
 from .events import EventHub, Sink
+from .metrics import MetricsConfig, MetricsServer, WatchMetrics
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
@@ -41,6 +42,7 @@ class WatchOutputs:
     token: str | None = None
     token_file: str | None = None
     serve_names: tuple[str, ...] = ()   # host names the browser view answers to besides its address
+    metrics: str | None = None      # HOST:PORT of /metrics on a port of its own (with --serve it is on that port too)
 
 
 def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], config: WatchConfig,
@@ -51,16 +53,26 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
     # a missing file is refused before loading
     specs = [s if isinstance(s, SourceSpec) else parse_source(s, realtime=realtime) for s in sources]
     view = None
+    metrics = metrics_server = None
+    token = None
+    if outputs.serve is not None or outputs.metrics is not None:
+        from .web import read_token_file
+
+        token = outputs.token or (read_token_file(outputs.token_file) if outputs.token_file else None)
+        metrics = WatchMetrics(tuple(s.name for s in specs), MetricsConfig(address=outputs.metrics, token=token))
+    if outputs.metrics is not None:   # refused before loading anything: beyond loopback needs a token
+        from .web import parse_serve
+
+        metrics_server = MetricsServer(metrics, *parse_serve(outputs.metrics), token=token)
     if outputs.serve is not None:  # refused before loading anything: binding beyond loopback needs a token
-        from .web import WebConfig, WebView, check_serve_access, parse_serve, read_token_file
+        from .web import WebConfig, WebView, check_serve_access, parse_serve
 
         host, port = parse_serve(outputs.serve)
-        token = outputs.token or (read_token_file(outputs.token_file) if outputs.token_file else None)
         check_serve_access(host, token)
         view = WebView(WebConfig(host=host, port=port, token=token, threshold=config.alerts.threshold,
                                  names=tuple(outputs.serve_names),
                                  thresholds=tuple((s.name, s.alerts.threshold) for s in specs if s.alerts)),
-                       sources=tuple(s.name for s in specs))
+                       sources=tuple(s.name for s in specs), metrics=metrics)
     # every other option that can be wrong is refused here too, before the (slow) load
     if outputs.webhook:
         check_webhook_url(outputs.webhook)
@@ -74,6 +86,9 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
         if view is not None:
             logger.info("browser view on %s", view.start())
             sinks.append(view)
+        if metrics_server is not None:
+            logger.info("metrics on %s", metrics_server.start())
+            sinks.append(metrics_server)
         if outputs.webhook:
             sinks.append(WebhookSink(outputs.webhook, timeout=outputs.webhook_timeout,
                                      retries=outputs.webhook_retries))
@@ -92,7 +107,7 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        summary = run_watch(predictor, specs, config, hub, stop, run_steps=run_steps)
+        summary = run_watch(predictor, specs, config, hub, stop, run_steps=run_steps, metrics=metrics)
     finally:
         hub.close()
         for sig, handler in previous.items():
@@ -121,15 +136,18 @@ def watch_config_command(deploy: DeployConfig, config: WatchConfig = WatchConfig
     serve = deploy.serve
     outputs = WatchOutputs(out=deploy.jsonl, serve=serve.address if serve else None,
                            token=serve.token if serve else None, serve_names=serve.names if serve else (),
+                           metrics=deploy.metrics.address if deploy.metrics else None,
                            **({"webhook": deploy.webhook.url, "webhook_timeout": deploy.webhook.timeout,
                                "webhook_retries": deploy.webhook.retries} if deploy.webhook else {}))
     # The lead connects these at merge time (their components live on other branches):
     #   deploy.clips   -> live.clips' ClipConfig (and WatchConfig / run_watch's clip writer)
     #   deploy.mqtt    -> live.mqtt's MqttConfig (a sink on the hub)
-    #   deploy.metrics -> live.metrics' MetricsConfig (on the serve port, or its own address)
-    for name in ("clips", "mqtt", "metrics"):
+    for name in ("clips", "mqtt"):
         if getattr(deploy, name) is not None:
             logger.warning("%s: outputs.%s is not connected in this build; it is ignored", deploy.path, name)
+    if deploy.metrics is not None and deploy.metrics.address is None and serve is None:
+        logger.warning("%s: outputs.metrics has no address and there is no outputs.serve: /metrics is off",
+                       deploy.path)
     watch = dataclasses.replace(config, snapshots=deploy.snapshots, frames=serve is not None, window=None)
     return watch_command(deploy.run, specs, watch, dataclasses.replace(predict, device=deploy.device), outputs,
                          realtime=deploy.realtime, extra_sinks=extra_sinks, stop=stop)

@@ -23,6 +23,13 @@ STARTED, STALLED, RECONNECTED, DROPPED_STEPS, ENDED = "started", "stalled", "rec
 STATUS_TYPES = (STARTED, STALLED, RECONNECTED, DROPPED_STEPS, ENDED)
 
 
+def _evidence_json(evidence: dict[str, float | None] | None) -> dict[str, float | None]:
+    """``{"audio": .., "video": ..}``, always both keys (None: no evidence)."""
+    evidence = evidence or {}
+    return {k: None if evidence.get(k) is None else round(float(evidence[k]), 6)  # type: ignore[arg-type]
+            for k in ("audio", "video")}
+
+
 @dataclass(frozen=True)
 class ScoreRecord:
     """One scored step. ``t`` is media time (seconds from the source's first packet) of
@@ -39,12 +46,16 @@ class ScoreRecord:
     score: float | None
     probs: dict[str, float]
     type: str = "score"
+    # a run that reads both modalities: the score with the video masked ("audio") and with the
+    # audio masked ("video"); None values otherwise (apply/attribution.py, docs/live.md)
+    evidence: dict[str, float | None] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "source": self.source, "t": round(self.t, 4), "t_start": round(self.t_start, 4),
                 "wall_time": round(self.wall_time, 4), "latency_s": round(self.latency_s, 4), "label": self.label,
                 "score": None if self.score is None else round(self.score, 6),
-                "probs": {k: round(v, 6) for k, v in self.probs.items()}}
+                "probs": {k: round(v, 6) for k, v in self.probs.items()},
+                "evidence": _evidence_json(self.evidence)}
 
 
 @dataclass(frozen=True)
@@ -63,12 +74,18 @@ class AlertEvent:
     alert_id: int
     peak_t: float
     snapshot: str | None = None
+    # heard | seen | both, from the evidence at the peak step (``peak_evidence``) against the
+    # camera's threshold (apply/attribution.py); None for a run that reads one modality
+    trigger: str | None = None
+    peak_evidence: dict[str, float | None] | None = None
+    # clips helper: ``clip: str | None`` (the MP4 of an ``alert_end``) goes here
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "source": self.source, "alert_id": self.alert_id,
                 "t_start": round(self.t_start, 4), "t_end": None if self.t_end is None else round(self.t_end, 4),
                 "label": self.label, "peak_score": round(self.peak_score, 6), "peak_t": round(self.peak_t, 4),
-                "wall_time": round(self.wall_time, 4), "snapshot": self.snapshot}
+                "wall_time": round(self.wall_time, 4), "snapshot": self.snapshot, "trigger": self.trigger,
+                "peak_evidence": _evidence_json(self.peak_evidence)}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ starts a new history.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ class ScoredUnit:
     probs: np.ndarray          # [C]
     score: float | None        # 1 - p(normal)
     label: str
+    evidence: dict[str, float | None] | None = None   # fused runs: {"audio": video masked, "video": audio masked}
+    backbone_s: float = 0.0    # this unit's share of its batch's seconds in the backbones
 
 
 @dataclass
@@ -54,13 +57,19 @@ class _Step:
 
 
 class LiveScorer:
-    def __init__(self, predictor: Predictor, window_steps: int = 0, per_source: dict[str, int] | None = None) -> None:
+    def __init__(self, predictor: Predictor, window_steps: int = 0, per_source: dict[str, int] | None = None,
+                 evidence: bool = True) -> None:
         self.predictor = predictor
+        self.evidence = evidence   # False: no masked passes (what they cost: docs/live.md, "Heard, seen or both")
         self.grid = predictor.layout.grid
         self.window_steps = max(1, int(window_steps))
         # a camera's own window (a config file's ``window``), in steps; others: window_steps
         self.per_source = {name: max(1, int(n)) for name, n in (per_source or {}).items()}
         self._history: dict[tuple[str, int], deque[_Step]] = {}
+        # seconds spent so far (the metrics read them): the backbones (features), the head (with evidence)
+        self.backbone_s = 0.0
+        self.head_s = 0.0
+        self.batches = 0
 
     def clip(self, u: LiveUnit) -> DecodedClip:
         """The unit as stage 1's ``DecodedClip`` (see the module docstring)."""
@@ -93,17 +102,39 @@ class LiveScorer:
         return self.predictor.feature_extractor.records(decoded, isolate_failures=False)
 
     def score(self, units: list[LiveUnit]) -> list[ScoredUnit]:
+        """Each unit's probabilities, score, top class and, for a run that reads both
+        modalities, its evidence (the score with the other modality masked, from one
+        extra head pass each: ``Predictor.score_with_evidence``). The batch's backbone
+        and head seconds are added to ``backbone_s``/``head_s`` and shared equally among
+        its units (``ScoredUnit.backbone_s``)."""
         if not units:
             return []
+        t0 = time.perf_counter()
         records = self.features(units)
+        t1 = time.perf_counter()
         inputs = [self._window(u, r) for u, r in zip(units, records)] if self.grid else records
-        clip_p, step_p, _ = self.predictor.score_records(inputs)
+        if self.evidence:
+            (clip_p, step_p, _), evidence = self.predictor.score_with_evidence(inputs)
+        else:
+            (clip_p, step_p, _), evidence = self.predictor.score_records(inputs), {}
+        t2 = time.perf_counter()
+        self.backbone_s += t1 - t0
+        self.head_s += t2 - t1
+        self.batches += 1
         out = []
         for j, (u, r) in enumerate(zip(units, inputs)):
-            probs = step_p[j, len(r.video_mask) - 1] if self.grid else clip_p[j]
+            last = len(r.video_mask) - 1
+            probs = step_p[j, last] if self.grid else clip_p[j]
             score = self.predictor.anomaly(probs)
+            ev: dict[str, float | None] = {}
+            for kept, (e_clip, e_step, e_mask) in evidence.items():
+                # the kept modality absent (at this step; in the whole window): no evidence
+                present = bool(e_mask[j, last]) if self.grid else bool(e_mask[j, :last + 1].any())
+                e = self.predictor.anomaly(e_step[j, last] if self.grid else e_clip[j]) if present else None
+                ev[kept] = None if e is None else float(e)
             out.append(ScoredUnit(u, probs, None if score is None else float(score),
-                                  self.predictor.class_names[int(np.argmax(probs))]))
+                                  self.predictor.class_names[int(np.argmax(probs))], ev or None,
+                                  (t1 - t0) / len(units)))
         return out
 
     def forget(self, source: str) -> None:

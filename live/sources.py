@@ -229,6 +229,11 @@ class SourceReader(threading.Thread):
         self.open_timeout = open_timeout
         self.media_t = 0.0                 # media time reached (end of the newest frame/sample)
         self.corrupt_packets = 0
+        # read by the metrics collector (live/metrics.py) from its own thread: plain ints, only ever increased
+        self.video_packets = 0
+        self.audio_packets = 0
+        self.bytes_in = 0
+        self.frames_in = 0                 # decoded video frames
         self.segments = 0
         self.error: str | None = None
         self._stalled_at: float | None = None
@@ -477,12 +482,15 @@ class SourceReader(threading.Thread):
         """The units a packet completes; a frame's media time is its timestamp, or its
         packet's ``arrival`` (monotonic seconds) for a container without timestamps."""
         units: list[LiveUnit] = []
+        self.bytes_in += packet.size
         if video is not None and packet.stream_index == video.index:
+            self.video_packets += 1
             try:
                 frames = packet.decode()
             except (av.FFmpegError, ValueError):
                 self.corrupt_packets += 1
                 return units
+            self.frames_in += len(frames)
             for frame in frames:
                 if frame.pts is None:
                     continue
@@ -493,6 +501,7 @@ class SourceReader(threading.Thread):
                 units += assembler.add_frame(t, frame, wall)
                 self.media_t = max(self.media_t, t)
         elif decoder is not None and audio is not None and packet.stream_index == audio.index:
+            self.audio_packets += 1
             failed = decoder.failed
             decoder.feed(packet)
             self.corrupt_packets += decoder.failed - failed

@@ -33,6 +33,7 @@ from temporal.rundir import RunDir
 from .alerts import AlertConfig, AlertTracker
 from .assembler import Assembler
 from .events import DROPPED_STEPS, ENDED, STALLED, EventHub, FrameEvent, ScoreRecord, StatusEvent
+from .metrics import WatchMetrics
 from .plans import GridPlan, UnitPlan, WindowPlan
 from .scheduler import Scheduler
 from .scorer import LiveScorer, ScoredUnit
@@ -175,7 +176,7 @@ class _Loop:
         latency = now - u.arrived
         names = self.predictor.class_names
         record = ScoreRecord(u.source, u.unit.end, u.unit.start, now, latency, scored.label, scored.score,
-                             {c: float(p) for c, p in zip(names, scored.probs)})
+                             {c: float(p) for c, p in zip(names, scored.probs)}, evidence=scored.evidence)
         self.hub.publish(record)
         since = self.silent_since.get(u.source)
         if since is not None and u.arrived > since:
@@ -184,7 +185,7 @@ class _Loop:
         s.records += 1
         s.max_latency_s = max(s.max_latency_s, latency)
         for event, image in self.trackers[u.source].update(u.unit.start, u.unit.end, scored.score, scored.label,
-                                                           now, u.picture):
+                                                           now, u.picture, scored.evidence):
             self.alert(event, image)
         if self.config.frames and u.picture is not None and now - self.last_frame.get(u.source, 0.0) >= FRAME_EVERY_S:
             self.last_frame[u.source] = now
@@ -242,11 +243,12 @@ class _Loop:
 
 def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: WatchConfig, hub: EventHub,
               stop: threading.Event | None = None, *, run_steps: int = 200, stdin: BinaryIO | None = None,
-              ) -> WatchSummary:
+              metrics: WatchMetrics | None = None) -> WatchSummary:
     """Watch ``sources`` until each has ended (or ``config.duration`` of media, or ``stop``).
 
     Returns what happened per source. Nothing here raises for a source that fails: it
-    is reported (``ended`` with ``error``) and the others go on."""
+    is reported (``ended`` with ``error``) and the others go on. ``metrics`` is
+    subscribed to ``hub`` and reads the sources' and the scorer's counters."""
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise InvalidInput(f"a source is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
@@ -272,6 +274,9 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
     readers = [SourceReader(spec, assembler_factory(spec.name, plans[spec.name][0], transform, config), on_unit(spec),
                             loop.status.put, stop, stall_timeout=config.stall_timeout, duration=config.duration,
                             grid_every=plans[spec.name][0].every, stdin=stdin) for spec in sources]
+    if metrics is not None:
+        metrics.attach(readers, scorer)
+        hub.subscribe(metrics)
     began = time.monotonic()
     logger.info("watching %s", ", ".join(names))   # loaded: sources are read from now on
     for reader in readers:
@@ -286,6 +291,8 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
                 loop.summary.scoring_s += time.monotonic() - t0
                 for item in scored:
                     loop.emit(item)
+                    if metrics is not None:
+                        metrics.observe_step(item.unit.source, item.backbone_s)
             loop.drops(scheduler.take_drop_reports(), scheduler.dropped)
             alive = any(r.is_alive() for r in readers)
             loop.statuses({n: scheduler.pending(n) for n in names})

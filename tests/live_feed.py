@@ -99,7 +99,8 @@ class FeedProducer(threading.Thread):
                 score = score_at(t, sc, k == 0)
                 label = sc.label if score > 0.5 else "normal"
                 self.publish(ScoreRecord(name, t, t - sc.step_s, now, 0.01, label, score,
-                                         {sc.label: score, "normal": 1 - score}))
+                                         {sc.label: score, "normal": 1 - score},
+                                         evidence={"audio": score, "video": min(score, 0.2)}))
                 if k == 0 and sc.alert_start_s <= t <= sc.alert_end_s and score > peak[1]:
                     peak = (t, score)
             if t >= next_frame:
@@ -114,10 +115,11 @@ class FeedProducer(threading.Thread):
                 snap = write_bytes(self.snapshot_dir / "alert-1-start.jpg", frame_jpeg(t, first, alarm=True))
                 self.alert_started_at = time.time()
                 self.publish(AlertEvent(ALERT_START, first, sc.alert_start_s, None, sc.label, peak[1], now, 1, peak[0],
-                                        str(snap)))
+                                        str(snap), trigger="heard", peak_evidence={"audio": peak[1], "video": 0.2}))
                 self.alert_started.set()
             if abs(t - sc.alert_end_s) < sc.step_s / 2:
                 snap = write_bytes(self.snapshot_dir / "alert-1.jpg", frame_jpeg(peak[0], first, alarm=True))
                 self.publish(AlertEvent(ALERT_END, first, sc.alert_start_s, sc.alert_end_s, sc.label, peak[1], now, 1,
-                                        peak[0], str(snap)))
+                                        peak[0], str(snap), trigger="heard",
+                                        peak_evidence={"audio": peak[1], "video": 0.2}))
                 self.alert_ended.set()

@@ -329,3 +329,11 @@ def test_fused_grid_run_matches_offline_extraction_with_and_without_audio(xd_gri
     live = np.array([e["score"] for e in events if e["type"] == "score"])
     assert len(live) == len(offline)
     np.testing.assert_allclose(live, offline[:len(live)], atol=1e-4)
+    # heard / seen evidence (apply/attribution.py): with the audio masked, a stream without
+    # audio scores exactly as it did; with audio, both modalities have their own score
+    evidence = [e["evidence"] for e in events if e["type"] == "score"]
+    if audio:
+        assert all(e["audio"] is not None and e["video"] is not None for e in evidence)
+    else:
+        assert all(e["audio"] is None for e in evidence)
+        np.testing.assert_allclose([e["video"] for e in evidence], live, atol=1e-5)

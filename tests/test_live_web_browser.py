@@ -149,6 +149,7 @@ def test_page_shows_tiles_moving_timeline_and_the_alert(browser, live_feed) -> N
     _wait("the timeline to move", lambda: last_t() > t1, 3)
     _wait("a frame in the tile", lambda: first.get_attribute("data-frame-t"), 5)
     assert first.find_element(By.CSS_SELECTOR, ".frame img").get_attribute("naturalWidth") == "320"
+    assert first.find_element(By.CSS_SELECTOR, ".evidence").text.startswith("audio 0.")   # fused runs' evidence
 
     # The alert: in the list within a few seconds of being published, with its class.
     assert feed.producer.alert_started.wait(10), "the feed published no alert"
@@ -159,6 +160,7 @@ def test_page_shows_tiles_moving_timeline_and_the_alert(browser, live_feed) -> N
     item = browser.find_element(By.CSS_SELECTOR, "#alerts li.alert")
     assert item.find_element(By.CSS_SELECTOR, ".label").text == feed.producer.scenario.label
     assert item.find_element(By.CSS_SELECTOR, ".source").text == sources[0]
+    assert item.find_element(By.CSS_SELECTOR, ".trigger").text == "heard"    # the heard/seen/both badge
 
     # It closes; its snapshot loads; the second source shows that it stalled.
     assert feed.producer.alert_ended.wait(10)

@@ -12,6 +12,8 @@ nothing it does can reach ``handle``.
 Access: with a token, every request must carry it (``Authorization: Bearer T``,
 ``?token=T`` or the cookie the page receives after ``?token=T``: the page's own scripts,
 images and ``EventSource`` cannot set headers). A page without the token gets 401.
+``/metrics`` (when the watch has metrics) is under the same rule: Prometheus sends the
+bearer header (its ``authorization`` setting).
 """
 
 from __future__ import annotations
@@ -121,8 +123,9 @@ class WebView:
     returns at once; ``close()`` stops the server and joins its thread. ``sources``
     names the sources to show before their first event."""
 
-    def __init__(self, config: WebConfig, sources: Sequence[str] = ()) -> None:
+    def __init__(self, config: WebConfig, sources: Sequence[str] = (), metrics: Any = None) -> None:
         self.config = config
+        self._metrics = metrics   # a live.metrics.WatchMetrics: served as /metrics, under the same token rule
         self._state = LiveState(config, tuple(sources))
         self._inbox: deque[Event] = deque(maxlen=max(1, config.inbox))
         self._inbox_dropped = 0
@@ -302,7 +305,14 @@ class WebView:
         app.router.add_get(r"/api/alerts/{key:\d+-\d+}/snapshot.jpg", self._snapshot)
         app.router.add_get(r"/api/alerts/{key:\d+-\d+}/timeline", self._alert_timeline)
         app.router.add_get("/api/events", self._events)
+        if self._metrics is not None:
+            app.router.add_get("/metrics", self._metrics_page)
         return app
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        from live.metrics import metrics_response
+
+        return metrics_response(self._metrics)
 
     def _authorised(self, request: web.Request) -> bool:
         token = self.config.token

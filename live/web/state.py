@@ -47,6 +47,7 @@ class SourceState:
     state: str = WAITING
     label: str | None = None
     score: float | None = None
+    evidence: dict[str, float | None] | None = None   # the latest record's (fused runs)
     t: float | None = None
     wall_time: float | None = None
     dropped_steps: int = 0
@@ -132,6 +133,7 @@ class LiveState:
         while src.timeline and src.timeline[0][0] < rec.t - self.config.timeline_s:
             src.timeline.popleft()
         src.label, src.score, src.t, src.wall_time = rec.label, score, rec.t, rec.wall_time
+        src.evidence = rec.evidence
         for key in list(src.recording):
             alert = self.alerts.get(key)
             end = None if alert is None or alert.end is None else alert.end.t_end
@@ -182,6 +184,7 @@ class LiveState:
             item: dict[str, Any] = {
                 "id": src.id, "name": src.name, "threshold": self.config.threshold_of(src.name),
                 "state": src.state, "label": src.label, "score": src.score,
+                "evidence": None if src.evidence is None else {k: _finite(src.evidence.get(k)) for k in ("audio", "video")},
                 "t": src.t, "wall_time": src.wall_time, "dropped_steps": src.dropped_steps,
                 "last_status": src.last_status, "frames": src.frame_count,
                 "frame_t": None if frame is None else frame.t,

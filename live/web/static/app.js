@@ -85,6 +85,10 @@
     const score = $(".score", tile.node);
     const thr = tile.threshold ?? view.threshold;
     score.classList.toggle("high", thr !== null && thr !== undefined && src.score !== null && src.score >= thr);
+    const ev = src.evidence;                    // fused runs: each modality's score with the other masked
+    $(".evidence", tile.node).textContent = ev && (ev.audio !== null || ev.video !== null)
+      ? `audio ${ev.audio === null ? "–" : fmtScore(ev.audio)} · video ${ev.video === null ? "–" : fmtScore(ev.video)}`
+      : "";
   }
 
   function setState(tile, src) {
@@ -191,6 +195,10 @@
     $(".label", node).textContent = alert.label;
     $(".source", node).textContent = alert.source;
     $(".open", node).hidden = !alert.open;
+    const trigger = $(".trigger", node);       // heard | seen | both (fused runs), from the alert's peak step
+    trigger.hidden = !alert.trigger;
+    trigger.textContent = alert.trigger || "";
+    trigger.dataset.trigger = alert.trigger || "";
     const end = alert.open ? "still open" : `end ${fmtT(alert.t_end)}`;
     $(".times", node).textContent =
       `start ${fmtT(alert.t_start)} (${clock(alert.start_wall_time || alert.wall_time)}) · ${end} · ` +
