@@ -672,6 +672,16 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 @click.option("--serve-name", "serve_names", multiple=True, metavar="NAME",
               help="A host name the browser view answers to besides its address (repeatable); any other Host "
                    "header is refused (DNS rebinding).")
+@click.option("--mqtt", "mqtt", default=None, metavar="HOST[:PORT]",
+              help="Also publish to this MQTT broker (alerts, state, scores; Home Assistant discovery) [off]; "
+                   "a broker that is down is retried, scoring goes on.")
+@click.option("--mqtt-prefix", default="avar", show_default=True, help="The MQTT topics' first level(s).")
+@click.option("--mqtt-user", default=None, help="MQTT user name; the password comes from --mqtt-password-file or "
+              "$AVAR_MQTT_PASSWORD, never from an option.")
+@click.option("--mqtt-password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Read the MQTT password from this file's first line.")
+@click.option("--mqtt-client-id", default="avar-net", show_default=True,
+              help="The MQTT client id (two watches on one broker need two).")
 @click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
 @click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -680,8 +690,9 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float | None, hop: float | None,
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
-          token: str | None, token_file: Path | None, serve_names: tuple[str, ...], video_model: str | None, audio_model: str | None, device: str,
-          precision: str) -> None:
+          token: str | None, token_file: Path | None, serve_names: tuple[str, ...], mqtt: str | None,
+          mqtt_prefix: str, mqtt_user: str | None, mqtt_password_file: Path | None, mqtt_client_id: str,
+          video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
     A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
@@ -691,7 +702,10 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
     from apply import PredictConfig
     from live import AlertConfig, WatchConfig
     from live.command import WatchOutputs, watch_command
+    from live.mqtt import mqtt_config_from_flags
 
+    mqtt_config = mqtt_config_from_flags(mqtt, mqtt_prefix, mqtt_user, mqtt_password_file, mqtt_client_id) \
+        if mqtt is not None else None   # refused here, before the run loads
     config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
                          stall_timeout=stall_timeout, duration=duration, depth=depth,
                          snapshots=str(snapshots) if snapshots else None, frames=serve is not None)
@@ -700,7 +714,7 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
                                             precision=precision),
                               WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve, token=token,
                                            token_file=str(token_file) if token_file else None,
-                                           serve_names=serve_names), realtime=realtime)
+                                           serve_names=serve_names, mqtt=mqtt_config), realtime=realtime)
     sys.exit(status)
 
 

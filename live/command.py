@@ -17,6 +17,7 @@ from typing import Any
 from apply.predictor import PredictConfig
 
 from .events import EventHub, Sink
+from .mqtt import MqttConfig, MqttSink
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
@@ -39,6 +40,7 @@ class WatchOutputs:
     token: str | None = None
     token_file: str | None = None
     serve_names: tuple[str, ...] = ()   # host names the browser view answers to besides its address
+    mqtt: MqttConfig | None = None      # publish to this MQTT broker (live/mqtt.py), checked when made
 
 
 def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfig, predict: PredictConfig,
@@ -72,6 +74,8 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
         if outputs.webhook:
             sinks.append(WebhookSink(outputs.webhook, timeout=outputs.webhook_timeout,
                                      retries=outputs.webhook_retries))
+        if outputs.mqtt is not None:   # a broker that is down is not fatal: it is retried, scoring goes on
+            sinks.append(MqttSink(outputs.mqtt, cameras=tuple(s.name for s in specs)))
     except BaseException:
         for sink in reversed(sinks):
             sink.close()
