@@ -107,22 +107,25 @@ def parse_mqtt_address(text: str) -> tuple[str, int]:
     """``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT`` as (host, port); the port
     defaults to 1883. Anything else is refused with :class:`InvalidInput`."""
     raw = text.strip()
-    host, port_text = raw, ""
+    if "@" in raw or "/" in raw:       # a URL, perhaps with credentials: never echoed
+        raise InvalidInput("--mqtt takes the broker's HOST[:PORT] only (e.g. 127.0.0.1:1883), not a URL; give its "
+                           f"user with --mqtt-user and its password through --mqtt-password-file or ${PASSWORD_ENV}")
+    host, port_text = raw, None
     if raw.startswith("["):
         end = raw.find("]")
         host, rest = raw[1:end], raw[end + 1:] if end > 0 else ""
         if end < 0 or (rest and not rest.startswith(":")):
             raise InvalidInput(f"--mqtt {text!r}: write an IPv6 address as [ADDRESS] or [ADDRESS]:PORT")
-        port_text = rest[1:]
+        port_text = rest[1:] if rest else None
     elif raw.count(":") == 1:
         host, port_text = raw.split(":")
     elif ":" in raw:
         raise InvalidInput(f"--mqtt {text!r}: write an IPv6 address in brackets, e.g. [::1]:1883")
-    if not host or any(c.isspace() or c in "/@" for c in host):
+    if not host or any(c.isspace() for c in host):
         raise InvalidInput(f"--mqtt {text!r} is not HOST[:PORT] (e.g. 127.0.0.1:1883); give the broker's host, "
                            "and its credentials through --mqtt-user and --mqtt-password-file or "
                            f"${PASSWORD_ENV}")
-    if not port_text:
+    if port_text is None:
         return host, DEFAULT_PORT
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise InvalidInput(f"--mqtt {text!r}: the port must be a number in 1-65535")
