@@ -12,15 +12,17 @@ arriving. The parts, in the order media flows through them:
 * ``alerts``: hysteresis from step scores to alerts;
 * ``events`` / ``sinks``: what is emitted, and where it goes (JSON lines, webhook,
   snapshots; the browser view subscribes to the same hub);
+* ``mqtt``: the events on an MQTT broker, with Home Assistant discovery;
 * ``watch``: the loop that ties them together.
 """
 
 from .alerts import AlertConfig, AlertTracker
 from .events import AlertEvent, EventHub, FrameEvent, ScoreRecord, Sink, StatusEvent
+from .mqtt import MqttConfig, MqttSink
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink
 from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
-__all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "EventHub", "FrameEvent", "JsonLinesSink", "OutputFailed", "ScoreRecord",
-           "Sink", "SnapshotWriter", "SourceSpec", "StatusEvent", "WatchConfig", "WatchSummary", "WebhookSink",
-           "load_watch_predictor", "parse_source", "run_watch"]
+__all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "EventHub", "FrameEvent", "JsonLinesSink", "MqttConfig",
+           "MqttSink", "OutputFailed", "ScoreRecord", "Sink", "SnapshotWriter", "SourceSpec", "StatusEvent",
+           "WatchConfig", "WatchSummary", "WebhookSink", "load_watch_predictor", "parse_source", "run_watch"]

@@ -3,7 +3,7 @@
 One more sink of the watch's event hub (``live/events.py``). Its ``handle`` only puts
 the event on a bounded queue (a full queue drops the event and counts it); a thread of
 its own turns events into MQTT messages and hands them to paho-mqtt, whose own network
-thread connects, reconnects with backoff (1 s doubling to 30 s) and sends. A broker that
+thread connects, reconnects with backoff (1 s doubling to 5 s) and sends. A broker that
 is down, slow or refusing therefore never delays scoring.
 
 Topics (``P`` is ``topic_prefix``, ``C`` a camera's topic id, :func:`camera_topic_id`):
@@ -61,7 +61,7 @@ DEFAULT_PORT = 1883
 PASSWORD_ENV = "AVAR_MQTT_PASSWORD"
 SCORE_INTERVAL_S = 1.0        # the score topic's rate per camera
 MAX_IN_FLIGHT = 100           # messages handed to paho and not yet written (QoS 0) or acknowledged (QoS 1)
-RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 5    # a broker back is found within 5 s
 KEEPALIVE_S = 30              # a connection that dies silently gets its last will after 1.5x this
 CONNECT_TIMEOUT_S = 3.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")
