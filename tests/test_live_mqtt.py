@@ -169,7 +169,7 @@ def test_topics_payloads_and_retained_discovery(broker: Broker) -> None:
         events.append(event)
     sink.close()
     assert sink.dropped == 0 and sink.alerts_sent == 2 and not sink.connected
-    assert max(took) < 0.01, max(took)               # handle() only queues
+    assert max(took) < 0.05 and sorted(took)[len(took) // 2] < 0.001, max(took)   # handle() only queues
 
     alerts = [json.loads(p) for p in sub.on("avar/events")]
     assert alerts == [e.to_json() for e in events if isinstance(e, AlertEvent)]          # as the JSON lines
@@ -312,21 +312,21 @@ def test_the_broker_killed_and_restarted_mid_stream(broker: Broker, xd_grid_run:
         time.sleep(0.5)
         broker.start()
         restarted_at = time.monotonic()
-        sub_restart = sub.wait_for(lambda: len(sub.on("out/events")) == 2, 20)
+        raised = [at for at, e in clock.seen if e["type"] in (ALERT_START, ALERT_END)]
+        assert sub.wait_for(lambda: len(sub.on("out/events")) >= len(raised), 20), (sub.messages[-5:], sink.held)
         delivered_at = time.monotonic()
         watcher.join(30)
+        sink.close()
     finally:
         stop.set()
         watcher.join(10)
         sink.close()
         sub.close()
     assert "error" not in result, result
-    assert sub_restart, (sub.messages[-5:], sink.held, sink.dropped)
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
     alerts = [e for e in lines if e["type"] in (ALERT_START, ALERT_END)]
-    assert [json.loads(p) for p in sub.on("out/events")] == alerts and len(alerts) == 2
-    raised = [at for at, e in clock.seen if e["type"] in (ALERT_START, ALERT_END)]
-    assert all(killed_at < at < restarted_at for at in raised)                     # raised during the outage
+    assert [json.loads(p) for p in sub.on("out/events")] == alerts and len(alerts) >= 2      # every one, in order
+    assert len(raised) >= 2 and all(killed_at < at < restarted_at for at in raised)   # raised during the outage
     during = [e for at, e in clock.seen if killed_at < at < restarted_at and e["type"] == "score"]
     assert len(during) >= 4 and max(e["latency_s"] for e in during) < 3.0         # scoring went on, on time
     first = sub.first("out/events")
