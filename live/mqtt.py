@@ -113,10 +113,10 @@ def parse_mqtt_address(text: str) -> tuple[str, int]:
     host, port_text = raw, None
     if raw.startswith("["):
         end = raw.find("]")
-        host, rest = raw[1:end], raw[end + 1:] if end > 0 else ""
+        rest = raw[end + 1:]
         if end < 0 or (rest and not rest.startswith(":")):
             raise InvalidInput(f"--mqtt {text!r}: write an IPv6 address as [ADDRESS] or [ADDRESS]:PORT")
-        port_text = rest[1:] if rest else None
+        host, port_text = raw[1:end], rest[1:] if rest else None
     elif raw.count(":") == 1:
         host, port_text = raw.split(":")
     elif ":" in raw:

@@ -150,7 +150,8 @@ def test_topics_payloads_and_retained_discovery(broker: Broker) -> None:
     starting later) gets from the broker: the discovery configs and every state, retained."""
     cams = ("front_door", "Hof-Süd / cam 2")
     ids = [camera_topic_id(c) for c in cams]
-    assert ids[0] == "front_door" and ids[1].startswith("Hof-S_d_cam_2_") and camera_topic_id("Hof-Süd / cam 3") != ids[1]
+    assert ids[0] == "front_door" and ids[1].startswith("Hof-S_d_cam_2_")
+    assert camera_topic_id("Hof-Süd / cam 3") != ids[1] and camera_topic_id("Hof-Süd / cam 2_") != ids[1]
     sub = Collector(broker.port, ("avar/#", "homeassistant/#"))
     sink = MqttSink(MqttConfig("127.0.0.1", broker.port), cameras=cams)
     events: list[Event] = [StatusEvent(STARTED, c, time.time(), 0.0) for c in cams]
@@ -393,7 +394,8 @@ def test_mqtt_options_are_checked_before_the_run_loads(tmp_path: Path) -> None:
     from cli import main
 
     assert parse_mqtt_address("broker.lan") == ("broker.lan", 1883)
-    assert parse_mqtt_address("[::1]:1884") == ("::1", 1884) and parse_mqtt_address("10.0.0.2:8883") == ("10.0.0.2", 8883)
+    assert parse_mqtt_address("[::1]:1884") == ("::1", 1884) and parse_mqtt_address("[::1]") == ("::1", 1883)
+    assert parse_mqtt_address("10.0.0.2:8883") == ("10.0.0.2", 8883)
     secret = tmp_path / "pw"
     secret.write_text("hunter2\n")
     for args, says in ((["--mqtt", "127.0.0.1:70000"], "1-65535"), (["--mqtt", "user:pw@host:1883"], "HOST[:PORT]"),
