@@ -54,11 +54,19 @@ class Broker:
     """A mosquitto of its own on ``127.0.0.1:port``, a child of this process (it dies with
     it), persistent sessions saved every second into ``folder``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, users: dict[str, str] | None = None) -> None:
         self.folder, self.port = folder, _free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        access = "allow_anonymous true\n"
+        if users:                    # only these users, with these passwords (mosquitto_passwd's hashes)
+            passwords = folder / "passwords"
+            passwords.write_text("")
+            for user, password in users.items():
+                subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", str(passwords),
+                                user, password], check=True, capture_output=True)
+            access = f"allow_anonymous false\npassword_file {passwords}\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{access}persistence true\n"
                              f"persistence_location {folder}/\nautosave_interval 1\nlog_dest stderr\n"
                              f"user {getpass.getuser()}\n")
         self.log = folder / "mosquitto.log"
@@ -98,7 +106,8 @@ class Collector:
     """A real subscriber: every message with its arrival time (monotonic). ``clean=False``
     keeps its session (and the QoS 1 messages for it) on the broker while it is away."""
 
-    def __init__(self, port: int, topics: tuple[str, ...], client_id: str | None = None, clean: bool = True) -> None:
+    def __init__(self, port: int, topics: tuple[str, ...], client_id: str | None = None, clean: bool = True,
+                 username: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[float, str, str, bool]] = []
         self._cond = threading.Condition()
         self.subscribed = threading.Event()
@@ -108,6 +117,8 @@ class Collector:
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 1)
+        if username is not None:
+            self.client.username_pw_set(*username)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         assert self.subscribed.wait(10), "the subscription was not acknowledged"
@@ -259,6 +270,39 @@ def test_a_broker_down_at_the_start_delays_nothing_and_held_alerts_are_bounded(b
     finally:
         bounded.close()
         aged.close()
+
+
+@needs_broker
+def test_a_broker_that_refuses_the_login_holds_up_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A broker with users: the wrong password is refused (logged once, without the
+    password; ``handle`` still returns at once), the right one publishes."""
+    broker = Broker(tmp_path / "broker", users={"avar": "right-pw"})
+    broker.start()
+    try:
+        sub = Collector(broker.port, ("auth/#",), username=("avar", "right-pw"))
+        with caplog.at_level("WARNING", logger="live.mqtt"):
+            wrong = MqttSink(MqttConfig("127.0.0.1", broker.port, username="avar", password="wrong-pw",
+                                        topic_prefix="auth", client_id="wrong", discovery=False))
+            right = MqttSink(MqttConfig("127.0.0.1", broker.port, username="avar", password="right-pw",
+                                        topic_prefix="auth", client_id="right", discovery=False))
+            try:
+                t0 = time.perf_counter()
+                for sink in (wrong, right):
+                    sink.handle(StatusEvent(STARTED, "cam", time.time(), 0.0))
+                    sink.handle(_alert(ALERT_START, "cam", 1))
+                assert time.perf_counter() - t0 < 0.05
+                assert sub.wait_for(lambda: len(sub.on("auth/events")) == 1, 10)
+                time.sleep(1.5)                                   # the wrong one has tried again
+                assert right.connected and not wrong.connected and wrong.held == 1
+            finally:
+                wrong.close(wait=0.5)
+                right.close()
+        sub.close()
+    finally:
+        broker.kill(signal.SIGTERM)
+    refused = [r.getMessage() for r in caplog.records if "refused the connection" in r.getMessage()]
+    assert len(refused) == 1 and "wrong-pw" not in caplog.text and "right-pw" not in caplog.text, caplog.text
+    assert wrong.dropped == 1                        # its held alert, given up at the end
 
 
 class _Clock:
