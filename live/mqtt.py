@@ -32,6 +32,7 @@ is history, which the JSON lines keep.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -65,7 +66,6 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 5    # a broker back is found within 5 s
 KEEPALIVE_S = 30              # a connection that dies silently gets its last will after 1.5x this
 CONNECT_TIMEOUT_S = 3.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,7 @@ def camera_topic_id(name: str) -> str:
     return f"{slug}_{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
+@functools.lru_cache(maxsize=1)
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -202,6 +203,7 @@ class MqttSink:
         self._queue_burst = 0
         self._held_burst = 0
         self._closed = False
+        self._stop = threading.Event()
         self._connected = threading.Event()
         self._resync = threading.Event()
         self._lost_at: float | None = None
@@ -439,18 +441,16 @@ class MqttSink:
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            stopping = self._stop.is_set()     # (what was queued before close() is still taken below)
             try:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
                 item = None
             while item is not None:
-                if item is _STOP:
-                    stopping = True
-                else:
-                    try:
-                        self._route(item)
-                    except Exception:   # a bug: seen, and the thread goes on
-                        logger.exception("mqtt: a %s event could not be published", item.type)
+                try:
+                    self._route(item)
+                except Exception:   # a bug: seen, and the thread goes on
+                    logger.exception("mqtt: a %s event could not be published", item.type)
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -488,12 +488,9 @@ class MqttSink:
         both threads; held alerts still not sent by then are counted as dropped."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = True                  # handle() takes nothing more
         self._deadline = time.monotonic() + wait
-        try:
-            self._queue.put(_STOP, timeout=wait)
-        except queue.Full:
-            logger.warning("%s: the publishing thread is stuck; closing without it", self._where)
+        self._stop.set()
         self._thread.join(wait + 1.0)
         self._client.loop_stop()
         self._connected.clear()
