@@ -689,6 +689,16 @@ def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) ->
 @click.option("--metrics", "metrics_address", default=None, metavar="HOST:PORT",
               help="Serve Prometheus /metrics on a port of its own [off; with --serve it is also on that port]; a "
                    "host other than loopback needs --token or --token-file.")
+@click.option("--mqtt", "mqtt", default=None, metavar="HOST[:PORT]",
+              help="Also publish to this MQTT broker (alerts, state, scores; Home Assistant discovery) [off]; "
+                   "a broker that is down is retried, scoring goes on.")
+@click.option("--mqtt-prefix", default="avar", show_default=True, help="The MQTT topics' first level(s).")
+@click.option("--mqtt-user", default=None, help="MQTT user name; the password comes from --mqtt-password-file or "
+              "$AVAR_MQTT_PASSWORD, never from an option.")
+@click.option("--mqtt-password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Read the MQTT password from this file's first line.")
+@click.option("--mqtt-client-id", default="avar-net", show_default=True,
+              help="The MQTT client id (two watches on one broker need two).")
 @click.option("--video-model", default=None, help="Local copy of the run's video backbone weights.")
 @click.option("--audio-model", default=None, help="Local copy of the run's audio backbone weights.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -698,6 +708,8 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
           token: str | None, token_file: Path | None, serve_names: tuple[str, ...], metrics_address: str | None,
+          mqtt: str | None, mqtt_prefix: str, mqtt_user: str | None, mqtt_password_file: Path | None,
+          mqtt_client_id: str,
           video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
@@ -733,6 +745,10 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
                                              PredictConfig(video_model=video_model, audio_model=audio_model,
                                                            precision=precision))
             sys.exit(status)
+        from live.mqtt import mqtt_config_from_flags
+
+        mqtt_config = mqtt_config_from_flags(mqtt, mqtt_prefix, mqtt_user, mqtt_password_file, mqtt_client_id) \
+            if mqtt is not None else None   # refused here, before the run loads
         if rundir is None or not sources:
             raise click.UsageError("give RUN and at least one SOURCE (or --config FILE)")
         config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
@@ -743,7 +759,8 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
                                                 precision=precision),
                                   WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve,
                                                token=token, token_file=str(token_file) if token_file else None,
-                                               serve_names=serve_names, metrics=metrics_address),
+                                               serve_names=serve_names, metrics=metrics_address,
+                                               mqtt=mqtt_config),
                                   realtime=realtime)
         sys.exit(status)
     finally:

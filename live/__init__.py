@@ -12,6 +12,7 @@ arriving. The parts, in the order media flows through them:
 * ``alerts``: hysteresis from step scores to alerts;
 * ``events`` / ``sinks``: what is emitted, and where it goes (JSON lines, webhook,
   snapshots; the browser view subscribes to the same hub);
+* ``mqtt``: the events on an MQTT broker, with Home Assistant discovery;
 * ``metrics``: Prometheus counters per camera (``/metrics``);
 * ``watch``: the loop that ties them together;
 * ``config_file``: ``watch --config``, named cameras and outputs in one YAML file;
@@ -22,12 +23,14 @@ from .alerts import AlertConfig, AlertTracker
 from .config_file import CameraConfig, DeployConfig, load_config
 from .events import AlertEvent, EventHub, FrameEvent, ScoreRecord, Sink, StatusEvent
 from .metrics import MetricsConfig, MetricsServer, WatchMetrics
+from .mqtt import MqttConfig, MqttSink
 from .redact import SecretFilter, redact_text, redact_url
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink
 from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
 __all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "CameraConfig", "DeployConfig", "EventHub", "FrameEvent",
-           "JsonLinesSink", "MetricsConfig", "MetricsServer", "OutputFailed", "ScoreRecord", "SecretFilter", "Sink",
-           "SnapshotWriter", "SourceSpec", "StatusEvent", "WatchConfig", "WatchMetrics", "WatchSummary", "WebhookSink",
-           "load_config", "load_watch_predictor", "parse_source", "redact_text", "redact_url", "run_watch"]
+           "JsonLinesSink", "MetricsConfig", "MetricsServer", "MqttConfig", "MqttSink", "OutputFailed", "ScoreRecord",
+           "SecretFilter", "Sink", "SnapshotWriter", "SourceSpec", "StatusEvent", "WatchConfig", "WatchMetrics",
+           "WatchSummary", "WebhookSink", "load_config", "load_watch_predictor", "parse_source", "redact_text",
+           "redact_url", "run_watch"]

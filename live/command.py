@@ -20,6 +20,7 @@ from apply.predictor import PredictConfig
 from .config_file import DeployConfig
 from .events import EventHub, Sink
 from .metrics import MetricsConfig, MetricsServer, WatchMetrics
+from .mqtt import MqttConfig, MqttSink
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
@@ -43,6 +44,7 @@ class WatchOutputs:
     token_file: str | None = None
     serve_names: tuple[str, ...] = ()   # host names the browser view answers to besides its address
     metrics: str | None = None      # HOST:PORT of /metrics on a port of its own (with --serve it is on that port too)
+    mqtt: MqttConfig | None = None      # publish to this MQTT broker (live/mqtt.py), checked when made
 
 
 def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], config: WatchConfig,
@@ -92,6 +94,8 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
         if outputs.webhook:
             sinks.append(WebhookSink(outputs.webhook, timeout=outputs.webhook_timeout,
                                      retries=outputs.webhook_retries))
+        if outputs.mqtt is not None:   # a broker that is down is not fatal: it is retried, scoring goes on
+            sinks.append(MqttSink(outputs.mqtt, cameras=tuple(s.name for s in specs)))
     except BaseException:
         for sink in reversed(sinks):
             sink.close()
@@ -136,13 +140,12 @@ def watch_config_command(deploy: DeployConfig, config: WatchConfig = WatchConfig
     serve = deploy.serve
     outputs = WatchOutputs(out=deploy.jsonl, serve=serve.address if serve else None,
                            token=serve.token if serve else None, serve_names=serve.names if serve else (),
-                           metrics=deploy.metrics.address if deploy.metrics else None,
+                           metrics=deploy.metrics.address if deploy.metrics else None, mqtt=deploy.mqtt,
                            **({"webhook": deploy.webhook.url, "webhook_timeout": deploy.webhook.timeout,
                                "webhook_retries": deploy.webhook.retries} if deploy.webhook else {}))
     # The lead connects these at merge time (their components live on other branches):
     #   deploy.clips   -> live.clips' ClipConfig (and WatchConfig / run_watch's clip writer)
-    #   deploy.mqtt    -> live.mqtt's MqttConfig (a sink on the hub)
-    for name in ("clips", "mqtt"):
+    for name in ("clips",):
         if getattr(deploy, name) is not None:
             logger.warning("%s: outputs.%s is not connected in this build; it is ignored", deploy.path, name)
     if deploy.metrics is not None and deploy.metrics.address is None and serve is None:

@@ -34,11 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from cache_schema import InvalidInput, MissingInput
 
 from .alerts import AlertConfig
+from .mqtt import MqttConfig
 from .redact import SECRET_QUERY_KEYS, redact_text, url_secrets
 from .sources import SourceSpec, parse_source
 
 __all__ = ["CAMERA_NAME", "FILE_FLAGS", "CameraConfig", "ClipSettings", "ConfigFile", "DeployConfig", "MetricsSettings",
-           "MqttSettings", "ServeSettings", "WebhookSettings", "config_schema", "load_config", "refuse_flags_beside",
+           "ServeSettings", "WebhookSettings", "config_schema", "load_config", "refuse_flags_beside",
            "schema_text"]
 
 CAMERA_NAME = r"^[A-Za-z0-9_-]{1,64}$"   # safe in file names, MQTT topics, metric labels and URLs
@@ -127,6 +128,7 @@ class Mqtt(_Section):
     discovery: bool = True
     discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
     queue: int = Field(1000, ge=1)
+    alert_max_age_s: float = Field(600.0, gt=0, description="How old a held alert may be when the broker is back.")
 
 
 class Serve(_Section):
@@ -226,7 +228,7 @@ class ServeSettings:
 
 
 # The three below are passed through for the components of other branches (clips, MQTT,
-# metrics); the lead maps them onto ClipConfig / MqttConfig / MetricsConfig at merge time.
+# metrics); the lead maps them onto ClipConfig / MetricsConfig at merge time.
 @dataclass(frozen=True)
 class ClipSettings:
     dir: str
@@ -236,19 +238,6 @@ class ClipSettings:
     max_age_s: float | None = 259200.0
     buffer_s: float = 60.0
     buffer_bytes: int = 64_000_000
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    host: str
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    topic_prefix: str = "avar"
-    client_id: str = "avar-net"
-    discovery: bool = True
-    discovery_prefix: str = "homeassistant"
-    queue: int = 1000
 
 
 @dataclass(frozen=True)
@@ -269,7 +258,7 @@ class DeployConfig:
     snapshots: str | None = None
     clips: ClipSettings | None = None
     webhook: WebhookSettings | None = None
-    mqtt: MqttSettings | None = None
+    mqtt: MqttConfig | None = None
     serve: ServeSettings | None = None
     metrics: MetricsSettings | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
@@ -528,7 +517,7 @@ def _deploy(path: Path, m: ConfigFile, secrets: frozenset[str]) -> DeployConfig:
         cameras=tuple(cameras), jsonl=_resolve(base, o.jsonl), snapshots=_resolve(base, o.snapshots),
         clips=None if o.clips is None else ClipSettings(**{**o.clips.model_dump(), "dir": _resolve(base, o.clips.dir)}),
         webhook=None if o.webhook is None else WebhookSettings(**o.webhook.model_dump()),
-        mqtt=None if o.mqtt is None else MqttSettings(**o.mqtt.model_dump()),
+        mqtt=None if o.mqtt is None else MqttConfig(**o.mqtt.model_dump()),
         serve=None if o.serve is None else ServeSettings(o.serve.address, o.serve.token, tuple(o.serve.names)),
         metrics=None if o.metrics is None else MetricsSettings(**o.metrics.model_dump()),
         secrets=secrets)
