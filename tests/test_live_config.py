@@ -89,7 +89,8 @@ def test_schema_is_printed_and_is_the_files_shape() -> None:
     assert {"jsonl", "snapshots", "clips", "webhook", "mqtt", "serve", "metrics"} <= set(
         schema["$defs"]["Outputs"]["properties"])
     assert set(schema["$defs"]["Mqtt"]["properties"]) == {
-        "host", "port", "username", "password", "topic_prefix", "client_id", "discovery", "discovery_prefix", "queue"}
+        "host", "port", "username", "password", "topic_prefix", "client_id", "discovery", "discovery_prefix", "queue",
+        "alert_max_age_s"}
     assert set(schema["$defs"]["Camera"]["properties"]) == {
         "url", "enabled", "threshold", "min_duration", "cooldown", "window", "audio"}
 
