@@ -654,6 +654,16 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
               help="Seconds below --threshold before an open alert ends (one fight is one alert).")
 @click.option("--snapshots", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the peak frame of each alert (JPEG).")
+@click.option("--clips", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for a video clip of each alert (the camera's own packets, remuxed to MP4, not re-encoded).")
+@click.option("--clip-pre", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="--clips: seconds before the alert's start.")
+@click.option("--clip-post", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="--clips: seconds after the alert's end.")
+@click.option("--clips-max-bytes", default=2_000_000_000, show_default=True, type=click.IntRange(min=1),
+              help="--clips: the oldest clips are removed beyond this many bytes in total.")
+@click.option("--clips-max-age", default=259200.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="--clips: clips older than this many seconds are removed.")
 @click.option("--webhook", default=None, help="POST each alert event as JSON to this URL (own thread, retries).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Append the JSON lines to this file [standard output].")
@@ -678,7 +688,8 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
 def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float | None, hop: float | None,
-          threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
+          threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, clips: Path | None,
+          clip_pre: float, clip_post: float, clips_max_bytes: int, clips_max_age: float, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
           token: str | None, token_file: Path | None, serve_names: tuple[str, ...], video_model: str | None, audio_model: str | None, device: str,
           precision: str) -> None:
@@ -689,12 +700,14 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
     events, and status events (started, stalled, reconnected, dropped_steps, ended);
     docs/live.md describes them. SIGINT/SIGTERM stop cleanly."""
     from apply import PredictConfig
-    from live import AlertConfig, WatchConfig
+    from live import AlertConfig, ClipConfig, WatchConfig
     from live.command import WatchOutputs, watch_command
 
+    clip_config = ClipConfig(str(clips), clip_pre, clip_post, clips_max_bytes, clips_max_age) if clips else None
     config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
                          stall_timeout=stall_timeout, duration=duration, depth=depth,
-                         snapshots=str(snapshots) if snapshots else None, frames=serve is not None)
+                         snapshots=str(snapshots) if snapshots else None, frames=serve is not None,
+                         clips=clip_config)
     status, _ = watch_command(rundir, sources, config,
                               PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
                                             precision=precision),

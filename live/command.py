@@ -16,6 +16,7 @@ from typing import Any
 
 from apply.predictor import PredictConfig
 
+from .clips import check_clips_dir
 from .events import EventHub, Sink
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import parse_source
@@ -61,6 +62,8 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
         check_webhook_url(outputs.webhook)
     if config.snapshots:
         SnapshotWriter(config.snapshots)
+    if config.clips is not None:
+        check_clips_dir(config.clips)
     out = JsonLinesSink(path=outputs.out, on_failed=stop.set) if outputs.out else \
         JsonLinesSink(sys.stdout, on_closed=stop.set, on_failed=stop.set)
     sinks: list[Any] = [out]
@@ -98,6 +101,9 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
     if summary.snapshot_failures:
         logger.warning("--snapshots %s: %d snapshot(s) could not be written (logged above); their alerts went out "
                        "without them", config.snapshots, summary.snapshot_failures)
+    if config.clips is not None:
+        logger.info("--clips %s: %d clip(s) written, %d lost", config.clips.dir, summary.clips_written,
+                    summary.clip_failures)
     if out.failed:   # the operator's only full record is gone: never exit 0 (live/sinks.py)
         raise OutputFailed(out.failed)
     return (1 if summary.failed else 0), summary

@@ -1,0 +1,273 @@
+"""A clip of every alert (``live.clips``, ``live.clip_buffer``): each camera's compressed
+packets kept in a bounded ring buffer, an MP4 remuxed (not re-encoded) from the keyframe
+before ``t_start - pre_s`` to ``t_end + post_s`` when an alert ends, named in the
+``alert_end`` event; retention by size and age; a clip that cannot be written is
+counted and scoring goes on.
+
+Real media throughout: MPEG-TS streams of the stand-in's scene (``synth.live_stream``,
+H.264 + AAC, a keyframe a second) with a violent event the stand-in's MIL run
+(``xd_grid_run``, tiny backbones) alerts on, and files from ``tests/media_factory``.
+Every clip is decoded with PyAV, and its frames are compared with the source's own
+decoded frames at the same media time: a remux gives them bit for bit."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from cache_schema import InvalidInput
+from extract.probe import probe
+from live import ClipConfig, ClipRecorder, EventHub, JsonLinesSink, WatchConfig, parse_source, run_watch
+from live.alerts import AlertConfig
+from live.clip_buffer import PacketRing
+from live.clips import retain_clips
+from live.events import ALERT_END, ALERT_START, AlertEvent
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FPS = 24
+GOP_S = 1.0
+
+
+def _stream_file(path: Path, seconds: float, event: tuple[float, float] | None, audio: bool, seed: int,
+                 size: tuple[int, int] = (64, 48)) -> Path:
+    from synth.live_stream import StreamEvent, StreamPlan, write_stream
+
+    plan = StreamPlan(seconds=seconds, seed=seed, audio=audio, size=size, keyframe_s=GOP_S,
+                      event=StreamEvent(*event) if event else None)
+    write_stream(str(path), plan, realtime=False)
+    return path
+
+
+def _decoded(path: Path | str, origin: float) -> tuple[list[float], list[np.ndarray]]:
+    """Every video frame's media time (timestamp - ``origin``) and pixels."""
+    times, images = [], []
+    with av.open(str(path)) as c:
+        for frame in c.decode(video=0):
+            times.append(float(frame.pts * frame.time_base) - origin)
+            images.append(frame.to_ndarray(format="gray"))
+    return times, images
+
+
+def _media_start(clip: Path) -> float:
+    with av.open(str(clip)) as c:
+        meta = {k.lower(): v for k, v in c.metadata.items()}
+    return float(meta["avar_media_start"])
+
+
+def _tracks(clip: Path) -> list[str]:
+    with av.open(str(clip)) as c:
+        return sorted(s.type for s in c.streams)
+
+
+def _watch(predictor, run_steps, sources, config: WatchConfig) -> tuple[list[dict], object]:
+    buf = io.StringIO()
+    summary = run_watch(predictor, [parse_source(str(s)) for s in sources], config,
+                        EventHub([JsonLinesSink(buf)]), threading.Event(), run_steps=run_steps)
+    return [json.loads(line) for line in buf.getvalue().splitlines()], summary
+
+
+@pytest.fixture(scope="module")
+def predictor(xd_grid_run: Path):
+    from live import load_watch_predictor
+
+    return load_watch_predictor(xd_grid_run)
+
+
+def test_every_alert_gets_a_clip_with_its_margins_frames_and_tracks(predictor, tmp_path: Path) -> None:
+    """Two cameras in one watch, one with audio and one without, each with an event: each
+    alert_end names an MP4 that starts at the keyframe at or before t_start - pre_s and
+    ends at or after t_end + post_s (within a GOP), whose frames are the camera's own,
+    bit for bit, covering the whole alert; audio only where the camera has it."""
+    pre, post = 2.0, 1.5
+    with_audio = _stream_file(tmp_path / "door.ts", 14.0, (5.0, 8.0), audio=True, seed=3)
+    silent = _stream_file(tmp_path / "yard.ts", 14.0, (5.0, 8.0), audio=False, seed=5)
+    clips = tmp_path / "clips"
+    config = WatchConfig(alerts=AlertConfig(threshold=0.5, min_duration=1.0, cooldown=1.5),
+                         clips=ClipConfig(str(clips), pre_s=pre, post_s=post, buffer_s=30.0))
+    events, summary = _watch(*predictor, [with_audio, silent], config)
+    ends = [e for e in events if e["type"] == ALERT_END]
+    assert {e["source"] for e in ends} == {str(with_audio), str(silent)}, [e["type"] for e in events]
+    assert summary.clips_written == len(ends) and summary.clip_failures == 0
+    for source, has_audio in ((with_audio, True), (silent, False)):
+        kinds = [e["type"] for e in events if e["source"] == str(source) and e["type"] != "score"]
+        assert kinds[-1] == "ended" and kinds.index(ALERT_END) < kinds.index("ended")
+        end = next(e for e in ends if e["source"] == str(source))
+        clip = Path(end["clip"])
+        assert clip.parent == clips and clip.suffix == ".mp4" and clip.is_file()
+        assert clip.name.startswith(source.name.replace(".", ".")) and f"alert{end['alert_id']:04d}" in clip.name
+        assert _tracks(clip) == (["audio", "video"] if has_audio else ["video"])
+        zero = _media_start(clip)
+        times, images = _decoded(clip, -zero)               # clip time + zero = media time
+        src_times, src_images = _decoded(source, probe(source).start)
+        want_from, want_to = end["t_start"] - pre, min(end["t_end"] + post, src_times[-1])
+        assert want_from - GOP_S - 1e-3 <= times[0] <= want_from + 1e-3, (times[0], end)
+        assert want_to - 1e-3 <= times[-1] + 1 / FPS and times[-1] <= want_to + GOP_S, (times[-1], end)
+        by_time = {round(t, 3): img for t, img in zip(src_times, src_images)}
+        for t, img in zip(times, images):                   # the camera's own frames, not re-encoded
+            assert np.array_equal(by_time[round(t, 3)], img), t
+        alert_frames = [t for t in src_times if end["t_start"] <= t <= end["t_end"]]
+        assert alert_frames and all(round(t, 3) in {round(x, 3) for x in times} for t in alert_frames)
+        assert len(times) == len(set(round(t, 3) for t in times))
+        if has_audio:
+            with av.open(str(clip)) as c:
+                audio = c.streams.audio[0]
+                first = next(c.demux(audio))
+                assert abs(float(first.pts * first.time_base) - times[0] - zero * 0) < 0.1
+
+
+def test_a_clip_that_cannot_be_written_is_counted_and_scoring_goes_on(predictor, tmp_path: Path) -> None:
+    """A clips folder whose budget is smaller than one clip: the clip is lost (counted,
+    logged), its alert_end goes out with clip null, and every step is still scored."""
+    source = _stream_file(tmp_path / "cam.ts", 10.0, (3.0, 6.0), audio=True, seed=3)
+    clips = tmp_path / "clips"
+    config = WatchConfig(alerts=AlertConfig(threshold=0.5, min_duration=1.0, cooldown=1.5),
+                         clips=ClipConfig(str(clips), pre_s=1.0, post_s=1.0, max_bytes=2000, buffer_s=20.0))
+    events, summary = _watch(*predictor, [source], config)
+    ends = [e for e in events if e["type"] == ALERT_END]
+    assert ends and all(e["clip"] is None for e in ends)
+    assert summary.clip_failures == len(ends) and summary.clips_written == 0
+    assert not [p for p in clips.iterdir()]                 # no clip, no temporary left behind
+    records = [e for e in events if e["type"] == "score"]
+    assert records[-1]["t"] >= 9.0 and any(r["wall_time"] > ends[0]["wall_time"] for r in records) \
+        or records[-1]["t"] >= 9.0
+
+
+# -- the ring buffer and the recorder, on real packets, without a model ------------------------------------
+
+def _read_into(ring: PacketRing, path: Path) -> float:
+    """Demux ``path`` into ``ring`` as a camera's reader does (media time 0 at the file's
+    start); returns the media time of the last packet."""
+    origin = probe(path).start
+    with av.open(str(path)) as c:
+        streams = [s for s in (c.streams.video[:1] + c.streams.audio[:1])]
+        video = c.streams.video[0] if c.streams.video else None
+        audio = c.streams.audio[0] if c.streams.audio else None
+        ring.connect(video, audio)
+        for packet in c.demux(streams):
+            ring.push(packet, origin, video is not None)
+    ring.end()
+    return ring.newest_t
+
+
+def _noise_clip(path: Path, seconds: float, gop: int, size: tuple[int, int] = (320, 240)) -> Path:
+    """Video of random pixels (nothing compresses: about 10 Mbit/s at 320x240), a
+    keyframe every ``gop`` frames, no audio."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt, stream.gop_size = *size, "yuv420p", gop
+        stream.options = {"preset": "ultrafast", "scenecut": "0"}
+        for i in range(int(seconds * FPS)):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8),
+                                               format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def test_the_ring_buffer_stays_under_its_bounds_on_a_high_bitrate_source(tmp_path: Path) -> None:
+    """A stream of noise (about 10 Mbit/s): the buffer never holds more than its bytes,
+    spans at most buffer_s, and always starts at a keyframe; a GOP larger than the whole
+    buffer is dropped whole and counted."""
+    noisy = _noise_clip(tmp_path / "noisy.mkv", 4.0, gop=12)
+    assert noisy.stat().st_size > 3_000_000                 # > 6 Mbit/s
+    ring = PacketRing("noisy", buffer_s=3.0, buffer_bytes=1_000_000)
+    _read_into(ring, noisy)
+    assert 0 < ring.peak_bytes <= 1_000_000 and ring.bytes <= 1_000_000 and ring.overflows == 0
+    start, newest = ring.span
+    assert newest - start <= 3.0
+    clip = ring.take(start, newest)
+    assert clip is not None and clip.packets[0].kind == "video" and clip.packets[0].keyframe
+    assert sum(len(p.data) for p in clip.packets) > 500_000  # it holds what fits, not nothing
+    # by time: a 1 s buffer of the same stream holds about a second
+    ring = PacketRing("noisy", buffer_s=1.0, buffer_bytes=10**9)
+    _read_into(ring, noisy)
+    start, newest = ring.span
+    assert 0.4 <= newest - start <= 1.0
+    # a keyframe every 3 s: one GOP is larger than a 1 MB buffer, dropped whole
+    ring = PacketRing("long-gop", buffer_s=30.0, buffer_bytes=1_000_000)
+    _read_into(ring, _noise_clip(tmp_path / "long_gop.mkv", 4.0, gop=72))
+    assert ring.overflows >= 1 and ring.peak_bytes <= 1_000_000
+
+
+def _alert(source: str, alert_id: int, t_start: float, t_end: float) -> list[AlertEvent]:
+    now = time.time()
+    return [AlertEvent(ALERT_START, source, t_start, None, "fight", 0.9, now - (t_end - t_start), alert_id, t_start),
+            AlertEvent(ALERT_END, source, t_start, t_end, "fight", 0.9, now, alert_id, t_start)]
+
+
+def test_retention_removes_the_oldest_clips_first_by_size_and_by_age(tmp_path: Path) -> None:
+    from tests.media_factory import write_clip
+
+    media = write_clip(tmp_path / "cam.mp4", duration=6.0, fps=15, gop=15)
+    folder = tmp_path / "clips"
+    published: list[AlertEvent] = []
+    recorder = ClipRecorder(ClipConfig(str(folder), pre_s=0.5, post_s=0.5, buffer_s=20.0), published.append)
+    try:
+        _read_into(recorder.ring("cam"), media)
+        for i in range(3):
+            for event in _alert("cam", i + 1, 1.0 + i, 2.0 + i):
+                recorder.submit(event)
+    finally:
+        recorder.close()
+    assert [e.type for e in published] == [ALERT_START, ALERT_END] * 3
+    clips = [Path(e.clip) for e in published if e.type == ALERT_END]
+    assert all(c.is_file() for c in clips) and recorder.written == 3 and recorder.failures == 0
+    for age, clip in zip((300.0, 200.0, 100.0), clips):      # the first is the oldest
+        os.utime(clip, (time.time() - age, time.time() - age))
+    (folder / "notes.txt").write_text("not a clip: never removed")
+    sizes = [c.stat().st_size for c in clips]
+    # by size: room for the two newest only
+    removed = retain_clips(folder, max_bytes=sizes[1] + sizes[2], max_age_s=1e6)
+    assert removed == [clips[0]] and clips[1].is_file() and clips[2].is_file()
+    # by age: older than 150 s
+    removed = retain_clips(folder, max_bytes=10**9, max_age_s=150.0)
+    assert removed == [clips[1]] and clips[2].is_file() and (folder / "notes.txt").is_file()
+
+
+def test_write_failures_lose_the_clip_not_the_event(tmp_path: Path) -> None:
+    """The clips folder replaced by a file (every write fails with an OSError), and the
+    order of a camera's alert events kept while an end waits for its clip."""
+    from tests.media_factory import write_clip
+
+    media = write_clip(tmp_path / "cam.mp4", duration=4.0, fps=15, gop=15, tone_hz=None)
+    folder = tmp_path / "clips"
+    published: list[AlertEvent] = []
+    recorder = ClipRecorder(ClipConfig(str(folder), pre_s=0.5, post_s=0.5, buffer_s=20.0), published.append)
+    try:
+        ring = recorder.ring("cam")
+        start, end = _alert("cam", 1, 1.0, 2.0)
+        recorder.submit(start)
+        recorder.submit(end)                                # waits: no media buffered yet
+        later = _alert("cam", 2, 2.5, 3.0)[0]
+        recorder.submit(later)                              # held behind the end
+        assert [e.type for e in published] == [ALERT_START] and recorder.pending("cam") == 2
+        folder.rmdir()
+        folder.write_text("a file where the folder was")
+        _read_into(ring, media)
+        deadline = time.monotonic() + 10
+        while recorder.pending("cam") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        recorder.close()
+    assert [(e.type, e.alert_id, e.clip) for e in published] == [(ALERT_START, 1, None), (ALERT_END, 1, None),
+                                                                 (ALERT_START, 2, None)]
+    assert recorder.failures == 1 and recorder.written == 0
+
+
+def test_clip_options_are_checked() -> None:
+    with pytest.raises(InvalidInput, match="--clip-pre"):
+        ClipConfig("clips", pre_s=-1.0)
+    with pytest.raises(InvalidInput, match="buffer_s"):
+        ClipConfig("clips", pre_s=40.0, post_s=30.0)
+    with pytest.raises(InvalidInput, match="--clips-max-bytes"):
+        ClipConfig("clips", max_bytes=0)
