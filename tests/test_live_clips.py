@@ -30,6 +30,7 @@ from live.alerts import AlertConfig
 from live.clip_buffer import PacketRing
 from live.clips import retain_clips
 from live.events import ALERT_END, ALERT_START, AlertEvent
+from live.sinks import slug
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FPS = 24
@@ -67,9 +68,9 @@ def _tracks(clip: Path) -> list[str]:
         return sorted(s.type for s in c.streams)
 
 
-def _watch(predictor, run_steps, sources, config: WatchConfig) -> tuple[list[dict], object]:
+def _watch(predictor, run_steps, sources, config: WatchConfig, realtime: bool = False) -> tuple[list[dict], object]:
     buf = io.StringIO()
-    summary = run_watch(predictor, [parse_source(str(s)) for s in sources], config,
+    summary = run_watch(predictor, [parse_source(str(s), realtime=realtime) for s in sources], config,
                         EventHub([JsonLinesSink(buf)]), threading.Event(), run_steps=run_steps)
     return [json.loads(line) for line in buf.getvalue().splitlines()], summary
 
@@ -82,17 +83,18 @@ def predictor(xd_grid_run: Path):
 
 
 def test_every_alert_gets_a_clip_with_its_margins_frames_and_tracks(predictor, tmp_path: Path) -> None:
-    """Two cameras in one watch, one with audio and one without, each with an event: each
-    alert_end names an MP4 that starts at the keyframe at or before t_start - pre_s and
+    """Two cameras in one watch, sending in real time, one with audio and one without,
+    each with an event: each alert_end (held until the camera has sent ``post_s`` more
+    than the cooldown) names an MP4 that starts at the keyframe at or before t_start - pre_s and
     ends at or after t_end + post_s (within a GOP), whose frames are the camera's own,
     bit for bit, covering the whole alert; audio only where the camera has it."""
-    pre, post = 2.0, 1.5
-    with_audio = _stream_file(tmp_path / "door.ts", 14.0, (5.0, 8.0), audio=True, seed=3)
-    silent = _stream_file(tmp_path / "yard.ts", 14.0, (5.0, 8.0), audio=False, seed=5)
+    pre, post = 2.0, 3.0
+    with_audio = _stream_file(tmp_path / "door.ts", 13.0, (4.0, 7.0), audio=True, seed=3)
+    silent = _stream_file(tmp_path / "yard.ts", 13.0, (4.0, 7.0), audio=False, seed=5)
     clips = tmp_path / "clips"
     config = WatchConfig(alerts=AlertConfig(threshold=0.5, min_duration=1.0, cooldown=1.5),
                          clips=ClipConfig(str(clips), pre_s=pre, post_s=post, buffer_s=30.0))
-    events, summary = _watch(*predictor, [with_audio, silent], config)
+    events, summary = _watch(*predictor, [with_audio, silent], config, realtime=True)
     ends = [e for e in events if e["type"] == ALERT_END]
     assert {e["source"] for e in ends} == {str(with_audio), str(silent)}, [e["type"] for e in events]
     assert summary.clips_written == len(ends) and summary.clip_failures == 0
@@ -102,7 +104,7 @@ def test_every_alert_gets_a_clip_with_its_margins_frames_and_tracks(predictor, t
         end = next(e for e in ends if e["source"] == str(source))
         clip = Path(end["clip"])
         assert clip.parent == clips and clip.suffix == ".mp4" and clip.is_file()
-        assert clip.name.startswith(source.name.replace(".", ".")) and f"alert{end['alert_id']:04d}" in clip.name
+        assert clip.name.startswith(slug(str(source))) and f"alert{end['alert_id']:04d}" in clip.name
         assert _tracks(clip) == (["audio", "video"] if has_audio else ["video"])
         zero = _media_start(clip)
         times, images = _decoded(clip, -zero)               # clip time + zero = media time
@@ -116,11 +118,10 @@ def test_every_alert_gets_a_clip_with_its_margins_frames_and_tracks(predictor, t
         alert_frames = [t for t in src_times if end["t_start"] <= t <= end["t_end"]]
         assert alert_frames and all(round(t, 3) in {round(x, 3) for x in times} for t in alert_frames)
         assert len(times) == len(set(round(t, 3) for t in times))
-        if has_audio:
+        if has_audio:                                       # the camera's sound, all along the clip
             with av.open(str(clip)) as c:
-                audio = c.streams.audio[0]
-                first = next(c.demux(audio))
-                assert abs(float(first.pts * first.time_base) - times[0] - zero * 0) < 0.1
+                audio = [float(f.pts * f.time_base) for f in c.decode(audio=0)]
+            assert audio[0] <= 0.1 and audio[-1] >= times[-1] - zero - 0.1, (audio[0], audio[-1], times[-1] - zero)
 
 
 def test_a_clip_that_cannot_be_written_is_counted_and_scoring_goes_on(predictor, tmp_path: Path) -> None:
@@ -136,8 +137,7 @@ def test_a_clip_that_cannot_be_written_is_counted_and_scoring_goes_on(predictor,
     assert summary.clip_failures == len(ends) and summary.clips_written == 0
     assert not [p for p in clips.iterdir()]                 # no clip, no temporary left behind
     records = [e for e in events if e["type"] == "score"]
-    assert records[-1]["t"] >= 9.0 and any(r["wall_time"] > ends[0]["wall_time"] for r in records) \
-        or records[-1]["t"] >= 9.0
+    assert records[-1]["t"] >= 9.0 and events[-1]["type"] == "ended"
 
 
 # -- the ring buffer and the recorder, on real packets, without a model ------------------------------------
