@@ -205,20 +205,26 @@ def _alert(source: str, alert_id: int, t_start: float, t_end: float) -> list[Ale
             AlertEvent(ALERT_END, source, t_start, t_end, "fight", 0.9, now, alert_id, t_start)]
 
 
-def test_retention_removes_the_oldest_clips_first_by_size_and_by_age(tmp_path: Path) -> None:
+def _record(tmp_path: Path, alerts: int, **media) -> tuple[Path, list[AlertEvent], ClipRecorder]:
+    """Clips of ``alerts`` one-second alerts of a real file, through a recorder."""
     from tests.media_factory import write_clip
 
-    media = write_clip(tmp_path / "cam.mp4", duration=6.0, fps=15, gop=15)
+    source = write_clip(tmp_path / "cam.mp4", duration=6.0, fps=15, gop=15, **media)
     folder = tmp_path / "clips"
     published: list[AlertEvent] = []
     recorder = ClipRecorder(ClipConfig(str(folder), pre_s=0.5, post_s=0.5, buffer_s=20.0), published.append)
     try:
-        _read_into(recorder.ring("cam"), media)
-        for i in range(3):
+        _read_into(recorder.ring("cam"), source)
+        for i in range(alerts):
             for event in _alert("cam", i + 1, 1.0 + i, 2.0 + i):
                 recorder.submit(event)
     finally:
         recorder.close()
+    return folder, published, recorder
+
+
+def test_retention_removes_the_oldest_clips_first_by_size_and_by_age(tmp_path: Path) -> None:
+    folder, published, recorder = _record(tmp_path, 3)
     assert [e.type for e in published] == [ALERT_START, ALERT_END] * 3
     clips = [Path(e.clip) for e in published if e.type == ALERT_END]
     assert all(c.is_file() for c in clips) and recorder.written == 3 and recorder.failures == 0
@@ -232,6 +238,45 @@ def test_retention_removes_the_oldest_clips_first_by_size_and_by_age(tmp_path: P
     # by age: older than 150 s
     removed = retain_clips(folder, max_bytes=10**9, max_age_s=150.0)
     assert removed == [clips[1]] and clips[2].is_file() and (folder / "notes.txt").is_file()
+
+
+def test_the_page_plays_the_clip_with_its_token(tmp_path: Path) -> None:
+    """The browser view serves the clip its alert_end named (with range requests, for a
+    <video>), only with the token, and nothing else under that route."""
+    from live.web import WebConfig, WebView
+    from tests.test_live_web import get
+
+    _, published, _ = _record(tmp_path, 1)
+    clip = Path(published[-1].clip)
+    view = WebView(WebConfig(port=0, threshold=0.5, token="s3cret-token"), sources=("cam",))
+    url = view.start()
+    try:
+        for event in published + _alert("cam", 2, 4.0, 4.5):    # alert 2: no clip
+            view.handle(event)
+        auth = {"Authorization": "Bearer s3cret-token"}
+        deadline = time.monotonic() + 10
+        while True:
+            status, body, _ = get(url + "api/alerts", auth)
+            alerts = {a["alert_id"]: a for a in json.loads(body)["alerts"]}
+            if len(alerts) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert alerts[1]["clip_url"] == "api/alerts/0-1/clip" and alerts[1]["clip"] == str(clip)
+        assert alerts[2]["clip_url"] is None
+        assert get(url + alerts[1]["clip_url"])[0] == 401
+        status, body, headers = get(url + alerts[1]["clip_url"], auth)
+        assert status == 200 and body == clip.read_bytes() and headers["Content-Type"] == "video/mp4"
+        status, body, _ = get(url + alerts[1]["clip_url"], {**auth, "Range": "bytes=0-99"})
+        assert status == 206 and body == clip.read_bytes()[:100]
+        status, body, _ = get(url + alerts[1]["clip_url"] + "?token=s3cret-token")
+        assert status == 200 and body == clip.read_bytes()
+        for bad in ("api/alerts/0-2/clip", "api/alerts/0-9/clip", "api/alerts/..%2F..%2Fetc/clip",
+                    "api/alerts/0-1/clip/../../../etc/passwd"):
+            assert get(url + bad, auth)[0] in (403, 404), bad
+        clip.unlink()                                         # removed by retention: gone
+        assert get(url + alerts[1]["clip_url"], auth)[0] == 404
+    finally:
+        view.close()
 
 
 def test_write_failures_lose_the_clip_not_the_event(tmp_path: Path) -> None:
