@@ -703,7 +703,8 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
     from live import AlertConfig, ClipConfig, WatchConfig
     from live.command import WatchOutputs, watch_command
 
-    clip_config = ClipConfig(str(clips), clip_pre, clip_post, clips_max_bytes, clips_max_age) if clips else None
+    clip_config = ClipConfig(str(clips), clip_pre, clip_post, clips_max_bytes, clips_max_age,
+                             buffer_s=max(60.0, clip_pre + clip_post + 30.0)) if clips else None
     config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
                          stall_timeout=stall_timeout, duration=duration, depth=depth,
                          snapshots=str(snapshots) if snapshots else None, frames=serve is not None,

@@ -31,6 +31,7 @@ from live.clip_buffer import PacketRing
 from live.clips import retain_clips
 from live.events import ALERT_END, ALERT_START, AlertEvent
 from live.sinks import slug
+from tests.test_documented_commands import cli, documents
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FPS = 24
@@ -124,20 +125,25 @@ def test_every_alert_gets_a_clip_with_its_margins_frames_and_tracks(predictor, t
             assert audio[0] <= 0.1 and audio[-1] >= times[-1] - zero - 0.1, (audio[0], audio[-1], times[-1] - zero)
 
 
-def test_a_clip_that_cannot_be_written_is_counted_and_scoring_goes_on(predictor, tmp_path: Path) -> None:
-    """A clips folder whose budget is smaller than one clip: the clip is lost (counted,
-    logged), its alert_end goes out with clip null, and every step is still scored."""
+@documents("cli.py watch")
+def test_a_clip_that_cannot_be_written_is_counted_and_scoring_goes_on(xd_grid_run: Path, tmp_path: Path) -> None:
+    """``cli.py watch --clips`` with a folder budget smaller than one clip: the clip is
+    lost (counted, logged), its alert_end goes out with clip null, and every step is still
+    scored; a clips folder that cannot be made is refused before the run is loaded."""
     source = _stream_file(tmp_path / "cam.ts", 10.0, (3.0, 6.0), audio=True, seed=3)
     clips = tmp_path / "clips"
-    config = WatchConfig(alerts=AlertConfig(threshold=0.5, min_duration=1.0, cooldown=1.5),
-                         clips=ClipConfig(str(clips), pre_s=1.0, post_s=1.0, max_bytes=2000, buffer_s=20.0))
-    events, summary = _watch(*predictor, [source], config)
+    result = cli("watch", xd_grid_run, source, "--cooldown", "1.5", "--clips", clips, "--clip-pre", "1",
+                 "--clip-post", "1", "--clips-max-bytes", "2000", "--clips-max-age", "3600")
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     ends = [e for e in events if e["type"] == ALERT_END]
     assert ends and all(e["clip"] is None for e in ends)
-    assert summary.clip_failures == len(ends) and summary.clips_written == 0
-    assert not [p for p in clips.iterdir()]                 # no clip, no temporary left behind
+    assert not list(clips.iterdir())                        # no clip, no temporary left behind
     records = [e for e in events if e["type"] == "score"]
     assert records[-1]["t"] >= 9.0 and events[-1]["type"] == "ended"
+    (tmp_path / "file").write_text("")
+    refused = cli("watch", xd_grid_run, source, "--clips", tmp_path / "file" / "clips")
+    assert refused.exit_code == 2 and "--clips" in refused.output and "cannot make the folder" in refused.output
 
 
 # -- the ring buffer and the recorder, on real packets, without a model ------------------------------------
