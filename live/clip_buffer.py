@@ -43,12 +43,13 @@ UNTIMED_TIME_BASE = Fraction(1, 1000)   # a camera without timestamps: its arriv
 
 class Connection:
     """One connection's streams, kept after its input container is closed. The codec
-    parameters are copied into streams of an in-memory Matroska output that is never
-    written (Matroska takes nearly every codec); a clip's streams are made from these."""
+    parameters are copied into streams of an in-memory NUT output that is never written
+    (FFmpeg's own format takes every codec a camera sends, G.711 and G.726 included);
+    a clip's streams are made from these."""
 
     def __init__(self, number: int, video: Any, audio: Any) -> None:
         self.number = number
-        self._holder = av.open(io.BytesIO(), "w", format="matroska")
+        self._holder = av.open(io.BytesIO(), "w", format="nut")
         self.video = self._holder.add_stream_from_template(video, opaque=True) if video is not None else None
         self.audio = self._holder.add_stream_from_template(audio, opaque=True) if audio is not None else None
         self.video_index = video.index if video is not None else None
@@ -128,7 +129,7 @@ class PacketRing:
         self._connections += 1
         try:
             connection = Connection(self._connections, video, audio)
-        except (ValueError, av.FFmpegError) as exc:   # a codec no container takes: this camera has no clips
+        except (ValueError, av.FFmpegError) as exc:   # a codec even NUT refuses: this camera has no clips
             connection = None
             if self.broken is None:
                 logger.warning("%s: its packets cannot be kept for clips (%s); no clips of this camera", self.name, exc)

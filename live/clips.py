@@ -12,9 +12,10 @@ not be written), so that the JSON lines, the webhook, MQTT and the page all name
 The camera's later alert events wait behind it, so that they keep their order.
 
 * **Container.** MP4 (``+faststart``, so a browser plays it while it loads) for the
-  codecs MP4 holds (H.264, H.265, AAC, Opus, MP3, ...); a camera whose codec MP4 refuses
-  (PCM audio, for example) gets a Matroska ``.mkv`` instead, logged once per camera,
-  still without re-encoding. The media time of the clip's first packet is in its
+  codecs MP4 holds (H.264, H.265, MJPEG, AAC, Opus, MP3, PCM, ...); a camera whose codec
+  MP4 refuses gets Matroska ``.mkv`` (VP8, ...) or else QuickTime ``.mov`` (G.711
+  audio), logged once per camera, still without re-encoding; a codec none of them takes
+  (G.726) loses its clips (counted). The media time of the clip's first packet is in its
   metadata (``avar_media_start``): clip time + that = the event's media time.
 * **Names.** ``<camera>-<hash>-<start wall time>-alert<id>.mp4``: the camera's name
   (made file-safe; a hash of the full name keeps two names that look alike apart), never
@@ -58,7 +59,10 @@ logger = logging.getLogger(__name__)
 WAIT_SLACK_S = 10.0       # wall seconds an alert's clip waits for its post_s of media beyond post_s itself
 QUEUE = 32                # alert ends waiting for their clip; more are published without one (counted)
 RETAIN_EVERY_S = 60.0
-CLIP_NAME = re.compile(r"[^.].*-alert\d+\.(?:mp4|mkv)")
+CLIP_NAME = re.compile(r"[^.].*-alert\d+\.(?:mp4|mkv|mov)")
+# Where a clip goes, first that takes every codec of it: MP4 (what browsers play); Matroska
+# (VP8/VP9, ...); QuickTime (G.711 audio, common on IP cameras, which the other two refuse).
+CONTAINERS = (("mp4", ".mp4"), ("matroska", ".mkv"), ("mov", ".mov"))
 MP4_OPTIONS = {"movflags": "+faststart+use_metadata_tags"}
 
 
@@ -109,16 +113,20 @@ def check_clips_dir(config: ClipConfig) -> Path:
 
 
 def clip_container(clip: ClipPackets) -> tuple[str, str]:
-    """(FFmpeg format, suffix): MP4 when it takes every codec of the clip, else Matroska."""
-    probe = av.open(io.BytesIO(), "w", format="mp4")
-    try:
-        for kind in _kinds(clip):
-            probe.add_stream_from_template(clip.packets[0].connection.template(kind), opaque=True)
-    except ValueError:   # "'mp4' format does not support 'pcm_s16le' codec"
-        return "matroska", ".mkv"
-    finally:
-        probe.close()
-    return "mp4", ".mp4"
+    """(FFmpeg format, suffix): the first of ``CONTAINERS`` that takes every codec of the
+    clip; ``ValueError`` when none does (the clip is lost, counted)."""
+    for fmt, suffix in CONTAINERS:
+        probe = av.open(io.BytesIO(), "w", format=fmt)
+        try:
+            for kind in _kinds(clip):
+                probe.add_stream_from_template(clip.packets[0].connection.template(kind), opaque=True)
+        except ValueError:   # "'mp4' format does not support 'vp8' codec"
+            continue
+        finally:
+            probe.close()
+        return fmt, suffix
+    raise ValueError(f"no clip container ({', '.join(f for f, _ in CONTAINERS)}) takes its codecs "
+                     f"({', '.join(clip.packets[0].connection.codec(k) for k in _kinds(clip))})")
 
 
 def _kinds(clip: ClipPackets) -> list[str]:
@@ -342,8 +350,9 @@ class ClipRecorder:
                         "the start", event.source, event.alert_id, clip.start, item.t_from, self.config.buffer_s)
         fmt, suffix = clip_container(clip)
         if fmt != "mp4" and self._formats.get(event.source) != fmt:
-            logger.warning("clips: %s: MP4 cannot hold its codecs (%s); its clips are Matroska (.mkv), not re-encoded",
-                           event.source, ", ".join(clip.packets[0].connection.codec(k) for k in _kinds(clip)))
+            logger.warning("clips: %s: MP4 cannot hold its codecs (%s); its clips are %s (%s), not re-encoded",
+                           event.source, ", ".join(clip.packets[0].connection.codec(k) for k in _kinds(clip)), fmt,
+                           suffix)
         self._formats[event.source] = fmt
         digest = hashlib.sha256(event.source.encode()).hexdigest()[:6]
         stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(item.start_wall))

@@ -315,6 +315,34 @@ def test_write_failures_lose_the_clip_not_the_event(tmp_path: Path) -> None:
     assert recorder.failures == 1 and recorder.written == 0
 
 
+def test_an_audio_only_camera_and_codecs_mp4_refuses(tmp_path: Path) -> None:
+    """An audio-only camera gets an audio-only MP4 (its packets are all keyframes); a
+    camera whose codecs MP4 does not take gets Matroska (VP8 video) or QuickTime (G.711
+    audio, which Matroska refuses too), still without re-encoding."""
+    from tests.media_factory import write_clip
+
+    for name, media, suffix in (("mic.mkv", dict(video=False), ".mp4"),
+                                ("vp8.mkv", dict(vcodec="libvpx", fps=15, gop=15), ".mkv"),
+                                ("g711.mov", dict(acodec="pcm_mulaw", sample_rate=8000, fps=15, gop=15), ".mov")):
+        source = write_clip(tmp_path / name, duration=4.0, **media)
+        published: list[AlertEvent] = []
+        recorder = ClipRecorder(ClipConfig(str(tmp_path / "clips"), pre_s=0.5, post_s=0.5, buffer_s=20.0),
+                                published.append)
+        try:
+            _read_into(recorder.ring(name), source)
+            for event in _alert(name, 1, 1.5, 2.5):
+                recorder.submit(event)
+        finally:
+            recorder.close()
+        clip = Path(published[-1].clip)
+        assert clip.suffix == suffix and recorder.written == 1, published[-1]
+        assert _tracks(clip) == (["audio"] if name == "mic.mkv" else ["audio", "video"])
+        with av.open(str(clip)) as c:
+            samples = sum(f.samples for f in c.decode(audio=0))
+            rate = c.streams.audio[0].sample_rate
+        assert 1.9 <= samples / rate <= 2.0 + 1.1, samples / rate   # 1 s to 3 s, cut on its packets
+
+
 def test_clip_options_are_checked() -> None:
     with pytest.raises(InvalidInput, match="--clip-pre"):
         ClipConfig("clips", pre_s=-1.0)

@@ -388,7 +388,7 @@ class WebView:
         path = self._state.clip_path(self._alert(request))
         if path is None or not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
             raise web.HTTPNotFound(text="this alert has no clip (not written, or removed by retention)\n")
-        kind = "video/mp4" if path.suffix == ".mp4" else "video/x-matroska"
+        kind = {".mp4": "video/mp4", ".mov": "video/quicktime"}.get(path.suffix, "video/x-matroska")
         return web.FileResponse(path, headers={"Content-Type": kind})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
