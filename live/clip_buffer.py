@@ -101,7 +101,7 @@ class ClipPackets:
     packets: tuple[BufferedPacket, ...]
     start: float              # media time of the first (key) packet
     end: float                # media time of the last packet
-    truncated: bool
+    truncated: bool           # the buffer had already dropped the wanted start (an alert longer than it)
 
 
 class PacketRing:
@@ -117,8 +117,10 @@ class PacketRing:
         self._waiting = True        # packets wait for a keyframe to start a GOP
         self.bytes = 0              # payload + per-packet overhead now held
         self.peak_bytes = 0         # the most ever held (checked against buffer_bytes by the tests)
-        self.newest_t = float("-inf")
+        self.newest_t = float("-inf")   # media time of the newest packet
+        self.reached = float("-inf")    # of the newest key-stream packet (video, else audio): what a clip waits for
         self.overflows = 0          # GOPs larger than buffer_bytes, dropped whole
+        self.trimmed = False        # media was dropped from the front (the buffer no longer starts at the stream's)
         self.ended = False          # the source has ended: no more media will come
         self.broken: str | None = None   # why this camera's packets cannot be kept (a codec Matroska refuses)
 
@@ -171,6 +173,8 @@ class PacketRing:
     def _add(self, item: BufferedPacket, key_stream: bool) -> None:
         t = item.t
         self.newest_t = max(self.newest_t, t)
+        if key_stream:
+            self.reached = max(self.reached, t)
         current = self._gops[-1] if self._gops and not self._waiting else None
         if key_stream and item.keyframe and (
                 current is None or item.kind == "video" or t - current.t0 >= AUDIO_GOP_S):
@@ -189,8 +193,10 @@ class PacketRing:
         gops = self._gops
         while len(gops) > 1 and (self.bytes > self.buffer_bytes or self.newest_t - gops[0].t0 > self.buffer_s):
             self.bytes -= gops.popleft().size
+            self.trimmed = True
         if gops and self.bytes > self.buffer_bytes:   # one GOP bigger than the whole buffer
             self.bytes -= gops.popleft().size
+            self.trimmed = True
             self._waiting = True
             self.overflows += 1
             if self.overflows == 1:
@@ -231,4 +237,5 @@ class PacketRing:
             elif p.t > t_to:
                 continue
             packets.append(p)
-        return ClipPackets(tuple(packets), start, max(p.t for p in packets), truncated=start > t_from + 1e-6)
+        return ClipPackets(tuple(packets), start, max(p.t for p in packets),
+                           truncated=self.trimmed and start > t_from + 1e-6)

@@ -303,7 +303,7 @@ class ClipRecorder:
     # -- the writer thread ---------------------------------------------------------------
     def _due(self, item: _Pending) -> bool:
         ring = self._rings.get(item.event.source)
-        return (self._closing or ring is None or ring.ended or ring.newest_t >= item.t_to
+        return (self._closing or ring is None or ring.ended or ring.reached >= item.t_to
                 or time.monotonic() >= item.deadline)
 
     def _work(self) -> None:
