@@ -215,27 +215,32 @@ class PacketRing:
 
     def take(self, t_from: float, t_to: float) -> ClipPackets | None:
         """The packets from the keyframe at or before ``t_from`` (else the oldest kept) to
-        ``t_to``, in demux order; video packets are cut by decode time (so that every
-        frame shown up to ``t_to`` is there with what it references), audio packets by
-        presentation time; packets of the first GOP before its keyframe are left out.
-        None when nothing of that span is held."""
+        ``t_to``, in demux order; key-stream packets are cut by decode time (so that every
+        frame shown up to ``t_to`` is there with what it references), with the first one
+        after ``t_to`` too (the clip ends at or after ``t_to``, even across a gap), other
+        audio by presentation time; audio before the first keyframe is left out. None when
+        nothing of that span is held."""
         with self._lock:
-            gops = [g for g in self._gops if g.t0 <= t_to]
-            if not gops:
+            within = sum(1 for g in self._gops if g.t0 <= t_to)
+            if not within:
                 return None
+            gops = list(self._gops)[:within + 1]   # and the next GOP, whose keyframe may be the first after t_to
             first = max((i for i, g in enumerate(gops) if g.t0 <= t_from), default=0)
             chosen = [p for g in gops[first:] for p in g.packets]
         start = gops[first].t0
         key = chosen[0]
         key_pts = float((key.pts if key.pts is not None else key.dts) * key.time_base)
         packets = []
+        past = False                 # the first key-stream packet after t_to is taken
         for p in chosen:
-            if p.kind == "audio" and p.kind != key.kind:
+            if p.kind != key.kind:
                 at = float((p.pts if p.pts is not None else p.dts) * p.time_base)
                 if at < key_pts or at > t_to:
                     continue
             elif p.t > t_to:
-                continue
+                if past:
+                    continue
+                past = True
             packets.append(p)
         return ClipPackets(tuple(packets), start, max(p.t for p in packets),
                            truncated=self.trimmed and start > t_from + 1e-6)

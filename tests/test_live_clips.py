@@ -146,6 +146,38 @@ def test_a_clip_that_cannot_be_written_is_counted_and_scoring_goes_on(xd_grid_ru
     assert refused.exit_code == 2 and "--clips" in refused.output and "cannot make the folder" in refused.output
 
 
+def test_an_rtsp_camera_that_reboots_mid_clip(predictor, tmp_path: Path) -> None:
+    """A real RTSP session (H.264 + AAC) whose camera drops the connection at 3 s, 0.5 s
+    after its event, and comes back: the clip spans both connections (the second one's
+    packets from its first keyframe, on the camera's continued media time), decodes
+    whole with rising timestamps, and has both tracks."""
+    from synth.live_stream import StreamEvent, StreamPlan
+    from tests.loopback_rtsp import LoopbackRtspServer
+
+    plan = StreamPlan(seconds=7.5, seed=5, audio=True, size=(64, 48), event=StreamEvent(0.5, 2.5))
+    clips = tmp_path / "clips"
+    config = WatchConfig(stall_timeout=1.0, duration=7.3, alerts=AlertConfig(threshold=0.5, min_duration=1.0,
+                                                                             cooldown=1.0),
+                         clips=ClipConfig(str(clips), pre_s=0.5, post_s=3.0, buffer_s=30.0))
+    with LoopbackRtspServer(plan) as cam:
+        reboot = threading.Timer(3.0, cam.reboot, args=(0.8,))
+        reboot.start()
+        try:
+            events, summary = _watch(*predictor, [cam.url], config)
+        finally:
+            reboot.cancel()
+    kinds = [e["type"] for e in events if e["type"] != "score"]
+    assert "reconnected" in kinds and kinds.index(ALERT_END) < kinds.index("ended"), kinds
+    end = next(e for e in events if e["type"] == ALERT_END)
+    reconnected = next(e for e in events if e["type"] == "reconnected")
+    clip = Path(end["clip"])
+    assert clip.suffix == ".mp4" and _tracks(clip) == ["audio", "video"] and summary.clips_written == 1
+    times, images = _decoded(clip, -_media_start(clip))
+    assert times[0] <= max(0.0, end["t_start"] - 0.5) + GOP_S and all(b > a for a, b in zip(times, times[1:]))
+    assert times[-1] >= end["t_end"] + 3.0 - 1e-3 and times[-1] > reconnected["t"] + 0.5, (times[-1], reconnected)
+    assert len(images) >= 2 * FPS
+
+
 # -- the ring buffer and the recorder, on real packets, without a model ------------------------------------
 
 def _read_into(ring: PacketRing, path: Path) -> float:
