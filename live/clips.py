@@ -230,7 +230,7 @@ class ClipRecorder:
         self._order: dict[str, deque[_Pending]] = defaultdict(deque)
         self._jobs: list[_Pending] = []
         self._formats: dict[str, str] = {}       # camera -> the container its last clip needed
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())
         self._publishing = threading.Lock()      # taken before _cond, never after it
         self._closing = False
         self._retained = 0.0
@@ -296,7 +296,8 @@ class ClipRecorder:
                 self.publish(event)
 
     def _failed(self, event: AlertEvent, why: str) -> None:
-        self.failures += 1
+        with self._cond:             # counted from the scoring thread (a full queue) and the writer's
+            self.failures += 1
         logger.warning("clips: no clip of %s's alert %d (%s); its alert_end goes out with clip null (%d clip(s) lost "
                        "so far)", event.source, event.alert_id, why, self.failures)
 
