@@ -668,6 +668,16 @@ def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) ->
               help="Seconds below --threshold before an open alert ends (one fight is one alert).")
 @click.option("--snapshots", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the peak frame of each alert (JPEG).")
+@click.option("--clips", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for a video clip of each alert (the camera's own packets, remuxed to MP4, not re-encoded).")
+@click.option("--clip-pre", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="--clips: seconds before the alert's start.")
+@click.option("--clip-post", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="--clips: seconds after the alert's end.")
+@click.option("--clips-max-bytes", default=2_000_000_000, show_default=True, type=click.IntRange(min=1),
+              help="--clips: the oldest clips are removed beyond this many bytes in total.")
+@click.option("--clips-max-age", default=259200.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="--clips: clips older than this many seconds are removed.")
 @click.option("--webhook", default=None, help="POST each alert event as JSON to this URL (own thread, retries).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Append the JSON lines to this file [standard output].")
@@ -705,7 +715,8 @@ def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) ->
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
 def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | None, realtime: bool, window: float | None, hop: float | None,
-          threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
+          threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, clips: Path | None,
+          clip_pre: float, clip_post: float, clips_max_bytes: int, clips_max_age: float, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
           token: str | None, token_file: Path | None, serve_names: tuple[str, ...], metrics_address: str | None,
           mqtt: str | None, mqtt_prefix: str, mqtt_user: str | None, mqtt_password_file: Path | None,
@@ -720,7 +731,7 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
     the named cameras and the outputs come from the file instead. Passwords and tokens
     are scrubbed from every output, logs included."""
     from apply import PredictConfig
-    from live import AlertConfig, WatchConfig
+    from live import AlertConfig, ClipConfig, WatchConfig
     from live.command import WatchOutputs, watch_command, watch_config_command
     from live.redact import install_secret_filter, url_secrets
 
@@ -749,11 +760,14 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
 
         mqtt_config = mqtt_config_from_flags(mqtt, mqtt_prefix, mqtt_user, mqtt_password_file, mqtt_client_id) \
             if mqtt is not None else None   # refused here, before the run loads
+        clip_config = ClipConfig(str(clips), clip_pre, clip_post, clips_max_bytes, clips_max_age,
+                                 buffer_s=max(60.0, clip_pre + clip_post + 30.0)) if clips else None
         if rundir is None or not sources:
             raise click.UsageError("give RUN and at least one SOURCE (or --config FILE)")
         config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
                              stall_timeout=stall_timeout, duration=duration, depth=depth,
-                             snapshots=str(snapshots) if snapshots else None, frames=serve is not None)
+                             snapshots=str(snapshots) if snapshots else None, frames=serve is not None,
+                             clips=clip_config)
         status, _ = watch_command(rundir, sources, config,
                                   PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
                                                 precision=precision),

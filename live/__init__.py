@@ -10,6 +10,7 @@ arriving. The parts, in the order media flows through them:
 * ``scheduler``: bounded queues between the sources and the scorer (drop, never lag);
 * ``scorer``: stage 1's feature extractor and the head over each source's recent steps;
 * ``alerts``: hysteresis from step scores to alerts;
+* ``clip_buffer`` / ``clips``: each camera's recent packets, and a clip of every alert;
 * ``events`` / ``sinks``: what is emitted, and where it goes (JSON lines, webhook,
   snapshots; the browser view subscribes to the same hub);
 * ``mqtt``: the events on an MQTT broker, with Home Assistant discovery;
@@ -20,6 +21,7 @@ arriving. The parts, in the order media flows through them:
 """
 
 from .alerts import AlertConfig, AlertTracker
+from .clips import ClipConfig, ClipRecorder
 from .config_file import CameraConfig, DeployConfig, load_config
 from .events import AlertEvent, EventHub, FrameEvent, ScoreRecord, Sink, StatusEvent
 from .metrics import MetricsConfig, MetricsServer, WatchMetrics
@@ -29,8 +31,8 @@ from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink
 from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
-__all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "CameraConfig", "DeployConfig", "EventHub", "FrameEvent",
-           "JsonLinesSink", "MetricsConfig", "MetricsServer", "MqttConfig", "MqttSink", "OutputFailed", "ScoreRecord",
-           "SecretFilter", "Sink", "SnapshotWriter", "SourceSpec", "StatusEvent", "WatchConfig", "WatchMetrics",
-           "WatchSummary", "WebhookSink", "load_config", "load_watch_predictor", "parse_source", "redact_text",
-           "redact_url", "run_watch"]
+__all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "CameraConfig", "ClipConfig", "ClipRecorder", "DeployConfig",
+           "EventHub", "FrameEvent", "JsonLinesSink", "MetricsConfig", "MetricsServer", "MqttConfig", "MqttSink",
+           "OutputFailed", "ScoreRecord", "SecretFilter", "Sink", "SnapshotWriter", "SourceSpec", "StatusEvent",
+           "WatchConfig", "WatchMetrics", "WatchSummary", "WebhookSink", "load_config", "load_watch_predictor",
+           "parse_source", "redact_text", "redact_url", "run_watch"]

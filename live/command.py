@@ -17,6 +17,7 @@ from typing import Any
 
 from apply.predictor import PredictConfig
 
+from .clips import check_clips_dir
 from .config_file import DeployConfig
 from .events import EventHub, Sink
 from .metrics import MetricsConfig, MetricsServer, WatchMetrics
@@ -80,6 +81,8 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
         check_webhook_url(outputs.webhook)
     if config.snapshots:
         SnapshotWriter(config.snapshots)
+    if config.clips is not None:
+        check_clips_dir(config.clips)
     out = JsonLinesSink(path=outputs.out, on_failed=stop.set) if outputs.out else \
         JsonLinesSink(sys.stdout, on_closed=stop.set, on_failed=stop.set)
     sinks: list[Any] = [out]
@@ -96,6 +99,8 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
                                      retries=outputs.webhook_retries))
         if outputs.mqtt is not None:   # a broker that is down is not fatal: it is retried, scoring goes on
             sinks.append(MqttSink(outputs.mqtt, cameras=tuple(s.name for s in specs)))
+            if metrics is not None:
+                metrics.attach_mqtt(sinks[-1])
     except BaseException:
         for sink in reversed(sinks):
             sink.close()
@@ -122,6 +127,9 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
     if summary.snapshot_failures:
         logger.warning("--snapshots %s: %d snapshot(s) could not be written (logged above); their alerts went out "
                        "without them", config.snapshots, summary.snapshot_failures)
+    if config.clips is not None:
+        logger.info("--clips %s: %d clip(s) written, %d lost", config.clips.dir, summary.clips_written,
+                    summary.clip_failures)
     if out.failed:   # the operator's only full record is gone: never exit 0 (live/sinks.py)
         raise OutputFailed(out.failed)
     return (1 if summary.failed else 0), summary
@@ -143,14 +151,9 @@ def watch_config_command(deploy: DeployConfig, config: WatchConfig = WatchConfig
                            metrics=deploy.metrics.address if deploy.metrics else None, mqtt=deploy.mqtt,
                            **({"webhook": deploy.webhook.url, "webhook_timeout": deploy.webhook.timeout,
                                "webhook_retries": deploy.webhook.retries} if deploy.webhook else {}))
-    # The lead connects these at merge time (their components live on other branches):
-    #   deploy.clips   -> live.clips' ClipConfig (and WatchConfig / run_watch's clip writer)
-    for name in ("clips",):
-        if getattr(deploy, name) is not None:
-            logger.warning("%s: outputs.%s is not connected in this build; it is ignored", deploy.path, name)
     if deploy.metrics is not None and deploy.metrics.address is None and serve is None:
         logger.warning("%s: outputs.metrics has no address and there is no outputs.serve: /metrics is off",
                        deploy.path)
-    watch = dataclasses.replace(config, snapshots=deploy.snapshots, frames=serve is not None, window=None)
+    watch = dataclasses.replace(config, snapshots=deploy.snapshots, clips=deploy.clips, frames=serve is not None, window=None)
     return watch_command(deploy.run, specs, watch, dataclasses.replace(predict, device=deploy.device), outputs,
                          realtime=deploy.realtime, extra_sinks=extra_sinks, stop=stop)

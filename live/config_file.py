@@ -34,11 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from cache_schema import InvalidInput, MissingInput
 
 from .alerts import AlertConfig
+from .clips import ClipConfig
 from .mqtt import MqttConfig
 from .redact import SECRET_QUERY_KEYS, redact_text, url_secrets
 from .sources import SourceSpec, parse_source
 
-__all__ = ["CAMERA_NAME", "FILE_FLAGS", "CameraConfig", "ClipSettings", "ConfigFile", "DeployConfig", "MetricsSettings",
+__all__ = ["CAMERA_NAME", "FILE_FLAGS", "CameraConfig", "ConfigFile", "DeployConfig", "MetricsSettings",
            "ServeSettings", "WebhookSettings", "config_schema", "load_config", "refuse_flags_beside",
            "schema_text"]
 
@@ -94,10 +95,17 @@ class Clips(_Section):
     dir: str = Field(min_length=1)
     pre_s: Seconds = 5.0
     post_s: Seconds = 5.0
-    max_bytes: int | None = Field(2_000_000_000, gt=0)
-    max_age_s: float | None = Field(259200.0, gt=0)
-    buffer_s: float = Field(60.0, gt=0)
-    buffer_bytes: int = Field(64_000_000, gt=0)
+    max_bytes: int = Field(2_000_000_000, gt=0, description="The clips folder's size budget; oldest removed first.")
+    max_age_s: float = Field(259200.0, gt=0, description="Clips older than this are removed.")
+    buffer_s: float = Field(60.0, gt=0, description="Seconds of each camera kept in memory; > pre_s + post_s.")
+    buffer_bytes: int = Field(64_000_000, gt=0, description="Bytes of each camera kept in memory, whatever the bitrate.")
+
+    @model_validator(mode="after")
+    def _buffer_holds_the_margins(self) -> "Clips":
+        if self.buffer_s <= self.pre_s + self.post_s:
+            raise ValueError(f"buffer_s ({self.buffer_s:g}) must be longer than pre_s + post_s "
+                             f"({self.pre_s + self.post_s:g} s): the buffer holds the alert and both margins")
+        return self
 
 
 class Webhook(_Section):
@@ -227,19 +235,6 @@ class ServeSettings:
     names: tuple[str, ...] = ()
 
 
-# The three below are passed through for the components of other branches (clips, MQTT,
-# metrics); the lead maps them onto ClipConfig / MetricsConfig at merge time.
-@dataclass(frozen=True)
-class ClipSettings:
-    dir: str
-    pre_s: float = 5.0
-    post_s: float = 5.0
-    max_bytes: int | None = 2_000_000_000
-    max_age_s: float | None = 259200.0
-    buffer_s: float = 60.0
-    buffer_bytes: int = 64_000_000
-
-
 @dataclass(frozen=True)
 class MetricsSettings:
     address: str | None = None
@@ -256,7 +251,7 @@ class DeployConfig:
     cameras: tuple[CameraConfig, ...] = ()
     jsonl: str | None = None
     snapshots: str | None = None
-    clips: ClipSettings | None = None
+    clips: ClipConfig | None = None
     webhook: WebhookSettings | None = None
     mqtt: MqttConfig | None = None
     serve: ServeSettings | None = None
@@ -515,7 +510,7 @@ def _deploy(path: Path, m: ConfigFile, secrets: frozenset[str]) -> DeployConfig:
     return DeployConfig(
         path=path, run=Path(_resolve(base, m.run) or m.run), device=m.device, realtime=m.realtime,
         cameras=tuple(cameras), jsonl=_resolve(base, o.jsonl), snapshots=_resolve(base, o.snapshots),
-        clips=None if o.clips is None else ClipSettings(**{**o.clips.model_dump(), "dir": _resolve(base, o.clips.dir)}),
+        clips=None if o.clips is None else ClipConfig(**{**o.clips.model_dump(), "dir": _resolve(base, o.clips.dir)}),
         webhook=None if o.webhook is None else WebhookSettings(**o.webhook.model_dump()),
         mqtt=None if o.mqtt is None else MqttConfig(**o.mqtt.model_dump()),
         serve=None if o.serve is None else ServeSettings(o.serve.address, o.serve.token, tuple(o.serve.names)),

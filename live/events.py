@@ -62,7 +62,9 @@ class ScoreRecord:
 class AlertEvent:
     """An alert opening (``alert_start``: ``t_end`` is None) or closing (``alert_end``).
     ``snapshot`` is the path of the peak frame's JPEG, where ``--snapshots`` is given
-    (on ``alert_end``: the peak of the whole alert)."""
+    (on ``alert_end``: the peak of the whole alert). ``clip`` (``alert_end`` only, with
+    ``--clips``) is the path of the alert's video clip; None when it could not be written
+    (``live.clips``)."""
 
     type: str
     source: str
@@ -78,14 +80,15 @@ class AlertEvent:
     # camera's threshold (apply/attribution.py); None for a run that reads one modality
     trigger: str | None = None
     peak_evidence: dict[str, float | None] | None = None
-    # clips helper: ``clip: str | None`` (the MP4 of an ``alert_end``) goes here
+    clip: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "source": self.source, "alert_id": self.alert_id,
                 "t_start": round(self.t_start, 4), "t_end": None if self.t_end is None else round(self.t_end, 4),
                 "label": self.label, "peak_score": round(self.peak_score, 6), "peak_t": round(self.peak_t, 4),
                 "wall_time": round(self.wall_time, 4), "snapshot": self.snapshot, "trigger": self.trigger,
-                "peak_evidence": _evidence_json(self.peak_evidence)}
+                "peak_evidence": _evidence_json(self.peak_evidence),
+                "clip": self.clip}
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ class _SourceCounters(Collector):
     def __init__(self) -> None:
         self.readers: Sequence[Any] = ()
         self.scorer: Any = None
+        self.mqtt: Any = None       # live.mqtt.MqttSink, where --mqtt is on
+        self.clips: Any = None      # live.clips.ClipRecorder, where --clips is on
 
     def collect(self) -> Iterable[Any]:
         frames = CounterMetricFamily(f"{PREFIX}_frames", "Decoded video frames read, per camera", labels=["camera"])
@@ -109,10 +111,20 @@ class _SourceCounters(Collector):
             yield spent
             yield CounterMetricFamily(f"{PREFIX}_scoring_batches", "Batches scored, all cameras",
                                       value=scorer.batches)
-        # mqtt helper (lead, at merge): MqttSink.dropped / MqttSink.connected as
-        #   avar_mqtt_dropped_total (counter) and avar_mqtt_connected (gauge 0/1) here
-        # clips helper (lead, at merge): ClipRecorder.written / ClipRecorder.failures as
-        #   avar_clips_written_total and avar_clip_failures_total (counters) here
+        if self.mqtt is not None:
+            yield CounterMetricFamily(f"{PREFIX}_mqtt_dropped", "MQTT messages dropped (queue full, or held alerts "
+                                      "too many or too old when the broker came back)", value=self.mqtt.dropped)
+            yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the MQTT broker",
+                                    value=1.0 if self.mqtt.connected else 0.0)
+        if self.clips is not None:
+            yield CounterMetricFamily(f"{PREFIX}_clips_written", "Alert clips written", value=self.clips.written)
+            yield CounterMetricFamily(f"{PREFIX}_clip_failures", "Alert clips lost (write errors, full disk, "
+                                      "no container for the codecs, queue full)", value=self.clips.failures)
+            ring = GaugeMetricFamily(f"{PREFIX}_clip_buffer_bytes", "Bytes held in each camera's clip ring buffer",
+                                     labels=["camera"])
+            for name, stats in self.clips.stats()["buffers"].items():
+                ring.add_metric([name], stats["bytes"])
+            yield ring
 
 
 class WatchMetrics:
@@ -153,9 +165,13 @@ class WatchMetrics:
         self.latency.labels(camera)
         self.backbone.labels(camera)
 
-    def attach(self, readers: Sequence[Any], scorer: Any) -> None:
-        """The watch's ``SourceReader``s and ``LiveScorer``, read at scrape time."""
-        self.sources.readers, self.sources.scorer = tuple(readers), scorer
+    def attach(self, readers: Sequence[Any], scorer: Any, clips: Any = None) -> None:
+        """The watch's ``SourceReader``s, ``LiveScorer`` and ``ClipRecorder``, read at scrape time."""
+        self.sources.readers, self.sources.scorer, self.sources.clips = tuple(readers), scorer, clips
+
+    def attach_mqtt(self, sink: Any) -> None:
+        """The ``MqttSink``, whose drops and connection are read at scrape time."""
+        self.sources.mqtt = sink
 
     def observe_step(self, camera: str, backbone_s: float) -> None:
         self.backbone.labels(camera).observe(backbone_s)

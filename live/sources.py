@@ -40,6 +40,7 @@ from extract.probe import DecodeError, MediaInfo, choose_streams, not_a_media_fi
 
 from .alerts import AlertConfig
 from .assembler import Assembler, LiveUnit
+from .clip_buffer import PacketRing
 from .events import ENDED, RECONNECTED, STALLED, STARTED, StatusEvent
 from .redact import redact_text, redact_url, url_secrets
 
@@ -220,13 +221,14 @@ class SourceReader(threading.Thread):
     def __init__(self, spec: SourceSpec, make_assembler: AssemblerFactory, on_unit: Callable[[LiveUnit], None],
                  on_status: Callable[[StatusEvent], None], stop: threading.Event, *, stall_timeout: float = 5.0,
                  duration: float | None = None, grid_every: float = 0.0, stdin: BinaryIO | None = None,
-                 open_timeout: float = 10.0) -> None:
+                 open_timeout: float = 10.0, packets: PacketRing | None = None) -> None:
         super().__init__(name=f"source:{spec.name}", daemon=True)
         self.spec, self.make_assembler, self.on_unit, self.on_status = spec, make_assembler, on_unit, on_status
         self.stop_event, self.stall_timeout, self.duration = stop, stall_timeout, duration
         self.grid_every = grid_every       # new segments start on a multiple of this (units stay aligned)
         self.stdin = stdin if stdin is not None else sys.stdin.buffer
         self.open_timeout = open_timeout
+        self.packets = packets             # the camera's clip buffer: every packet read is kept there too
         self.media_t = 0.0                 # media time reached (end of the newest frame/sample)
         self.corrupt_packets = 0
         # read by the metrics collector (live/metrics.py) from its own thread: plain ints, only ever increased
@@ -367,6 +369,8 @@ class SourceReader(threading.Thread):
             raise DecodeError(f"{self.spec.name}: no audio or video stream")
         if video is not None:
             video.thread_type = "AUTO"
+        if self.packets is not None:
+            self.packets.connect(video, audio)
         decoder = AudioDecoder(SAMPLE_RATE) if audio is not None else None
         track: AudioTrack | None = None
         assembler: Assembler | None = None
@@ -417,6 +421,8 @@ class SourceReader(threading.Thread):
                         return False
                     wall = time.time()
                 for item in replay:
+                    if self.packets is not None:
+                        self.packets.push(item, origin - base, video is not None, arrival)
                     for unit in self._decode(item, video, audio, decoder, assembler, origin - base, wall, arrival):
                         self.on_unit(unit)
                 if self.duration is not None and self.media_t >= self.duration:
@@ -443,6 +449,8 @@ class SourceReader(threading.Thread):
             self._audio_only(_seconds(held[-1]) - origin)
             assembler, track = self._assembler(decoder, origin, base, False)
             for item in held:
+                if self.packets is not None:
+                    self.packets.push(item, origin - base, False)
                 for unit in self._decode(item, None, audio, decoder, assembler, origin - base, time.time(), arrival):
                     self.on_unit(unit)
         if assembler is not None:

@@ -32,6 +32,7 @@ from temporal.rundir import RunDir
 
 from .alerts import AlertConfig, AlertTracker
 from .assembler import Assembler
+from .clips import ClipConfig, ClipRecorder
 from .events import DROPPED_STEPS, ENDED, STALLED, EventHub, FrameEvent, ScoreRecord, StatusEvent
 from .metrics import WatchMetrics
 from .plans import GridPlan, UnitPlan, WindowPlan
@@ -65,6 +66,7 @@ class WatchConfig:
     snapshots: str | None = None
     frames: bool = False            # publish a FrameEvent per source about once a second (browser view)
     slack: float = 2.0              # seconds one stream may lag the other before a unit goes without it
+    clips: ClipConfig | None = None  # a clip of every alert (live.clips); None: no clips
 
     def __post_init__(self) -> None:
         for name in ("window", "hop", "duration"):
@@ -92,6 +94,8 @@ class WatchSummary:
     wall_s: float = 0.0
     scoring_s: float = 0.0          # wall time spent in backbones and head
     snapshot_failures: int = 0      # snapshots that could not be written (their alerts went out without them)
+    clips_written: int = 0          # alert clips written (--clips)
+    clip_failures: int = 0          # alert clips lost (a full disk, ...; their alert_end went out with clip null)
 
     @property
     def failed(self) -> list[str]:
@@ -165,6 +169,8 @@ class _Loop:
         self.trackers = {n: AlertTracker(n, self.alerts[n]) for n in names}
         self.summary = WatchSummary({n: SourceSummary() for n in names})
         self.snapshots = SnapshotWriter(config.snapshots) if config.snapshots else None
+        # alert events go through the clip recorder, which holds an alert_end until its clip is written
+        self.clips = ClipRecorder(config.clips, hub.publish) if config.clips is not None else None
         self.status: queue.Queue[StatusEvent] = queue.Queue()
         self.held_end: dict[str, StatusEvent] = {}
         self.silent_since: dict[str, float] = {}   # stalled sources: wall time their last packet came
@@ -196,7 +202,10 @@ class _Loop:
             event = dataclasses.replace(event, snapshot=self.snapshots.write(event, image))
         if event.type == "alert_start":
             self.summary.sources[event.source].alerts += 1
-        self.hub.publish(event)
+        if self.clips is not None:
+            self.clips.submit(event)
+        else:
+            self.hub.publish(event)
 
     def statuses(self, pending: dict[str, int] | None) -> None:
         """Publish status events in arrival order; a source's ``ended`` waits until none of
@@ -208,6 +217,8 @@ class _Loop:
                 break
             if event.type == ENDED:
                 self.held_end[event.source] = event
+                if self.clips is not None:   # its media is complete: its last clip need not wait for more
+                    self.clips.source_ended(event.source)
                 if event.detail.get("error"):
                     self.summary.sources[event.source].error = event.detail["error"]
             else:
@@ -221,6 +232,8 @@ class _Loop:
             if pending is not None and not pending.get(name):
                 for alert, image in self.trackers[name].finish(time.time()):
                     self.alert(alert, image)
+                if self.clips is not None and self.clips.pending(name):
+                    continue                 # its last alert_end waits for its clip; ``ended`` comes after it
                 self.hub.publish(self.held_end.pop(name))
 
     def close_stalled_alerts(self, pending: dict[str, int] | None) -> None:
@@ -273,9 +286,11 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
 
     readers = [SourceReader(spec, assembler_factory(spec.name, plans[spec.name][0], transform, config), on_unit(spec),
                             loop.status.put, stop, stall_timeout=config.stall_timeout, duration=config.duration,
-                            grid_every=plans[spec.name][0].every, stdin=stdin) for spec in sources]
+                            grid_every=plans[spec.name][0].every, stdin=stdin,
+                            packets=loop.clips.ring(spec.name) if loop.clips is not None else None)
+               for spec in sources]
     if metrics is not None:
-        metrics.attach(readers, scorer)
+        metrics.attach(readers, scorer, clips=loop.clips)
         hub.subscribe(metrics)
     began = time.monotonic()
     logger.info("watching %s", ", ".join(names))   # loaded: sources are read from now on
@@ -312,6 +327,10 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
                 loop.status.put(StatusEvent(ENDED, reader.spec.name, time.time(), reader.media_t,
                                             {"corrupt_packets": reader.corrupt_packets, "stopped_busy": True}))
         loop.statuses({})
+        if loop.clips is not None:   # the clips still waiting are written with what is buffered
+            loop.clips.close()
+            loop.statuses({})
+            loop.summary.clips_written, loop.summary.clip_failures = loop.clips.written, loop.clips.failures
         loop.summary.wall_s = time.monotonic() - began
         loop.summary.snapshot_failures = loop.snapshots.failed if loop.snapshots is not None else 0
     return loop.summary

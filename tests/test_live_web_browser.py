@@ -224,7 +224,9 @@ def test_page_follows_a_real_watch_of_a_generated_stream(browser, xd_grid_run: P
     """The same page fed by ``watch`` itself: a generated stream (the stand-in's scene with
     a violent event at 3 s) paced as a camera, scored by the stand-in's MIL run. The tile
     and its moving timeline show, the alert appears in the list within a few seconds of
-    the event, and ``/api/alerts`` and ``/api/events`` carry the alerts of the JSON lines."""
+    the event, and ``/api/alerts`` and ``/api/events`` carry the alerts of the JSON lines.
+    With ``--clips``, the closed alert shows its clip in a player that loads it (a
+    screenshot: ``reports/live/web_view_clip.png``)."""
     import io
     import json
     import threading
@@ -232,7 +234,7 @@ def test_page_follows_a_real_watch_of_a_generated_stream(browser, xd_grid_run: P
 
     from selenium.webdriver.common.by import By
 
-    from live import AlertConfig, JsonLinesSink, WatchConfig, load_watch_predictor, parse_source, run_watch
+    from live import AlertConfig, ClipConfig, JsonLinesSink, WatchConfig, load_watch_predictor, parse_source, run_watch
     from synth.live_stream import StreamEvent, StreamPlan, write_stream
 
     video = tmp_path / "cam.ts"
@@ -255,7 +257,8 @@ def test_page_follows_a_real_watch_of_a_generated_stream(browser, xd_grid_run: P
 
     threading.Thread(target=subscribe, daemon=True).start()
     browser.get(url)
-    config = WatchConfig(frames=True, alerts=AlertConfig(cooldown=2.0))
+    config = WatchConfig(frames=True, alerts=AlertConfig(cooldown=2.0),
+                         clips=ClipConfig(str(tmp_path / "clips"), pre_s=1.0, post_s=1.0, buffer_s=20.0))
     began = time.time()
     watcher = threading.Thread(target=run_watch, args=(predictor, [source], config, hub),
                                kwargs={"run_steps": run_steps}, daemon=True)
@@ -277,6 +280,17 @@ def test_page_follows_a_real_watch_of_a_generated_stream(browser, xd_grid_run: P
     with urllib.request.urlopen(url + "api/alerts", timeout=5) as response:
         api = json.loads(response.read())["alerts"]
     _wait("the event stream to carry the alert's end", lambda: any(e.get("type") == "alert_end" for e in sse), 5)
+    assert api[0]["clip"] and api[0]["clip_url"]                                    # --clips: its player loads it
+    player = _wait("the clip's player", lambda: [v for v in browser.find_elements(By.CSS_SELECTOR, "#alerts video.clip")
+                                                 if v.is_displayed()], 5)[0]
+    browser.execute_script("arguments[0].preload = 'auto'; arguments[0].load();", player)
+    duration = _wait("the clip to load in the player", lambda: browser.execute_script(
+        "const v = arguments[0]; return v.error ? -v.error.code : (v.readyState >= 1 ? v.duration : 0);", player), 10)
+    assert duration > 2.0, f"the player could not load the clip (MediaError code {-duration})"
+    browser.execute_script("arguments[0].currentTime = 2.0;", player)   # a frame of the event, decoded
+    _wait("a frame of the clip in the player", lambda: browser.execute_script(
+        "const v = arguments[0]; return !v.seeking && v.readyState >= 2 && v.videoWidth > 0;", player), 10)
+    write_bytes(SCREENSHOT.with_name("web_view_clip.png"), browser.get_screenshot_as_png())
     hub.close()
     events = [json.loads(line) for line in lines.getvalue().splitlines()]
     alerts = [e for e in events if e["type"].startswith("alert_")]

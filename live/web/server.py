@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 COOKIE = "avar_live_token"  # + "_<port>": browsers keep cookies per host, not per port
 # The page loads only its own files: the browser refuses anything from elsewhere.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 DRAIN_BATCH = 64  # events per loop turn: less than a client queue, so each client writes between turns
 WRITE_BATCH = 256 * 1024  # bytes written to one client at once
@@ -304,6 +304,7 @@ class WebView:
         app.router.add_get("/api/alerts", self._alerts)
         app.router.add_get(r"/api/alerts/{key:\d+-\d+}/snapshot.jpg", self._snapshot)
         app.router.add_get(r"/api/alerts/{key:\d+-\d+}/timeline", self._alert_timeline)
+        app.router.add_get(r"/api/alerts/{key:\d+-\d+}/clip", self._clip)
         app.router.add_get("/api/events", self._events)
         if self._metrics is not None:
             app.router.add_get("/metrics", self._metrics_page)
@@ -389,6 +390,16 @@ class WebView:
         if alert.frame is not None:
             return web.Response(body=alert.frame, content_type="image/jpeg")
         raise web.HTTPNotFound(text="this alert's snapshot is not written yet\n")
+
+    async def _clip(self, request: web.Request) -> web.StreamResponse:
+        """The video clip the alert's ``alert_end`` named (``--clips``), read-only, with
+        range requests (a ``<video>`` seeks); never a path taken from the request. A clip
+        removed by retention is gone (404)."""
+        path = self._state.clip_path(self._alert(request))
+        if path is None or not await asyncio.get_running_loop().run_in_executor(None, path.is_file):
+            raise web.HTTPNotFound(text="this alert has no clip (not written, or removed by retention)\n")
+        kind = {".mp4": "video/mp4", ".mov": "video/quicktime"}.get(path.suffix, "video/x-matroska")
+        return web.FileResponse(path, headers={"Content-Type": kind})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         if len(self._clients) >= self.config.max_clients:

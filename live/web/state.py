@@ -200,7 +200,8 @@ class LiveState:
         return {**latest.to_json(), "key": alert.key, "source_id": alert.source_id, "open": alert.end is None,
                 "start_wall_time": None if alert.start is None else alert.start.wall_time,
                 "snapshot_url": f"api/alerts/{alert.key}/snapshot.jpg" if has_snapshot else None,
-                "timeline_url": f"api/alerts/{alert.key}/timeline"}
+                "timeline_url": f"api/alerts/{alert.key}/timeline",
+                "clip_url": f"api/alerts/{alert.key}/clip" if self.clip_path(alert) is not None else None}
 
     def alerts_json(self) -> dict[str, Any]:
         """Newest first (by the wall time the alert started, else ended)."""
@@ -222,6 +223,11 @@ class LiveState:
             if event is not None and event.snapshot:
                 return Path(event.snapshot)
         return None
+
+    @staticmethod
+    def clip_path(alert: AlertState) -> Path | None:
+        """The video clip the core named at the alert's end (``--clips``)."""
+        return Path(alert.end.clip) if alert.end is not None and alert.end.clip else None
 
 
 __all__ = ["ENDED_STATE", "LIVE", "RECONNECTING", "STALLED_STATE", "WAITING", "AlertState", "LiveState", "SourceState"]

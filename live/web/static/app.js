@@ -186,7 +186,7 @@
       node.dataset.key = alert.key;
       $(".timeline-link", node).href = `#alert-${alert.key}`;
       $(".timeline-link", node).addEventListener("click", (e) => { e.preventDefault(); showAlertTimeline(alert.key); });
-      item = { node, snapshotFor: null };
+      item = { node, snapshotFor: null, clipFor: null };
       view.alerts.set(alert.key, item);
     }
     const node = item.node;
@@ -207,6 +207,15 @@
     if (alert.snapshot_url && item.snapshotFor !== stamp) {
       item.snapshotFor = stamp;
       loadSnapshot($(".snapshot", node), alert.snapshot_url);
+    }
+    if (alert.clip_url && item.clipFor !== alert.clip_url) {  // the alert's video (--clips), once it ended
+      item.clipFor = alert.clip_url;
+      const video = $(".clip", node);
+      video.src = withToken(alert.clip_url);
+      video.hidden = false;
+      const link = $(".clip-link", node);
+      link.href = withToken(alert.clip_url);
+      link.hidden = false;
     }
     return node;
   }
