@@ -11,6 +11,10 @@ from pathlib import Path
 import click
 
 
+DECODE_CHOICES = ["sw", "cuda", "vaapi", "qsv", "auto"]  # extract.hw_decode.DECODE_CHOICES (not imported: av)
+DECODE_HELP = ("Where video is decoded: sw (FFmpeg in software), cuda (NVDEC), vaapi, qsv (refused where that "
+               "device does not open), or auto (a hardware decoder that opens here, else sw). A file the hardware "
+               "decoder refuses is decoded in software, with the same frames.")
 PRECISION_HELP = ("auto: bf16 on a CPU with native bf16 (AMX / AVX-512 BF16) or a CUDA device that supports it, "
                   "else fp32 (emulated bf16 is many times slower); the cache records the precision used.")
 
@@ -210,6 +214,7 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per backbone batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip's decoding is given up (the backbones run later, on batches; a clip's length is checked against its packets first).")
@@ -222,8 +227,8 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
 def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | None, out: Path, steps: int | None,
             step_seconds: float | None, frames_per_step: int, audio_context: float | None, fmt: str | None,
             backbones: str,
-            video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
-            workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
+            video_model: str | None, audio_model: str | None, device: str, precision: str, decode: str,
+            batch_size: int, workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
             dist_timeout: float) -> None:
     """Stage 1: decode each clip once, run the frozen backbones, write the feature cache.
 
@@ -242,6 +247,7 @@ def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | 
         steps=steps or 10, step_seconds=step_seconds or 0.0, frames_per_step=frames_per_step, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
         batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
         retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout, audio_context=audio_context,
+        decode=decode,
     )
     prepared = prepare_dataset(dataset, root, out, lists, manifest_file=manifest_file)
     if prepared.summary:
@@ -612,8 +618,10 @@ def _int_list(text: str) -> list[int]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
 def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float | None, hop: float | None,
-            plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
+            plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str,
+            decode: str) -> None:
     """Predict the class and the anomaly-score timeline of raw VIDEOS with a trained RUNDIR.
 
     The backbones of the run's cache are loaded and checked (weights checksum, preprocessing);
@@ -623,7 +631,7 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 
     plots = timeline_paths(plot, videos) if plot is not None else None  # refused here, before any work
     config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
-                           window=window, hop=hop, thumbnails=plot is not None)
+                           window=window, hop=hop, thumbnails=plot is not None, decode=decode)
     predictor = load_predictor(rundir, config)
     preds = []
     for pred in predict_batch(predictor, videos, config, plots):
@@ -677,11 +685,12 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
 def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float | None, hop: float | None,
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
           token: str | None, token_file: Path | None, serve_names: tuple[str, ...], video_model: str | None, audio_model: str | None, device: str,
-          precision: str) -> None:
+          precision: str, decode: str) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
     A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
@@ -697,7 +706,7 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
                          snapshots=str(snapshots) if snapshots else None, frames=serve is not None)
     status, _ = watch_command(rundir, sources, config,
                               PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
-                                            precision=precision),
+                                            precision=precision, decode=decode),
                               WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve, token=token,
                                            token_file=str(token_file) if token_file else None,
                                            serve_names=serve_names), realtime=realtime)

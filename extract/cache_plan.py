@@ -61,12 +61,13 @@ def check_distributed_format(out: Path, cfg: ExtractConfig, env: DistEnv) -> Non
 
 
 def open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, cfg: ExtractConfig,
-               backbones: tuple[VideoBackbone, AudioBackbone] | None,
+               backbones: tuple[VideoBackbone, AudioBackbone] | None, decode: str = "sw",
                ) -> tuple[tuple[VideoBackbone, AudioBackbone], CacheConfig, ShardPlan, CacheWriter | None]:
     """Rank 0 takes the lock (first: a refused run should not load models), loads the
     backbones, opens (creates, repairs, extends) the cache and plans the shards; the other
     ranks load their backbones meanwhile and then learn the plan, or rank 0's error.
-    Returns rank 0's writer (None on other ranks: they attach once they know their shard)."""
+    Returns rank 0's writer (None on other ranks: they attach once they know their shard).
+    ``decode`` (where the video was decoded: sw, cuda, ...) is recorded as a description."""
     env = group.env
     plan: ShardPlan | None = None
     writer: CacheWriter | None = None
@@ -83,7 +84,9 @@ def open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, cf
                                             # descriptive, not identity (bf16 and fp32 features differ in
                                             # rounding only): the precision this run used, never "auto"
                                             "precision": {kind: getattr(b, "precision", None)
-                                                          for kind, b in zip(("video", "audio"), backbones)}})
+                                                          for kind, b in zip(("video", "audio"), backbones)},
+                                            # descriptive too: hardware decoders give the same frames
+                                            "decode": decode})
             stack.callback(writer.close)
             plan = _plan(writer, manifest, cfg, env.world)
             if env.distributed:

@@ -30,6 +30,7 @@ from cache_schema import SAMPLE_RATE, StepLayout, die_with_parent
 from .datasets import ManifestRow
 from .decode import ClipTimeout, DecodedClip, DecodeError, decode_clip
 from .extract_config import ExtractConfig
+from .hw_decode import HardwareDecoder
 
 __all__ = ["ClipDecodeDataset", "Decoded", "hard_limit_s", "iter_decoded", "source_stat"]
 
@@ -74,8 +75,9 @@ class ClipDecodeDataset(Dataset):
     GC_EVERY = 32
 
     def __init__(self, rows: Sequence[ManifestRow], steps: int | StepLayout, frame_transform: Callable | None,
-                 timeout: float):
+                 timeout: float, decoder: HardwareDecoder | None = None):
         self.rows = list(rows)
+        self.decoder = decoder
         self.steps = steps
         self.frame_transform = frame_transform
         self.timeout = timeout
@@ -94,7 +96,7 @@ class ClipDecodeDataset(Dataset):
             with _hard_limit(hard_limit_s(self.timeout)):
                 clip = decode_clip(
                     row.path, self.steps, sample_rate=SAMPLE_RATE, frame_transform=self.frame_transform,
-                    deadline=time.monotonic() + self.timeout,
+                    deadline=time.monotonic() + self.timeout, decoder=self.decoder,
                 )
             return Decoded(row.key, clip=clip, source=source)
         except DecodeError as exc:
@@ -144,21 +146,27 @@ def _collect_before_fork() -> None:
     gc.collect()
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
+def _worker_context(decoder: HardwareDecoder | None = None) -> multiprocessing.context.BaseContext:
     """Decode workers are forked where the platform can (they start in milliseconds and
     inherit the parent's start-up), whatever the process's default start method is (a
-    process started by a forkserver defaults to one, and Python 3.14 makes it the default)."""
+    process started by a forkserver defaults to one, and Python 3.14 makes it the default).
+
+    Workers that decode on a CUDA device are spawned instead: CUDA cannot be initialised
+    again in a child forked from a process that initialised it (the device check and a
+    backbone on the GPU both do), so a forked worker's NVDEC would never open."""
     methods = multiprocessing.get_all_start_methods()
+    if decoder is not None and decoder.kind == "cuda":
+        return multiprocessing.get_context("spawn")
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
 
 def _loader(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable | None, workers: int,
-            batch_size: int | None = None) -> DataLoader:
+            batch_size: int | None = None, decoder: HardwareDecoder | None = None) -> DataLoader:
     if workers:
         _collect_before_fork()
-    ds = ClipDecodeDataset(rows, cfg.layout, transform, cfg.clip_timeout)
+    ds = ClipDecodeDataset(rows, cfg.layout, transform, cfg.clip_timeout, decoder)
     bs = batch_size or cfg.decode_batch
-    ctx = _worker_context() if workers else None
+    ctx = _worker_context(decoder) if workers else None
     # a forked worker's parent is this process, which lets the worker check it is still there
     parent = os.getpid() if ctx is not None and ctx.get_start_method() == "fork" else None
     return DataLoader(
@@ -189,14 +197,16 @@ def _failed_clip(row: ManifestRow, how: str, cfg: ExtractConfig) -> Decoded:
     return Decoded(row.key, error="the decoder crashed its process on this file")
 
 
-def iter_decoded(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable | None) -> Iterator[list[Decoded]]:
+def iter_decoded(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable | None,
+                 decoder: HardwareDecoder | None = None) -> Iterator[list[Decoded]]:
     """Batches of decoded clips in manifest order. If a decoder crashes its worker
     process, or hangs it where even the in-process time limit cannot reach (inside one C
     call), the batch in flight is retried clip by clip in fresh processes, and a clip that
-    fails again is reported as an error instead of stopping (or stalling) the run."""
+    fails again is reported as an error instead of stopping (or stalling) the run.
+    ``decoder``: the hardware decoder the run resolved (``extract.hw_decode``), None: software."""
     start = 0
     while start < len(rows):
-        batches = iter(_loader(rows[start:], cfg, transform, cfg.workers))
+        batches = iter(_loader(rows[start:], cfg, transform, cfg.workers, decoder=decoder))
         seen, how = 0, None
         try:
             for batch in batches:
@@ -216,13 +226,14 @@ def iter_decoded(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Cal
         if how == "hung" and len(bad) == 1:  # nothing to isolate: retrying would only hang again
             yield [_failed_clip(bad[0], how, cfg)]
         else:
-            yield [_isolated(row, cfg, transform) for row in bad]
+            yield [_isolated(row, cfg, transform, decoder) for row in bad]
         start = bad_from + cfg.decode_batch
 
 
-def _isolated(row: ManifestRow, cfg: ExtractConfig, transform: Callable | None) -> Decoded:
+def _isolated(row: ManifestRow, cfg: ExtractConfig, transform: Callable | None,
+              decoder: HardwareDecoder | None) -> Decoded:
     """One clip decoded alone in a fresh worker process."""
-    batches = iter(_loader([row], cfg, transform, 1, batch_size=1))
+    batches = iter(_loader([row], cfg, transform, 1, batch_size=1, decoder=decoder))
     how = None
     try:
         return next(batches)[0]

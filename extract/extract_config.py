@@ -10,6 +10,7 @@ from cache_schema import InvalidInput, StepLayout
 
 from .audio_windows import WINDOWING_CLIP, WINDOWING_STEP, AudioWindowing
 from .backbones import DEFAULT_AUDIO_MODEL, DEFAULT_VIDEO_MODEL
+from .hw_decode import DECODE_CHOICES, SOFTWARE
 
 __all__ = ["ExtractConfig", "ExtractSummary"]
 
@@ -42,8 +43,13 @@ class ExtractConfig:
     # grid (what live mode can reproduce), clip windows for fixed steps (as they always were).
     audio_windows: str | None = None
     audio_context: float | None = None  # causal step windows: seconds reaching back [DEFAULT_AUDIO_CONTEXT_S]
+    # Where video is decoded (extract.hw_decode): sw, cuda, vaapi, qsv, or auto (a device
+    # that opens, else software); resolved once when the run starts.
+    decode: str = SOFTWARE
 
     def __post_init__(self) -> None:
+        if self.decode not in DECODE_CHOICES:
+            raise InvalidInput(f"--decode {self.decode!r}: choose one of {', '.join(DECODE_CHOICES)}")
         self.layout  # refuses an impossible combination (InvalidInput) before any work
         self.windowing  # likewise
 

@@ -30,6 +30,7 @@ from .datasets import Manifest
 from .decode_workers import ClipDecodeDataset, Decoded, hard_limit_s, iter_decoded, source_stat
 from .distributed import DistEnv, Group, RankFailed, process_group
 from .extract_config import ExtractConfig, ExtractSummary
+from .hw_decode import HardwareDecoder, decode_mode, resolve_decode
 from .feature_extractor import (FRAME_BATCH, FeatureExtractor, audio_step_mask, backbone_info, load_extract_backbones,
                                 worker_transform)
 
@@ -59,15 +60,17 @@ def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
     env = env or DistEnv.from_environ()
     out = Path(out)
     check_distributed_format(out, cfg, env)
+    decoder = resolve_decode(cfg.decode)  # a device asked for and missing: refused before any work
     with process_group(env, cfg.dist_timeout) as group, ExitStack() as stack:
-        (video, audio), cache_config, plan, writer = open_cache(group, stack, manifest, out, cfg, backbones)
+        (video, audio), cache_config, plan, writer = open_cache(group, stack, manifest, out, cfg, backbones,
+                                                                decode=decode_mode(decoder))
         summary = ExtractSummary(total=len(manifest), skipped=plan.skipped, cache=str(out), rank=env.rank,
                                  changed=list(plan.changed))
         failure: Exception | None = None
         try:
             if writer is None:
                 writer = attach_shard(stack, out, cfg, cache_config, plan, env)
-            _extract_shard(writer, plan.shards[env.rank], manifest, cfg, (video, audio), summary, env)
+            _extract_shard(writer, plan.shards[env.rank], manifest, cfg, (video, audio), summary, env, decoder)
         except Exception as exc:  # reported to rank 0 first, raised below
             failure = exc
         summary.seconds = time.monotonic() - t0
@@ -75,7 +78,8 @@ def run_extract(manifest: Manifest, out: str | Path, cfg: ExtractConfig,
 
 
 def _extract_shard(writer: CacheWriter, shard: Sequence[tuple[int, str]], manifest: Manifest, cfg: ExtractConfig,
-                   backbones: tuple[VideoBackbone, AudioBackbone], summary: ExtractSummary, env: DistEnv) -> None:
+                   backbones: tuple[VideoBackbone, AudioBackbone], summary: ExtractSummary, env: DistEnv,
+                   decoder: HardwareDecoder | None = None) -> None:
     video, audio = backbones
     by_key = {r.key: r for r in manifest.rows}
     untrained = [f"{kind} {b.name}" for kind, b in (("video", video), ("audio", audio)) if not b.pretrained]
@@ -86,7 +90,7 @@ def _extract_shard(writer: CacheWriter, shard: Sequence[tuple[int, str]], manife
     extractor = FeatureExtractor(video, audio, cfg.layout)
     progress = _progress(len(shard), cfg.progress and env.is_main)
     try:
-        for batch in iter_decoded([by_key[k] for _, k in shard], cfg, worker_transform(video)):
+        for batch in iter_decoded([by_key[k] for _, k in shard], cfg, worker_transform(video), decoder):
             records = extractor.records(batch)
             writer.write(records)
             for r in records:

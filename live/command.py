@@ -5,6 +5,7 @@ only parses options into these arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apply.predictor import PredictConfig
+from extract.hw_decode import resolve_decode
 
 from .events import EventHub, Sink
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
@@ -46,6 +48,8 @@ def watch_command(rundir: str | Path, sources: Sequence[str], config: WatchConfi
                   extra_sinks: Sequence[Sink] = (), stop: threading.Event | None = None) -> tuple[int, WatchSummary]:
     stop = stop or threading.Event()
     specs = [parse_source(s, realtime=realtime) for s in sources]   # a missing file is refused before loading
+    decoder = resolve_decode(predict.decode)  # likewise a hardware decoder asked for and missing
+    specs = [dataclasses.replace(s, decoder=decoder) for s in specs]
     view = None
     if outputs.serve is not None:  # refused before loading anything: binding beyond loopback needs a token
         from .web import WebConfig, WebView, check_serve_access, parse_serve, read_token_file
