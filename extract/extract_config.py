@@ -46,6 +46,7 @@ class ExtractConfig:
     # Where video is decoded (extract.hw_decode): sw, cuda, vaapi, qsv, or auto (a device
     # that opens, else software); resolved once when the run starts.
     decode: str = SOFTWARE
+    prefetch: int = 2  # CUDA only: decoded batches copied to the device ahead of the backbones (extract.gpu_feed)
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_CHOICES:

@@ -69,8 +69,11 @@ class FeatureExtractor:
 
     def _images(self, frames: Sequence[Any]) -> torch.Tensor:
         """A mini-batch of decoded frames as the backbone's float input ``[N, 3, H, W]``."""
-        if isinstance(frames[0], np.ndarray):  # a worker's uint8 geometry (``worker_transform``)
+        first = frames[0]
+        if isinstance(first, np.ndarray):  # a worker's uint8 geometry (``worker_transform``)
             return self.video.transform.finish(np.stack(frames))
+        if isinstance(first, torch.Tensor) and first.dtype == torch.uint8:  # that geometry, copied to the GPU
+            return self.video.transform.finish(torch.stack(list(frames)))
         return torch.stack([torch.as_tensor(f) for f in frames])
 
     def _video_features(self, clips: Sequence[DecodedClip]) -> list[np.ndarray]:

@@ -380,11 +380,20 @@ class MediaReader:
         """One RGB conversion of a chosen frame, upright (the orientation is read from the
         first converted frame only: it is a stream property, see ``orientation``)."""
 
+        resident = self.decoder is not None and self.decoder.keep_on_device
+        if resident:  # torch only where frames stay on the GPU: the engine itself does not need it
+            from extract.frame_tensors import frame_to_tensor, orient
+
         def convert(frame: av.VideoFrame) -> Any:
             self.stats.frames_converted += 1
             if self._orientation is None:
                 self._orientation = Orientation.of(frame)
-            image = self._orientation.apply(frame.to_image())
+            if resident:  # NVDEC frames stay on the GPU: a uint8 RGB tensor there (extract.frame_tensors)
+                assert self.decoder is not None
+                device = f"cuda:{self.decoder.device or 0}"
+                image = orient(frame_to_tensor(frame, device), self._orientation)
+            else:
+                image = self._orientation.apply(frame.to_image())
             return transform(image) if transform is not None else image
 
         return convert

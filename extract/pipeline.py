@@ -19,7 +19,9 @@ import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+import torch
 
 from cache_schema import STATUS_ERROR, CacheError, CacheWriter
 from cache_schema.lock import CacheWriteError
@@ -87,10 +89,26 @@ def _extract_shard(writer: CacheWriter, shard: Sequence[tuple[int, str]], manife
         logger.warning("UNTRAINED backbone weights (%s): their features are for testing the pipeline only",
                        ", ".join(untrained))
     logger.info("%s: %d clips to extract, %d already in %s", env.label(), len(shard), summary.skipped, summary.cache)
-    extractor = FeatureExtractor(video, audio, cfg.layout)
+    rows = [by_key[k] for _, k in shard]
     progress = _progress(len(shard), cfg.progress and env.is_main)
+    with ExitStack() as stack:
+        if torch.device(video.device).type == "cuda":  # decode, copies and backbones overlap (extract.gpu_feed)
+            from .gpu_feed import gpu_batches
+
+            feed = stack.enter_context(gpu_batches(rows, cfg, video, decoder))
+            batches: Iterator[list[Decoded]] = iter(feed)
+            stack.callback(batches.close)  # type: ignore[attr-defined]  # leaves the compute stream first
+            extractor = FeatureExtractor(video, audio, cfg.layout, frame_batch=max(FRAME_BATCH, video.batch_size))
+        else:  # the CPU path, as it always was
+            batches = iter_decoded(rows, cfg, worker_transform(video), decoder)
+            extractor = FeatureExtractor(video, audio, cfg.layout)
+        _write_batches(batches, extractor, writer, summary, progress)
+
+
+def _write_batches(batches: Iterator[list[Decoded]], extractor: FeatureExtractor, writer: CacheWriter,
+                   summary: ExtractSummary, progress: Any) -> None:
     try:
-        for batch in iter_decoded([by_key[k] for _, k in shard], cfg, worker_transform(video), decoder):
+        for batch in batches:
             records = extractor.records(batch)
             writer.write(records)
             for r in records:
