@@ -503,16 +503,28 @@ def bench() -> None:
 @click.option("--backbones", type=click.Choice([p for p in BACKBONE_PRESET_NAMES if p != "random"]), default=None,
               help="Instead: this preset against the paper's architectures (random), in one run, on the same "
                    "clips [--out default: reports/bench/extract_PRESET.json].")
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
+@click.option("--throughput-only", is_flag=True,
+              help="Only decode-only, backbone-only and end-to-end clips/s on --clips 10 s 720p clips "
+                   "[--out default: reports/bench/extract_throughput.json].")
+@click.option("--clips-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With --throughput-only: keep the generated clips here and reuse them in later runs.")
 def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
-                  device: str, precision: str, grid_video: bool, grid_only: bool, backbones: str | None) -> None:
-    """Stage 1 with full-size architectures: decode plan vs minimum, end-to-end vs backbone-only,
-    peak memory and time of a 120 s vs a 10 s 720p clip (and, with --grid-video, a 10-minute
-    720p video on a time grid)."""
-    from extract.bench import run_bench, run_grid_bench, run_preset_bench
+                  device: str, precision: str, grid_video: bool, grid_only: bool, backbones: str | None, decode: str,
+                  throughput_only: bool, clips_dir: Path | None) -> None:
+    """Stage 1 with full-size architectures: decode plan vs minimum, decode-only per decode mode
+    available here, end-to-end vs backbone-only, peak memory and time of a 120 s vs a 10 s
+    720p clip (and, with --grid-video, a 10-minute 720p video on a time grid)."""
+    from extract.bench import run_bench, run_grid_bench, run_preset_bench, run_throughput_bench
     from extract.pipeline import ExtractConfig
 
     cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
-                        progress=False, device=device, precision=precision)
+                        progress=False, device=device, precision=precision, decode=decode)
+    if throughput_only:
+        if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
+            out = Path("reports/bench/extract_throughput.json")
+        click.echo(json.dumps(run_throughput_bench(out, cfg, clips, clips_dir), indent=2))
+        return
     if backbones:
         if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
             out = Path(f"reports/bench/extract_{backbones}.json")
@@ -539,15 +551,16 @@ def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, wor
 @click.option("--notes", default="", help="Recorded in the JSON (e.g. what else ran on the machine).")
 @click.option("--backbones", "lite", type=click.Choice(["lite"]), default=None,
               help="--backbones lite: add the pretrained lite rows (EfficientNet-Lite0 + YAMNet; 1, 4, 8 streams).")
+@click.option("--gpu-only", is_flag=True, help="Only the GPU rows (none where CUDA is not visible).")
 def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds: float, no_full: bool,
-               no_bf16: bool, notes: str, lite: str | None) -> None:
+               no_bf16: bool, notes: str, lite: str | None, gpu_only: bool) -> None:
     """Live scoring (``watch``) vs the backbones alone: real-time factor, latency p50/p95 and
     drops for 1 and 4 streams (8 tiny), full-size untrained backbones in fp32 and bf16 and
     the tiny ones, on this CPU (and a GPU when one is visible)."""
     from live.bench import LiveBenchConfig, run_live_bench
 
     cfg = LiveBenchConfig(full_s=full_seconds, bf16_s=bf16_seconds, tiny_s=tiny_seconds, full=not no_full,
-                          bf16=not no_bf16, notes=notes, lite=lite == "lite")
+                          bf16=not no_bf16, notes=notes, lite=lite == "lite", cpu=not gpu_only)
     click.echo(json.dumps(run_live_bench(out, cfg), indent=2))
 
 

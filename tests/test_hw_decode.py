@@ -135,3 +135,19 @@ def test_an_unknown_mode_is_invalid_input() -> None:
         ExtractConfig(decode="gpu")
     with pytest.raises(ValueError):
         HardwareDecoder("vaapi", keep_on_device=True)  # only CUDA frames can stay on the device
+
+
+@needs_no_cuda
+def test_bench_extract_has_a_decode_only_row_per_mode_available_here(tmp_path: Path) -> None:
+    from extract.bench import measure_decode_modes
+    from extract.extract_config import ExtractConfig
+
+    data = make_dataset(tmp_path / "data", n=2, bad=())
+    paths = sorted(data.rglob("*.mp4"))
+    video = load_video_backbone("tiny", device="cpu", precision="fp32")
+    modes = measure_decode_modes(paths, ExtractConfig(workers=0, progress=False), dict(video.transform.data_config))
+    available = ["sw"] + [k for k in HW_KINDS if device_error(k) is None]
+    assert list(modes["rows"]) == available
+    assert "cuda" in modes["unavailable"]  # said, with why
+    row = modes["rows"]["sw"]
+    assert row["clips"] == 2 and row["failed"] == 0 and row["decode_only_clips_per_s"] > 0
