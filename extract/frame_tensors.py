@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .hw_decode import as_software_layout
 from .orientation import Orientation
 
 __all__ = ["TorchFrameTransform", "frame_to_tensor", "nv12_to_rgb", "orient", "yuv420_to_rgb"]
@@ -109,13 +110,19 @@ def frame_to_tensor(frame: av.VideoFrame, device: torch.device | str | None = No
     converted on the GPU; any other frame is converted by swscale on the host, as the
     software path converts it, and then moved."""
     if frame.format.name == "cuda":
-        # DLPack export of a CUDA frame takes no stream: FFmpeg's decode has finished
-        # writing the surface when the frame is returned (NVDEC maps it synchronously).
-        y = torch.from_dlpack(frame.planes[0])
-        uv = torch.from_dlpack(frame.planes[1])
+        # FFmpeg's NVDEC copies the picture into the surface on the legacy default stream,
+        # which torch's (non-blocking) streams do not wait for: wait for it here. PyAV's
+        # DLPack export takes no stream (torch.from_dlpack would pass one), so the capsule
+        # is taken without. The surface goes back to FFmpeg's pool when the frame is
+        # dropped, so the conversion is waited for before returning.
+        dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.default_stream(dev).synchronize()
+        y = torch.utils.dlpack.from_dlpack(frame.planes[0].__dlpack__())
+        uv = torch.utils.dlpack.from_dlpack(frame.planes[1].__dlpack__())
         rgb = nv12_to_rgb(y, uv, int(frame.colorspace), int(frame.color_range))
+        torch.cuda.current_stream(dev).synchronize()
         return rgb if device is None else rgb.to(device)
-    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+    rgb = torch.from_numpy(as_software_layout(frame).to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
     return rgb if device is None else rgb.to(device, non_blocking=True)
 
 

@@ -16,8 +16,9 @@ Per file, a hardware decoder may still refuse: the device context does not open 
 file, or FFmpeg's decoder rejects the stream (NVDEC has no 4:4:4 or 10-bit H.264). That
 file is then decoded in software, and the reason is logged once per reason and process
 (a dataset of thousands of such files must not print thousands of lines). The frames
-are the same either way: H.264/HEVC decoding is bit-exact by specification, and frames
-downloaded from the device (NV12) convert to RGB through the same swscale path.
+are the same either way: H.264/HEVC decoding is bit-exact by specification, and a frame
+downloaded from the device (NV12) is put in the software decoder's planar layout before
+swscale converts it (``as_software_layout``), so it gives the software path's RGB.
 
 ``keep_on_device`` (CUDA only) leaves decoded frames in GPU memory (``is_hw_owned``),
 where ``extract.frame_tensors`` converts them with torch ops; without it frames are
@@ -26,6 +27,7 @@ downloaded to host memory and follow the software path from there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -40,8 +42,8 @@ from cache_schema import InvalidInput
 
 from .probe import open_container
 
-__all__ = ["DECODE_CHOICES", "HW_KINDS", "SOFTWARE", "HardwareDecoder", "decode_mode", "device_error",
-           "log_fallback_once", "open_for_decoding", "open_with_fallback", "resolve_decode"]
+__all__ = ["DECODE_CHOICES", "HW_KINDS", "SOFTWARE", "HardwareDecoder", "as_software_layout", "decode_mode",
+           "device_error", "log_fallback_once", "open_for_decoding", "open_with_fallback", "resolve_decode"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,20 @@ class HardwareDecoder:
         """Whether ``frame`` came out of the hardware decoder (not FFmpeg's software
         fall-back for a stream the device refused)."""
         return frame.format.name in _HW_FRAME_FORMATS
+
+
+# Frames downloaded from a hardware decoder come interleaved (NV12, P010); the software
+# decoder gives the planar layout of the same samples. swscale converts the two to RGB by
+# different paths (NV12 -> RGB interpolates chroma: up to 23 levels apart on real frames),
+# so a downloaded frame is first put in the planar layout (a lossless reshuffle), and then
+# converts to exactly the RGB of the software path.
+_PLANAR_OF = {"nv12": "yuv420p", "p010le": "yuv420p10le", "p016le": "yuv420p16le"}
+
+
+def as_software_layout(frame: av.VideoFrame) -> av.VideoFrame:
+    """``frame`` in the planar layout a software decoder gives (itself if it has it)."""
+    planar = _PLANAR_OF.get(frame.format.name)
+    return frame if planar is None else frame.reformat(format=planar)
 
 
 def device_error(kind: str, device: str | None = None) -> str | None:
@@ -153,21 +169,35 @@ def log_fallback_once(reason: str) -> None:
                                                 " (said once; later files alike are not listed)" if first else "")
 
 
+@functools.lru_cache(maxsize=16)
+def _device_error_here(kind: str, device: str | None) -> str | None:
+    """``device_error``, asked once per process (a device context costs milliseconds)."""
+    return device_error(kind, device)
+
+
 def open_with_fallback(open_media: Callable[[HWAccel | None], C], decoder: HardwareDecoder | None,
-                       ) -> tuple[C, bool]:
+                       retry_in_software: bool = True) -> tuple[C, bool]:
     """``open_media(hwaccel)`` with ``decoder``'s settings, and whether on its device.
 
-    Where the device does not open for this input, it is opened for software decoding
-    instead (the reason logged once); where the input itself cannot be opened, the
-    software open's own error says why, as it always did."""
+    Where the device does not open in this process, the input is opened for software
+    decoding (the reason logged once). Where it opens but this input's open fails with
+    it, the input is opened again in software (``retry_in_software``: a file; not a
+    network stream, whose failure is most likely the network's); if that fails too,
+    the software open's own error says why, as it always did."""
     if decoder is None:
+        return open_media(None), False
+    why = _device_error_here(decoder.kind, decoder.device)
+    if why is not None:
+        log_fallback_once(f"the {decoder.kind} device did not open ({why})")
         return open_media(None), False
     try:
         return open_media(decoder.accel()), True
-    except Exception as exc:  # noqa: BLE001 - any failure is retried in software, whose error is the one raised
+    except Exception as exc:  # noqa: BLE001 - retried in software, whose error is the one raised
+        if not retry_in_software:
+            raise
         container = open_media(None)
         cause = exc.__cause__ or exc
-        log_fallback_once(f"the {decoder.kind} device did not open ({type(cause).__name__}: {cause})")
+        log_fallback_once(f"the {decoder.kind} device did not open for a file ({type(cause).__name__}: {cause})")
         return container, False
 
 

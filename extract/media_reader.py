@@ -35,7 +35,7 @@ from PIL import Image
 
 from extract.audio_track import AudioDecoder, AudioTrack
 from extract.frame_picker import FrameGroup, GroupAssembler, NearestFrameCollector, PacketDecoder
-from extract.hw_decode import HardwareDecoder, log_fallback_once, open_for_decoding
+from extract.hw_decode import HardwareDecoder, as_software_layout, log_fallback_once, open_for_decoding
 from extract.orientation import Orientation
 from extract.probe import DecodeError, MediaInfo, VideoStreamInfo, check_deadline, open_container, probe
 from extract.sampling import min_frames_needed, plan_decode, target_frames
@@ -393,7 +393,7 @@ class MediaReader:
                 device = f"cuda:{self.decoder.device or 0}"
                 image = orient(frame_to_tensor(frame, device), self._orientation)
             else:
-                image = self._orientation.apply(frame.to_image())
+                image = self._orientation.apply(as_software_layout(frame).to_image())
             return transform(image) if transform is not None else image
 
         return convert

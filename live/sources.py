@@ -292,7 +292,7 @@ class SourceReader(threading.Thread):
     def _open(self) -> av.container.InputContainer:
         if self.spec.kind in ("stdin", "fifo"):  # a pipe is read once: no second try in software
             return self._open_media(None)
-        return open_with_fallback(self._open_media, self.spec.decoder)[0]
+        return open_with_fallback(self._open_media, self.spec.decoder, retry_in_software=self.spec.kind == "file")[0]
 
     def _open_media(self, hwaccel: Any) -> av.container.InputContainer:
         if self.spec.kind in ("stdin", "fifo"):

@@ -22,7 +22,8 @@ from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.decode import decode_clip
 from extract.decode_workers import Decoded
 from extract.feature_extractor import FeatureExtractor, worker_transform
-from extract.hw_decode import HW_KINDS, HardwareDecoder, decode_mode, device_error, resolve_decode
+from extract.hw_decode import (HW_KINDS, HardwareDecoder, as_software_layout, decode_mode, device_error,
+                               resolve_decode)
 from tests.extract_harness import CLI_TINY, extract_here, make_dataset
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -151,3 +152,30 @@ def test_bench_extract_has_a_decode_only_row_per_mode_available_here(tmp_path: P
     assert "cuda" in modes["unavailable"]  # said, with why
     row = modes["rows"]["sw"]
     assert row["clips"] == 2 and row["failed"] == 0 and row["decode_only_clips_per_s"] > 0
+
+
+def test_a_downloaded_nv12_frame_gives_the_software_paths_rgb() -> None:
+    """NVDEC hands frames out as NV12; swscale's NV12 -> RGB differs from its YUV 4:2:0 ->
+    RGB (chroma interpolated), so the engine reshuffles NV12 to planar first."""
+    import av
+
+    path = _clips()[0]
+    with av.open(str(path)) as c:
+        frames = [f for _, f in zip(range(3), c.decode(video=0))]
+    for frame in frames:
+        software = frame.to_ndarray(format="rgb24")
+        downloaded = frame.reformat(format="nv12")  # what a frame downloaded from NVDEC looks like
+        np.testing.assert_array_equal(as_software_layout(downloaded).to_ndarray(format="rgb24"), software)
+        assert as_software_layout(frame) is frame
+
+
+@needs_no_cuda
+@pytest.mark.parametrize("command", ["predict", "watch"])
+def test_predict_and_watch_refuse_decode_cuda_here_in_one_line(command: str, synthetic_run: Path) -> None:
+    from cli import main
+
+    video = _clips()[0]
+    result = CliRunner().invoke(main, [command, str(synthetic_run), str(video), "--decode", "cuda"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--decode cuda" in errors[0], result.output
