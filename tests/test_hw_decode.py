@@ -127,6 +127,9 @@ def test_the_cache_records_the_decode_mode_as_a_description(tmp_path: Path) -> N
     with CacheReader(sw) as a, CacheReader(auto) as b:
         assert a.attrs["decode"] == "sw" and b.attrs["decode"] == decode_mode(resolve_decode("auto"))
         np.testing.assert_array_equal(a.read("video"), b.read("video"))
+    from cache_schema.info import cache_info, format_cache_info
+
+    assert "decode     sw (the last run's video decoder" in format_cache_info(cache_info(sw, clips=False))
 
 
 def test_an_unknown_mode_is_invalid_input() -> None:
