@@ -8,7 +8,8 @@
 # clips for the paper's backbones (random: MobileViT-S + wav2vec2-base, untrained) and the
 # lite ones (EfficientNet-Lite0 + YAMNet; needs the lite extra and $AVAR_YAMNET), each with
 # --decode sw and --decode cuda, in fp32 and bf16: decode-only, backbone-only and
-# end-to-end clips/s per row; then `cli.py bench live --gpu-only`. One row failing (e.g.
+# end-to-end clips/s per row; then `cli.py bench live --gpu-only` (paper and tiny backbones,
+# then lite). One row failing (e.g.
 # lite not installed) is recorded with its error; the others still run. Rows past the
 # time budget (BUDGET_S, 420) are recorded as skipped.
 # Without a CUDA GPU it refuses at once: one line on stderr, exit 3, nothing run or written.
@@ -62,7 +63,8 @@ for preset in random lite; do
         done
     done
 done
-row live live --gpu-only --backbones lite --full-seconds 12 --tiny-seconds 12
+row live live --gpu-only --full-seconds 12 --tiny-seconds 12
+row live_lite live --gpu-only --backbones lite --no-full --tiny-seconds 4
 
 "$PY" - "$WORK" "$OUT" "$((SECONDS - START))" <<'PYEOF'
 """Merge the rows into one JSON, written atomically (temp name + rename)."""
