@@ -388,7 +388,8 @@ def run_throughput_bench(out: Path, cfg: ExtractConfig, n_clips: int, clip_dir: 
     device = resolve_device(cfg.device)
     decode_row = rows[decode_mode(decoder)]
     result = {
-        "device": device, "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
+        "device": device,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
         "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "precision": getattr(video, "precision", None),
         "decode": decode_mode(decoder), "workers": cfg.workers, "batch_size": cfg.batch_size, "steps": cfg.steps,
         "video_model": cfg.video_model, "audio_model": cfg.audio_model,

@@ -55,8 +55,8 @@ def _swscale_table(colorspace: int, color_range: int) -> torch.Tensor:
     for dy in range(2):
         for dx in range(2):
             y[:, dy, :, dx] = 4 * block + 2 * dy + dx
-    frame = av.VideoFrame.from_ndarray(np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(6144, 4096),
-                                       format="yuv420p")
+    planes = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(6144, 4096)
+    frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
     frame.colorspace, frame.color_range = colorspace, color_range
     rgb = frame.to_ndarray(format="rgb24")  # [4096, 4096, 3]
     # pixel (2*cr + dy, 2*cc + dx) with cc = (pair % 32) * 64 + block, cr = pair // 32

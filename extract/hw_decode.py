@@ -120,7 +120,8 @@ def device_error(kind: str, device: str | None = None) -> str | None:
         except NotImplementedError:  # this decoder has no config for the kind: try the next
             continue
         except Exception as exc:  # the device itself did not open (no driver, no permission)
-            return f"the {kind} device{'' if device is None else ' ' + device} does not open ({type(exc).__name__}: {exc})"
+            named = kind if device is None else f"{kind} {device}"
+            return f"the {named} device does not open ({type(exc).__name__}: {exc})"
     return last
 
 
