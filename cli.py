@@ -11,6 +11,10 @@ from pathlib import Path
 import click
 
 
+DECODE_CHOICES = ["sw", "cuda", "vaapi", "qsv", "auto"]  # extract.hw_decode.DECODE_CHOICES (not imported: av)
+DECODE_HELP = ("Where video is decoded: sw (FFmpeg in software), cuda (NVDEC), vaapi, qsv (refused where that "
+               "device does not open), or auto (a hardware decoder that opens here, else sw). A file the hardware "
+               "decoder refuses is decoded in software, with the same frames.")
 PRECISION_HELP = ("auto: bf16 on a CPU with native bf16 (AMX / AVX-512 BF16) or a CUDA device that supports it, "
                   "else fp32 (emulated bf16 is many times slower); the cache records the precision used.")
 
@@ -210,6 +214,7 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per backbone batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip's decoding is given up (the backbones run later, on batches; a clip's length is checked against its packets first).")
@@ -222,8 +227,8 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
 def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | None, out: Path, steps: int | None,
             step_seconds: float | None, frames_per_step: int, audio_context: float | None, fmt: str | None,
             backbones: str,
-            video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
-            workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
+            video_model: str | None, audio_model: str | None, device: str, precision: str, decode: str,
+            batch_size: int, workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
             dist_timeout: float) -> None:
     """Stage 1: decode each clip once, run the frozen backbones, write the feature cache.
 
@@ -242,6 +247,7 @@ def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | 
         steps=steps or 10, step_seconds=step_seconds or 0.0, frames_per_step=frames_per_step, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
         batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
         retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout, audio_context=audio_context,
+        decode=decode,
     )
     prepared = prepare_dataset(dataset, root, out, lists, manifest_file=manifest_file)
     if prepared.summary:
@@ -497,16 +503,28 @@ def bench() -> None:
 @click.option("--backbones", type=click.Choice([p for p in BACKBONE_PRESET_NAMES if p != "random"]), default=None,
               help="Instead: this preset against the paper's architectures (random), in one run, on the same "
                    "clips [--out default: reports/bench/extract_PRESET.json].")
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
+@click.option("--throughput-only", is_flag=True,
+              help="Only decode-only, backbone-only and end-to-end clips/s on --clips 10 s 720p clips "
+                   "[--out default: reports/bench/extract_throughput.json].")
+@click.option("--clips-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With --throughput-only: keep the generated clips here and reuse them in later runs.")
 def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
-                  device: str, precision: str, grid_video: bool, grid_only: bool, backbones: str | None) -> None:
-    """Stage 1 with full-size architectures: decode plan vs minimum, end-to-end vs backbone-only,
-    peak memory and time of a 120 s vs a 10 s 720p clip (and, with --grid-video, a 10-minute
-    720p video on a time grid)."""
-    from extract.bench import run_bench, run_grid_bench, run_preset_bench
+                  device: str, precision: str, grid_video: bool, grid_only: bool, backbones: str | None, decode: str,
+                  throughput_only: bool, clips_dir: Path | None) -> None:
+    """Stage 1 with full-size architectures: decode plan vs minimum, decode-only per decode mode
+    available here, end-to-end vs backbone-only, peak memory and time of a 120 s vs a 10 s
+    720p clip (and, with --grid-video, a 10-minute 720p video on a time grid)."""
+    from extract.bench import run_bench, run_grid_bench, run_preset_bench, run_throughput_bench
     from extract.pipeline import ExtractConfig
 
     cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
-                        progress=False, device=device, precision=precision)
+                        progress=False, device=device, precision=precision, decode=decode)
+    if throughput_only:
+        if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
+            out = Path("reports/bench/extract_throughput.json")
+        click.echo(json.dumps(run_throughput_bench(out, cfg, clips, clips_dir), indent=2))
+        return
     if backbones:
         if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
             out = Path(f"reports/bench/extract_{backbones}.json")
@@ -533,15 +551,16 @@ def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, wor
 @click.option("--notes", default="", help="Recorded in the JSON (e.g. what else ran on the machine).")
 @click.option("--backbones", "lite", type=click.Choice(["lite"]), default=None,
               help="--backbones lite: add the pretrained lite rows (EfficientNet-Lite0 + YAMNet; 1, 4, 8 streams).")
+@click.option("--gpu-only", is_flag=True, help="Only the GPU rows (none where CUDA is not visible).")
 def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds: float, no_full: bool,
-               no_bf16: bool, notes: str, lite: str | None) -> None:
+               no_bf16: bool, notes: str, lite: str | None, gpu_only: bool) -> None:
     """Live scoring (``watch``) vs the backbones alone: real-time factor, latency p50/p95 and
     drops for 1 and 4 streams (8 tiny), full-size untrained backbones in fp32 and bf16 and
     the tiny ones, on this CPU (and a GPU when one is visible)."""
     from live.bench import LiveBenchConfig, run_live_bench
 
     cfg = LiveBenchConfig(full_s=full_seconds, bf16_s=bf16_seconds, tiny_s=tiny_seconds, full=not no_full,
-                          bf16=not no_bf16, notes=notes, lite=lite == "lite")
+                          bf16=not no_bf16, notes=notes, lite=lite == "lite", cpu=not gpu_only)
     click.echo(json.dumps(run_live_bench(out, cfg), indent=2))
 
 
@@ -612,8 +631,10 @@ def _int_list(text: str) -> list[int]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
 def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float | None, hop: float | None,
-            plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
+            plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str,
+            decode: str) -> None:
     """Predict the class and the anomaly-score timeline of raw VIDEOS with a trained RUNDIR.
 
     The backbones of the run's cache are loaded and checked (weights checksum, preprocessing);
@@ -623,7 +644,7 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 
     plots = timeline_paths(plot, videos) if plot is not None else None  # refused here, before any work
     config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
-                           window=window, hop=hop, thumbnails=plot is not None)
+                           window=window, hop=hop, thumbnails=plot is not None, decode=decode)
     predictor = load_predictor(rundir, config)
     preds = []
     for pred in predict_batch(predictor, videos, config, plots):
@@ -714,6 +735,7 @@ def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) ->
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
 def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | None, realtime: bool, window: float | None, hop: float | None,
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, clips: Path | None,
           clip_pre: float, clip_post: float, clips_max_bytes: int, clips_max_age: float, webhook: str | None,
@@ -721,7 +743,8 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
           token: str | None, token_file: Path | None, serve_names: tuple[str, ...], metrics_address: str | None,
           mqtt: str | None, mqtt_prefix: str, mqtt_user: str | None, mqtt_password_file: Path | None,
           mqtt_client_id: str,
-          video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
+          video_model: str | None, audio_model: str | None, device: str, precision: str,
+          decode: str) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
     A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
@@ -754,7 +777,7 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
             status, _ = watch_config_command(deploy, WatchConfig(hop=hop, stall_timeout=stall_timeout,
                                                                  duration=duration, depth=depth),
                                              PredictConfig(video_model=video_model, audio_model=audio_model,
-                                                           precision=precision))
+                                                           precision=precision, decode=decode))
             sys.exit(status)
         from live.mqtt import mqtt_config_from_flags
 
@@ -770,7 +793,7 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
                              clips=clip_config)
         status, _ = watch_command(rundir, sources, config,
                                   PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
-                                                precision=precision),
+                                                precision=precision, decode=decode),
                                   WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve,
                                                token=token, token_file=str(token_file) if token_file else None,
                                                serve_names=serve_names, metrics=metrics_address,

@@ -139,9 +139,11 @@ def load_predictor(rundir: str | Path, config: PredictConfig = PredictConfig()) 
     logger.info("run %s: %s head on %s, %s, classes %s", rundir, run.train.head, run.train.modality,
                 layout.describe(), ", ".join(run.class_names))
     normal, _ = resolve_normal_class(run.train.normal_class, run.class_names)
-    return Predictor(model, run.class_names, layout, cache.feature_dtype,
-                     video, audio, device=device, precision=_precision_used(video, audio, device, config.precision),
-                     normal=normal)
+    predictor = Predictor(model, run.class_names, layout, cache.feature_dtype,
+                          video, audio, device=device,
+                          precision=_precision_used(video, audio, device, config.precision), normal=normal)
+    predictor.decoder(config)  # a hardware decoder asked for and missing is refused here, before any file
+    return predictor
 
 
 def _precision_used(video: object, audio: object, device: str, precision: str) -> str:

@@ -36,6 +36,7 @@ from PIL import Image
 from cache_schema import SAMPLE_RATE, AvarError, ClipRecord, InvalidInput, StepLayout
 from extract.backbones import autocast_context
 from extract.decode import DecodeError, decode_clip
+from extract.hw_decode import DECODE_CHOICES, SOFTWARE, HardwareDecoder, resolve_decode
 from extract.pipeline import Decoded, FeatureExtractor, worker_transform
 from extract.windows import DecodedWindow, decode_windows, thumbnail
 from temporal.data import Clips
@@ -66,6 +67,7 @@ class PredictConfig:
     hop: float | None = None        # seconds between window starts; default window / 2
     batch_size: int = 8             # windows (or videos) per backbone batch
     thumbnails: bool = False        # keep small frames for plots
+    decode: str = SOFTWARE          # where video is decoded: sw, cuda, vaapi, qsv, auto (extract.hw_decode)
 
     def __post_init__(self) -> None:
         if self.hop is not None and self.window is None:
@@ -76,6 +78,8 @@ class PredictConfig:
                 raise InvalidInput(f"--{name} must be a positive number of seconds, got {v}")
         if self.batch_size < 1:
             raise InvalidInput("batch_size must be at least 1")
+        if self.decode not in DECODE_CHOICES:
+            raise InvalidInput(f"--decode {self.decode!r}: choose one of {', '.join(DECODE_CHOICES)}")
 
     @property
     def effective_hop(self) -> float | None:
@@ -128,6 +132,14 @@ class Predictor:
         self.normal = self.class_names.index(normal) if self.normal_class is not None else None
         if self.normal is None:
             logger.warning("this run has no normal class (%r): no anomaly score, classes only", normal)
+        self._decoders: dict[str, HardwareDecoder | None] = {}
+
+    def decoder(self, config: PredictConfig) -> HardwareDecoder | None:
+        """The hardware decoder ``config.decode`` means here (resolved once per choice;
+        ``InvalidInput`` where an explicit device does not open)."""
+        if config.decode not in self._decoders:
+            self._decoders[config.decode] = resolve_decode(config.decode)
+        return self._decoders[config.decode]
 
     # -- the head
     @torch.inference_mode()
@@ -262,7 +274,7 @@ class Predictor:
 
     def _predict_clip(self, path: str | Path, config: PredictConfig) -> VideoPrediction:
         clip = decode_clip(path, self.layout, sample_rate=SAMPLE_RATE,
-                           frame_transform=self._transform(config.thumbnails))
+                           frame_transform=self._transform(config.thumbnails), decoder=self.decoder(config))
         thumbs: list[Image.Image] = []
         if config.thumbnails and clip.frames is not None:
             clip.frames, thumbs = (list(x) for x in zip(*clip.frames))
@@ -307,7 +319,8 @@ class Predictor:
 
         info = decode_windows(path, self.steps, config.window, hop, on_window, sample_rate=SAMPLE_RATE,
                               frame_transform=self.video_backbone.transform,
-                              thumb_height=THUMB_HEIGHT if config.thumbnails else None)
+                              thumb_height=THUMB_HEIGHT if config.thumbnails else None,
+                              decoder=self.decoder(config))
         flush()
         good = [w for w in results if w.probs is not None]
         if not good:

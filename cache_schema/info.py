@@ -45,6 +45,8 @@ def format_cache_info(info: dict[str, Any]) -> str:
             lines.append(f"{'':<10} weights: {w.get('source')}" + (f", file sha256 {str(w['sha256'])[:12]}"
                                                                       if w.get("sha256") else "")
                          + f", licence {w.get('licence', 'unknown')}")
+    if a.get("decode"):
+        lines.append(f"decode     {a['decode']} (the last run's video decoder; a description, not identity)")
     lines.append(f"classes    {', '.join(a.get('class_names', [])) or '(unlabelled)'}")
     lines.append(f"created    {a.get('created')}  complete: {a.get('complete')}")
     c = info["counts"]

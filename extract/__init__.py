@@ -9,6 +9,9 @@ of the package, e.g. ``extract.sampling``, does not import timm and transformers
 * the decoding engine: ``MediaReader`` (probe, frames nearest target times, 16 kHz audio),
   and its two callers ``decode_clip`` (a clip cut into T steps) and ``decode_windows``
   (sliding windows over a video of any length); ``probe``, ``MediaInfo``, ``DecodeError``;
+  hardware decoding (``--decode``): ``resolve_decode``, ``HardwareDecoder``, ``DECODE_CHOICES``;
+* the GPU path: ``TorchFrameTransform`` (frames converted and transformed as torch ops on
+  their device), ``DeviceFeed`` (decoded batches staged onto a CUDA device);
 * the frozen backbones, picked by name: ``load_video_backbone``, ``load_audio_backbone``,
   ``BACKBONE_PRESETS``, ``preset_models``, ``BackboneUnavailable``; the audio windowing
   (``AudioWindowing``: clip windows, or causal step windows for time grids and live mode,
@@ -33,14 +36,16 @@ _WHERE = {
     "ImplausibleTimeline": "probe",
     "decode_clip": "decode", "DecodedClip": "decode",
     "decode_windows": "windows", "DecodedWindow": "windows", "plan_windows": "windows",
+    "resolve_decode": "hw_decode", "HardwareDecoder": "hw_decode", "DECODE_CHOICES": "hw_decode",
+    "TorchFrameTransform": "frame_tensors", "DeviceFeed": "gpu_feed",
     "load_video_backbone": "backbones", "load_audio_backbone": "backbones", "VideoBackbone": "backbones",
     "AudioBackbone": "backbones", "BACKBONE_PRESETS": "backbones", "preset_models": "backbones",
     "BackboneUnavailable": "backbones", "resolve_device": "backbones",
     "AudioWindowing": "audio_windows", "DEFAULT_AUDIO_CONTEXT_S": "audio_windows",
     "causal_step_windows": "audio_windows",
     "autocast_context": "backbones",
-    "ExtractConfig": "pipeline", "ExtractSummary": "pipeline", "run_extract": "pipeline",
-    "FeatureExtractor": "pipeline", "Decoded": "pipeline", "iter_decoded": "pipeline",
+    "ExtractConfig": "extract_config", "ExtractSummary": "extract_config", "run_extract": "pipeline",
+    "FeatureExtractor": "feature_extractor", "Decoded": "decode_workers", "iter_decoded": "decode_workers",
     "DistEnv": "distributed", "RankFailed": "distributed",
     "load_xd_violence": "datasets",
     "import_features": "datasets", "ImportConfig": "datasets",

@@ -29,6 +29,8 @@ from .backbones import resolve_device, resolve_precision
 from .datasets import Manifest, ManifestRow
 from .pipeline import Decoded, ExtractConfig, FeatureExtractor, load_extract_backbones, run_extract
 from .backbones import VideoTransform
+from .decode_workers import iter_decoded
+from .hw_decode import HW_KINDS, SOFTWARE, decode_mode, device_error, resolve_decode
 
 GRID_VIDEO_S = 600.0
 GRID_STEP_S = 0.6667  # XD-Violence's snippet: 16 frames at 24 fps
@@ -63,9 +65,10 @@ def measure_decode(paths: list[Path], steps: int) -> dict[str, Any]:
     }
 
 
-def measure_throughput(paths: list[Path], cfg: ExtractConfig, workdir: Path) -> dict[str, Any]:
+def measure_throughput(paths: list[Path], cfg: ExtractConfig, workdir: Path,
+                       backbones: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Backbone-only time (inputs decoded beforehand) vs end-to-end time on the same clips."""
-    video, audio = load_extract_backbones(cfg)
+    video, audio = backbones or load_extract_backbones(cfg)
     extractor = FeatureExtractor(video, audio, cfg.steps)
     decoded = [Decoded(p.name, clip=decode_clip(p, cfg.steps, frame_transform=video.transform)) for p in paths]
     extractor.records(decoded[:1])  # warm-up: first calls allocate
@@ -206,6 +209,8 @@ def run_bench(out: Path, cfg: ExtractConfig, n_clips: int = 8, grid_video: bool 
         long = write_bench_clip(work / "long_720p.mp4", 120.0)
         logger.info("decode plan vs full decode")
         decode = measure_decode(clips + [short, long], cfg.steps)
+        logger.info("decode-only per decode mode available here")
+        modes = measure_decode_modes(clips, cfg, load_video_backbone_config(cfg))
         logger.info("backbone-only vs end-to-end on %d clips", n_clips)
         throughput = measure_throughput(clips, cfg, work)
         logger.info("peak RSS and time: 10 s vs 120 s 720p, one process each")
@@ -222,6 +227,7 @@ def run_bench(out: Path, cfg: ExtractConfig, n_clips: int = 8, grid_video: bool 
         "steps": cfg.steps, "video_model": cfg.video_model, "audio_model": cfg.audio_model,
         "weights": "untrained (random preset): compute figures only",
         "decode": decode,
+        "decode_modes": modes,
         "throughput": throughput,
         "clip_10s_720p": p10,
         "clip_120s_720p": p120,
@@ -285,6 +291,118 @@ def run_preset_bench(out: Path, cfg: ExtractConfig, preset: str, baseline: str =
                         "end_to_end": f"the same {n_clips} clips through run_extract"},
         "targets": {f"{preset} 10 s clip <= 1/10 of the paper backbones' cost": ratios["10s_720p_clip_fresh_process"]
                     <= 0.1},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result, indent=2)
+    return result
+
+
+def decode_modes_here() -> tuple[list[str], dict[str, str]]:
+    """The decode modes this machine can run (``sw`` always), and why each other is missing."""
+    missing = {kind: why for kind in HW_KINDS if (why := device_error(kind)) is not None}
+    return [SOFTWARE] + [k for k in HW_KINDS if k not in missing], missing
+
+
+def measure_decode_only(paths: list[Path], cfg: ExtractConfig, data_config: dict[str, Any],
+                        keep: list[list[Decoded]] | None = None) -> dict[str, Any]:
+    """Clips per second through the decode workers alone (``cfg.workers`` processes, the
+    worker transform applied, no backbone): what decoding can feed the backbones. The
+    decoded batches are appended to ``keep`` where given (the backbone-only row's input)."""
+    decoder = resolve_decode(cfg.decode)
+    transform = VideoTransform(data_config)
+    rows = [ManifestRow(p.name, p) for p in paths]
+    t0 = time.perf_counter()
+    done = failed = 0
+    for batch in iter_decoded(rows, cfg, transform.geometry if transform.splits else transform, decoder):
+        done += sum(d.clip is not None for d in batch)
+        failed += sum(d.clip is None for d in batch)
+        if keep is not None:
+            keep.append(batch)
+    seconds = time.perf_counter() - t0
+    return {"decode": decode_mode(decoder), "clips": done, "failed": failed, "decode_only_s": round(seconds, 3),
+            "decode_only_clips_per_s": round(done / seconds, 3) if seconds > 0 else None}
+
+
+def measure_backbone_only(batches: list[list[Decoded]], extractor: FeatureExtractor) -> float:
+    """Seconds the backbones take over batches decoded beforehand (a warm-up call first)."""
+    if batches:
+        extractor.records(batches[0][:1])
+    cuda = str(extractor.video.device).startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for batch in batches:
+        extractor.records(batch)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def measure_decode_modes(paths: list[Path], cfg: ExtractConfig, data_config: dict[str, Any]) -> dict[str, Any]:
+    """A decode-only row per decode mode available on this machine, on the same clips."""
+    modes, missing = decode_modes_here()
+    rows = {mode: measure_decode_only(paths, replace(cfg, decode=mode), data_config) for mode in modes}
+    return {"rows": rows, "unavailable": missing}
+
+
+def bench_clips(folder: Path, n: int, width: int = 1280, height: int = 720, duration: float = 10.0) -> list[Path]:
+    """``n`` generated H.264 clips in ``folder`` (files already there are reused, so that
+    several bench runs time the same clips), written in parallel fresh processes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"clip{i:04d}_{width}x{height}_{duration:g}s.mp4" for i in range(n)]
+    todo = [(p, duration, width, height, 25, i, 8) for i, p in enumerate(paths) if not p.is_file()]
+    if todo:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(max(1, min(len(todo), os.cpu_count() or 1)), initializer=spawned_worker_init,
+                      initargs=(os.getpid(),)) as pool:
+            pool.starmap(write_bench_clip, todo)
+    return paths
+
+
+def run_throughput_bench(out: Path, cfg: ExtractConfig, n_clips: int, clip_dir: Path | None = None) -> dict[str, Any]:
+    """``bench extract --throughput-only``: on ``n_clips`` 10 s 720p clips, decode-only (per
+    decode mode available here), backbone-only (on the clips decoded by the asked mode)
+    and end-to-end (``run_extract``) throughput, in one run; the JSON goes to ``out``."""
+    check_output_file(out)
+    decoder = resolve_decode(cfg.decode)  # an explicit device that does not open: refused before any work
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        paths = bench_clips(clip_dir or work / "clips", n_clips)
+        video, audio = load_extract_backbones(cfg)
+        data_config = dict(video.transform.data_config)
+        modes, missing = decode_modes_here()
+        rows: dict[str, Any] = {}
+        decoded: list[list[Decoded]] = []
+        for mode in modes:
+            asked = mode == decode_mode(decoder)
+            rows[mode] = measure_decode_only(paths, replace(cfg, decode=mode), data_config,
+                                             keep=decoded if asked else None)
+        if not decoded:  # the asked mode is not among those measured (cannot happen: it resolved here)
+            rows[decode_mode(decoder)] = measure_decode_only(paths, cfg, data_config, keep=decoded)
+        extractor = FeatureExtractor(video, audio, cfg.steps)
+        backbone_s = measure_backbone_only(decoded, extractor)
+        del decoded
+        t0 = time.perf_counter()
+        run_extract(_manifest(paths), work / "bench.zarr", cfg, backbones=(video, audio))
+        e2e_s = time.perf_counter() - t0
+    device = resolve_device(cfg.device)
+    decode_row = rows[decode_mode(decoder)]
+    result = {
+        "device": device,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
+        "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "precision": getattr(video, "precision", None),
+        "decode": decode_mode(decoder), "workers": cfg.workers, "batch_size": cfg.batch_size, "steps": cfg.steps,
+        "video_model": cfg.video_model, "audio_model": cfg.audio_model,
+        "clips": f"{n_clips} generated 10 s 1280x720 H.264 clips at 25 fps",
+        "decode_only_clips_per_s": decode_row["decode_only_clips_per_s"],
+        "backbone_only_clips_per_s": round(n_clips / backbone_s, 3) if backbone_s > 0 else None,
+        "end_to_end_clips_per_s": round(n_clips / e2e_s, 3),
+        "decode_modes": {"rows": rows, "unavailable": missing},
+        "definitions": {
+            "decode_only": "the decode workers alone: probe, keyframe-planned frames, audio, the transform's crops",
+            "backbone_only": "both backbones over those decoded clips (crops finished to float, copied to the device)",
+            "end_to_end": "run_extract: decode workers, backbones, cache writes",
+        },
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result, indent=2)

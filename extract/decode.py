@@ -24,6 +24,7 @@ import numpy as np
 
 from cache_schema import SAMPLE_RATE, StepLayout
 from extract.audio_track import SILENCE_PEAK, nothing_decoded_note
+from extract.hw_decode import HardwareDecoder
 from extract.media_reader import DecodeStats, FrameTransform, MediaReader
 from extract.orientation import frame_rotation, to_display_image
 from extract.probe import ClipTimeout, DecodeError, MediaInfo, choose_streams, open_container
@@ -118,6 +119,7 @@ def decode_clip(
     frame_transform: FrameTransform | None = None,
     deadline: float | None = None,
     threads: int = 1,
+    decoder: HardwareDecoder | None = None,
 ) -> DecodedClip:
     """Decode the target frames of every step and the whole audio track of one file.
 
@@ -128,7 +130,8 @@ def decode_clip(
     ``frame_transform`` is applied to each target image right away so only transformed
     frames are held. ``deadline`` is a ``time.monotonic()`` value checked in every
     decode loop (``ClipTimeout`` past it). ``threads`` is FFmpeg's decoder thread count
-    (1 suits many parallel worker processes; 0 lets FFmpeg pick).
+    (1 suits many parallel worker processes; 0 lets FFmpeg pick). ``decoder`` decodes the
+    video on a device (``extract.hw_decode``; None: software).
 
     Raises ``DecodeError`` when the file cannot be read, has neither usable stream, or
     its video is damaged where a step's frame depends on it. An audio stream that
@@ -136,7 +139,7 @@ def decode_clip(
     """
     began = time.monotonic()
     path = str(path)
-    reader = MediaReader(path, gather_audio_rate=sample_rate, deadline=deadline, threads=threads)
+    reader = MediaReader(path, gather_audio_rate=sample_rate, deadline=deadline, threads=threads, decoder=decoder)
     info, stats = reader.info, reader.stats
     layout = steps if isinstance(steps, StepLayout) else StepLayout(steps=int(steps))
     bounds = layout.segments(info.duration)

@@ -44,10 +44,12 @@ class PacketDecoder:
     ``on_failure`` and ``on_frame`` count into the caller's statistics.
     """
 
-    def __init__(self, path: str, on_failure: Callable[[], int], on_frame: Callable[[], None]) -> None:
+    def __init__(self, path: str, on_failure: Callable[[], int], on_frame: Callable[[], None],
+                 on_first: Callable[[av.VideoFrame], None] | None = None) -> None:
         self.path = path
         self._on_failure = on_failure
         self._on_frame = on_frame
+        self._on_first = on_first  # sees the first decoded frame (where it was decoded)
         self.taint: str | None = None
 
     def reset(self) -> None:
@@ -72,6 +74,9 @@ class PacketDecoder:
                 "ffmpeg -i in.mp4 -c:v libx264 out.mp4) or drop it from the dataset."
             )
             return []
+        if frames and self._on_first is not None:
+            self._on_first(frames[0])
+            self._on_first = None
         for frame in frames:
             if frame.key_frame:
                 self.taint = None

@@ -35,6 +35,7 @@ from PIL import Image
 
 from extract.audio_track import AudioDecoder, AudioTrack
 from extract.frame_picker import FrameGroup, GroupAssembler, NearestFrameCollector, PacketDecoder
+from extract.hw_decode import HardwareDecoder, as_software_layout, log_fallback_once, open_for_decoding
 from extract.orientation import Orientation
 from extract.probe import DecodeError, MediaInfo, VideoStreamInfo, check_deadline, open_container, probe
 from extract.sampling import min_frames_needed, plan_decode, target_frames
@@ -76,6 +77,7 @@ class DecodeStats:
     audio_packets_failed: int = 0
     video_packets_failed: int = 0
     seconds: float = 0.0
+    decoder: str = "sw"  # where the video was decoded: sw, or the hardware kind (extract.hw_decode)
 
 
 class _PlanFailed(Exception):
@@ -91,17 +93,33 @@ class _FileVideo:
     by the probe's keyframe index, and the two ways of walking the packets."""
 
     def __init__(self, path: str, video: VideoStreamInfo, clip_start: float, stats: DecodeStats,
-                 deadline: float | None, threads: int) -> None:
+                 deadline: float | None, threads: int, decoder: HardwareDecoder | None = None) -> None:
         self.path, self.video, self.clip_start, self.stats = path, video, clip_start, stats
-        self.deadline, self.threads = deadline, threads
+        self.deadline, self.threads, self.decoder = deadline, threads, decoder
+        self._checked = decoder is None  # whether the first frame showed where decoding runs
 
     def _open(self) -> tuple[av.container.InputContainer, av.video.stream.VideoStream, PacketDecoder]:
-        container = open_container(self.path)
+        container, on_device = open_for_decoding(self.path, self.decoder)
+        if not on_device:
+            self._checked = True
         stream = container.streams[self.video.index]
         if self.threads != 1:
             stream.thread_type = "AUTO"
         stream.thread_count = self.threads
-        return container, stream, PacketDecoder(self.path, self._failed, self._decoded)
+        return container, stream, PacketDecoder(self.path, self._failed, self._decoded, self._first_frame)
+
+    def _first_frame(self, frame: av.VideoFrame) -> None:
+        """Where the file's first frame was decoded: FFmpeg falls back to software by
+        itself for a stream the device refuses (NVDEC: 4:4:4, 10-bit H.264)."""
+        if self._checked:
+            return
+        self._checked = True
+        assert self.decoder is not None
+        if self.decoder.decoded(frame):
+            self.stats.decoder = self.decoder.kind
+        else:
+            log_fallback_once(f"the {self.decoder.kind} decoder refused {self.video.codec} video in "
+                              f"{frame.format.name}")
 
     def _failed(self) -> int:
         self.stats.video_packets_failed += 1
@@ -203,8 +221,9 @@ class MediaReader:
     the audio at that rate during the probe's demux pass (the file is then read once for
     probe and audio; needs the probe). ``deadline`` (a ``time.monotonic()`` value) is
     checked in every decode loop (``ClipTimeout`` past it); ``threads`` is FFmpeg's decoder
-    thread count (1 suits many worker processes; 0 lets FFmpeg pick). ``stats`` counts
-    what reading costs, over all reads of this reader.
+    thread count (1 suits many worker processes; 0 lets FFmpeg pick). ``decoder`` decodes
+    the video on a device (``extract.hw_decode``; None: software). ``stats`` counts what
+    reading costs, over all reads of this reader.
     """
 
     def __init__(
@@ -215,11 +234,12 @@ class MediaReader:
         gather_audio_rate: int | None = None,
         deadline: float | None = None,
         threads: int = 1,
+        decoder: HardwareDecoder | None = None,
     ) -> None:
         if info is not None and gather_audio_rate is not None:
             raise ValueError("gather_audio_rate needs the probe's demux pass; do not pass info as well")
         self.path = str(path)
-        self.deadline, self.threads = deadline, threads
+        self.deadline, self.threads, self.decoder = deadline, threads, decoder
         self.stats = DecodeStats()
         self._orientation: Orientation | None = None
         self._gathered: AudioDecoder | None = None
@@ -290,7 +310,7 @@ class MediaReader:
         if video is None:
             raise ValueError(f"{self.path}: no video stream to read frames from")
         groups = np.asarray(groups, dtype=np.float64)
-        source = _FileVideo(self.path, video, self.info.start, self.stats, self.deadline, self.threads)
+        source = _FileVideo(self.path, video, self.info.start, self.stats, self.deadline, self.threads, self.decoder)
         convert = self._converter(transform)
         stats = self.stats
         tb, start = float(video.time_base), self.info.start
@@ -360,11 +380,20 @@ class MediaReader:
         """One RGB conversion of a chosen frame, upright (the orientation is read from the
         first converted frame only: it is a stream property, see ``orientation``)."""
 
+        resident = self.decoder is not None and self.decoder.keep_on_device
+        if resident:  # torch only where frames stay on the GPU: the engine itself does not need it
+            from extract.frame_tensors import frame_to_tensor, orient
+
         def convert(frame: av.VideoFrame) -> Any:
             self.stats.frames_converted += 1
             if self._orientation is None:
                 self._orientation = Orientation.of(frame)
-            image = self._orientation.apply(frame.to_image())
+            if resident:  # NVDEC frames stay on the GPU: a uint8 RGB tensor there (extract.frame_tensors)
+                assert self.decoder is not None
+                device = f"cuda:{self.decoder.device or 0}"
+                image = orient(frame_to_tensor(frame, device), self._orientation)
+            else:
+                image = self._orientation.apply(as_software_layout(frame).to_image())
             return transform(image) if transform is not None else image
 
         return convert

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -219,10 +220,12 @@ def not_a_media_file(path: str | os.PathLike) -> str | None:
     return f"{path}: is not a regular file; pass a media file."
 
 
-def open_container(path: str | os.PathLike) -> av.container.InputContainer:
+def open_container(path: str | os.PathLike, hwaccel: Any = None) -> av.container.InputContainer:
     """Open a file for reading, turning every way that can fail into a ``DecodeError``.
 
-    Only regular files are opened: FFmpeg would block on a FIFO with no writer."""
+    Only regular files are opened: FFmpeg would block on a FIFO with no writer.
+    ``hwaccel`` (``av.codec.hwaccel.HWAccel``) decodes its video on a device; see
+    ``extract.hw_decode``, which tells a device that does not open from a bad file."""
     file = Path(path)
     problem = not_a_media_file(file)
     if problem is not None:
@@ -230,7 +233,7 @@ def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     if file.stat().st_size == 0:
         raise DecodeError(f"{path}: the file is empty (0 bytes); re-download or drop it.")
     try:
-        return av.open(str(file), mode="r", metadata_errors="ignore")
+        return av.open(str(file), mode="r", metadata_errors="ignore", hwaccel=hwaccel)
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(
             f"{path}: FFmpeg cannot open it as media ({exc}); the file is not a "

@@ -34,6 +34,7 @@ from PIL import Image
 from cache_schema import SAMPLE_RATE, InvalidInput
 from extract.audio_track import AudioTrack, nothing_decoded_note
 from extract.decode import DecodedClip, DecodeError, FrameTransform
+from extract.hw_decode import HardwareDecoder
 from extract.media_reader import FrameGroup, MediaReader
 from extract.probe import MediaInfo
 from extract.sampling import step_centres, step_segments
@@ -168,6 +169,7 @@ def decode_windows(
     thumb_height: int | None = None,
     threads: int = 1,
     info: MediaInfo | None = None,
+    decoder: HardwareDecoder | None = None,
 ) -> MediaInfo:
     """Decode every window of ``path`` in one pass, calling ``on_window`` for each, in order.
 
@@ -177,7 +179,7 @@ def decode_windows(
     ``MediaInfo`` (duration, streams). Raises ``DecodeError`` when the file cannot be read
     at all; a damaged stretch only fails the windows whose frames depend on it.
     """
-    reader = MediaReader(path, info=info, threads=threads)
+    reader = MediaReader(path, info=info, threads=threads, decoder=decoder)
     info = reader.info
 
     def transform(image: Image.Image) -> Any:

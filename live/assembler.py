@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from extract.audio_track import AudioTrack
+from extract.hw_decode import as_software_layout
 from extract.media_reader import FrameGroup
 from extract.probe import DecodeError
 from extract.orientation import Orientation
@@ -173,7 +174,7 @@ class Assembler:
         if hit is None:
             if self._orientation is None:
                 self._orientation = Orientation.of(frame)
-            image = self._orientation.apply(frame.to_image())
+            image = self._orientation.apply(as_software_layout(frame).to_image())  # NVDEC's NV12 as software's
             hit = (self.transform(image) if self.transform is not None else image, image)
             self._converted[id(frame)] = hit
         if slot == len(pending.unit.targets) // 2:

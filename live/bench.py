@@ -90,12 +90,16 @@ class LiveBenchConfig:
     full: bool = True
     bf16: bool = True
     gpu: bool = True
+    cpu: bool = True  # False: the GPU rows alone (tools/gpu_check.sh)
     lite: bool = False
     lite_s: float = 24.0
     depth: int = 2
     notes: str = ""
 
     def settings(self) -> list[Setting]:
+        return (self._cpu_settings() if self.cpu else []) + self._gpu_settings()
+
+    def _cpu_settings(self) -> list[Setting]:
         out = []
         native = cpu_has_native_bf16(read_cpu_flags())
         if self.full:
@@ -109,12 +113,19 @@ class LiveBenchConfig:
         if self.lite:
             out.append(Setting("lite", "fp32", "cpu", self.lite_s, self.tiny_streams,
                                "EfficientNet-Lite0 + YAMNet, pretrained (the lite extra and YAMNet's file)"))
+        return out
+
+    def _gpu_settings(self) -> list[Setting]:
+        out = []
         if self.gpu and torch.cuda.is_available():
             if self.full:
                 out.append(Setting("random", "fp32", "cuda", self.full_s, self.tiny_streams))
                 if self.bf16 and torch.cuda.is_bf16_supported():
                     out.append(Setting("random", "bf16", "cuda", self.full_s, self.tiny_streams))
             out.append(Setting("tiny", "fp32", "cuda", self.tiny_s, self.tiny_streams))
+            if self.lite:
+                out.append(Setting("lite", "fp32", "cuda", self.lite_s, self.tiny_streams,
+                                   "EfficientNet-Lite0 + YAMNet, pretrained"))
         return out
 
 

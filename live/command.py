@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apply.predictor import PredictConfig
+from extract.hw_decode import resolve_decode
 
 from .clips import check_clips_dir
 from .config_file import DeployConfig
@@ -55,6 +56,8 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
     stop = stop or threading.Event()
     # a missing file is refused before loading
     specs = [s if isinstance(s, SourceSpec) else parse_source(s, realtime=realtime) for s in sources]
+    decoder = resolve_decode(predict.decode)  # likewise a hardware decoder asked for and missing
+    specs = [dataclasses.replace(s, decoder=decoder) for s in specs]
     view = None
     metrics = metrics_server = None
     token = None

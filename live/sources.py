@@ -35,6 +35,7 @@ import numpy as np
 
 from cache_schema import SAMPLE_RATE, AvarError, InvalidInput
 from extract.audio_track import AudioDecoder, AudioTrack
+from extract.hw_decode import HardwareDecoder, open_with_fallback
 from extract.media_reader import FrameGroup, MediaReader
 from extract.probe import DecodeError, MediaInfo, choose_streams, not_a_media_file, probe
 
@@ -87,6 +88,7 @@ class SourceSpec:
     alerts: AlertConfig | None = None
     window: float | None = None
     audio: bool = True
+    decoder: HardwareDecoder | None = None  # video decoded on this device (extract.hw_decode); None: software
 
     def __str__(self) -> str:
         return self.name
@@ -318,15 +320,20 @@ class SourceReader(threading.Thread):
         return base
 
     def _open(self) -> av.container.InputContainer:
+        if self.spec.kind in ("stdin", "fifo"):  # a pipe is read once: no second try in software
+            return self._open_media(None)
+        return open_with_fallback(self._open_media, self.spec.decoder, retry_in_software=self.spec.kind == "file")[0]
+
+    def _open_media(self, hwaccel: Any) -> av.container.InputContainer:
         if self.spec.kind in ("stdin", "fifo"):
             stream = self.stdin if self.spec.kind == "stdin" else self._open_fifo()
             pipe = PipeInput(stream, self.stall_timeout, self.stop_event, self._stalled, self._resumed)
             return av.open(pipe, mode="r", format="mpegts" if self.spec.format is None else self.spec.format,
                            metadata_errors="ignore")
         if self.spec.kind == "file":
-            return av.open(self.spec.url, mode="r", metadata_errors="ignore")
+            return av.open(self.spec.url, mode="r", metadata_errors="ignore", hwaccel=hwaccel)
         return av.open(self.spec.url, mode="r", format=self.spec.format, options=dict(self.spec.options),
-                       timeout=(self.open_timeout, self.stall_timeout), metadata_errors="ignore")
+                       timeout=(self.open_timeout, self.stall_timeout), metadata_errors="ignore", hwaccel=hwaccel)
 
     def _open_fifo(self) -> BinaryIO:
         """The named pipe, opened for reading: this waits for its writer, and ``release()``
@@ -483,7 +490,7 @@ class SourceReader(threading.Thread):
         info = self._file_info
         if info is None or (self.duration is not None and info.duration > self.duration):
             return None                # a stream, or --duration stops the file before its end
-        return lambda targets: MediaReader(self.spec.url, info=info).frames_at(targets)
+        return lambda targets: MediaReader(self.spec.url, info=info, decoder=self.spec.decoder).frames_at(targets)
 
     def _decode(self, packet: av.Packet, video: Any, audio: Any, decoder: AudioDecoder | None, assembler: Assembler,
                 origin: float, wall: float, arrival: float | None = None) -> list[LiveUnit]:

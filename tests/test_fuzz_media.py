@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import extract.pipeline as pipeline
+import extract.decode_workers as decode_workers
 from cache_schema import CacheReader, validate
 from extract.datasets import build_manifest
 from extract.pipeline import ExtractConfig, hard_limit_s, run_extract
@@ -167,7 +167,7 @@ def test_the_per_clip_time_limit_holds_even_for_a_decoder_stuck_in_c(tmp_path: P
     root = tmp_path / "data"
     for name in ("a.mp4", "sleepy.mp4", "stuck.mp4", "z.mp4"):
         write_clip(root / name, duration=1.0)
-    monkeypatch.setattr(pipeline, "decode_clip", _sleepy_decoder(pipeline.decode_clip))  # forked workers inherit it
+    monkeypatch.setattr(decode_workers, "decode_clip", _sleepy_decoder(decode_workers.decode_clip))  # forked workers inherit it
     # 2 s: short, yet far beyond what the good 1 s clips need even on a loaded machine
     cfg = replace(CFG, workers=1, batch_size=1, clip_timeout=2.0)
     t0 = time.monotonic()

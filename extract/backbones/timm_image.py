@@ -97,7 +97,8 @@ class VideoTransform:
         ``/ 255``, then timm's tensor steps, which broadcast over the batch)."""
         if self._tensor_steps is None:
             raise ValueError(f"{self!r} has no ToTensor step to split at")
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+        x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+        x = x.permute(0, 3, 1, 2).contiguous()  # a tensor stays on its device (the GPU feed's copies)
         x = x.to(dtype=torch.get_default_dtype()).div(255)
         for step in self._tensor_steps:
             x = step(x)
