@@ -9,8 +9,9 @@ What runs is what an operator runs, in one process:
 * **the watch**: ``live.command.watch_command`` on a run trained with the tiny backbones
   (built first when none is given: the XD-Violence stand-in, extracted on its snippet
   grid, an MTCN with fused audio and video), with every output this branch has: JSON
-  lines to a file, snapshots, and the browser view (``--serve``), which a client polls
-  (``/api/sources``, ``/api/alerts``, a frame) as an open page would;
+  lines to a file, snapshots, the webhook (POSTed to a receiver on loopback, in the same
+  process) and the browser view (``--serve``), which a client polls (``/api/sources``,
+  ``/api/alerts``, a frame) as an open page would;
 * **the sampler**: every ``sample_every`` seconds the process's resident memory
   (``VmRSS``), open descriptors (``/proc/self/fd``), threads (``threading.active_count``
   and ``/proc/self/task``), and what each stream scored so far.
@@ -36,6 +37,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,12 +67,12 @@ MIB = 1024 * 1024
 class GrowthLimits:
     """How much a quantity may grow after warm-up and still be noise.
 
-    * ``fds``: 4 descriptors. Open at a sample's instant and gone at the next, in a
-      healthy watch: the page poller's connection on both ends (2), a snapshot JPEG
-      being written, and a camera connection being reopened.
-    * ``threads``: 2. The browser view's server and the JSON/webhook sinks keep fixed
-      threads; what may come and go is a source reader's ``PipeInput`` or resolver thread
-      during a reopen, and the poller's request on its own thread.
+    * ``fds``: 6 descriptors. Open at a sample's instant and gone by the next in a
+      healthy watch: a page poll's connection and a webhook POST's, each on both ends
+      (4), a snapshot JPEG being written, and a camera connection being reopened.
+    * ``threads``: 2. The browser view's server, the webhook sink, the sampler, the
+      poller and the receivers keep fixed threads; what may come and go is a decoder's
+      threads (the kernel's count) or a reader's while a camera is reopened.
     * ``rss``: 32 MiB or 10 % of the first figure after warm-up, whichever is larger:
       glibc's arenas (one per thread that allocates: decoders, sinks) and PyTorch's
       caching allocator grow in steps of several MiB to a plateau, which a leak does not
@@ -78,7 +80,7 @@ class GrowthLimits:
       about 5 GiB an hour.
     """
 
-    fds: int = 4
+    fds: int = 6
     threads: int = 2
     rss_mib: float = 32.0
     rss_share: float = 0.10
@@ -104,6 +106,7 @@ class SoakConfig:
     serve: bool = True
     poll_every: float = 2.0
     snapshots: bool = True
+    webhook: bool = True
     limits: GrowthLimits = GrowthLimits()
     notes: str = ""
 
@@ -219,6 +222,39 @@ class PagePoller(threading.Thread):
             ids = [s.get("id") for s in listed if isinstance(s, dict) and s.get("id") is not None]
             if ids and self.get(f"/api/sources/{ids[0]}/frame.jpg") is not None:
                 self.ok += 1
+
+
+class WebhookReceiver:
+    """An HTTP server on loopback that takes the webhook's POSTs (one thread, one request
+    at a time, so that it adds no threads of its own to the samples) and counts them."""
+
+    def __init__(self) -> None:
+        receiver = self
+        self.received = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                receiver.received += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name="soak-webhook", daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=10)
+        self.server.server_close()
 
 
 class Sampler(threading.Thread):
@@ -342,6 +378,7 @@ class _Parts:
 
     cameras: list[LoopingCamera] = field(default_factory=list)
     poller: PagePoller | None = None
+    webhook: WebhookReceiver | None = None
 
 
 def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None) -> dict[str, Any]:
@@ -349,6 +386,9 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
     ``work``: where the run (when built), clips, JSON lines and snapshots go (default: a
     temporary folder, removed after)."""
     check_output_file(out)
+    if cfg.run is not None and not (Path(cfg.run) / "config.json").is_file():
+        raise InvalidInput(f"--run {cfg.run}: not a run directory (no config.json); give a trained run, or leave "
+                           "--run out to train one with the tiny backbones")
     with contextlib.ExitStack() as stack:
         if work is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="avar-soak-")))
@@ -361,6 +401,7 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
         for clip in clips:
             parts.cameras.append(stack.enter_context(LoopingCamera(clip)))
         urls = [cam.url for cam in parts.cameras]
+        parts.webhook = stack.enter_context(WebhookReceiver()) if cfg.webhook else None
         events = work / "events.jsonl"
         snapshots = work / "snapshots" if cfg.snapshots else None
         port = free_port() if cfg.serve else None
@@ -369,7 +410,8 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
         sampler = Sampler(counter, stop, cfg.sample_every, cfg.minutes * 60)
         config = WatchConfig(snapshots=str(snapshots) if snapshots else None, frames=cfg.serve,
                              alerts=AlertConfig())
-        outputs = WatchOutputs(out=str(events), serve=f"127.0.0.1:{port}" if port else None)
+        outputs = WatchOutputs(out=str(events), serve=f"127.0.0.1:{port}" if port else None,
+                               webhook=parts.webhook.url if parts.webhook else None)
         poller = PagePoller(f"http://127.0.0.1:{port}", stop, cfg.poll_every) if port else None
         parts.poller = poller
 
@@ -447,6 +489,7 @@ def report(cfg: SoakConfig, samples: list[dict[str, Any]], counter: SoakCounter,
                     "serve_polls_ok": parts.poller.ok if parts.poller else None,
                     "serve_polls_failed": parts.poller.failed if parts.poller else None,
                     "serve_last_error": parts.poller.last_error if parts.poller else None,
+                    "webhook_received": parts.webhook.received if parts.webhook else None,
                     "snapshot_failures": summary.snapshot_failures},
         "streams": per_stream,
         "samples": samples,
@@ -484,8 +527,8 @@ def soak_summary(result: dict[str, Any]) -> str:
         lines.append(f"{name:<8}{s['records']:>9}{s['dropped_steps']:>9}{s['alerts']:>8}{s['stalls']:>8}"
                      f"{s['reconnects']:>8}{s['max_latency_s']:>11.2f}{per:>14}" + (f"  {s['error']}" if s["error"] else ""))
     o = result["outputs"]
-    lines.append(f"outputs: {o['jsonl_lines']} JSON lines, {o['snapshots']} snapshots, page polls "
-                 f"{o['serve_polls_ok']} ok / {o['serve_polls_failed']} failed")
+    lines.append(f"outputs: {o['jsonl_lines']} JSON lines, {o['snapshots']} snapshots, {o['webhook_received']} "
+                 f"webhook POSTs, page polls {o['serve_polls_ok']} ok / {o['serve_polls_failed']} failed")
     v = result["verdict"]
     lines.append(f"verdict: {'OK' if v['ok'] else 'FAILED'} (no growth beyond noise: {v['no_growth_beyond_noise']}, "
                  f"scoring continued: {v['scoring_continued']}, completed: {v['completed']})")
