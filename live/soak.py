@@ -189,9 +189,9 @@ class PagePoller(threading.Thread):
     """A client of the browser view, as an open page is: the sources and alerts as JSON
     every ``every`` seconds, and one source's latest frame. Counts what answered."""
 
-    def __init__(self, base: str, stop: threading.Event, every: float) -> None:
+    def __init__(self, base: str, go: threading.Event, stop: threading.Event, every: float) -> None:
         super().__init__(name="soak-page-poller", daemon=True)
-        self.base, self.stop, self.every = base, stop, every
+        self.base, self.go, self.stop, self.every = base, go, stop, every
         self.ok = 0
         self.failed = 0
         self.last_error: str | None = None
@@ -206,6 +206,9 @@ class PagePoller(threading.Thread):
             return None
 
     def run(self) -> None:
+        while not self.go.wait(0.2):
+            if self.stop.is_set():
+                return
         while not self.stop.wait(self.every):
             sources = self.get("/api/sources")
             alerts = self.get("/api/alerts")
@@ -258,13 +261,17 @@ class WebhookReceiver:
 
 
 class Sampler(threading.Thread):
-    """Samples the process every ``every`` seconds from ``t0`` and sets ``stop`` once
-    ``seconds`` have passed."""
+    """Samples the process every ``every`` seconds from ``go`` (the watch's first event:
+    the run is loaded) and sets ``stop`` once ``seconds`` have passed; a watch that has not
+    started after ``startup_s`` is stopped (``never_started``)."""
 
-    def __init__(self, counter: SoakCounter, stop: threading.Event, every: float, seconds: float) -> None:
+    def __init__(self, counter: SoakCounter, go: threading.Event, stop: threading.Event, every: float,
+                 seconds: float, startup_s: float = 600.0) -> None:
         super().__init__(name="soak-sampler", daemon=True)
-        self.counter, self.stop, self.every, self.seconds = counter, stop, every, seconds
+        self.counter, self.go, self.stop, self.every, self.seconds = counter, go, stop, every, seconds
+        self.startup_s = startup_s
         self.samples: list[dict[str, Any]] = []
+        self.never_started = False
         self.t0 = time.monotonic()
 
     def take(self) -> None:
@@ -273,6 +280,16 @@ class Sampler(threading.Thread):
                              "records": {n: c["records"] for n, c in counts.items()}})
 
     def run(self) -> None:
+        deadline = time.monotonic() + self.startup_s
+        while not self.go.wait(0.2):
+            if self.stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                logger.error("soak: the watch gave no event in %.0f s; stopping it", self.startup_s)
+                self.never_started = True
+                self.stop.set()
+                return
+        self.t0 = time.monotonic()
         self.take()
         k = 1
         while True:
@@ -407,26 +424,21 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
         port = free_port() if cfg.serve else None
         stop = threading.Event()
         counter = SoakCounter(urls)
-        sampler = Sampler(counter, stop, cfg.sample_every, cfg.minutes * 60)
+        go = threading.Event()   # the watch's first event: the sampler's clock and the poller start
+        sampler = Sampler(counter, go, stop, cfg.sample_every, cfg.minutes * 60)
         config = WatchConfig(snapshots=str(snapshots) if snapshots else None, frames=cfg.serve,
                              alerts=AlertConfig())
         outputs = WatchOutputs(out=str(events), serve=f"127.0.0.1:{port}" if port else None,
                                webhook=parts.webhook.url if parts.webhook else None)
-        poller = PagePoller(f"http://127.0.0.1:{port}", stop, cfg.poll_every) if port else None
+        poller = PagePoller(f"http://127.0.0.1:{port}", go, stop, cfg.poll_every) if port else None
         parts.poller = poller
-
-        def started(event: Event) -> None:   # the sampler's clock starts with the watch (model loaded)
-            if not sampler.is_alive() and not sampler.samples and not stop.is_set():
-                sampler.t0 = time.monotonic()
-                sampler.start()
-                if poller is not None:
-                    poller.start()
-
-        starter = _OnFirst(started)
         watch_began = time.perf_counter()
         try:
+            for thread in (sampler, poller):
+                if thread is not None:
+                    thread.start()
             code, summary = watch_command(run, urls, config, PredictConfig(device=cfg.device), outputs,
-                                          extra_sinks=[counter, starter], stop=stop)
+                                          extra_sinks=[counter, _OnFirst(go.set)], stop=stop)
         finally:
             stop.set()
             for thread in (sampler, poller):
@@ -435,14 +447,14 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
         watch_s = time.perf_counter() - watch_began
         feed_errors = {cam.url: repr(cam.feed_error) for cam in parts.cameras if cam.feed_error is not None}
         result = report(cfg, sampler.samples, counter, summary, parts, code, run, built_s, watch_s, feed_errors,
-                        events, snapshots)
+                        events, snapshots, sampler.never_started)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result, indent=2)
     return result
 
 
 class _OnFirst:
-    """A sink that calls ``callback`` at the first event (the watch has loaded and started)."""
+    """A sink that calls ``callback()`` at the first event (the watch has loaded and started)."""
 
     def __init__(self, callback: Any) -> None:
         self.callback, self.done = callback, False
@@ -450,7 +462,7 @@ class _OnFirst:
     def handle(self, event: Event) -> None:
         if not self.done:
             self.done = True
-            self.callback(event)
+            self.callback()
 
     def close(self) -> None:
         pass
@@ -458,7 +470,7 @@ class _OnFirst:
 
 def report(cfg: SoakConfig, samples: list[dict[str, Any]], counter: SoakCounter, summary: Any, parts: _Parts,
            code: int, run: Path, built_s: float, watch_s: float, feed_errors: dict[str, str], events: Path,
-           snapshots: Path | None) -> dict[str, Any]:
+           snapshots: Path | None, never_started: bool) -> dict[str, Any]:
     counts = counter.snapshot()
     names = {url: f"cam{i}" for i, url in enumerate(counts)}
     per_stream = {}
@@ -484,7 +496,7 @@ def report(cfg: SoakConfig, samples: list[dict[str, Any]], counter: SoakCounter,
         "config": {**asdict(cfg), "limits": asdict(cfg.limits)},
         "cpu": cpu_model(), "cpu_cores": len(os.sched_getaffinity(0)),
         "run": str(run), "run_built_s": round(built_s, 1), "watch_s": round(watch_s, 1),
-        "sampled_s": sampled_s, "completed": completed, "exit_code": code,
+        "sampled_s": sampled_s, "completed": completed, "exit_code": code, "never_started": never_started,
         "outputs": {"jsonl_lines": jsonl_lines, "snapshots": snapshot_files,
                     "serve_polls_ok": parts.poller.ok if parts.poller else None,
                     "serve_polls_failed": parts.poller.failed if parts.poller else None,
@@ -524,8 +536,9 @@ def soak_summary(result: dict[str, Any]) -> str:
                  f"{'max lat s':>11}{'min/interval':>14}")
     for name, s in result["streams"].items():
         per = min(s["records_per_interval"]) if s["records_per_interval"] else 0
+        error = f"  {s['error']}" if s["error"] else ""
         lines.append(f"{name:<8}{s['records']:>9}{s['dropped_steps']:>9}{s['alerts']:>8}{s['stalls']:>8}"
-                     f"{s['reconnects']:>8}{s['max_latency_s']:>11.2f}{per:>14}" + (f"  {s['error']}" if s["error"] else ""))
+                     f"{s['reconnects']:>8}{s['max_latency_s']:>11.2f}{per:>14}{error}")
     o = result["outputs"]
     lines.append(f"outputs: {o['jsonl_lines']} JSON lines, {o['snapshots']} snapshots, {o['webhook_received']} "
                  f"webhook POSTs, page polls {o['serve_polls_ok']} ok / {o['serve_polls_failed']} failed")

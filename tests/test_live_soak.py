@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
+import av
 import pytest
 
 from live.soak import GrowthLimits
@@ -44,6 +46,40 @@ def _children() -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == me:
             out.append(int(entry))
     return out
+
+
+def test_the_looping_camera_runs_its_clip_again_and_again_in_real_time(tmp_path: Path) -> None:
+    """A 1.5 s clip served for 4 s: timestamps go on across the loops (never back), the
+    frames come at the clip's rate, a client that leaves is dropped and a new one joins
+    the feed where it is; nothing is left running after."""
+    from synth import LoopingCamera, StreamPlan, write_stream
+
+    clip = tmp_path / "clip.ts"
+    write_stream(clip, StreamPlan(seconds=1.5, size=(64, 48)), realtime=False)
+    before = {t.ident for t in threading.enumerate()}
+    with LoopingCamera(clip) as cam:
+        first = av.open(cam.url, format="mpegts", timeout=(5.0, 5.0))
+        first.close()                                        # a client that leaves at once
+        reader = av.open(cam.url, format="mpegts", timeout=(5.0, 5.0))
+        began, last, frames = time.monotonic(), {}, 0
+        try:
+            for packet in reader.demux():
+                if packet.dts is None:
+                    continue
+                kind, at = packet.stream.type, float(packet.dts * packet.time_base)
+                assert at > last.get(kind, float("-inf")), (kind, at, last)
+                last[kind] = at
+                frames += sum(1 for _ in packet.decode()) if kind == "video" else 0
+                if time.monotonic() - began >= 4.0:
+                    break
+        finally:
+            reader.close()
+        elapsed = time.monotonic() - began
+        assert cam.loops >= 3 and cam.connections == 2 and cam.feed_error is None
+        assert set(last) == {"video", "audio"}
+        # real time: 24 frames a second, less up to a GOP (1 s) before the first keyframe it joined at
+        assert 24 * (elapsed - 1.5) <= frames <= 24 * elapsed + 24
+    assert not [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
 
 
 @documents("cli.py bench soak")
