@@ -20,9 +20,10 @@ The report gives, per quantity, its growth after warm-up (the samples of the fir
 ``warmup_s`` seconds are excluded: models, buffers and the page's first requests allocate
 then): the last sample minus the first after warm-up, the least-squares slope per hour,
 and whether the growth stays within a noise threshold (descriptors and threads: a
-fixed count; memory: megabytes or a share of the warm figure, whichever is larger). It
-also gives records, dropped steps, alerts, stalls and reconnects per stream, and the
-records scored in each interval, so that a soak that silently stopped scoring fails.
+fixed count; memory: megabytes or a share of the warm figure, whichever is larger; see
+:func:`growth`). It also gives records, dropped steps, alerts, stalls and reconnects per
+stream, and the records scored in each interval, so that a soak that silently stopped
+scoring fails.
 """
 
 from __future__ import annotations
@@ -306,7 +307,10 @@ class Sampler(threading.Thread):
 # -- growth --------------------------------------------------------------------------------
 def growth(samples: Sequence[dict[str, Any]], key: str, warmup_s: float, limit: float) -> dict[str, Any]:
     """Growth of ``key`` over the samples at or after ``warmup_s``: last - first, the
-    least-squares slope per hour, and whether last - first stays within ``limit``."""
+    least-squares slope per hour and the fitted line's rise over those samples. It
+    ``grows`` when both last - first and the rise exceed ``limit``: a steady growth or a
+    step shows in both, while a count that goes up and down (the kernel's threads:
+    decoders' and OpenMP's come and go) can end one sample high without its line rising."""
     kept = [s for s in samples if s["t_s"] >= warmup_s]
     if len(kept) < 2:
         return {"samples": len(kept), "grows": None, "why": "fewer than 2 samples after warm-up"}
@@ -314,9 +318,10 @@ def growth(samples: Sequence[dict[str, Any]], key: str, warmup_s: float, limit: 
     v = np.array([s[key] for s in kept], dtype=float)
     slope = float(np.polyfit(t, v, 1)[0]) if np.ptp(t) > 0 else 0.0
     delta = float(v[-1] - v[0])
+    rise = slope * float(np.ptp(t))
     return {"samples": len(kept), "first": v[0].item(), "last": v[-1].item(), "min": v.min().item(),
             "max": v.max().item(), "last_minus_first": delta, "slope_per_hour": round(slope, 3),
-            "noise_limit": limit, "grows": bool(delta > limit)}
+            "fitted_rise": round(rise, 3), "noise_limit": limit, "grows": bool(delta > limit and rise > limit)}
 
 
 def analyse(samples: Sequence[dict[str, Any]], cfg: SoakConfig) -> dict[str, Any]:

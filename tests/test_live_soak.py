@@ -1,11 +1,12 @@
 """``cli.py bench soak`` in short: four looping loopback cameras (H.264 + AAC over TCP, in
 real time) watched for two minutes through ``watch``'s own command, with JSON lines,
-snapshots and the browser view polled by a client. After a 30 s warm-up, open
-descriptors and threads do not grow beyond the fixed slack of ``live.soak.GrowthLimits``
-(descriptors 4: the poller's connection on both ends, a snapshot being written, a
-camera reopening, each open at one sample's instant and gone by the next; threads 2: a
-request or a reopen in flight), every stream scored in every interval, every stream
-alerted at the event its loop brings, and nothing the soak started outlives it.
+snapshots, the webhook (to a receiver on loopback) and the browser view polled by a
+client. After a 30 s warm-up, open descriptors and threads do not grow beyond the fixed
+slack of ``live.soak.GrowthLimits`` (descriptors 6: a page poll's and a webhook POST's
+connection on both ends, a snapshot being written and a camera reopening, each open at
+one sample's instant and gone by the next; threads 2: a decoder's or a reader's while a
+camera reopens), every stream scored in every interval, every stream alerted at the event
+its loop brings, and nothing the soak started outlives it.
 
 The whole soak runs at 160x120 with the tiny backbones (about a fifth of a core on the
 2-core CI machine); the full 20-minute figures are in reports/bench/soak.json."""
@@ -114,7 +115,9 @@ def test_a_two_minute_soak_leaks_no_descriptors_or_threads_and_keeps_scoring(xd_
         g = growth[key]
         assert g["samples"] == len([s for s in samples if s["t_s"] >= WARMUP]) >= 9
         assert g["noise_limit"] == limit
-        assert g["last_minus_first"] <= limit and g["grows"] is False, (key, g, samples)
+        assert g["grows"] is False and g["fitted_rise"] <= limit, (key, g, samples)
+        if key != "threads_os":   # the kernel's count goes up and down with decoders' threads; these do not
+            assert g["last_minus_first"] <= limit, (key, g, samples)
     assert growth["rss_bytes"]["grows"] is not None       # reported (memory's noise is larger; the long soak judges it)
 
     # scoring went on in every interval, on every stream, and the event of every loop alerted
@@ -130,6 +133,7 @@ def test_a_two_minute_soak_leaks_no_descriptors_or_threads_and_keeps_scoring(xd_
     assert outputs["jsonl_lines"] >= sum(s["records"] for s in data["streams"].values())
     assert outputs["snapshots"] >= STREAMS and outputs["snapshot_failures"] == 0
     assert outputs["serve_polls_ok"] > 0
+    assert outputs["webhook_received"] >= sum(s["alerts"] for s in data["streams"].values())   # start and end each
 
     # nothing the soak started outlives it: no child process, no thread
     assert set(_children()) <= children
