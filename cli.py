@@ -564,6 +564,36 @@ def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds
     click.echo(json.dumps(run_live_bench(out, cfg), indent=2))
 
 
+@bench.command("soak")
+@click.option("--out", default=Path("reports/bench/soak.json"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--minutes", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="How long to watch.")
+@click.option("--sample-every", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds between samples of memory, descriptors and threads.")
+@click.option("--warmup", default=120.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds at the start whose samples the growth leaves out.")
+@click.option("--streams", default=4, show_default=True, type=click.IntRange(1, 16))
+@click.option("--size", default="320x240", show_default=True, help="The cameras' frames, WIDTHxHEIGHT.")
+@click.option("--run", "run", default=None, type=click.Path(path_type=Path),
+              help="Run directory to watch with [default: one trained first with the tiny backbones, minutes].")
+@click.option("--work", default=None, type=click.Path(path_type=Path),
+              help="Keep the clips, JSON lines, snapshots (and the built run) here [default: a temporary folder].")
+@click.option("--notes", default="", help="Recorded in the JSON (e.g. what else ran on the machine).")
+def bench_soak(out: Path, minutes: float, sample_every: float, warmup: float, streams: int, size: str,
+               run: Path | None, work: Path | None, notes: str) -> None:
+    """A long watch of looping loopback cameras (tiny backbones; JSON lines, snapshots and a
+    polled --serve page on): memory, open descriptors and threads sampled, their growth
+    after warm-up against noise, and what each stream scored."""
+    from live.soak import SoakConfig, run_soak, soak_summary
+    from synth.live_stream import parse_size
+
+    cfg = SoakConfig(minutes=minutes, sample_every=sample_every, warmup_s=warmup, streams=streams,
+                     size=parse_size(size, "--size"), run=str(run) if run else None, notes=notes)
+    result = run_soak(out, cfg, work=work)
+    click.echo(soak_summary(result))
+    click.echo(f"report: {out}")
+
+
 @bench.command("train")
 @click.option("--out", default=Path("reports/bench/train.json"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--clips", default=3000, show_default=True, type=click.IntRange(10))
