@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -766,15 +767,7 @@ def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) ->
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
-def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | None, realtime: bool, window: float | None, hop: float | None,
-          threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, clips: Path | None,
-          clip_pre: float, clip_post: float, clips_max_bytes: int, clips_max_age: float, webhook: str | None,
-          out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
-          token: str | None, token_file: Path | None, serve_names: tuple[str, ...], metrics_address: str | None,
-          mqtt: str | None, mqtt_prefix: str, mqtt_user: str | None, mqtt_password_file: Path | None,
-          mqtt_client_id: str,
-          video_model: str | None, audio_model: str | None, device: str, precision: str,
-          decode: str) -> None:
+def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | None, **flags: Any) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
     A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
@@ -783,55 +776,17 @@ def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | Non
     docs/live.md describes them. SIGINT/SIGTERM stop cleanly. With --config FILE the run,
     the named cameras and the outputs come from the file instead. Passwords and tokens
     are scrubbed from every output, logs included."""
-    from apply import PredictConfig
-    from live import AlertConfig, ClipConfig, WatchConfig
-    from live.command import WatchOutputs, watch_command, watch_config_command
-    from live.redact import install_secret_filter, url_secrets
+    from live.command import WatchFlags, watch_cli
 
-    # the last line of defence: every log record is scrubbed of the passwords and tokens known
-    scrubber = install_secret_filter([s for text in (*sources, webhook or "") for s in url_secrets(text)]
-                                     + [token or ""])
-    try:
-        if config_file is not None:
-            from live.config_file import load_config, refuse_flags_beside
-
-            ctx = click.get_current_context()
-            if rundir is not None or sources:
-                raise click.UsageError("give RUN and SOURCES, or --config FILE (which names the run and the "
-                                       "cameras), not both")
-            refuse_flags_beside(config_file, [name for name in ctx.params if ctx.get_parameter_source(name)
-                                              in (click.core.ParameterSource.COMMANDLINE,
-                                                  click.core.ParameterSource.ENVIRONMENT)])
-            deploy = load_config(config_file)
-            scrubber.add(deploy.secrets)
-            status, _ = watch_config_command(deploy, WatchConfig(hop=hop, stall_timeout=stall_timeout,
-                                                                 duration=duration, depth=depth),
-                                             PredictConfig(video_model=video_model, audio_model=audio_model,
-                                                           precision=precision, decode=decode))
-            sys.exit(status)
-        from live.mqtt import mqtt_config_from_flags
-
-        mqtt_config = mqtt_config_from_flags(mqtt, mqtt_prefix, mqtt_user, mqtt_password_file, mqtt_client_id) \
-            if mqtt is not None else None   # refused here, before the run loads
-        clip_config = ClipConfig(str(clips), clip_pre, clip_post, clips_max_bytes, clips_max_age,
-                                 buffer_s=max(60.0, clip_pre + clip_post + 30.0)) if clips else None
-        if rundir is None or not sources:
-            raise click.UsageError("give RUN and at least one SOURCE (or --config FILE)")
-        config = WatchConfig(window=window, hop=hop, alerts=AlertConfig(threshold, min_duration, cooldown),
-                             stall_timeout=stall_timeout, duration=duration, depth=depth,
-                             snapshots=str(snapshots) if snapshots else None, frames=serve is not None,
-                             clips=clip_config)
-        status, _ = watch_command(rundir, sources, config,
-                                  PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
-                                                precision=precision, decode=decode),
-                                  WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve,
-                                               token=token, token_file=str(token_file) if token_file else None,
-                                               serve_names=serve_names, metrics=metrics_address,
-                                               mqtt=mqtt_config),
-                                  realtime=realtime)
-        sys.exit(status)
-    finally:
-        scrubber.uninstall()
+    if config_file is not None and (rundir is not None or sources):
+        raise click.UsageError("give RUN and SOURCES, or --config FILE (which names the run and the cameras), "
+                               "not both")
+    if config_file is None and (rundir is None or not sources):
+        raise click.UsageError("give RUN and at least one SOURCE (or --config FILE)")
+    ctx = click.get_current_context()
+    given = [name for name in ctx.params if ctx.get_parameter_source(name)
+             in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)]
+    sys.exit(watch_cli(WatchFlags(rundir=rundir, sources=sources, **flags), config_file, given))
 
 
 @main.command()

@@ -18,16 +18,18 @@ from typing import Any
 from apply.predictor import PredictConfig
 from extract.hw_decode import resolve_decode
 
-from .clips import check_clips_dir
-from .config_file import DeployConfig
+from .alerts import AlertConfig
+from .clips import ClipConfig, check_clips_dir
+from .config_file import DeployConfig, load_config, refuse_flags_beside
 from .events import EventHub, Sink
 from .metrics import MetricsConfig, MetricsServer, WatchMetrics
-from .mqtt import MqttConfig, MqttSink
+from .mqtt import MqttConfig, MqttSink, mqtt_config_from_flags
+from .redact import install_secret_filter, url_secrets
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import SourceSpec, parse_source
 from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 
-__all__ = ["WatchOutputs", "watch_command", "watch_config_command"]
+__all__ = ["WatchFlags", "WatchOutputs", "watch_cli", "watch_command", "watch_config_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +162,83 @@ def watch_config_command(deploy: DeployConfig, config: WatchConfig = WatchConfig
     watch = dataclasses.replace(config, snapshots=deploy.snapshots, clips=deploy.clips, frames=serve is not None, window=None)
     return watch_command(deploy.run, specs, watch, dataclasses.replace(predict, device=deploy.device), outputs,
                          realtime=deploy.realtime, extra_sinks=extra_sinks, stop=stop)
+
+
+@dataclass(frozen=True)
+class WatchFlags:
+    """``cli.py watch``'s options as parsed (names as the options', defaults as theirs):
+    a one-off run's whole description, or, beside ``--config``, the few settings the
+    file does not describe."""
+
+    rundir: Path | None = None
+    sources: tuple[str, ...] = ()
+    realtime: bool = False
+    window: float | None = None
+    hop: float | None = None
+    threshold: float = 0.5
+    min_duration: float = 1.0
+    cooldown: float = 5.0
+    snapshots: Path | None = None
+    clips: Path | None = None
+    clip_pre: float = 5.0
+    clip_post: float = 5.0
+    clips_max_bytes: int = 2_000_000_000
+    clips_max_age: float = 259200.0
+    webhook: str | None = None
+    out: Path | None = None
+    stall_timeout: float = 5.0
+    duration: float | None = None
+    depth: int = 2
+    serve: str | None = None
+    token: str | None = None
+    token_file: Path | None = None
+    serve_names: tuple[str, ...] = ()
+    metrics_address: str | None = None
+    mqtt: str | None = None
+    mqtt_prefix: str = "avar"
+    mqtt_user: str | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_client_id: str = "avar-net"
+    video_model: str | None = None
+    audio_model: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    decode: str = "sw"
+
+
+def watch_cli(flags: WatchFlags, config_file: str | Path | None = None, given: Sequence[str] = ()) -> int:
+    """``cli.py watch`` after parsing: with ``config_file`` the file's run, cameras and
+    outputs (``given``: the options set on the command line, refused where the file sets
+    them too), else the one-off run ``flags`` describe. Every log record is scrubbed of
+    the passwords and tokens known (URLs, token, the file's secrets) while it runs.
+    Returns the exit status."""
+    scrubber = install_secret_filter([s for text in (*flags.sources, flags.webhook or "") for s in url_secrets(text)]
+                                     + [flags.token or ""])
+    try:
+        predict = PredictConfig(video_model=flags.video_model, audio_model=flags.audio_model, device=flags.device,
+                                precision=flags.precision, decode=flags.decode)
+        if config_file is not None:
+            refuse_flags_beside(config_file, given)
+            deploy = load_config(config_file)
+            scrubber.add(deploy.secrets)
+            status, _ = watch_config_command(deploy, WatchConfig(hop=flags.hop, stall_timeout=flags.stall_timeout,
+                                                                 duration=flags.duration, depth=flags.depth), predict)
+            return status
+        assert flags.rundir is not None, "cli.py checks that RUN and SOURCES are given"
+        mqtt = mqtt_config_from_flags(flags.mqtt, flags.mqtt_prefix, flags.mqtt_user, flags.mqtt_password_file,
+                                      flags.mqtt_client_id) if flags.mqtt is not None else None
+        clips = ClipConfig(str(flags.clips), flags.clip_pre, flags.clip_post, flags.clips_max_bytes,
+                           flags.clips_max_age, buffer_s=max(60.0, flags.clip_pre + flags.clip_post + 30.0)) \
+            if flags.clips else None
+        config = WatchConfig(window=flags.window, hop=flags.hop,
+                             alerts=AlertConfig(flags.threshold, flags.min_duration, flags.cooldown),
+                             stall_timeout=flags.stall_timeout, duration=flags.duration, depth=flags.depth,
+                             snapshots=str(flags.snapshots) if flags.snapshots else None,
+                             frames=flags.serve is not None, clips=clips)
+        outputs = WatchOutputs(out=str(flags.out) if flags.out else None, webhook=flags.webhook, serve=flags.serve,
+                               token=flags.token, token_file=str(flags.token_file) if flags.token_file else None,
+                               serve_names=flags.serve_names, metrics=flags.metrics_address, mqtt=mqtt)
+        status, _ = watch_command(flags.rundir, flags.sources, config, predict, outputs, realtime=flags.realtime)
+        return status
+    finally:
+        scrubber.uninstall()

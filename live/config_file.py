@@ -55,7 +55,11 @@ FILE_FLAGS = {
     "cooldown": "defaults.cooldown (or a camera's cooldown)", "snapshots": "outputs.snapshots",
     "webhook": "outputs.webhook.url", "out": "outputs.jsonl", "serve": "outputs.serve.address",
     "token": "outputs.serve.token", "token_file": "outputs.serve.token", "serve_names": "outputs.serve.names",
-    "device": "device",
+    "device": "device", "clips": "outputs.clips.dir", "clip_pre": "outputs.clips.pre_s",
+    "clip_post": "outputs.clips.post_s", "clips_max_bytes": "outputs.clips.max_bytes",
+    "clips_max_age": "outputs.clips.max_age_s", "metrics_address": "outputs.metrics.address",
+    "mqtt": "outputs.mqtt.host", "mqtt_prefix": "outputs.mqtt.topic_prefix", "mqtt_user": "outputs.mqtt.username",
+    "mqtt_password_file": "outputs.mqtt.password", "mqtt_client_id": "outputs.mqtt.client_id",
 }
 
 

@@ -3,7 +3,8 @@
 It stands where ``cli.py watch`` stands: a thread that publishes score records (four a
 second per source, the score moving), a frame a second per source (JPEG made with PIL,
 a box that moves and the media time written on it), one alert on the first source
-(``alert_start``, then ``alert_end`` with a snapshot JPEG written beside it), and status
+(``alert_start``, then ``alert_end`` with a snapshot JPEG written beside it and, with
+``FeedScenario.clip``, a real MP4 clip as ``watch --clips`` names one), and status
 events (the second source stalls). ``FeedScenario`` fixes the times, so a test knows
 when the alert comes; ``published`` keeps every event in order (what the JSON lines
 would hold).
@@ -38,6 +39,7 @@ class FeedScenario:
     stall_second_at_s: float = 2.0
     frame_every_s: float = 1.0
     label: str = "fight"
+    clip: bool = False          # the alert_end names a real MP4 (H.264 + AAC) as --clips does
 
 
 def frame_jpeg(t: float, name: str, size: tuple[int, int] = (320, 180), alarm: bool = False) -> bytes:
@@ -80,6 +82,12 @@ class FeedProducer(threading.Thread):
 
     def run(self) -> None:
         sc = self.scenario
+        clip = None
+        if sc.clip:   # written before the clock starts: the feed's timing stays the scenario's
+            from tests.media_factory import write_clip
+
+            clip = str(write_clip(self.snapshot_dir / "alert-1.mp4", duration=sc.alert_end_s - sc.alert_start_s + 2.0,
+                                  fps=12, size=(320, 180), brightness=lambda t: 0.35 + 0.3 * (1.0 <= t <= 2.5)))
         t0 = time.time()
         for name in sc.sources:
             self.publish(StatusEvent(STARTED, name, t0, 0.0))
@@ -121,5 +129,5 @@ class FeedProducer(threading.Thread):
                 snap = write_bytes(self.snapshot_dir / "alert-1.jpg", frame_jpeg(peak[0], first, alarm=True))
                 self.publish(AlertEvent(ALERT_END, first, sc.alert_start_s, sc.alert_end_s, sc.label, peak[1], now, 1,
                                         peak[0], str(snap), trigger="heard",
-                                        peak_evidence={"audio": peak[1], "video": 0.2}))
+                                        peak_evidence={"audio": peak[1], "video": 0.2}, clip=clip))
                 self.alert_ended.set()

@@ -8,7 +8,6 @@ names; against a real RTSP session (``tests/loopback_rtsp.py``) and a closed loo
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -28,6 +27,7 @@ from live import EventHub, JsonLinesSink, WatchConfig, load_watch_predictor, par
 from live.redact import SecretFilter, redact_text, redact_url, url_secrets
 from synth.live_stream import StreamEvent, StreamPlan
 from tests.loopback_rtsp import LoopbackRtspServer
+from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,50 +108,6 @@ def test_a_camera_that_does_not_answer_says_nothing_of_its_password(xd_grid_run:
         assert secret not in buf.getvalue() and secret not in logged, logged
 
 
-class _Hook:
-    """A webhook receiver on 127.0.0.1 (aiohttp, its own loop on a thread): keeps every body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _Hook:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def _run(self) -> None:
-        from aiohttp import web
-
-        async def hook(request: web.Request) -> web.Response:
-            self.bodies.append(await request.read())
-            return web.Response(text="ok")
-
-        async def start() -> web.AppRunner:
-            app = web.Application()
-            app.router.add_post("/hook", hook)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]   # noqa: SLF001 - aiohttp's bound port
-            return runner
-
-        asyncio.set_event_loop(self._loop)
-        self.runner = self._loop.run_until_complete(start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self.runner.cleanup())
-        self._loop.close()
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
 class _PagePoller(threading.Thread):
     """GETs the browser view's JSON every 0.3 s while the watch runs: everything it served."""
 
@@ -189,7 +145,7 @@ def test_no_output_of_a_watch_holds_a_password(xd_grid_run: Path, tmp_path: Path
     plan = StreamPlan(seconds=7.0, seed=3, audio=True, size=(64, 48), event=StreamEvent(1.0, 4.0))
     out, snaps = tmp_path / "events.jsonl", tmp_path / "snaps"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    with LoopbackRtspServer(plan) as cam, _Hook() as hook:
+    with LoopbackRtspServer(plan) as cam, WebhookReceiver() as hook:
         live_url = cam.url.replace("rtsp://", f"rtsp://admin:{SECRET}@") + f"?token={TOKEN}"
         dead_url = f"rtsp://admin:{DEAD_SECRET}@127.0.0.1:{port}/stream"
         common = ["--stall-timeout", "1", "--duration", "6.5"]

@@ -11,7 +11,8 @@ alert was published and where the snapshots lie).
 The test checks what an operator sees: the source's tile with a frame, a timeline that
 moves, the alert in the list within a few seconds of being published (with its
 snapshot), the alert's own timeline chart, and that the page loaded nothing from another
-origin. It saves a screenshot to ``reports/live/web_view.png``.
+origin. It saves a screenshot to ``reports/live/web_view.png``: the alert with its clip
+player and its heard/seen badge (docs/live_view.png is a copy).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def live_feed(tmp_path: Path) -> Iterator[Callable[[], Feed]]:
     running: list[tuple[EventHub, FeedProducer]] = []
 
     def start() -> Feed:
-        scenario = FeedScenario()
+        scenario = FeedScenario(clip=True)
         view = WebView(WebConfig(port=0, threshold=0.5, timeline_s=60.0), sources=scenario.sources)
         url = view.start()
         hub = EventHub([view])
@@ -171,6 +172,18 @@ def test_page_shows_tiles_moving_timeline_and_the_alert(browser, live_feed) -> N
           lambda: tiles[1].find_element(By.CSS_SELECTOR, ".state").text == "stalled", 5)
     assert "end 4.5 s" in item.find_element(By.CSS_SELECTOR, ".times").text
     assert not item.find_element(By.CSS_SELECTOR, ".open").is_displayed()
+    # Its clip plays in the list, beside the heard/seen badge (the screenshot shows both).
+    player = _wait("the clip's player", lambda: [v for v in item.find_elements(By.CSS_SELECTOR, "video.clip")
+                                                 if v.is_displayed()], 5)[0]
+    browser.execute_script("arguments[0].preload = 'auto'; arguments[0].load();", player)
+    duration = _wait("the clip to load in the player", lambda: browser.execute_script(
+        "const v = arguments[0]; return v.error ? -v.error.code : (v.readyState >= 1 ? v.duration : 0);", player), 10)
+    assert duration > 2.0, f"the player could not load the clip (MediaError code {-duration})"
+    browser.execute_script("const v = arguments[0]; v.muted = true; v.currentTime = 1.0; v.play();", player)
+    _wait("the clip to play", lambda: browser.execute_script(    # decoded frames of the event, shown
+        "const v = arguments[0]; if (v.currentTime >= 1.5) { v.pause(); return v.videoWidth > 0; }", player), 10)
+    time.sleep(0.3)
+    assert item.find_element(By.CSS_SELECTOR, ".trigger").text == "heard"
 
     # The link shows the score timeline around the alert.
     item.find_element(By.CSS_SELECTOR, ".timeline-link").click()
