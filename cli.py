@@ -15,6 +15,20 @@ PRECISION_HELP = ("auto: bf16 on a CPU with native bf16 (AMX / AVX-512 BF16) or 
                   "else fp32 (emulated bf16 is many times slower); the cache records the precision used.")
 
 
+# extract.backbones.RUNTIME_CHOICES, spelled out so that --help imports nothing heavy (a test checks they agree).
+RUNTIME_CHOICES = ("torch", "openvino", "onnxruntime", "auto")
+RUNTIME_HELP = ("What runs the frozen backbones on the CPU: torch (eager), openvino or onnxruntime (the extras of "
+                "those names; the backbone is exported once per weights and input into the user cache), or auto: "
+                "the fastest installed here, measured once per machine and backbone (torch on a GPU). The cache "
+                "records the runtime used; it is not identity.")
+
+
+def runtime_option(func):
+    """``--runtime`` for every command that runs the backbones."""
+    return click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
+                        help=RUNTIME_HELP)(func)
+
+
 # TrainConfig.std_floor, spelled out so that --help imports nothing heavy (a test checks they agree).
 STD_FLOOR = 0.1
 
@@ -210,6 +224,7 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@runtime_option
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per backbone batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip's decoding is given up (the backbones run later, on batches; a clip's length is checked against its packets first).")
@@ -222,9 +237,9 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
 def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | None, out: Path, steps: int | None,
             step_seconds: float | None, frames_per_step: int, audio_context: float | None, fmt: str | None,
             backbones: str,
-            video_model: str | None, audio_model: str | None, device: str, precision: str, batch_size: int,
-            workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
-            dist_timeout: float) -> None:
+            video_model: str | None, audio_model: str | None, device: str, precision: str, runtime: str,
+            batch_size: int, workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool,
+            chunk_clips: int, dist_timeout: float) -> None:
     """Stage 1: decode each clip once, run the frozen backbones, write the feature cache.
 
     Runs alone, or as every rank of `torchrun --nproc-per-node N cli.py extract ...`
@@ -240,7 +255,7 @@ def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | 
     video, audio = preset_models(backbones, video_model, audio_model)
     cfg = ExtractConfig(
         steps=steps or 10, step_seconds=step_seconds or 0.0, frames_per_step=frames_per_step, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
-        batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
+        runtime=runtime, batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
         retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout, audio_context=audio_context,
     )
     prepared = prepare_dataset(dataset, root, out, lists, manifest_file=manifest_file)
@@ -490,6 +505,11 @@ def bench() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@runtime_option
+@click.option("--runtimes", default=None, metavar="LIST",
+              help="Instead: the backbones on each runtime of LIST (comma-separated, or 'all': every installed one "
+                   "and auto) on the same 10 s 720p clip, with a matmul roofline "
+                   "[--out default: reports/bench/extract_runtimes.json].")
 @click.option("--grid-video", is_flag=True,
               help="Add a 10-minute 720p video decoded on a 0.6667 s grid (minutes more).")
 @click.option("--grid-only", is_flag=True,
@@ -498,7 +518,8 @@ def bench() -> None:
               help="Instead: this preset against the paper's architectures (random), in one run, on the same "
                    "clips [--out default: reports/bench/extract_PRESET.json].")
 def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
-                  device: str, precision: str, grid_video: bool, grid_only: bool, backbones: str | None) -> None:
+                  device: str, precision: str, runtime: str, runtimes: str | None, grid_video: bool, grid_only: bool,
+                  backbones: str | None) -> None:
     """Stage 1 with full-size architectures: decode plan vs minimum, end-to-end vs backbone-only,
     peak memory and time of a 120 s vs a 10 s 720p clip (and, with --grid-video, a 10-minute
     720p video on a time grid)."""
@@ -506,7 +527,14 @@ def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, wor
     from extract.pipeline import ExtractConfig
 
     cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
-                        progress=False, device=device, precision=precision)
+                        progress=False, device=device, precision=precision, runtime=runtime)
+    if runtimes:
+        from extract.bench_runtimes import run_runtime_bench
+
+        if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
+            out = Path("reports/bench/extract_runtimes.json")
+        click.echo(json.dumps(run_runtime_bench(out, cfg, runtimes), indent=2))
+        return
     if backbones:
         if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
             out = Path(f"reports/bench/extract_{backbones}.json")
@@ -533,15 +561,16 @@ def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, wor
 @click.option("--notes", default="", help="Recorded in the JSON (e.g. what else ran on the machine).")
 @click.option("--backbones", "lite", type=click.Choice(["lite"]), default=None,
               help="--backbones lite: add the pretrained lite rows (EfficientNet-Lite0 + YAMNet; 1, 4, 8 streams).")
+@runtime_option
 def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds: float, no_full: bool,
-               no_bf16: bool, notes: str, lite: str | None) -> None:
+               no_bf16: bool, notes: str, lite: str | None, runtime: str) -> None:
     """Live scoring (``watch``) vs the backbones alone: real-time factor, latency p50/p95 and
     drops for 1 and 4 streams (8 tiny), full-size untrained backbones in fp32 and bf16 and
     the tiny ones, on this CPU (and a GPU when one is visible)."""
     from live.bench import LiveBenchConfig, run_live_bench
 
     cfg = LiveBenchConfig(full_s=full_seconds, bf16_s=bf16_seconds, tiny_s=tiny_seconds, full=not no_full,
-                          bf16=not no_bf16, notes=notes, lite=lite == "lite")
+                          bf16=not no_bf16, notes=notes, lite=lite == "lite", runtime=runtime)
     click.echo(json.dumps(run_live_bench(out, cfg), indent=2))
 
 
@@ -612,8 +641,10 @@ def _int_list(text: str) -> list[int]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@runtime_option
 def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float | None, hop: float | None,
-            plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str) -> None:
+            plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str,
+            runtime: str) -> None:
     """Predict the class and the anomaly-score timeline of raw VIDEOS with a trained RUNDIR.
 
     The backbones of the run's cache are loaded and checked (weights checksum, preprocessing);
@@ -623,7 +654,7 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 
     plots = timeline_paths(plot, videos) if plot is not None else None  # refused here, before any work
     config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
-                           window=window, hop=hop, thumbnails=plot is not None)
+                           runtime=runtime, window=window, hop=hop, thumbnails=plot is not None)
     predictor = load_predictor(rundir, config)
     preds = []
     for pred in predict_batch(predictor, videos, config, plots):
@@ -677,11 +708,12 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@runtime_option
 def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float | None, hop: float | None,
           threshold: float, min_duration: float, cooldown: float, snapshots: Path | None, webhook: str | None,
           out: Path | None, stall_timeout: float, duration: float | None, depth: int, serve: str | None,
           token: str | None, token_file: Path | None, serve_names: tuple[str, ...], video_model: str | None, audio_model: str | None, device: str,
-          precision: str) -> None:
+          precision: str, runtime: str) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 
     A SOURCE is an rtsp/rtmp/http(s)/udp/tcp/srt URL, a V4L2 device (/dev/video0), - for a
@@ -697,7 +729,7 @@ def watch(rundir: Path, sources: tuple[str, ...], realtime: bool, window: float 
                          snapshots=str(snapshots) if snapshots else None, frames=serve is not None)
     status, _ = watch_command(rundir, sources, config,
                               PredictConfig(video_model=video_model, audio_model=audio_model, device=device,
-                                            precision=precision),
+                                            precision=precision, runtime=runtime),
                               WatchOutputs(out=str(out) if out else None, webhook=webhook, serve=serve, token=token,
                                            token_file=str(token_file) if token_file else None,
                                            serve_names=serve_names), realtime=realtime)

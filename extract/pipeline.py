@@ -60,6 +60,7 @@ class ExtractConfig:
     audio_model: str = DEFAULT_AUDIO_MODEL
     device: str = "auto"
     precision: str = "auto"  # resolved when the backbones load (extract.backbones.resolve_precision)
+    runtime: str = "torch"  # what runs the frozen backbones (extract.backbones.use_runtime); auto: the fastest here
     batch_size: int = 8
     workers: int = 2
     # Seconds one clip's decoding (probe, frames, audio, in its worker) may take. The backbones
@@ -498,8 +499,9 @@ def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
 
 def load_extract_backbones(cfg: ExtractConfig, env: DistEnv | None = None) -> tuple[VideoBackbone, AudioBackbone]:
     device = resolve_device(rank_device(cfg.device, env or DistEnv()))
-    video = load_video_backbone(cfg.video_model, device=device, precision=cfg.precision)
-    audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision, windowing=cfg.windowing)
+    video = load_video_backbone(cfg.video_model, device=device, precision=cfg.precision, runtime=cfg.runtime)
+    audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision, windowing=cfg.windowing,
+                                runtime=cfg.runtime)
     return video, audio
 
 
@@ -589,7 +591,10 @@ def _open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, c
                                             # descriptive, not identity (bf16 and fp32 features differ in
                                             # rounding only): the precision this run used, never "auto"
                                             "precision": {kind: getattr(b, "precision", None)
-                                                          for kind, b in zip(("video", "audio"), backbones)}})
+                                                          for kind, b in zip(("video", "audio"), backbones)},
+                                            # descriptive too: the runtimes differ in rounding only
+                                            "runtime": {kind: getattr(b, "runtime", None)
+                                                        for kind, b in zip(("video", "audio"), backbones)}})
             stack.callback(writer.close)
             plan = _plan(writer, manifest, cfg, env.world)
             if env.distributed:

@@ -45,7 +45,7 @@ from .loading import (
     preset_precision,
 )
 from .registry import BACKBONE_PRESETS, BackboneEntry, Cost, list_backbones, measure_cost
-from .runtimes import RUNTIME_CHOICES, installed_runtimes, use_runtime
+from .runtimes import RUNTIME_CHOICES, installed_runtimes, require_runtime, use_runtime
 from .timm_image import VideoBackbone, VideoTransform
 
 __all__ = [
@@ -54,5 +54,5 @@ __all__ = [
     "DEFAULT_VIDEO_MODEL", "FP32_PRESETS", "PRECISION_CHOICES", "RUNTIME_CHOICES", "VIDEO_PRESETS", "VideoBackbone", "VideoTransform",
     "Wav2Vec2Backbone", "WeightsProvenance", "autocast_context", "choose_precision", "cpu_has_native_bf16",
     "installed_runtimes", "list_backbones", "load_audio_backbone", "load_backbones", "load_video_backbone", "measure_cost",
-    "preset_models", "preset_precision", "read_cpu_flags", "resolve_device", "resolve_precision", "use_runtime", "user_cache_dir",
+    "preset_models", "preset_precision", "read_cpu_flags", "require_runtime", "resolve_device", "resolve_precision", "use_runtime", "user_cache_dir",
 ]

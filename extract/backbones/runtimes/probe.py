@@ -24,7 +24,7 @@ import torch
 from cache_schema import cpu_model, write_json
 
 from ..frozen import read_cpu_flags, user_cache_dir
-from .choice import runtime_version
+from .choice import TORCH, runtime_version
 from .export_cache import ExportSpec
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 PROBE_REPEATS = 3
+MARGIN = 0.9
+"""Another runtime replaces torch only where the probe timed it at most this fraction of torch."""
 
 
 def probe_key(spec: ExportSpec, precision: str, runtimes: list[str]) -> dict:
@@ -60,23 +62,35 @@ def cached_choice(key: dict, root: Path | None = None) -> str | None:
     return None
 
 
-def seconds_per_call(forward: Forward, x: torch.Tensor, repeats: int = PROBE_REPEATS) -> float:
-    """Best of ``repeats`` timed calls after one warm-up call."""
+def seconds_per_call(forwards: dict[str, Forward], x: torch.Tensor, rounds: int = PROBE_REPEATS) -> dict[str, float]:
+    """Each forward's best of ``rounds`` timed calls after one warm-up call, in interleaved
+    rounds, so that other work on a shared machine slows every candidate alike."""
+    best = {name: float("inf") for name in forwards}
     with torch.inference_mode():
-        forward(x)
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
+        for forward in forwards.values():
             forward(x)
-            best = min(best, time.perf_counter() - started)
+        for _ in range(rounds):
+            for name, forward in forwards.items():
+                started = time.perf_counter()
+                forward(x)
+                best[name] = min(best[name], time.perf_counter() - started)
     return best
+
+
+def fastest(timings: dict[str, float]) -> str:
+    """The fastest candidate; torch unless another beats it by :data:`MARGIN` (a probe's
+    noise must not make ``auto`` slower than torch)."""
+    choice = min(timings, key=timings.__getitem__)
+    if TORCH in timings and timings[choice] > MARGIN * timings[TORCH]:
+        return TORCH
+    return choice
 
 
 def measure_and_record(key: dict, forwards: dict[str, Forward], root: Path | None = None) -> str:
     """Time every candidate on the probe input, keep the answer, return the fastest."""
     x = torch.randn(key["input"], generator=torch.Generator().manual_seed(0))
-    timings = {name: seconds_per_call(forward, x) for name, forward in forwards.items()}
-    choice = min(timings, key=timings.__getitem__)
+    timings = seconds_per_call(forwards, x)
+    choice = fastest(timings)
     logger.info("--runtime auto for %s %s: %s (%s)", key["arch"], key["precision"], choice,
                 ", ".join(f"{n} {1000 * s:.1f} ms" for n, s in timings.items()))
     path = probe_path(key, root)
@@ -88,5 +102,5 @@ def measure_and_record(key: dict, forwards: dict[str, Forward], root: Path | Non
     return choice
 
 
-__all__ = ["PROBE_REPEATS", "cached_choice", "measure_and_record", "probe_key", "probe_path",
+__all__ = ["MARGIN", "PROBE_REPEATS", "cached_choice", "fastest", "measure_and_record", "probe_key", "probe_path",
            "seconds_per_call"]
