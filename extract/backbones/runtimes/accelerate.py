@@ -29,12 +29,16 @@ logger = logging.getLogger(__name__)
 
 class FrozenModule(nn.Module):
     """The backbone's torch forward (``torch_forward``: model -> the features it keeps) as
-    one module with one input, what the exporter traces."""
+    one module with one input, what the exporter traces. In eval mode from the start: the
+    TorchScript exporter traces in eval mode and then restores the wrapper's own mode to
+    every submodule, which would leave a training-mode wrapper's backbone updating its
+    BatchNorm statistics on every later torch call."""
 
     def __init__(self, backbone: DescribedBackbone) -> None:
         super().__init__()
         self.model = backbone.model
         self.backbone_forward = backbone.torch_forward
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone_forward(x)

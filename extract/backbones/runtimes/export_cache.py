@@ -1,5 +1,5 @@
 """The exported backbones: one ONNX file per architecture, weights checksum, input signature
-and exporter version, kept in the user's cache folder (``<user cache>/exports/``).
+and exporter (version and kind), kept in the user's cache folder (``<user cache>/exports/``).
 
 The key holds the state_dict checksum (``DescribedBackbone.checksum``), so a changed
 checkpoint gets a new file and never a stale export; the input signature (the example's
@@ -34,7 +34,11 @@ from .choice import runtime_version
 logger = logging.getLogger(__name__)
 
 OPSET = 18
-EXPORTER = f"torch {runtime_version('torch')} onnx dynamo opset {OPSET}"
+EXPORTER = f"torch {runtime_version('torch')} onnx opset {OPSET}"
+TRACER, DYNAMO = "torchscript", "dynamo"
+"""torch's two ONNX exporters: the TorchScript tracer (a few times faster to export) where
+only the batch varies; the dynamo exporter (``torch.export``) where another dimension
+varies too, since the tracer bakes wav2vec2's sequence length into its graph."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,13 @@ class ExportSpec:
         varying = dict(self.dynamic)
         return "x".join("N" if i in varying else str(d) for i, d in enumerate(self.shape))
 
+    @property
+    def exporter(self) -> str:
+        return TRACER if all(i == 0 for i, _ in self.dynamic) else DYNAMO
+
     def key(self) -> dict:
-        return {"arch": self.arch, "checksum": self.checksum, "input": self.signature(), "exporter": EXPORTER}
+        return {"arch": self.arch, "checksum": self.checksum, "input": self.signature(),
+                "exporter": f"{EXPORTER} {self.exporter}"}
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()
@@ -74,34 +83,44 @@ def exported_model(module: nn.Module, spec: ExportSpec, root: Path | None = None
     path = export_path(spec, root)
     if path.is_file():
         return path
+    if module.training:
+        raise ValueError(f"{spec.arch}: a frozen backbone is exported in eval mode; call .eval() first")
     started = time.perf_counter()
     example = torch.randn(spec.shape, generator=torch.Generator().manual_seed(0))
-    dims = {i: torch.export.Dim.DYNAMIC for i, _ in spec.dynamic}
-    # the exporter reports its stages on stdout and warns about traced Python branches:
+    # the exporters report their stages on stdout and warn about traced Python branches:
     # kept out of the user's terminal, in the debug log
     chatter = io.StringIO()
     quiet = logging.getLogger("onnx_ir")  # one INFO line per deduplicated initialiser
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes={"x": dims} if dims else None,
-                                        input_names=["x"], output_names=["y"], opset_version=OPSET)
-    except Exception as err:  # the exporter raises many types; the message says which operation
+            replace_atomically(path, lambda tmp: _export(module, example, spec, tmp))
+    except OSError as err:
+        raise BackboneUnavailable(f"cannot write the exported {spec.arch} to {path} ({err}): "
+                                  "set AVAR_CACHE_DIR to a writable folder") from err
+    except Exception as err:  # the exporters raise many types; the message says which operation
         raise BackboneUnavailable(f"cannot export {spec.arch} to ONNX ({type(err).__name__}: {str(err)[:300]}): "
                                   "use --runtime torch") from err
     finally:
         quiet.setLevel(level)
     logger.debug("exporter output: %s", chatter.getvalue())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(path, lambda tmp: program.save(str(tmp), external_data=False))
-    except OSError as err:
-        raise BackboneUnavailable(f"cannot write the exported {spec.arch} to {path} ({err}): "
-                                  "set AVAR_CACHE_DIR to a writable folder") from err
     logger.info("exported %s (%s) to %s in %.1fs", spec.arch, spec.signature(), path, time.perf_counter() - started)
     return path
 
 
-__all__ = ["EXPORTER", "ExportSpec", "export_path", "exported_model"]
+def _export(module: nn.Module, example: torch.Tensor, spec: ExportSpec, target: Path) -> None:
+    """Write ``module``'s ONNX graph (input ``x``, output ``y``, weights inside) to ``target``."""
+    if spec.exporter == TRACER:
+        torch.onnx.export(module, (example,), str(target), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=OPSET)
+        return
+    dims = {i: torch.export.Dim.DYNAMIC for i, _ in spec.dynamic}
+    program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes={"x": dims},
+                                input_names=["x"], output_names=["y"], opset_version=OPSET)
+    program.save(str(target), external_data=False)
+
+
+__all__ = ["DYNAMO", "EXPORTER", "TRACER", "ExportSpec", "export_path", "exported_model"]
