@@ -39,9 +39,14 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
+EXPORT_PACKAGES = ("onnx", "onnxscript")
+"""What torch's ONNX exporters need besides the runtime (in both extras)."""
+
+
 def runtime_installed(runtime: str) -> bool:
-    """Whether ``runtime``'s package can be imported (torch always can)."""
-    return runtime == TORCH or importlib.util.find_spec(PACKAGES[runtime]) is not None
+    """Whether ``runtime``'s package and the exporter's can be imported (torch always can)."""
+    return runtime == TORCH or all(importlib.util.find_spec(m) is not None
+                                   for m in (PACKAGES[runtime], *EXPORT_PACKAGES))
 
 
 def installed_runtimes() -> tuple[str, ...]:
@@ -68,7 +73,8 @@ def require_runtime(runtime: str, device: str) -> str:
     if runtime in (TORCH, AUTO):
         return runtime
     if not runtime_installed(runtime):
-        raise InvalidInput(f"--runtime {runtime}: the package {PACKAGES[runtime]} is not installed: "
+        raise InvalidInput(f"--runtime {runtime}: the package {PACKAGES[runtime]} (or the exporter's "
+                           f"{' / '.join(EXPORT_PACKAGES)}) is not installed: "
                            f"{install_hint(runtime)}; or use --runtime torch or auto.")
     if torch.device(device).type != "cpu":
         raise InvalidInput(f"--runtime {runtime} runs the backbones on the CPU, but the device is {device}: "
