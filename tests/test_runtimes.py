@@ -219,3 +219,24 @@ def test_cli_spells_out_the_runtime_choices() -> None:
     from extract.backbones import RUNTIME_CHOICES
 
     assert tuple(cli.RUNTIME_CHOICES) == tuple(RUNTIME_CHOICES)
+
+
+def test_bench_extract_has_a_row_per_runtime_beside_the_roofline(tmp_path: Path) -> None:
+    """``bench extract --runtimes``: every runtime asked for and auto, on the same clip, each
+    backbone's GFLOP/s as a fraction of the matmul measured in the same run."""
+    from extract.bench_runtimes import run_runtime_bench
+    from extract.pipeline import ExtractConfig
+
+    cfg = ExtractConfig(video_model="tiny", audio_model="tiny", precision="fp32", workers=0, progress=False,
+                        steps=4)
+    out = tmp_path / "runtimes.json"
+    result = run_runtime_bench(out, cfg, f"torch,{EXPORTED[0]},auto", rounds=1)
+    assert out.is_file() and set(result["rows"]) == {TORCH, EXPORTED[0], "auto"}
+    assert result["matmul_gflop_per_s"]["fp32"] > 0 and result["gflop"]["video_per_frame"] > 0
+    for name, row in result["rows"].items():
+        assert row["video"]["runtime"] == (name if name != "auto" else row["video"]["runtime"])
+        for kind in ("video", "audio"):
+            assert 0 < row[kind]["fraction_of_matmul"] and row[kind]["seconds"] > 0
+    assert result["speedup_over_torch"][TORCH]["backbones"] == 1.0
+    with pytest.raises(InvalidInput, match="--runtimes"):
+        run_runtime_bench(out, cfg, "tensorrt")

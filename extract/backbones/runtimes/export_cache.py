@@ -90,9 +90,11 @@ def exported_model(module: nn.Module, spec: ExportSpec, root: Path | None = None
     # the exporters report their stages on stdout and warn about traced Python branches:
     # kept out of the user's terminal, in the debug log
     chatter = io.StringIO()
-    quiet = logging.getLogger("onnx_ir")  # one INFO line per deduplicated initialiser
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
+    # the exporter's libraries log an INFO line per rewritten node
+    quiet = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), torch.no_grad():
@@ -105,7 +107,8 @@ def exported_model(module: nn.Module, spec: ExportSpec, root: Path | None = None
         raise BackboneUnavailable(f"cannot export {spec.arch} to ONNX ({type(err).__name__}: {str(err)[:300]}): "
                                   "use --runtime torch") from err
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     logger.debug("exporter output: %s", chatter.getvalue())
     logger.info("exported %s (%s) to %s in %.1fs", spec.arch, spec.signature(), path, time.perf_counter() - started)
     return path
