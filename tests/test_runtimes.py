@@ -21,7 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cache_schema import InvalidInput, open_cache
+from cache_schema import InvalidInput, cache_info, format_cache_info, open_cache
 from extract.backbones import load_audio_backbone, load_video_backbone
 from extract.backbones import efficientnet_lite
 from extract.backbones.frozen import state_dict_checksum
@@ -160,6 +160,7 @@ def test_runtime_is_recorded_but_is_not_identity(tmp_path: Path) -> None:
     run_extract(manifest, out, replace(CFG, runtime=TORCH, retry_errors=True))
     with open_cache(out) as cache:
         assert cache.attrs["runtime"] == {"video": TORCH, "audio": TORCH}
+    assert "last run in fp32 on torch" in format_cache_info(cache_info(out, clips=False))
 
     recorded = load("audio", "tiny", runtime).describe()
     loaded = load_checked_backbone("audio", recorded, None, "cpu", "fp32", TORCH)
