@@ -241,3 +241,22 @@ def test_bench_extract_has_a_row_per_runtime_beside_the_roofline(tmp_path: Path)
     assert result["speedup_over_torch"][TORCH]["backbones"] == 1.0
     with pytest.raises(InvalidInput, match="--runtimes"):
         run_runtime_bench(out, cfg, "tensorrt")
+
+
+def test_predict_on_another_runtime_than_the_cache_was_extracted_on(synthetic_run: Path) -> None:
+    """The synthetic run's cache was extracted in torch: ``predict --runtime`` on an exported
+    runtime accepts the run and gives torch's probabilities but for rounding."""
+    import json
+
+    import cli
+
+    video = next((synthetic_run.parent / "media").rglob("*.mp4"))
+    probs = {}
+    for runtime in (TORCH, EXPORTED[-1]):
+        result = CliRunner().invoke(cli.main, ["predict", str(synthetic_run), str(video), "--json", "--device", "cpu",
+                                               "--runtime", runtime])
+        assert result.exit_code == 0, (result.output, result.exception)
+        record = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))
+        probs[runtime] = record["probs"]
+    assert probs[TORCH].keys() == probs[EXPORTED[-1]].keys()
+    assert all(abs(probs[TORCH][k] - probs[EXPORTED[-1]][k]) < 1e-3 for k in probs[TORCH]), probs
