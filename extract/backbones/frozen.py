@@ -16,12 +16,16 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from cache_schema import AvarError, InvalidInput
+
+if TYPE_CHECKING:  # runtimes imports this module
+    from .runtimes.export_cache import ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +251,7 @@ class DescribedBackbone:
         with autocast_context(self.device, self.precision):
             return self.torch_forward(x)
 
-    def export_spec(self):  # -> runtimes.ExportSpec | None (not imported here: runtimes imports this module)
+    def export_spec(self) -> ExportSpec | None:
         """What the exported runtimes need: an example input's shape, its varying
         dimensions and the probe's input; None where the forward cannot be exported."""
         return None
