@@ -54,7 +54,9 @@ class OpenVinoSession:
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+        # no pinning: torch (the other backbone, the head) and the decode workers share these
+        # cores, and threads pinned to them cannot move away from torch's spinning ones
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
                   "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision]}
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
