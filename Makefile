@@ -50,7 +50,7 @@ help:
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,lite]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lite,openvino,onnxruntime]'
 	touch $@
 
 install: $(STAMP)

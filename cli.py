@@ -20,6 +20,20 @@ PRECISION_HELP = ("auto: bf16 on a CPU with native bf16 (AMX / AVX-512 BF16) or 
                   "else fp32 (emulated bf16 is many times slower); the cache records the precision used.")
 
 
+# extract.backbones.RUNTIME_CHOICES, spelled out so that --help imports nothing heavy (a test checks they agree).
+RUNTIME_CHOICES = ("torch", "openvino", "onnxruntime", "auto")
+RUNTIME_HELP = ("What runs the frozen backbones on the CPU: torch (eager), openvino or onnxruntime (the extras of "
+                "those names; the backbone is exported once per weights and input into the user cache), or auto: "
+                "the fastest installed here, measured once per machine and backbone (torch on a GPU). The cache "
+                "records the runtime used; it is not identity.")
+
+
+def runtime_option(func):
+    """``--runtime`` for every command that runs the backbones."""
+    return click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
+                        help=RUNTIME_HELP)(func)
+
+
 # TrainConfig.std_floor, spelled out so that --help imports nothing heavy (a test checks they agree).
 STD_FLOOR = 0.1
 
@@ -216,6 +230,7 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
+@runtime_option
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per backbone batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip's decoding is given up (the backbones run later, on batches; a clip's length is checked against its packets first).")
@@ -229,6 +244,7 @@ def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | 
             step_seconds: float | None, frames_per_step: int, audio_context: float | None, fmt: str | None,
             backbones: str,
             video_model: str | None, audio_model: str | None, device: str, precision: str, decode: str,
+            runtime: str,
             batch_size: int, workers: int, clip_timeout: float, feature_dtype: str, retry_errors: bool, chunk_clips: int,
             dist_timeout: float) -> None:
     """Stage 1: decode each clip once, run the frozen backbones, write the feature cache.
@@ -246,7 +262,7 @@ def extract(dataset: str, root: Path, lists: Path | None, manifest_file: Path | 
     video, audio = preset_models(backbones, video_model, audio_model)
     cfg = ExtractConfig(
         steps=steps or 10, step_seconds=step_seconds or 0.0, frames_per_step=frames_per_step, fmt=fmt, video_model=video, audio_model=audio, device=device, precision=precision,
-        batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
+        runtime=runtime, batch_size=batch_size, workers=workers, clip_timeout=clip_timeout, feature_dtype=feature_dtype,
         retry_errors=retry_errors, chunk_clips=chunk_clips, dist_timeout=dist_timeout, audio_context=audio_context,
         decode=decode,
     )
@@ -497,6 +513,11 @@ def bench() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
+@runtime_option
+@click.option("--runtimes", default=None, metavar="LIST",
+              help="Instead: the backbones on each runtime of LIST (comma-separated, or 'all': every installed one "
+                   "and auto) on the same 10 s 720p clip, with a matmul roofline "
+                   "[--out default: reports/bench/extract_runtimes.json].")
 @click.option("--grid-video", is_flag=True,
               help="Add a 10-minute 720p video decoded on a 0.6667 s grid (minutes more).")
 @click.option("--grid-only", is_flag=True,
@@ -511,7 +532,7 @@ def bench() -> None:
 @click.option("--clips-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="With --throughput-only: keep the generated clips here and reuse them in later runs.")
 def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, workers: int, batch_size: int,
-                  device: str, precision: str, grid_video: bool, grid_only: bool, backbones: str | None, decode: str,
+                  device: str, precision: str, runtime: str, runtimes: str | None, grid_video: bool, grid_only: bool, backbones: str | None, decode: str,
                   throughput_only: bool, clips_dir: Path | None) -> None:
     """Stage 1 with full-size architectures: decode plan vs minimum, decode-only per decode mode
     available here, end-to-end vs backbone-only, peak memory and time of a 120 s vs a 10 s
@@ -520,7 +541,14 @@ def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, wor
     from extract.pipeline import ExtractConfig
 
     cfg = ExtractConfig(video_model=video_model, audio_model=audio_model, workers=workers, batch_size=batch_size,
-                        progress=False, device=device, precision=precision, decode=decode)
+                        progress=False, device=device, precision=precision, decode=decode, runtime=runtime)
+    if runtimes:
+        from extract.bench_runtimes import run_runtime_bench
+
+        if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
+            out = Path("reports/bench/extract_runtimes.json")
+        click.echo(json.dumps(run_runtime_bench(out, cfg, runtimes), indent=2))
+        return
     if throughput_only:
         if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
             out = Path("reports/bench/extract_throughput.json")
@@ -553,15 +581,18 @@ def bench_extract(out: Path, video_model: str, audio_model: str, clips: int, wor
 @click.option("--backbones", "lite", type=click.Choice(["lite"]), default=None,
               help="--backbones lite: add the pretrained lite rows (EfficientNet-Lite0 + YAMNet; 1, 4, 8 streams).")
 @click.option("--gpu-only", is_flag=True, help="Only the GPU rows (none where CUDA is not visible).")
+@runtime_option
 def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds: float, no_full: bool,
-               no_bf16: bool, notes: str, lite: str | None, gpu_only: bool) -> None:
+               no_bf16: bool, notes: str, lite: str | None, gpu_only: bool,
+               runtime: str) -> None:
     """Live scoring (``watch``) vs the backbones alone: real-time factor, latency p50/p95 and
     drops for 1 and 4 streams (8 tiny), full-size untrained backbones in fp32 and bf16 and
     the tiny ones, on this CPU (and a GPU when one is visible)."""
     from live.bench import LiveBenchConfig, run_live_bench
 
     cfg = LiveBenchConfig(full_s=full_seconds, bf16_s=bf16_seconds, tiny_s=tiny_seconds, full=not no_full,
-                          bf16=not no_bf16, notes=notes, lite=lite == "lite", cpu=not gpu_only)
+                          bf16=not no_bf16, notes=notes, lite=lite == "lite", cpu=not gpu_only,
+                          runtime=runtime)
     click.echo(json.dumps(run_live_bench(out, cfg), indent=2))
 
 
@@ -663,9 +694,10 @@ def _int_list(text: str) -> list[int]:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
+@runtime_option
 def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float | None, hop: float | None,
             plot: Path | None, video_model: str | None, audio_model: str | None, device: str, precision: str,
-            decode: str) -> None:
+            decode: str, runtime: str) -> None:
     """Predict the class and the anomaly-score timeline of raw VIDEOS with a trained RUNDIR.
 
     The backbones of the run's cache are loaded and checked (weights checksum, preprocessing);
@@ -675,7 +707,8 @@ def predict(rundir: Path, videos: tuple[Path, ...], as_json: bool, window: float
 
     plots = timeline_paths(plot, videos) if plot is not None else None  # refused here, before any work
     config = PredictConfig(video_model=video_model, audio_model=audio_model, device=device, precision=precision,
-                           window=window, hop=hop, thumbnails=plot is not None, decode=decode)
+                           window=window, hop=hop, thumbnails=plot is not None, decode=decode,
+                           runtime=runtime)
     predictor = load_predictor(rundir, config)
     preds = []
     for pred in predict_batch(predictor, videos, config, plots):
@@ -767,6 +800,7 @@ def _print_config_schema(ctx: click.Context, _: click.Parameter, value: bool) ->
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help=PRECISION_HELP)
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
+@runtime_option
 def watch(rundir: Path | None, sources: tuple[str, ...], config_file: Path | None, **flags: Any) -> None:
     """Score SOURCES (cameras, streams, files) as they arrive with a trained RUNDIR.
 

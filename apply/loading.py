@@ -21,7 +21,7 @@ from PIL import Image
 from cache_schema import (SAMPLE_RATE, AvarError, BackboneInfo, CacheConfig, InvalidInput, backbone_differences,
                           informational_differences)
 from extract.backbones import AudioBackbone, AudioWindowing, VideoBackbone, load_audio_backbone, load_video_backbone
-from extract.backbones import resolve_device, resolve_precision
+from extract.backbones import require_runtime, resolve_device, resolve_precision
 from temporal.evaluate import load_run
 from temporal.metrics import resolve_normal_class
 from temporal.rundir import RunDir
@@ -61,12 +61,13 @@ class AbsentAudio:
 
 
 def load_checked_backbone(kind: str, expected: BackboneInfo | dict[str, Any], override: str | None, device: str,
-                          precision: str) -> VideoBackbone | AudioBackbone:
+                          precision: str, runtime: str = "torch") -> VideoBackbone | AudioBackbone:
     """The backbone a run's features came from (or ``override``, a local copy), refused
     with what differs when it is not the same. ``expected`` is the run's record of it (a
     dict is read as a :class:`~cache_schema.BackboneInfo`; one lacking a field is refused).
     An audio backbone is built with the windowing the run recorded (clip windows, or causal
-    step windows and their context), so its windows are the cache's."""
+    step windows and their context), so its windows are the cache's. The ``runtime`` that
+    runs it is free, as the precision is: not identity (the features differ in rounding)."""
     if not isinstance(expected, BackboneInfo):
         try:
             expected = BackboneInfo.from_dict(expected)
@@ -79,9 +80,10 @@ def load_checked_backbone(kind: str, expected: BackboneInfo | dict[str, Any], ov
     try:
         if kind == "audio":
             windowing = AudioWindowing.from_preprocessing(expected.preprocessing)
-            backbone = load_audio_backbone(name, device=device, precision=precision, windowing=windowing)
+            backbone = load_audio_backbone(name, device=device, precision=precision, windowing=windowing,
+                                           runtime=runtime)
         else:
-            backbone = load_video_backbone(name, device=device, precision=precision)
+            backbone = load_video_backbone(name, device=device, precision=precision, runtime=runtime)
     except AvarError as exc:
         raise BackboneMismatch(
             f"cannot load the {kind} backbone {name!r} that this run's features came from ({exc}). "
@@ -124,12 +126,14 @@ def load_predictor(rundir: str | Path, config: PredictConfig = PredictConfig()) 
         raise BackboneMismatch(f"the run's cache has audio at {cache.sample_rate} Hz; this pipeline decodes at "
                                f"{SAMPLE_RATE} Hz. Re-extract the cache and retrain.")
     device = resolve_device(config.device)
+    require_runtime(config.runtime, device)  # a missing package is the user's one line, not a backbone mismatch
     streams = set(run.streams or model.streams)
     needs_video = bool(streams & {"fused", "video"})
     needs_audio = bool(streams & {"fused", "audio"})
-    video = load_checked_backbone("video", cache.video, config.video_model, device, config.precision) \
-        if needs_video else AbsentVideo(cache.video.dim)
-    audio = load_checked_backbone("audio", cache.audio, config.audio_model, device, config.precision) \
+    video = load_checked_backbone("video", cache.video, config.video_model, device, config.precision,
+                                  config.runtime) if needs_video else AbsentVideo(cache.video.dim)
+    audio = load_checked_backbone("audio", cache.audio, config.audio_model, device, config.precision,
+                                  config.runtime) \
         if needs_audio else AbsentAudio(cache.audio.dim)
     layout = cache.layout
     if layout.grid and config.window is not None:

@@ -63,6 +63,7 @@ class PredictConfig:
     audio_model: str | None = None
     device: str = "auto"
     precision: str = "auto"         # fp32, or bf16 where the device computes it natively
+    runtime: str = "torch"          # what runs the frozen backbones (extract.backbones.use_runtime)
     window: float | None = None     # seconds; None = the whole video is one clip
     hop: float | None = None        # seconds between window starts; default window / 2
     batch_size: int = 8             # windows (or videos) per backbone batch

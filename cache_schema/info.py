@@ -37,6 +37,8 @@ def format_cache_info(info: dict[str, Any]) -> str:
     for mod in ("video", "audio"):
         b = a.get(f"{mod}_backbone", {})
         used = (a.get("precision") or {}).get(mod) if isinstance(a.get("precision"), dict) else None
+        runtime = (a.get("runtime") or {}).get(mod) if isinstance(a.get("runtime"), dict) else None
+        used = f"{used} on {runtime}" if used and runtime else used
         lines.append(f"{mod:<10} {b.get('name')} ({b.get('arch')}, {b.get('dim')}-d, "
                      f"{'pretrained' if b.get('pretrained') else 'UNTRAINED weights'}, "
                      f"sha256 {str(b.get('checksum'))[:12]}" + (f", last run in {used}" if used else "") + ")")

@@ -85,6 +85,9 @@ def open_cache(group: Group, stack: ExitStack, manifest: Manifest, out: Path, cf
                                             # rounding only): the precision this run used, never "auto"
                                             "precision": {kind: getattr(b, "precision", None)
                                                           for kind, b in zip(("video", "audio"), backbones)},
+                                            # descriptive too: the runtimes differ in rounding only
+                                            "runtime": {kind: getattr(b, "runtime", None)
+                                                        for kind, b in zip(("video", "audio"), backbones)},
                                             # descriptive too: hardware decoders give the same frames
                                             "decode": decode})
             stack.callback(writer.close)

@@ -27,6 +27,7 @@ class ExtractConfig:
     audio_model: str = DEFAULT_AUDIO_MODEL
     device: str = "auto"
     precision: str = "auto"  # resolved when the backbones load (extract.backbones.resolve_precision)
+    runtime: str = "torch"  # what runs the frozen backbones (extract.backbones.use_runtime); auto: the fastest here
     batch_size: int = 8
     workers: int = 2
     # Seconds one clip's decoding (probe, frames, audio, in its worker) may take. The backbones

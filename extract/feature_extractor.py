@@ -169,7 +169,8 @@ def backbone_info(b: VideoBackbone | AudioBackbone) -> BackboneInfo:
 
 def load_extract_backbones(cfg: ExtractConfig, env: DistEnv | None = None) -> tuple[VideoBackbone, AudioBackbone]:
     device = resolve_device(rank_device(cfg.device, env or DistEnv()))
-    video = load_video_backbone(cfg.video_model, device=device, precision=cfg.precision)
-    audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision, windowing=cfg.windowing)
+    video = load_video_backbone(cfg.video_model, device=device, precision=cfg.precision, runtime=cfg.runtime)
+    audio = load_audio_backbone(cfg.audio_model, device=device, precision=cfg.precision, windowing=cfg.windowing,
+                                runtime=cfg.runtime)
     return video, audio
 

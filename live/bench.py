@@ -95,6 +95,7 @@ class LiveBenchConfig:
     lite_s: float = 24.0
     depth: int = 2
     notes: str = ""
+    runtime: str = "torch"    # the CPU rows' backbones (extract.backbones.use_runtime); GPU rows run torch
 
     def settings(self) -> list[Setting]:
         return (self._cpu_settings() if self.cpu else []) + self._gpu_settings()
@@ -149,12 +150,14 @@ class ListSink:
         pass
 
 
-def build_predictor(backbones: str, precision: str, device: str, step_seconds: float) -> Predictor:
+def build_predictor(backbones: str, precision: str, device: str, step_seconds: float,
+                    runtime: str = "torch") -> Predictor:
     """An untrained head over a preset's backbones: a run's predictor in compute only."""
     video_model, audio_model = BACKBONE_PRESETS[backbones]
-    video = load_video_backbone(video_model, device=device, precision=precision)
+    video = load_video_backbone(video_model, device=device, precision=precision, runtime=runtime)
     # a grid run's audio: causal step windows, as grid extraction computes them
-    audio = load_audio_backbone(audio_model, device=device, precision=precision, windowing=AudioWindowing.step())
+    audio = load_audio_backbone(audio_model, device=device, precision=precision, windowing=AudioWindowing.step(),
+                                runtime=runtime)
     torch.manual_seed(0)
     model = AnomalyModel("mtcn", "fused", "early", video.dim, audio.dim, len(CLASS_NAMES), RUN_STEPS,
                          dict(HEAD_OPTIONS), objective="mil", normal_index=0)
@@ -220,10 +223,13 @@ def time_alone(predictor: Predictor, units: list[LiveUnit], window_steps: int) -
 def bench_setting(s: Setting, media: Path, work: Path, cfg: LiveBenchConfig, cpu: str) -> list[dict[str, Any]]:
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
-    predictor = build_predictor(s.backbones, precision, device, cfg.step_seconds)
+    predictor = build_predictor(s.backbones, precision, device, cfg.step_seconds,
+                                cfg.runtime if device == "cpu" else "torch")
     config = WatchConfig(depth=cfg.depth)
     base = {"backbones": s.backbones, "video_model": predictor.video_backbone.arch if hasattr(
         predictor.video_backbone, "arch") else s.backbones, "precision": precision, "device": device,
+        "runtime": {kind: getattr(b, "runtime", "torch") for kind, b in
+                    (("video", predictor.video_backbone), ("audio", predictor.audio_backbone))},
         "cpu": cpu, "torch_threads": torch.get_num_threads()}
     if device.startswith("cuda"):
         base["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -204,6 +204,7 @@ class WatchFlags:
     device: str = "auto"
     precision: str = "auto"
     decode: str = "sw"
+    runtime: str = "torch"
 
 
 def watch_cli(flags: WatchFlags, config_file: str | Path | None = None, given: Sequence[str] = ()) -> int:
@@ -216,7 +217,8 @@ def watch_cli(flags: WatchFlags, config_file: str | Path | None = None, given: S
                                      + [flags.token or ""])
     try:
         predict = PredictConfig(video_model=flags.video_model, audio_model=flags.audio_model, device=flags.device,
-                                precision=flags.precision, decode=flags.decode)
+                                precision=flags.precision, decode=flags.decode,
+                                runtime=flags.runtime)
         if config_file is not None:
             refuse_flags_beside(config_file, given)
             deploy = load_config(config_file)

@@ -9,7 +9,9 @@
   (EfficientNet-Lite0 from its PyPI package), ``hf_audio`` (wav2vec2-family encoders),
   ``yamnet_backbone`` (YAMNet from its TFLite file: ``yamnet``, ``yamnet_frontend``);
 * ``audio_frames``: what every audio family shares (windows, frames in time, per-step pooling);
-* ``frozen``: what every family shares (device, precision, freezing, checksum, provenance).
+* ``frozen``: what every family shares (device, precision, freezing, checksum, provenance);
+* ``runtimes``: ``--runtime``: the frozen forward on OpenVINO or ONNX Runtime (exported
+  once per weights and input), or the fastest installed (``auto``).
 """
 
 from .audio_frames import AudioBackbone
@@ -43,13 +45,14 @@ from .loading import (
     preset_precision,
 )
 from .registry import BACKBONE_PRESETS, BackboneEntry, Cost, list_backbones, measure_cost
+from .runtimes import RUNTIME_CHOICES, installed_runtimes, require_runtime, use_runtime
 from .timm_image import VideoBackbone, VideoTransform
 
 __all__ = [
     "AUDIO_PRESETS", "AUTO", "AudioBackbone", "AudioWindowing", "BACKBONE_PRESETS", "BackboneConfig",
     "BackboneEntry", "BackboneUnavailable", "Cost", "DEFAULT_AUDIO_CONTEXT_S", "DEFAULT_AUDIO_MODEL",
-    "DEFAULT_VIDEO_MODEL", "FP32_PRESETS", "PRECISION_CHOICES", "VIDEO_PRESETS", "VideoBackbone", "VideoTransform",
+    "DEFAULT_VIDEO_MODEL", "FP32_PRESETS", "PRECISION_CHOICES", "RUNTIME_CHOICES", "VIDEO_PRESETS", "VideoBackbone", "VideoTransform",
     "Wav2Vec2Backbone", "WeightsProvenance", "autocast_context", "choose_precision", "cpu_has_native_bf16",
-    "list_backbones", "load_audio_backbone", "load_backbones", "load_video_backbone", "measure_cost",
-    "preset_models", "preset_precision", "read_cpu_flags", "resolve_device", "resolve_precision", "user_cache_dir",
+    "installed_runtimes", "list_backbones", "load_audio_backbone", "load_backbones", "load_video_backbone", "measure_cost",
+    "preset_models", "preset_precision", "read_cpu_flags", "require_runtime", "resolve_device", "resolve_precision", "use_runtime", "user_cache_dir",
 ]

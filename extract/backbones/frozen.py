@@ -13,15 +13,19 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from cache_schema import AvarError, InvalidInput
+
+if TYPE_CHECKING:  # runtimes imports this module
+    from .runtimes.export_cache import ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +213,10 @@ class DescribedBackbone:
     precision: str
     weights: dict
     """``WeightsProvenance.to_dict()``: provenance of the weights (never identity)."""
+    runtime: str = "torch"
+    """What runs the frozen forward (``runtimes.use_runtime``): descriptive, like the precision."""
+    accelerated: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """The exported runtime's forward in place of torch's, or None (torch)."""
 
     def hold(self, model: nn.Module, *, name: str, pretrained: bool, weights: dict | None, device: str,
              precision: str, batch_size: int) -> None:
@@ -226,8 +234,27 @@ class DescribedBackbone:
 
     def describe(self) -> dict:
         """Everything a cache needs to record about the features (JSON-serialisable)."""
-        return {k: getattr(self, k) for k in
-                ("name", "arch", "dim", "pretrained", "checksum", "preprocessing", "device", "precision", "weights")}
+        return {k: getattr(self, k) for k in ("name", "arch", "dim", "pretrained", "checksum", "preprocessing",
+                                              "device", "precision", "runtime", "weights")}
+
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen network in torch: one input batch -> the features the family keeps
+        (a family picks them out of its model's output)."""
+        return self.model(x)
+
+    def frozen_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What every family calls for its frozen network: the runtime's session where one
+        is installed, else torch at the backbone's precision. The preprocessing before
+        and the pooling after are the family's, whichever runs here."""
+        if self.accelerated is not None:
+            return self.accelerated(x)
+        with autocast_context(self.device, self.precision):
+            return self.torch_forward(x)
+
+    def export_spec(self) -> ExportSpec | None:
+        """What the exported runtimes need: an example input's shape, its varying
+        dimensions and the probe's input; None where the forward cannot be exported."""
+        return None
 
 
 def freeze(model: nn.Module) -> nn.Module:

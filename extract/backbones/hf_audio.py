@@ -65,6 +65,7 @@ from .frozen import (
     autocast_context,
     seeded_rng,
 )
+from .runtimes.export_cache import ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,18 @@ class Wav2Vec2Backbone(AudioBackbone):
             groups = list(by_length.values())
         return [group[s : s + self.batch_size] for group in groups for s in range(0, len(group), self.batch_size)]
 
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).last_hidden_state
+
+    def export_spec(self) -> ExportSpec | None:
+        """Windows ``[N, samples]``, any number of any length from the receptive field up
+        (one export serves every window); None for encoders that take an attention mask."""
+        if self.uses_attention_mask:
+            return None
+        return ExportSpec(self.arch, self.checksum, (2, 2 * SAMPLE_RATE),
+                          ((0, 1), (1, self.geometry.receptive_field_samples)),
+                          (1, min(self.window_samples, 10 * SAMPLE_RATE)))
+
     @torch.inference_mode()
     def run_batch(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         lengths = [a.shape[0] for a in inputs]
@@ -245,8 +258,12 @@ class Wav2Vec2Backbone(AudioBackbone):
         if self.uses_attention_mask:
             mask = np.arange(longest)[None, :] < np.asarray(lengths)[:, None]
             kwargs["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)
-        with autocast_context(self.device, self.precision):
-            hidden = self.model(torch.from_numpy(batch).to(self.device), **kwargs).last_hidden_state
+        x = torch.from_numpy(batch).to(self.device)
+        if kwargs:  # attention-mask encoders run in torch (export_spec)
+            with autocast_context(self.device, self.precision):
+                hidden = self.model(x, **kwargs).last_hidden_state
+        else:
+            hidden = self.frozen_forward(x)
         hidden = hidden.float().cpu().numpy()
         n_frames = self.model._get_feat_extract_output_lengths(torch.tensor(lengths)).tolist()
         return [hidden[row, : int(n_frames[row])] for row in range(len(inputs))]

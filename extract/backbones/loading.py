@@ -33,6 +33,7 @@ from .hf_audio import (
     load_pretrained_audio_model,
 )
 from .registry import AUDIO, BACKBONE_PRESETS, entry
+from .runtimes import TORCH, use_runtime
 from .yamnet import YAMNET_FILE
 from .timm_image import (
     DEFAULT_VIDEO_MODEL,
@@ -90,6 +91,7 @@ class BackboneConfig:
     audio_model: str = DEFAULT_AUDIO_MODEL
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = TORCH
     audio_window_s: float = DEFAULT_WINDOW_S
     audio_windowing: AudioWindowing = AudioWindowing()
 
@@ -119,8 +121,10 @@ def load_video_backbone(
     *,
     batch_size: int = 32,
     cache_dir: str | Path | None = None,
+    runtime: str = TORCH,
 ) -> VideoBackbone:
-    """A preset, ``efficientnet_lite0``, a timm model name, a checkpoint file or a timm model directory."""
+    """A preset, ``efficientnet_lite0``, a timm model name, a checkpoint file or a timm model
+    directory; its frozen forward on ``runtime`` (``runtimes.use_runtime``)."""
     device = resolve_device(device)
     started = time.perf_counter()
     tag = None
@@ -135,10 +139,11 @@ def load_video_backbone(
         model, name=name, pretrained=provenance.pretrained, device=device, precision=preset_precision(name, precision),
         batch_size=batch_size, weights=provenance.to_dict(), pretrained_tag=tag,
     )
+    use_runtime(backbone, runtime, preset_precision(name, precision))
     logger.info(
-        "video backbone %s (%s, dim %d, pretrained=%s, sha256 %s…) on %s/%s in %.1fs",
+        "video backbone %s (%s, dim %d, pretrained=%s, sha256 %s…) on %s/%s/%s in %.1fs",
         name, backbone.arch, backbone.dim, backbone.pretrained, backbone.checksum[:12], device, backbone.precision,
-        time.perf_counter() - started,
+        backbone.runtime, time.perf_counter() - started,
     )
     return backbone
 
@@ -152,13 +157,15 @@ def load_audio_backbone(
     windowing: AudioWindowing = AudioWindowing(),
     batch_size: int = 8,
     cache_dir: str | Path | None = None,
+    runtime: str = TORCH,
 ) -> AudioBackbone:
     """A preset, ``yamnet`` or a YAMNet ``.tflite`` file, a Hugging Face audio model id or a
     local save_pretrained directory.
 
     ``windowing``: clip windows (default) or causal step windows
     (``AudioWindowing.step(context_s)``); a run's or cache's own is
-    ``AudioWindowing.from_preprocessing(info.preprocessing)``."""
+    ``AudioWindowing.from_preprocessing(info.preprocessing)``; ``runtime``: what runs its
+    frozen forward (``runtimes.use_runtime``)."""
     device = resolve_device(device)
     started = time.perf_counter()
     if is_yamnet(name):
@@ -189,10 +196,11 @@ def load_audio_backbone(
             context_s=windowing.context_s,
             weights=provenance.to_dict(),
         )
+    use_runtime(backbone, runtime, preset_precision(name, precision))
     logger.info(
-        "audio backbone %s (%s, dim %d, pretrained=%s, sha256 %s…, %s) on %s/%s in %.1fs",
+        "audio backbone %s (%s, dim %d, pretrained=%s, sha256 %s…, %s) on %s/%s/%s in %.1fs",
         name, backbone.arch, backbone.dim, backbone.pretrained, backbone.checksum[:12], windowing.describe(), device,
-        backbone.precision, time.perf_counter() - started,
+        backbone.precision, backbone.runtime, time.perf_counter() - started,
     )
     return backbone
 
@@ -200,7 +208,7 @@ def load_audio_backbone(
 def load_backbones(config: BackboneConfig) -> tuple[VideoBackbone, AudioBackbone]:
     """Both backbones of a run, on the same device and precision."""
     device = resolve_device(config.device)
-    video = load_video_backbone(config.video_model, device, config.precision)
+    video = load_video_backbone(config.video_model, device, config.precision, runtime=config.runtime)
     audio = load_audio_backbone(config.audio_model, device, config.precision, window_s=config.audio_window_s,
-                                windowing=config.audio_windowing)
+                                windowing=config.audio_windowing, runtime=config.runtime)
     return video, audio

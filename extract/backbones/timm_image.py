@@ -35,10 +35,10 @@ from .frozen import (
     DescribedBackbone,
     WeightsProvenance,
     file_sha256,
-    autocast_context,
     seeded_rng,
     variance_preserving_init_,
 )
+from .runtimes.export_cache import ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,12 @@ class VideoBackbone(DescribedBackbone):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
+    def export_spec(self) -> ExportSpec:
+        """Frames ``[N, 3, H, W]`` at the model's input size, any number of them."""
+        _, height, width = (int(d) for d in self.transform.data_config["input_size"])
+        return ExportSpec(self.arch, self.checksum, (2, 3, height, width), ((0, 1),),
+                          (min(self.batch_size, 8), 3, height, width))
+
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Transformed frames [N, 3, H, W] -> pooled features [N, D], float32 on CPU."""
@@ -169,9 +175,7 @@ class VideoBackbone(DescribedBackbone):
             batch = images[start : start + self.batch_size].to(self.device, torch.float32, non_blocking=True)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast_context(self.device, self.precision):
-                features = self.model(batch)
-            outputs.append(features.float().cpu())
+            outputs.append(self.frozen_forward(batch).float().cpu())
         if not outputs:
             return torch.empty(0, self.dim)
         return torch.cat(outputs)

@@ -41,9 +41,9 @@ from .audio_frames import AudioBackbone, AudioWindow
 from .frozen import (
     BackboneUnavailable,
     WeightsProvenance,
-    autocast_context,
     user_cache_dir,
 )
+from .runtimes.export_cache import ExportSpec
 from .yamnet import EMBEDDING_DIM, YAMNET_ENV, YAMNET_FILE, YAMNET_SHA256, YamNet, load_yamnet, where_to_get
 from .yamnet_frontend import YAMNET_FRONTEND, waveform_to_patches
 
@@ -141,14 +141,22 @@ class YamnetBackbone(AudioBackbone):
             patches += n
         return [g for g in groups if g]
 
+    def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
+
+    def export_spec(self) -> ExportSpec:
+        """Log-mel patches ``[N, frames, bands]``, any number of them."""
+        frames, bands = YAMNET_FRONTEND.patch_frames, YAMNET_FRONTEND.mel_bands
+        return ExportSpec(self.arch, self.checksum, (2, frames, bands), ((0, 1),),
+                          (min(self.batch_size, 64), frames, bands))
+
     @torch.inference_mode()
     def run_batch(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         per_input = [waveform_to_patches(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))) for x in inputs]
         patches = torch.cat(per_input).to(self.device)
         embeddings = []
         for start in range(0, patches.shape[0], self.batch_size):
-            with autocast_context(self.device, self.precision):
-                embeddings.append(self.model(patches[start : start + self.batch_size])[0].float().cpu())
+            embeddings.append(self.frozen_forward(patches[start : start + self.batch_size]).float().cpu())
         return [e.numpy() for e in torch.cat(embeddings).split([p.shape[0] for p in per_input])]
 
 
