@@ -40,7 +40,7 @@ from av.codec.hwaccel import HWAccel, hwdevices_available
 
 from cache_schema import InvalidInput
 
-from .probe import open_container
+from .probe import ClipTimeout, open_container
 
 __all__ = ["DECODE_CHOICES", "HW_KINDS", "SOFTWARE", "HardwareDecoder", "as_software_layout", "decode_mode",
            "device_error", "log_fallback_once", "open_for_decoding", "open_with_fallback", "resolve_decode"]
@@ -194,7 +194,7 @@ def open_with_fallback(open_media: Callable[[HWAccel | None], C], decoder: Hardw
     try:
         return open_media(decoder.accel()), True
     except Exception as exc:  # noqa: BLE001 - retried in software, whose error is the one raised
-        if not retry_in_software:
+        if not retry_in_software or isinstance(exc, ClipTimeout):   # a clip's time limit is never a fallback
             raise
         container = open_media(None)
         cause = exc.__cause__ or exc

@@ -292,8 +292,12 @@ class ClipRecorder:
                     queue = self._order[name]
                     if not queue or not queue[0].ready:
                         return
-                    event = queue.popleft().event
-                self.publish(event)
+                    head = queue[0]
+                # published before it leaves the queue: until then pending(name) holds the
+                # camera's ``ended`` back (live/watch.py), so ``ended`` never overtakes it
+                self.publish(head.event)
+                with self._cond:
+                    queue.popleft()
 
     def _failed(self, event: AlertEvent, why: str) -> None:
         with self._cond:             # counted from the scoring thread (a full queue) and the writer's
@@ -315,7 +319,13 @@ class ClipRecorder:
                     if self._closing and not self._jobs:
                         return
                     self._cond.wait(0.1)
-                    continue
+                    retain = time.monotonic() - self._retained >= RETAIN_EVERY_S
+                else:
+                    retain = False
+            if due is None:   # a quiet camera's old clips still age out, every minute
+                if retain:
+                    self._retain()
+                continue
             clip = self._write(due)
             with self._cond:
                 due.event = replace(due.event, clip=clip)

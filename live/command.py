@@ -229,6 +229,10 @@ def watch_cli(flags: WatchFlags, config_file: str | Path | None = None, given: S
         assert flags.rundir is not None, "cli.py checks that RUN and SOURCES are given"
         mqtt = mqtt_config_from_flags(flags.mqtt, flags.mqtt_prefix, flags.mqtt_user, flags.mqtt_password_file,
                                       flags.mqtt_client_id) if flags.mqtt is not None else None
+        from .web import read_token_file
+
+        token = flags.token or (read_token_file(str(flags.token_file)) if flags.token_file else None)
+        scrubber.add([mqtt.password if mqtt is not None and mqtt.password else "", token or ""])
         clips = ClipConfig(str(flags.clips), flags.clip_pre, flags.clip_post, flags.clips_max_bytes,
                            flags.clips_max_age, buffer_s=max(60.0, flags.clip_pre + flags.clip_post + 30.0)) \
             if flags.clips else None
@@ -238,8 +242,7 @@ def watch_cli(flags: WatchFlags, config_file: str | Path | None = None, given: S
                              snapshots=str(flags.snapshots) if flags.snapshots else None,
                              frames=flags.serve is not None, clips=clips)
         outputs = WatchOutputs(out=str(flags.out) if flags.out else None, webhook=flags.webhook, serve=flags.serve,
-                               token=flags.token, token_file=str(flags.token_file) if flags.token_file else None,
-                               serve_names=flags.serve_names, metrics=flags.metrics_address, mqtt=mqtt)
+                               token=token, serve_names=flags.serve_names, metrics=flags.metrics_address, mqtt=mqtt)
         status, _ = watch_command(flags.rundir, flags.sources, config, predict, outputs, realtime=flags.realtime)
         return status
     finally:

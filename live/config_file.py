@@ -61,6 +61,8 @@ FILE_FLAGS = {
     "mqtt": "outputs.mqtt.host", "mqtt_prefix": "outputs.mqtt.topic_prefix", "mqtt_user": "outputs.mqtt.username",
     "mqtt_password_file": "outputs.mqtt.password", "mqtt_client_id": "outputs.mqtt.client_id",
 }
+# The options whose flag is not their parameter's name with dashes (cli.py's spelling).
+FLAG_SPELLING = {"metrics_address": "--metrics", "serve_names": "--serve-name"}
 
 
 # -- the file's shape ------------------------------------------------------------------------
@@ -527,7 +529,8 @@ def refuse_flags_beside(config: str | Path, given: Iterable[str]) -> None:
     (``InvalidInput``): one place for a deployment's settings, never two that disagree."""
     clash = [name for name in given if name in FILE_FLAGS]
     if clash:
-        listed = ", ".join(f"--{n.replace('_', '-')} (the file's {FILE_FLAGS[n]})" for n in clash)
+        listed = ", ".join(f"{FLAG_SPELLING.get(n, '--' + n.replace('_', '-'))} (the file's {FILE_FLAGS[n]})"
+                           for n in clash)
         raise InvalidInput(f"--config {config}: {listed} given beside it; the file sets these: edit it, or "
                            "watch without --config for a one-off run")
 

@@ -284,14 +284,19 @@ def run_watch(predictor: Predictor, sources: Sequence[SourceSpec], config: Watch
         live = spec.kind != "file" or spec.realtime
         return lambda unit: scheduler.put(unit, block=not live, stop=stop)
 
-    readers = [SourceReader(spec, assembler_factory(spec.name, plans[spec.name][0], transform, config), on_unit(spec),
-                            loop.status.put, stop, stall_timeout=config.stall_timeout, duration=config.duration,
-                            grid_every=plans[spec.name][0].every, stdin=stdin,
-                            packets=loop.clips.ring(spec.name) if loop.clips is not None else None)
-               for spec in sources]
-    if metrics is not None:
-        metrics.attach(readers, scorer, clips=loop.clips)
-        hub.subscribe(metrics)
+    try:
+        readers = [SourceReader(spec, assembler_factory(spec.name, plans[spec.name][0], transform, config),
+                                on_unit(spec), loop.status.put, stop, stall_timeout=config.stall_timeout,
+                                duration=config.duration, grid_every=plans[spec.name][0].every, stdin=stdin,
+                                packets=loop.clips.ring(spec.name) if loop.clips is not None else None)
+                   for spec in sources]
+        if metrics is not None:
+            metrics.attach(readers, scorer, clips=loop.clips)
+            hub.subscribe(metrics)
+    except BaseException:   # the clip writer's thread runs from _Loop on: never left behind
+        if loop.clips is not None:
+            loop.clips.close()
+        raise
     began = time.monotonic()
     logger.info("watching %s", ", ".join(names))   # loaded: sources are read from now on
     for reader in readers:

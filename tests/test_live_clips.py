@@ -278,6 +278,27 @@ def test_retention_removes_the_oldest_clips_first_by_size_and_by_age(tmp_path: P
     assert removed == [clips[1]] and clips[2].is_file() and (folder / "notes.txt").is_file()
 
 
+def test_a_quiet_recorder_still_ages_its_clips_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention by age runs on its own clock, not only after an alert: a camera that
+    stays quiet for days still loses its old clips (a privacy promise, not a disk one)."""
+    import live.clips
+
+    monkeypatch.setattr(live.clips, "RETAIN_EVERY_S", 0.2)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    recorder = ClipRecorder(ClipConfig(str(folder), max_age_s=60.0), publish=lambda event: None)
+    try:
+        old = folder / "cam-0000-20261201T000000-alert1.mp4"
+        old.write_bytes(b"\0" * 10)          # made after the recorder started: only its clock removes it
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        deadline = time.monotonic() + 10
+        while old.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not old.exists()
+    finally:
+        recorder.close()
+
+
 def test_the_page_plays_the_clip_with_its_token(tmp_path: Path) -> None:
     """The browser view serves the clip its alert_end named (with range requests, for a
     <video>), only with the token, and nothing else under that route."""

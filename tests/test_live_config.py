@@ -151,6 +151,10 @@ def test_flags_the_file_sets_are_refused_beside_it(tmp_path: Path) -> None:
     result = _cli("--config", str(cfg), "--threshold", "0.3", "--out", str(tmp_path / "x.jsonl"))
     assert result.exit_code == 2 and "--threshold (the file's defaults.threshold" in result.output, result.output
     assert "--out (the file's outputs.jsonl)" in result.output
+    # named as the user types them, not by their parameter names
+    result = _cli("--config", str(cfg), "--metrics", "127.0.0.1:9109", "--serve-name", "cams.local")
+    assert result.exit_code == 2 and "--metrics (the file's outputs.metrics.address)" in result.output, result.output
+    assert "--serve-name (the file's outputs.serve.names)" in result.output
     result = _cli("--config", str(cfg), "--clips", str(tmp_path / "c"), "--mqtt", "127.0.0.1")
     assert result.exit_code == 2 and "--clips (the file's outputs.clips.dir)" in result.output, result.output
     assert "--mqtt (the file's outputs.mqtt.host)" in result.output
