@@ -164,7 +164,7 @@ class Serve(_Section):
 
 class Metrics(_Section):
     address: str | None = Field(None, description="null: /metrics on the serve port (same token rule); else "
-                                                  "HOST:PORT of its own.")
+                                                  "HOST:PORT of its own, with outputs.serve's token.")
 
 
 class Outputs(_Section):
@@ -496,6 +496,12 @@ def _missing_paths(path: Path, m: ConfigFile, lines: _Lines) -> list[tuple[int, 
         errors.append((lines.of(("outputs", "serve")), "outputs.serve",
                        "serving beyond this machine (not a loopback address) needs a token: "
                        'token: "{AVAR_SERVE_TOKEN}"'))
+    metrics = m.outputs.metrics
+    if (metrics is not None and metrics.address is not None and not is_loopback(parse_serve(metrics.address)[0])
+            and (serve is None or serve.token is None)):   # /metrics on its own port takes outputs.serve's token
+        errors.append((lines.of(("outputs", "metrics", "address")), "outputs.metrics.address",
+                       "/metrics beyond this machine (not a loopback address) needs a token, which is "
+                       "outputs.serve's: give outputs.serve a token: \"{AVAR_SERVE_TOKEN}\""))
     return errors
 
 

@@ -78,6 +78,12 @@ def test_every_error_of_the_file_is_reported_with_its_line_before_anything_loads
     assert result.exit_code == 2 and re.search(rf"{re.escape(str(cfg))}:\d+: ", result.output), result.output
     result = _cli("--config", str(tmp_path / "none.yml"))
     assert result.exit_code == 2 and "no such file" in result.output, result.output
+    # /metrics on a port of its own beyond loopback takes outputs.serve's token: none, refused at its line
+    (tmp_path / "run").mkdir()
+    cfg.write_text("run: run\ncameras:\n  door: {url: /dev/video0}\noutputs:\n  metrics:\n"
+                   "    address: 0.0.0.0:9109\n")
+    result = _cli("--config", str(cfg))
+    assert result.exit_code == 2 and f"{cfg}:6: outputs.metrics.address" in result.output, result.output
 
 
 def test_schema_is_printed_and_is_the_files_shape() -> None:
