@@ -127,7 +127,7 @@ class SoakConfig:
     snapshots: bool = True
     webhook: bool = True
     clips: bool = True
-    clips_max_bytes: int = 3_000_000
+    clips_max_bytes: int = 24_000_000   # a few clips at 320x240 (2-10 MB each): retention runs in minutes
     mqtt: bool = True
     limits: GrowthLimits = GrowthLimits()
     notes: str = ""
