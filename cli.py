@@ -611,16 +611,20 @@ def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds
 @click.option("--work", default=None, type=click.Path(path_type=Path),
               help="Keep the clips, JSON lines, snapshots (and the built run) here [default: a temporary folder].")
 @click.option("--notes", default="", help="Recorded in the JSON (e.g. what else ran on the machine).")
+@click.option("--no-clips", is_flag=True, help="Leave alert clips out.")
+@click.option("--no-mqtt", is_flag=True, help="Leave MQTT out (it is left out anyway where mosquitto is not installed).")
 def bench_soak(out: Path, minutes: float, sample_every: float, warmup: float, streams: int, size: str,
-               run: Path | None, work: Path | None, notes: str) -> None:
-    """A long watch of looping loopback cameras (tiny backbones; JSON lines, snapshots and a
-    polled --serve page on): memory, open descriptors and threads sampled, their growth
-    after warm-up against noise, and what each stream scored."""
+               run: Path | None, work: Path | None, notes: str, no_clips: bool, no_mqtt: bool) -> None:
+    """A long watch of looping loopback cameras (tiny backbones; JSON lines, snapshots, alert
+    clips, the webhook, MQTT to a mosquitto of its own, and a polled --serve page with
+    /metrics on): memory, open descriptors and threads sampled, their growth after warm-up
+    against noise, and what each stream scored."""
     from live.soak import SoakConfig, run_soak, soak_summary
     from synth.live_stream import parse_size
 
     cfg = SoakConfig(minutes=minutes, sample_every=sample_every, warmup_s=warmup, streams=streams,
-                     size=parse_size(size, "--size"), run=str(run) if run else None, notes=notes)
+                     size=parse_size(size, "--size"), run=str(run) if run else None, notes=notes,
+                     clips=not no_clips, mqtt=not no_mqtt)
     result = run_soak(out, cfg, work=work)
     click.echo(soak_summary(result))
     click.echo(f"report: {out}")

@@ -8,10 +8,15 @@ What runs is what an operator runs, in one process:
   brings an alert;
 * **the watch**: ``live.command.watch_command`` on a run trained with the tiny backbones
   (built first when none is given: the XD-Violence stand-in, extracted on its snippet
-  grid, an MTCN with fused audio and video), with every output this branch has: JSON
-  lines to a file, snapshots, the webhook (POSTed to a receiver on loopback, in the same
-  process) and the browser view (``--serve``), which a client polls (``/api/sources``,
-  ``/api/alerts``, a frame) as an open page would;
+  grid, an MTCN with fused audio and video), the cameras named ``cam0``.. as a config
+  file names them, with every output this branch has: JSON lines to a file, snapshots,
+  alert clips (a folder with a small ``max_bytes``, so that retention deletes old clips
+  during the soak), the webhook (POSTed to a receiver on loopback, in the same process),
+  MQTT (a ``mosquitto`` of the soak's own on a loopback port, a child process, with a
+  subscriber on ``{prefix}/#`` counting messages; skipped, and said so in the report, where
+  there is no ``mosquitto``) and the browser view (``--serve``), which a client polls
+  (``/api/sources``, ``/api/alerts``, a frame, ``/metrics``) as an open page and
+  Prometheus would;
 * **the sampler**: every ``sample_every`` seconds the process's resident memory
   (``VmRSS``), open descriptors (``/proc/self/fd``), threads (``threading.active_count``
   and ``/proc/self/task``), and what each stream scored so far.
@@ -29,10 +34,14 @@ scoring fails.
 from __future__ import annotations
 
 import contextlib
+import functools
+import getpass
 import json
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -47,14 +56,17 @@ from typing import Any
 import numpy as np
 
 from apply.predictor import PredictConfig
-from cache_schema import InvalidInput, check_output_file, cpu_model, write_json
+from cache_schema import InvalidInput, check_output_file, cpu_model, die_with_parent, write_json, write_text
 from synth.live_stream import StreamEvent, StreamPlan, write_stream
 from synth.loop_camera import LoopingCamera
 
 from .alerts import AlertConfig
+from .clips import ClipConfig
 from .command import WatchOutputs, watch_command
 from .events import (ALERT_START, DROPPED_STEPS, ENDED, RECONNECTED, STALLED, AlertEvent, Event, ScoreRecord,
                      StatusEvent)
+from .mqtt import MqttConfig
+from .sources import parse_source
 from .watch import WatchConfig
 
 __all__ = ["GrowthLimits", "SoakConfig", "build_soak_run", "read_process", "run_soak", "soak_summary"]
@@ -68,12 +80,16 @@ MIB = 1024 * 1024
 class GrowthLimits:
     """How much a quantity may grow after warm-up and still be noise.
 
-    * ``fds``: 6 descriptors. Open at a sample's instant and gone by the next in a
-      healthy watch: a page poll's connection and a webhook POST's, each on both ends
-      (4), a snapshot JPEG being written, and a camera connection being reopened.
-    * ``threads``: 2. The browser view's server, the webhook sink, the sampler, the
-      poller and the receivers keep fixed threads; what may come and go is a decoder's
-      threads (the kernel's count) or a reader's while a camera is reopened.
+    * ``fds``: 7 descriptors. Open at a sample's instant and gone by the next in a
+      healthy watch: a page poll's (or a ``/metrics`` scrape's: the poller does one at a
+      time) connection and a webhook POST's, each on both ends (4), a snapshot JPEG being
+      written, an alert clip being written (the clip writer writes one at a time), and a
+      camera connection being reopened. MQTT's sockets (the watch's client, the
+      subscriber, the broker is another process) stay open: no slack.
+    * ``threads``: 2. The browser view's server, the webhook sink, the clip writer, the
+      MQTT sink's two threads and the subscriber's, the sampler, the poller and the
+      receivers keep fixed threads, started before warm-up ends; what may come and go is
+      a decoder's threads (the kernel's count) or a reader's while a camera is reopened.
     * ``rss``: 32 MiB or 10 % of the first figure after warm-up, whichever is larger:
       glibc's arenas (one per thread that allocates: decoders, sinks) and PyTorch's
       caching allocator grow in steps of several MiB to a plateau, which a leak does not
@@ -81,7 +97,7 @@ class GrowthLimits:
       about 5 GiB an hour.
     """
 
-    fds: int = 6
+    fds: int = 7
     threads: int = 2
     rss_mib: float = 32.0
     rss_share: float = 0.10
@@ -93,7 +109,9 @@ class SoakConfig:
     the first ``warmup_s`` seconds excluded from the growth. ``clip_s``: the looped clip's
     length (an event from ``event_s[0]`` to ``event_s[1]`` in it); ``size``: its frames.
     ``run``: a run directory (None: one is trained with the tiny backbones first);
-    ``serve``: the browser view on, and a client polling it every ``poll_every`` s."""
+    ``serve``: the browser view on, and a client polling it (and ``/metrics``) every
+    ``poll_every`` s; ``clips``: alert clips kept within ``clips_max_bytes``; ``mqtt``:
+    publish to a broker of the soak's own (where ``mosquitto`` is installed)."""
 
     minutes: float = 20.0
     sample_every: float = 60.0
@@ -108,6 +126,9 @@ class SoakConfig:
     poll_every: float = 2.0
     snapshots: bool = True
     webhook: bool = True
+    clips: bool = True
+    clips_max_bytes: int = 24_000_000   # a few clips at 320x240 (2-10 MB each): retention runs in minutes
+    mqtt: bool = True
     limits: GrowthLimits = GrowthLimits()
     notes: str = ""
 
@@ -188,7 +209,8 @@ class SoakCounter:
 
 class PagePoller(threading.Thread):
     """A client of the browser view, as an open page is: the sources and alerts as JSON
-    every ``every`` seconds, and one source's latest frame. Counts what answered."""
+    every ``every`` seconds, and one source's latest frame; and Prometheus's scrape of
+    ``/metrics`` on the same port, parsed, its last figures kept. Counts what answered."""
 
     def __init__(self, base: str, go: threading.Event, stop: threading.Event, every: float) -> None:
         super().__init__(name="soak-page-poller", daemon=True)
@@ -196,6 +218,33 @@ class PagePoller(threading.Thread):
         self.ok = 0
         self.failed = 0
         self.last_error: str | None = None
+        self.scrapes_ok = 0
+        self.scrapes_failed = 0
+        self.last_scrape: dict[str, Any] = {}   # the last /metrics: steps scored per camera, MQTT and clip counters
+
+    def scrape(self) -> None:
+        """``/metrics``, parsed as Prometheus parses it; a page that does not parse fails."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        page = self.get("/metrics")
+        if page is None:
+            self.scrapes_failed += 1
+            return
+        try:
+            scored, totals = {}, {}
+            for family in text_string_to_metric_families(page.decode()):
+                for sample in family.samples:
+                    if sample.name == "avar_steps_scored_total":
+                        scored[sample.labels["camera"]] = int(sample.value)
+                    elif sample.name in ("avar_mqtt_dropped_total", "avar_clips_written_total",
+                                         "avar_clip_failures_total", "avar_mqtt_connected"):
+                        totals[sample.name] = int(sample.value)
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:
+            self.scrapes_failed += 1
+            self.last_error = f"/metrics: {exc!r}"
+            return
+        self.scrapes_ok += 1
+        self.last_scrape = {"steps_scored": scored, **totals}
 
     def get(self, path: str) -> bytes | None:
         try:
@@ -226,6 +275,7 @@ class PagePoller(threading.Thread):
             ids = [s.get("id") for s in listed if isinstance(s, dict) and s.get("id") is not None]
             if ids and self.get(f"/api/sources/{ids[0]}/frame.jpg") is not None:
                 self.ok += 1
+            self.scrape()
 
 
 class WebhookReceiver:
@@ -259,6 +309,70 @@ class WebhookReceiver:
         self.server.shutdown()
         self.thread.join(timeout=10)
         self.server.server_close()
+
+
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
+
+
+class Broker:
+    """A ``mosquitto`` of the soak's own on a free loopback port: a child process that dies
+    with this one and is terminated on exit; and a paho subscriber on ``{prefix}/#``
+    counting the messages the watch published (retained discovery messages included)."""
+
+    def __init__(self, folder: Path, prefix: str) -> None:
+        assert MOSQUITTO is not None
+        self.port, self.prefix, self.received = free_port(), prefix, 0
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf = write_text(folder / "mosquitto.conf", f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                                                          f"persistence false\nuser {getpass.getuser()}\n")
+        self.proc: subprocess.Popen | None = None
+        self.client: Any = None
+
+    def __enter__(self) -> Broker:
+        import paho.mqtt.client as mqtt
+
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL,
+                                     preexec_fn=functools.partial(die_with_parent, os.getpid()))
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port} "
+                                           f"(exit {self.proc.poll()})") from None
+                    time.sleep(0.05)
+            subscribed = threading.Event()
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="avar-soak-subscriber")
+            self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{self.prefix}/#", qos=1)
+            self.client.on_subscribe = lambda *a: subscribed.set()
+            self.client.on_message = self._count
+            self.client.connect("127.0.0.1", self.port)
+            self.client.loop_start()
+            if not subscribed.wait(10):
+                raise RuntimeError("the soak's MQTT subscription was not acknowledged")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _count(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.received += 1   # paho's network thread only
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 class Sampler(threading.Thread):
@@ -401,6 +515,9 @@ class _Parts:
     cameras: list[LoopingCamera] = field(default_factory=list)
     poller: PagePoller | None = None
     webhook: WebhookReceiver | None = None
+    broker: Broker | None = None
+    mqtt_skipped: str | None = None     # why MQTT was not exercised
+    clips: Path | None = None
 
 
 def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None) -> dict[str, Any]:
@@ -422,19 +539,32 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
         parts = _Parts()
         for clip in clips:
             parts.cameras.append(stack.enter_context(LoopingCamera(clip)))
-        urls = [cam.url for cam in parts.cameras]
+        # named as a config file names its cameras (live/config_file.py)
+        specs = [parse_source(cam.url, name=f"cam{i}") for i, cam in enumerate(parts.cameras)]
+        names = [spec.name for spec in specs]
         parts.webhook = stack.enter_context(WebhookReceiver()) if cfg.webhook else None
+        if not cfg.mqtt:
+            parts.mqtt_skipped = "turned off (--no-mqtt)"
+        elif MOSQUITTO is None:
+            parts.mqtt_skipped = "no mosquitto here (looked on PATH and in /usr/sbin)"
+            logger.warning("soak: %s: MQTT is not exercised", parts.mqtt_skipped)
+        else:
+            parts.broker = stack.enter_context(Broker(work / "broker", prefix="avar-soak"))
         events = work / "events.jsonl"
         snapshots = work / "snapshots" if cfg.snapshots else None
+        parts.clips = work / "clips" if cfg.clips else None
         port = free_port() if cfg.serve else None
         stop = threading.Event()
-        counter = SoakCounter(urls)
+        counter = SoakCounter(names)
         go = threading.Event()   # the watch's first event: the sampler's clock and the poller start
         sampler = Sampler(counter, go, stop, cfg.sample_every, cfg.minutes * 60)
+        clips = ClipConfig(dir=str(parts.clips), max_bytes=cfg.clips_max_bytes) if parts.clips else None
         config = WatchConfig(snapshots=str(snapshots) if snapshots else None, frames=cfg.serve,
-                             alerts=AlertConfig())
+                             alerts=AlertConfig(), clips=clips)
+        mqtt = MqttConfig(host="127.0.0.1", port=parts.broker.port, topic_prefix=parts.broker.prefix,
+                          client_id="avar-soak") if parts.broker else None
         outputs = WatchOutputs(out=str(events), serve=f"127.0.0.1:{port}" if port else None,
-                               webhook=parts.webhook.url if parts.webhook else None)
+                               webhook=parts.webhook.url if parts.webhook else None, mqtt=mqtt)
         poller = PagePoller(f"http://127.0.0.1:{port}", go, stop, cfg.poll_every) if port else None
         parts.poller = poller
         watch_began = time.perf_counter()
@@ -442,7 +572,7 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
             for thread in (sampler, poller):
                 if thread is not None:
                     thread.start()
-            code, summary = watch_command(run, urls, config, PredictConfig(device=cfg.device), outputs,
+            code, summary = watch_command(run, specs, config, PredictConfig(device=cfg.device), outputs,
                                           extra_sinks=[counter, _OnFirst(go.set)], stop=stop)
         finally:
             stop.set()
@@ -450,7 +580,8 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
                 if thread is not None and thread.is_alive():
                     thread.join(timeout=30)
         watch_s = time.perf_counter() - watch_began
-        feed_errors = {cam.url: repr(cam.feed_error) for cam in parts.cameras if cam.feed_error is not None}
+        feed_errors = {name: repr(cam.feed_error) for name, cam in zip(names, parts.cameras)
+                       if cam.feed_error is not None}
         result = report(cfg, sampler.samples, counter, summary, parts, code, run, built_s, watch_s, feed_errors,
                         events, snapshots, sampler.never_started)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -477,17 +608,17 @@ def report(cfg: SoakConfig, samples: list[dict[str, Any]], counter: SoakCounter,
            code: int, run: Path, built_s: float, watch_s: float, feed_errors: dict[str, str], events: Path,
            snapshots: Path | None, never_started: bool) -> dict[str, Any]:
     counts = counter.snapshot()
-    names = {url: f"cam{i}" for i, url in enumerate(counts)}
     per_stream = {}
     intervals = scoring_intervals(samples)
-    for url, c in counts.items():
-        cam = next(cam for cam in parts.cameras if cam.url == url)
-        per_stream[names[url]] = {
-            "url": url, "records": c["records"], "dropped_steps": c["dropped_steps"], "alerts": c["alerts"],
+    scraped = parts.poller.last_scrape.get("steps_scored", {}) if parts.poller else {}
+    for (name, c), cam in zip(counts.items(), parts.cameras):
+        per_stream[name] = {
+            "url": cam.url, "records": c["records"], "metrics_steps_scored": scraped.get(name),
+            "dropped_steps": c["dropped_steps"], "alerts": c["alerts"],
             "stalls": c["stalls"], "reconnects": c["reconnects"], "max_latency_s": c["max_latency_s"],
-            "records_per_interval": intervals.get(url, []), "camera_loops": cam.loops,
+            "records_per_interval": intervals.get(name, []), "camera_loops": cam.loops,
             "camera_connections": cam.connections,
-            "error": summary.sources[url].error if url in summary.sources else None,
+            "error": summary.sources[name].error if name in summary.sources else None,
         }
     growth_rows = analyse(samples, cfg)
     sampled_s = samples[-1]["t_s"] if samples else 0.0
@@ -497,6 +628,8 @@ def report(cfg: SoakConfig, samples: list[dict[str, Any]], counter: SoakCounter,
     no_growth = all(g["grows"] is False for g in growth_rows.values())
     jsonl_lines = sum(1 for _ in events.open()) if events.exists() else 0
     snapshot_files = len(list(snapshots.iterdir())) if snapshots is not None and snapshots.exists() else 0
+    kept = [p for p in parts.clips.iterdir() if p.is_file()] if parts.clips and parts.clips.exists() else []
+    scrape = parts.poller.last_scrape if parts.poller else {}
     return {
         "config": {**asdict(cfg), "limits": asdict(cfg.limits)},
         "cpu": cpu_model(), "cpu_cores": len(os.sched_getaffinity(0)),
@@ -507,7 +640,17 @@ def report(cfg: SoakConfig, samples: list[dict[str, Any]], counter: SoakCounter,
                     "serve_polls_failed": parts.poller.failed if parts.poller else None,
                     "serve_last_error": parts.poller.last_error if parts.poller else None,
                     "webhook_received": parts.webhook.received if parts.webhook else None,
-                    "snapshot_failures": summary.snapshot_failures},
+                    "snapshot_failures": summary.snapshot_failures,
+                    "clips_written": summary.clips_written if parts.clips else None,
+                    "clip_failures": summary.clip_failures if parts.clips else None,
+                    "clips_kept": len(kept) if parts.clips else None,
+                    "clips_kept_bytes": sum(p.stat().st_size for p in kept) if parts.clips else None,
+                    "mqtt_received": parts.broker.received if parts.broker else None,
+                    "mqtt_dropped": scrape.get("avar_mqtt_dropped_total") if parts.broker else None,
+                    "mqtt_skipped": parts.mqtt_skipped,
+                    "metrics_scrapes_ok": parts.poller.scrapes_ok if parts.poller else None,
+                    "metrics_scrapes_failed": parts.poller.scrapes_failed if parts.poller else None,
+                    "metrics_last_scrape": scrape or None},
         "streams": per_stream,
         "samples": samples,
         "growth_after_warmup": growth_rows,
@@ -547,6 +690,11 @@ def soak_summary(result: dict[str, Any]) -> str:
     o = result["outputs"]
     lines.append(f"outputs: {o['jsonl_lines']} JSON lines, {o['snapshots']} snapshots, {o['webhook_received']} "
                  f"webhook POSTs, page polls {o['serve_polls_ok']} ok / {o['serve_polls_failed']} failed")
+    lines.append(f"clips: {o['clips_written']} written, {o['clip_failures']} failed, {o['clips_kept']} kept "
+                 f"({(o['clips_kept_bytes'] or 0) / MIB:.1f} MiB); MQTT: "
+                 + (f"skipped ({o['mqtt_skipped']})" if o["mqtt_skipped"] else
+                    f"{o['mqtt_received']} messages received, {o['mqtt_dropped']} dropped")
+                 + f"; /metrics scrapes {o['metrics_scrapes_ok']} ok / {o['metrics_scrapes_failed']} failed")
     v = result["verdict"]
     lines.append(f"verdict: {'OK' if v['ok'] else 'FAILED'} (no growth beyond noise: {v['no_growth_beyond_noise']}, "
                  f"scoring continued: {v['scoring_continued']}, completed: {v['completed']})")

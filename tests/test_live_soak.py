@@ -1,12 +1,15 @@
 """``cli.py bench soak`` in short: four looping loopback cameras (H.264 + AAC over TCP, in
-real time) watched for two minutes through ``watch``'s own command, with JSON lines,
-snapshots, the webhook (to a receiver on loopback) and the browser view polled by a
-client. After a 30 s warm-up, open descriptors and threads do not grow beyond the fixed
-slack of ``live.soak.GrowthLimits`` (descriptors 6: a page poll's and a webhook POST's
-connection on both ends, a snapshot being written and a camera reopening, each open at
+real time, named cam0..cam3) watched for two minutes through ``watch``'s own command,
+with JSON lines, snapshots, alert clips (kept within a small ``max_bytes``), the webhook
+(to a receiver on loopback), MQTT (a mosquitto of the soak's own and a subscriber, where
+mosquitto is installed) and the browser view polled by a client, ``/metrics`` scraped.
+After a 30 s warm-up, open descriptors and threads do not grow beyond the fixed slack of
+``live.soak.GrowthLimits`` (descriptors 7: a page poll's and a webhook POST's connection
+on both ends, a snapshot and a clip being written and a camera reopening, each open at
 one sample's instant and gone by the next; threads 2: a decoder's or a reader's while a
 camera reopens), every stream scored in every interval, every stream alerted at the event
-its loop brings, and nothing the soak started outlives it.
+its loop brings, every output got what it should, and nothing the soak started outlives
+it (the broker included).
 
 The whole soak runs at 160x120 with the tiny backbones (about a fifth of a core on the
 2-core CI machine); the full 20-minute figures are in reports/bench/soak.json."""
@@ -22,7 +25,7 @@ from pathlib import Path
 import av
 import pytest
 
-from live.soak import GrowthLimits
+from live.soak import MOSQUITTO, GrowthLimits
 from tests.test_documented_commands import documents
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,6 +137,23 @@ def test_a_two_minute_soak_leaks_no_descriptors_or_threads_and_keeps_scoring(xd_
     assert outputs["snapshots"] >= STREAMS and outputs["snapshot_failures"] == 0
     assert outputs["serve_polls_ok"] > 0
     assert outputs["webhook_received"] >= sum(s["alerts"] for s in data["streams"].values())   # start and end each
+
+    # alert clips: one per alert end (the last alert may still be open at the stop), kept within the retention
+    alerts = sum(s["alerts"] for s in data["streams"].values())
+    assert outputs["clip_failures"] == 0 and alerts - STREAMS <= outputs["clips_written"] <= alerts, outputs
+    assert 0 < outputs["clips_kept"] <= outputs["clips_written"], outputs
+    assert 0 < outputs["clips_kept_bytes"] <= data["config"]["clips_max_bytes"], outputs
+    # MQTT, where mosquitto is installed: every alert start and end twice (events and the camera's event), a
+    # score per camera about every second, nothing dropped
+    if MOSQUITTO is None:
+        assert outputs["mqtt_skipped"] and outputs["mqtt_received"] is None
+    else:
+        assert outputs["mqtt_skipped"] is None and outputs["mqtt_dropped"] == 0, outputs
+        assert outputs["mqtt_received"] >= 2 * alerts + 0.5 * STREAMS * (MINUTES * 60 - WARMUP), outputs
+    # /metrics scraped by the poller, parsed; its per-camera steps scored are the records scored by then
+    assert outputs["metrics_scrapes_ok"] > 0 and outputs["metrics_scrapes_failed"] == 0, outputs
+    for name, s in data["streams"].items():
+        assert 0.5 * s["records"] <= s["metrics_steps_scored"] <= s["records"], (name, s)
 
     # nothing the soak started outlives it: no child process, no thread
     assert set(_children()) <= children
