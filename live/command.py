@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apply.predictor import PredictConfig
+from cache_schema import InvalidInput
 from extract.hw_decode import resolve_decode
 
 from .alerts import AlertConfig
@@ -32,6 +33,10 @@ from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 __all__ = ["WatchFlags", "WatchOutputs", "watch_cli", "watch_command", "watch_config_command"]
 
 logger = logging.getLogger(__name__)
+
+# One-off options that mean something only beside another (given alone they are refused).
+DEPENDENT_FLAGS = {"mqtt": ("mqtt_prefix", "mqtt_user", "mqtt_password_file", "mqtt_client_id"),
+                   "clips": ("clip_pre", "clip_post", "clips_max_bytes", "clips_max_age")}
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,12 @@ def watch_cli(flags: WatchFlags, config_file: str | Path | None = None, given: S
                                                                  duration=flags.duration, depth=flags.depth), predict)
             return status
         assert flags.rundir is not None, "cli.py checks that RUN and SOURCES are given"
+        orphans = {kid: parent for parent, kids in DEPENDENT_FLAGS.items() if getattr(flags, parent) is None
+                   for kid in kids if kid in given}
+        if orphans:   # never silently ignored: the operator meant something by them
+            listed = ", ".join(f"--{kid.replace('_', '-')}" for kid in orphans)
+            parents = ", ".join(sorted({f"--{parent}" for parent in orphans.values()}))
+            raise InvalidInput(f"{listed} given without the option they belong to ({parents})")
         mqtt = mqtt_config_from_flags(flags.mqtt, flags.mqtt_prefix, flags.mqtt_user, flags.mqtt_password_file,
                                       flags.mqtt_client_id) if flags.mqtt is not None else None
         from .web import read_token_file

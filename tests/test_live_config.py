@@ -157,6 +157,10 @@ def test_flags_the_file_sets_are_refused_beside_it(tmp_path: Path) -> None:
     result = _cli("--config", str(cfg), "--threshold", "0.3", "--out", str(tmp_path / "x.jsonl"))
     assert result.exit_code == 2 and "--threshold (the file's defaults.threshold" in result.output, result.output
     assert "--out (the file's outputs.jsonl)" in result.output
+    # a one-off run's options that belong to another, given without it: refused, never ignored
+    result = _cli(str(tmp_path), "udp://127.0.0.1:9", "--mqtt-user", "avar", "--clip-pre", "3")
+    assert result.exit_code == 2 and "--mqtt-user, --clip-pre given without" in result.output, result.output
+    assert "(--clips, --mqtt)" in result.output, result.output
     # named as the user types them, not by their parameter names
     result = _cli("--config", str(cfg), "--metrics", "127.0.0.1:9109", "--serve-name", "cams.local")
     assert result.exit_code == 2 and "--metrics (the file's outputs.metrics.address)" in result.output, result.output
