@@ -237,18 +237,27 @@ def _short_ts(path: Path, seconds: float = 3.0) -> Path:
     return write_clip(path, duration=seconds, sample_rate=16000)   # MPEG-TS by its suffix
 
 
-def _sigterm_once_handled(after: float) -> threading.Thread:
+def _sigterm_once_handled(after: float) -> tuple[threading.Thread, threading.Event]:
     """SIGTERM to this process ``after`` seconds once watch's handler is installed (never
-    before: the default action would end the test session)."""
+    before, and never once it is gone: the handler it replaced, the default one or a test
+    runner's, would end the whole test session, perhaps in the middle of another test).
+    Set the returned event to call it off; join the thread."""
+    before = signal.getsignal(signal.SIGTERM)
+    cancel = threading.Event()
+
+    def watch_handler_installed() -> bool:
+        return signal.getsignal(signal.SIGTERM) not in (before, signal.SIG_DFL, None)
+
     def send() -> None:
         deadline = time.monotonic() + 60
-        while signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(after)
-        os.kill(os.getpid(), signal.SIGTERM)
+        while not watch_handler_installed():
+            if cancel.wait(0.05) or time.monotonic() > deadline:
+                return
+        if not cancel.wait(after) and watch_handler_installed():
+            os.kill(os.getpid(), signal.SIGTERM)
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
-    return thread
+    return thread, cancel
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
@@ -267,13 +276,15 @@ def test_sigterm_while_a_pipe_or_a_fifo_waits_for_its_writer_is_a_stop(xd_grid_r
     os.mkfifo(fifo)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(read_fd, "rb")))
     out = tmp_path / "events.jsonl"
+    sender, cancel = _sigterm_once_handled(after=1.5)
     try:
-        _sigterm_once_handled(after=1.5)
         t0 = time.monotonic()
         status, summary = watch_command(xd_grid_run, ["-", str(fifo)], WatchConfig(), PredictConfig(),
                                         WatchOutputs(out=str(out)))
         took = time.monotonic() - t0
     finally:
+        cancel.set()
+        sender.join()
         os.close(write_fd)
     events = [json.loads(line) for line in out.read_text().splitlines()]
     ended = {e["source"]: e for e in events if e["type"] == "ended"}
