@@ -12,7 +12,8 @@ The test checks what an operator sees: the source's tile with a frame, a timelin
 moves, the alert in the list within a few seconds of being published (with its
 snapshot), the alert's own timeline chart, and that the page loaded nothing from another
 origin. It saves a screenshot to ``reports/live/web_view.png``: the alert with its clip
-player and its heard/seen badge (docs/live_view.png is a copy).
+player and its heard/seen badge. A real watch of a fused run gives the docs' picture
+(``reports/live/web_view_real.png``; docs/live_view.png is a copy).
 """
 
 from __future__ import annotations
@@ -311,3 +312,53 @@ def test_page_follows_a_real_watch_of_a_generated_stream(browser, xd_grid_run: P
     assert abs(alerts[0]["t_start"] - 3.0) <= 0.6667 + 0.05
     assert [e for e in sse if e.get("type", "").startswith("alert_")] == alerts      # the event stream: the same
     assert len(api) == 1 and {k: api[0][k] for k in alerts[-1]} == alerts[-1]      # /api/alerts: the alert, closed
+
+
+def test_a_real_watch_shows_the_heard_badge_and_plays_the_alerts_clip(browser, tmp_path: Path) -> None:
+    """The page fed by ``run_watch`` with a fused run that hears one anomaly and sees
+    another (``tests/attribution_run.py``), over a camera-paced file whose anomaly is only
+    in the sound (a 2.5 kHz tone from 3 to 6 s): the alert in the list says ``heard``, its
+    clip loads and shows a frame, and the page's screenshot is the one the docs show
+    (``reports/live/web_view_real.png``; docs/live_view.png is a copy)."""
+    import threading
+
+    from selenium.webdriver.common.by import By
+
+    from apply import PredictConfig, load_predictor
+    from live import AlertConfig, ClipConfig, WatchConfig, parse_source, run_watch
+    from tests.attribution_run import build_attribution_run, cue
+    from tests.media_factory import write_clip
+
+    run = build_attribution_run(tmp_path / "attribution")
+    brightness, tone = cue("heard", 3.0, 6.0)
+    video = write_clip(tmp_path / "front_door.mp4", duration=9.0, fps=8, size=(192, 144), brightness=brightness,
+                       tone_hz=tone, sample_rate=16000, gop=8)
+    predictor = load_predictor(run, PredictConfig(device="cpu"))
+    source = parse_source(str(video), realtime=True, name="front_door")
+    view = WebView(WebConfig(port=0, threshold=0.5, timeline_s=60.0), sources=(source.name,))
+    url = view.start()
+    hub = EventHub([view])
+    browser.get(url)
+    config = WatchConfig(window=2.0, hop=1.0, frames=True,
+                         alerts=AlertConfig(threshold=0.5, min_duration=0.5, cooldown=1.0),
+                         clips=ClipConfig(str(tmp_path / "clips"), pre_s=1.0, post_s=1.0, buffer_s=20.0))
+    watcher = threading.Thread(target=run_watch, args=(predictor, [source], config, hub),
+                               kwargs={"run_steps": 4}, daemon=True)
+    watcher.start()
+    try:
+        badge = _wait("the alert's heard/seen badge", lambda: [b for b in browser.find_elements(
+            By.CSS_SELECTOR, "#alerts li.alert .trigger") if b.text], 30)[0]
+        assert badge.text == "heard", badge.text
+        player = _wait("the clip's player", lambda: [v for v in browser.find_elements(
+            By.CSS_SELECTOR, "#alerts video.clip") if v.is_displayed()], 30)[0]
+        browser.execute_script("arguments[0].preload = 'auto'; arguments[0].load();", player)
+        _wait("the clip to load in the player", lambda: browser.execute_script(
+            "const v = arguments[0]; return !v.error && v.readyState >= 1 && v.duration > 0;", player), 10)
+        browser.execute_script("arguments[0].currentTime = 2.0;", player)
+        _wait("a frame of the clip in the player", lambda: browser.execute_script(
+            "const v = arguments[0]; return !v.seeking && v.readyState >= 2 && v.videoWidth > 0;", player), 10)
+        write_bytes(SCREENSHOT.with_name("web_view_real.png"), browser.get_screenshot_as_png())
+    finally:
+        watcher.join(30)
+        hub.close()
+    assert not watcher.is_alive()
