@@ -65,9 +65,14 @@ install-lite:
 # Two pytest workers (pytest-xdist): the live tests wait on real-time streams and the CLI
 # tests on subprocess start-up, so two workers finish in about 60 % of one's time even on
 # 2 cores. TEST_WORKERS=0 runs the suite in one process.
+# A test whose worker process died under it (xdist: "crashed while running") is run once
+# more on a fresh worker, and shows as a rerun; a test that fails is never rerun. Open
+# defect: about one suite run in three, a worker dies late in the run with no kernel
+# message (no OOM, no segfault), during a short test that does nothing unusual.
 TEST_WORKERS ?= 2
+CRASH_RERUN := --reruns 1 --only-rerun 'crashed while running'
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) $(CRASH_RERUN))
 
 data: $(STAMP)
 ifeq ($(DATASET),synth)
