@@ -122,14 +122,12 @@ class Webhook(_Section):
     @field_validator("url")
     @classmethod
     def _http(cls, url: str) -> str:
+        from .sinks import check_webhook_url
+
         try:
-            parts = urllib.parse.urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            raise ValueError("not a valid URL") from None
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError("give an http:// or https:// URL with a host")
-        return url
+            return check_webhook_url(url)
+        except InvalidInput as exc:   # its "--webhook URL: " prefix: the file's line names the key
+            raise ValueError(str(exc).partition(": ")[2]) from None
 
 
 class Mqtt(_Section):

@@ -23,7 +23,6 @@ of its own (``--metrics HOST:PORT``; ``MetricsServer``), under the same rule.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import socket
 import threading
@@ -43,7 +42,7 @@ from cache_schema import InvalidInput
 
 from .events import ALERT_START, DROPPED_STEPS, RECONNECTED, STALLED, AlertEvent, Event, ScoreRecord, StatusEvent
 
-__all__ = ["LATENCY_BUCKETS", "STEP_SECONDS_BUCKETS", "MetricsConfig", "MetricsServer", "WatchMetrics", "authorised",
+__all__ = ["LATENCY_BUCKETS", "STEP_SECONDS_BUCKETS", "MetricsConfig", "MetricsServer", "WatchMetrics",
            "metrics_response"]
 
 logger = logging.getLogger(__name__)
@@ -261,7 +260,9 @@ class MetricsServer:
     async def _serve(self, request: Any) -> Any:
         from aiohttp import web
 
-        if not authorised(request.headers.get("Authorization", ""), request.query.get("token", ""), self.token):
+        from .web import token_given
+
+        if not token_given(self.token, request.headers.get("Authorization", ""), request.query.get("token", "")):
             return web.Response(status=401, text="401: /metrics needs the token: 'Authorization: Bearer TOKEN'\n",
                                 headers={"WWW-Authenticate": 'Bearer realm="avar metrics"'})
         return metrics_response(self.metrics)
@@ -270,21 +271,9 @@ class MetricsServer:
         """A hub sink only so that the hub closes it with the others (it counts nothing)."""
 
     def close(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            try:
-                loop.call_soon_threadsafe(loop.stop)
-            except RuntimeError:
-                pass
-            thread.join(timeout=10)
+        from .web import stop_serving
 
-
-def authorised(header: str, query_token: str, token: str | None) -> bool:
-    """The bearer header (or ``?token=``) against ``token``, in constant time; no token: open."""
-    if token is None:
-        return True
-    given = [header[7:].strip() if header[:7].lower() == "bearer " else "", query_token]
-    return any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given)
+        stop_serving(self._loop, self._thread, "the metrics server")
 
 
 def metrics_response(metrics: WatchMetrics | Callable[[], bytes]) -> Any:

@@ -8,6 +8,7 @@ loopback address needs nothing, anything else needs ``--token`` or ``--token-fil
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import os
 import socket
@@ -193,5 +194,15 @@ def read_token_file(path: str | Path) -> str:
     return token
 
 
+def token_given(token: str | None, authorization: str, *others: str) -> bool:
+    """Whether the request carries ``token``: as ``Authorization: Bearer TOKEN`` or as any
+    of ``others`` (the ``?token=`` query, the page's cookie), compared in constant time.
+    No token configured: open (loopback only, see ``check_serve_access``)."""
+    if token is None:
+        return True
+    bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    return any(g and hmac.compare_digest(g.encode(), token.encode()) for g in (bearer, *others))
+
+
 __all__ = ["DEFAULT_HOST", "WebConfig", "allowed_hosts", "check_serve_access", "connection_budget", "host_allowed",
-           "host_of", "is_loopback", "parse_serve", "read_token_file"]
+           "host_of", "is_loopback", "parse_serve", "read_token_file", "token_given"]

@@ -19,7 +19,6 @@ bearer header (its ``authorization`` setting).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import socket
@@ -35,7 +34,7 @@ from aiohttp import web
 from cache_schema import InvalidInput, json_text
 from live.events import Event
 
-from .config import WebConfig, allowed_hosts, check_serve_access, connection_budget, host_allowed
+from .config import WebConfig, allowed_hosts, check_serve_access, connection_budget, host_allowed, token_given
 from .state import AlertState, LiveState
 
 logger = logging.getLogger(__name__)
@@ -116,6 +115,21 @@ class _Counted(asyncio.Protocol):
             self._lost()
 
 
+def stop_serving(loop: asyncio.AbstractEventLoop | None, thread: threading.Thread | None, what: str) -> None:
+    """Stop an aiohttp server's loop, run forever on its own ``thread``, from another
+    thread, and join that thread (its ``finally`` cleans the app up); ``what`` names it in
+    the warning when it does not stop within 10 s."""
+    if loop is None or thread is None or not thread.is_alive():
+        return
+    try:
+        loop.call_soon_threadsafe(loop.stop)
+    except RuntimeError:   # the loop has just closed
+        pass
+    thread.join(timeout=10)
+    if thread.is_alive():
+        logger.warning("%s thread did not stop within 10 s", what)
+
+
 class WebView:
     """A ``live.events.Sink`` that serves the live view (see the module docstring).
 
@@ -184,15 +198,7 @@ class WebView:
     def close(self) -> None:
         """Stop serving (event-stream clients are disconnected) and join the thread."""
         self._closed = True
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            try:
-                loop.call_soon_threadsafe(loop.stop)
-            except RuntimeError:
-                pass
-            thread.join(timeout=10)
-            if thread.is_alive():
-                logger.warning("the live view's server thread did not stop within 10 s")
+        stop_serving(self._loop, self._thread, "the live view's server")
 
     def stats(self) -> dict[str, Any]:
         """Counters (the same as ``/healthz``), read on the server's loop."""
@@ -316,13 +322,8 @@ class WebView:
         return metrics_response(self._metrics)
 
     def _authorised(self, request: web.Request) -> bool:
-        token = self.config.token
-        if token is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        given = [header[7:].strip() if header[:7].lower() == "bearer " else "", request.query.get("token", ""),
-                 request.cookies.get(self._cookie, "")]
-        return any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given)
+        return token_given(self.config.token, request.headers.get("Authorization", ""), request.query.get("token", ""),
+                           request.cookies.get(self._cookie, ""))
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -451,4 +452,4 @@ def _read_small_file(path: Path, limit: int) -> bytes | None:
         return None
 
 
-__all__ = ["COOKIE", "STATIC", "WebView"]
+__all__ = ["COOKIE", "STATIC", "WebView", "stop_serving"]
