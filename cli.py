@@ -613,8 +613,11 @@ def bench_live(out: Path, full_seconds: float, bf16_seconds: float, tiny_seconds
 @click.option("--notes", default="", help="Recorded in the JSON (e.g. what else ran on the machine).")
 @click.option("--no-clips", is_flag=True, help="Leave alert clips out.")
 @click.option("--no-mqtt", is_flag=True, help="Leave MQTT out (it is left out anyway where mosquitto is not installed).")
+@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="The cameras' alert threshold (watch's default); lower it for a run whose event scores are weak.")
 def bench_soak(out: Path, minutes: float, sample_every: float, warmup: float, streams: int, size: str,
-               run: Path | None, work: Path | None, notes: str, no_clips: bool, no_mqtt: bool) -> None:
+               run: Path | None, work: Path | None, notes: str, no_clips: bool, no_mqtt: bool,
+               threshold: float) -> None:
     """A long watch of looping loopback cameras (tiny backbones; JSON lines, snapshots, alert
     clips, the webhook, MQTT to a mosquitto of its own, and a polled --serve page with
     /metrics on): memory, open descriptors and threads sampled, their growth after warm-up
@@ -624,7 +627,7 @@ def bench_soak(out: Path, minutes: float, sample_every: float, warmup: float, st
 
     cfg = SoakConfig(minutes=minutes, sample_every=sample_every, warmup_s=warmup, streams=streams,
                      size=parse_size(size, "--size"), run=str(run) if run else None, notes=notes,
-                     clips=not no_clips, mqtt=not no_mqtt)
+                     clips=not no_clips, mqtt=not no_mqtt, threshold=threshold)
     result = run_soak(out, cfg, work=work)
     click.echo(soak_summary(result))
     click.echo(f"report: {out}")

@@ -36,7 +36,7 @@ from PIL import Image
 from cache_schema import SAMPLE_RATE, AvarError, ClipRecord, InvalidInput, StepLayout
 from extract.backbones import autocast_context
 from extract.decode import DecodeError, decode_clip
-from extract.hw_decode import DECODE_CHOICES, SOFTWARE, HardwareDecoder, resolve_decode
+from extract.hw_decode import DECODE_CHOICES, SOFTWARE, HardwareDecoder, on_device, resolve_decode
 from extract.pipeline import Decoded, FeatureExtractor, worker_transform
 from extract.windows import DecodedWindow, decode_windows, thumbnail
 from temporal.data import Clips
@@ -139,7 +139,7 @@ class Predictor:
         """The hardware decoder ``config.decode`` means here (resolved once per choice;
         ``InvalidInput`` where an explicit device does not open)."""
         if config.decode not in self._decoders:
-            self._decoders[config.decode] = resolve_decode(config.decode)
+            self._decoders[config.decode] = on_device(resolve_decode(config.decode), self.device)
         return self._decoders[config.decode]
 
     # -- the head

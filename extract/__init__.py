@@ -37,6 +37,7 @@ _WHERE = {
     "decode_clip": "decode", "DecodedClip": "decode",
     "decode_windows": "windows", "DecodedWindow": "windows", "plan_windows": "windows",
     "resolve_decode": "hw_decode", "HardwareDecoder": "hw_decode", "DECODE_CHOICES": "hw_decode",
+    "on_device": "hw_decode",
     "TorchFrameTransform": "frame_tensors", "DeviceFeed": "gpu_feed",
     "load_video_backbone": "backbones", "load_audio_backbone": "backbones", "VideoBackbone": "backbones",
     "AudioBackbone": "backbones", "BACKBONE_PRESETS": "backbones", "preset_models": "backbones",

@@ -127,11 +127,12 @@ def _batch_timeout_s(cfg: ExtractConfig, clips: int) -> float:
 
 
 def _worker_init(parent_pid: int | None, _: int) -> None:
-    # A worker dies with the process that forked it (kill -9 and the OOM killer run no
+    # A worker dies with the process that started it (kill -9 and the OOM killer run no
     # cleanup, and an orphaned worker can wait for ever on its result pipe); the lock's
     # descriptor was already closed here by ``cache_schema.lock``'s fork hook.
     die_with_parent(parent_pid)
-    torch.set_num_threads(1)  # a forked worker keeps the parent's floating-point mode (denormals flushed)
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # a forked worker has it already; a spawned one (CUDA decoding) starts afresh
 
 
 def _collate(batch: list[Decoded]) -> list[Decoded]:
@@ -167,8 +168,9 @@ def _loader(rows: Sequence[ManifestRow], cfg: ExtractConfig, transform: Callable
     ds = ClipDecodeDataset(rows, cfg.layout, transform, cfg.clip_timeout, decoder)
     bs = batch_size or cfg.decode_batch
     ctx = _worker_context(decoder) if workers else None
-    # a forked worker's parent is this process, which lets the worker check it is still there
-    parent = os.getpid() if ctx is not None and ctx.get_start_method() == "fork" else None
+    # a forked or spawned worker's parent is this process, which lets the worker check it is still
+    # there (a forkserver's children are the server's)
+    parent = os.getpid() if ctx is not None and ctx.get_start_method() in ("fork", "spawn") else None
     return DataLoader(
         ds, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=_collate, multiprocessing_context=ctx,
         worker_init_fn=functools.partial(_worker_init, parent) if workers else None,

@@ -27,6 +27,7 @@ downloaded to host memory and follow the software path from there.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -43,7 +44,8 @@ from cache_schema import InvalidInput
 from .probe import ClipTimeout, open_container
 
 __all__ = ["DECODE_CHOICES", "HW_KINDS", "SOFTWARE", "HardwareDecoder", "as_software_layout", "decode_mode",
-           "device_error", "log_fallback_once", "open_for_decoding", "open_with_fallback", "resolve_decode"]
+           "device_error", "log_fallback_once", "on_device", "open_for_decoding", "open_with_fallback",
+           "resolve_decode"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,21 @@ def resolve_decode(choice: str, device: str | None = None, keep_on_device: bool 
                            "--decode auto pick what this machine has")
     logger.info("--decode auto: no hardware decoder opens here (%s); decoding in software", "; ".join(reasons))
     return None
+
+
+def on_device(decoder: HardwareDecoder | None, device: object) -> HardwareDecoder | None:
+    """``decoder`` on the GPU that the backbones use (``device``: a torch device or its
+    text, e.g. ``cuda:1``). FFmpeg's CUDA decoder opens GPU 0 when it is given no device,
+    so under ``torchrun`` every rank would decode on GPU 0 while its backbones ran on its
+    own GPU, and every frame would cross between them. A CUDA decoder with no device of
+    its own therefore takes ``device``'s index. Any other decoder, a decoder given its
+    device explicitly, or a ``device`` without a CUDA index is returned as it was."""
+    if decoder is None or decoder.kind != "cuda" or decoder.device is not None:
+        return decoder
+    text = str(device)
+    if not text.startswith("cuda:") or not text[5:].isdigit():
+        return decoder
+    return dataclasses.replace(decoder, device=text[5:])
 
 
 def decode_mode(decoder: HardwareDecoder | None) -> str:

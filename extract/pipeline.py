@@ -32,7 +32,7 @@ from .datasets import Manifest
 from .decode_workers import ClipDecodeDataset, Decoded, hard_limit_s, iter_decoded, source_stat
 from .distributed import DistEnv, Group, RankFailed, process_group
 from .extract_config import ExtractConfig, ExtractSummary
-from .hw_decode import HardwareDecoder, decode_mode, resolve_decode
+from .hw_decode import HardwareDecoder, decode_mode, on_device, resolve_decode
 from .feature_extractor import (FRAME_BATCH, FeatureExtractor, audio_step_mask, backbone_info, load_extract_backbones,
                                 worker_transform)
 
@@ -91,6 +91,7 @@ def _extract_shard(writer: CacheWriter, shard: Sequence[tuple[int, str]], manife
     logger.info("%s: %d clips to extract, %d already in %s", env.label(), len(shard), summary.skipped, summary.cache)
     rows = [by_key[k] for _, k in shard]
     progress = _progress(len(shard), cfg.progress and env.is_main)
+    decoder = on_device(decoder, video.device)   # a rank's NVDEC is its own GPU's, not GPU 0's
     with ExitStack() as stack:
         if torch.device(video.device).type == "cuda":  # decode, copies and backbones overlap (extract.gpu_feed)
             from .gpu_feed import gpu_batches

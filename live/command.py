@@ -17,11 +17,11 @@ from typing import Any
 
 from apply.predictor import PredictConfig
 from cache_schema import InvalidInput
-from extract.hw_decode import resolve_decode
+from extract.hw_decode import on_device, resolve_decode
 
 from .alerts import AlertConfig
 from .clips import ClipConfig, check_clips_dir
-from .config_file import DeployConfig, load_config, refuse_flags_beside
+from .config_file import DeployConfig, flag_spelled, load_config, refuse_flags_beside
 from .events import EventHub, Sink
 from .metrics import MetricsConfig, MetricsServer, WatchMetrics
 from .mqtt import MqttConfig, MqttSink, mqtt_config_from_flags
@@ -34,9 +34,12 @@ __all__ = ["WatchFlags", "WatchOutputs", "watch_cli", "watch_command", "watch_co
 
 logger = logging.getLogger(__name__)
 
-# One-off options that mean something only beside another (given alone they are refused).
-DEPENDENT_FLAGS = {"mqtt": ("mqtt_prefix", "mqtt_user", "mqtt_password_file", "mqtt_client_id"),
-                   "clips": ("clip_pre", "clip_post", "clips_max_bytes", "clips_max_age")}
+# One-off options that mean something only beside another (any one of the options in the
+# key); given without them they are refused.
+DEPENDENT_FLAGS = {("mqtt",): ("mqtt_prefix", "mqtt_user", "mqtt_password_file", "mqtt_client_id"),
+                   ("clips",): ("clip_pre", "clip_post", "clips_max_bytes", "clips_max_age"),
+                   ("serve", "metrics_address"): ("token", "token_file"),
+                   ("serve",): ("serve_names",)}
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], confi
     stop = stop or threading.Event()
     # a missing file is refused before loading
     specs = [s if isinstance(s, SourceSpec) else parse_source(s, realtime=realtime) for s in sources]
-    decoder = resolve_decode(predict.decode)  # likewise a hardware decoder asked for and missing
+    decoder = on_device(resolve_decode(predict.decode), predict.device)  # likewise: refused when missing
     specs = [dataclasses.replace(s, decoder=decoder) for s in specs]
     view = None
     metrics = metrics_server = None
@@ -232,11 +235,11 @@ def watch_cli(flags: WatchFlags, config_file: str | Path | None = None, given: S
                                                                  duration=flags.duration, depth=flags.depth), predict)
             return status
         assert flags.rundir is not None, "cli.py checks that RUN and SOURCES are given"
-        orphans = {kid: parent for parent, kids in DEPENDENT_FLAGS.items() if getattr(flags, parent) is None
-                   for kid in kids if kid in given}
+        orphans = {kid: parents for parents, kids in DEPENDENT_FLAGS.items()
+                   if all(getattr(flags, p) is None for p in parents) for kid in kids if kid in given}
         if orphans:   # never silently ignored: the operator meant something by them
-            listed = ", ".join(f"--{kid.replace('_', '-')}" for kid in orphans)
-            parents = ", ".join(sorted({f"--{parent}" for parent in orphans.values()}))
+            listed = ", ".join(flag_spelled(kid) for kid in orphans)
+            parents = ", ".join(sorted({" or ".join(flag_spelled(p) for p in ps) for ps in orphans.values()}))
             raise InvalidInput(f"{listed} given without the option they belong to ({parents})")
         mqtt = mqtt_config_from_flags(flags.mqtt, flags.mqtt_prefix, flags.mqtt_user, flags.mqtt_password_file,
                                       flags.mqtt_client_id) if flags.mqtt is not None else None

@@ -40,8 +40,8 @@ from .redact import SECRET_QUERY_KEYS, redact_text, url_secrets
 from .sources import SourceSpec, parse_source
 
 __all__ = ["CAMERA_NAME", "FILE_FLAGS", "CameraConfig", "ConfigFile", "DeployConfig", "MetricsSettings",
-           "ServeSettings", "WebhookSettings", "config_schema", "load_config", "refuse_flags_beside",
-           "schema_text"]
+           "ServeSettings", "WebhookSettings", "config_schema", "flag_spelled", "load_config",
+           "refuse_flags_beside", "schema_text"]
 
 CAMERA_NAME = r"^[A-Za-z0-9_-]{1,64}$"   # safe in file names, MQTT topics, metric labels and URLs
 SECRET = re.compile(r"\{(AVAR_[A-Z0-9_]+)\}")
@@ -528,12 +528,17 @@ def _deploy(path: Path, m: ConfigFile, secrets: frozenset[str]) -> DeployConfig:
         secrets=secrets)
 
 
+def flag_spelled(name: str) -> str:
+    """A ``watch`` option as the user types it, from its parameter name."""
+    return FLAG_SPELLING.get(name, "--" + name.replace("_", "-"))
+
+
 def refuse_flags_beside(config: str | Path, given: Iterable[str]) -> None:
     """``watch`` flags given beside ``--config`` that the file also sets are refused
     (``InvalidInput``): one place for a deployment's settings, never two that disagree."""
     clash = [name for name in given if name in FILE_FLAGS]
     if clash:
-        listed = ", ".join(f"{FLAG_SPELLING.get(n, '--' + n.replace('_', '-'))} (the file's {FILE_FLAGS[n]})"
+        listed = ", ".join(f"{flag_spelled(n)} (the file's {FILE_FLAGS[n]})"
                            for n in clash)
         raise InvalidInput(f"--config {config}: {listed} given beside it; the file sets these: edit it, or "
                            "watch without --config for a one-off run")

@@ -184,6 +184,18 @@ def _version() -> str:
         return "unknown"
 
 
+@dataclass
+class HeldAlert:
+    """An alert event waiting for the broker: when it was raised (monotonic), its camera's
+    topic id, its JSON, and whether ``P/events`` has it already (then only the camera's
+    topic is still owed)."""
+
+    born: float
+    camera: str
+    payload: str
+    on_events: bool = False
+
+
 class MqttSink:
     """The hub sink that publishes live events to MQTT (module doc). ``cameras``: the
     names known at the start, announced to Home Assistant before their first event.
@@ -216,7 +228,7 @@ class MqttSink:
         self._scores: dict[str, str] = {}                   # camera id -> newest score JSON
         self._score_due: dict[str, float] = {}
         self._labels: dict[str, str] = {}
-        self._held: deque[tuple[float, str, str]] = deque()  # (monotonic time, camera id, alert JSON)
+        self._held: deque[HeldAlert] = deque()
         self._in_flight: list[mqtt.MQTTMessageInfo] = []
         self._deadline = 0.0
         for name in cameras:
@@ -345,7 +357,7 @@ class MqttSink:
             if len(self._held) >= self.config.queue:
                 self._held.popleft()
                 self._drop_held(1, f"more than {self.config.queue} alert events held")
-            self._held.append((time.monotonic(), cam, json.dumps(event.to_json(), ensure_ascii=False)))
+            self._held.append(HeldAlert(time.monotonic(), cam, json.dumps(event.to_json(), ensure_ascii=False)))
         elif isinstance(event, StatusEvent):
             state = {STARTED: "live", RECONNECTED: "live", STALLED: "stalled", ENDED: "ended"}.get(event.type)
             if state is not None:
@@ -413,13 +425,17 @@ class MqttSink:
             budget -= 1
         now = time.monotonic()
         while self._held and budget > 1:
-            born, cam, payload = self._held[0]
-            if now - born > self.config.alert_max_age_s:
+            alert = self._held[0]
+            if now - alert.born > self.config.alert_max_age_s and not alert.on_events:
                 self._held.popleft()
                 self._drop_held(1, f"older than {self.config.alert_max_age_s:.0f} s when the broker came back")
                 continue
-            if not (self._send(self.events_topic, payload, 1, False) and
-                    self._send(self._topic(cam, "event"), payload, 1, False)):
+            # the two topics one at a time: an alert whose second publish failed is not sent to the first again
+            if not alert.on_events:
+                if not self._send(self.events_topic, alert.payload, 1, False):
+                    return
+                alert.on_events = True
+            if not self._send(self._topic(alert.camera, "event"), alert.payload, 1, False):
                 return
             self._held.popleft()
             self.alerts_sent += 1

@@ -111,7 +111,9 @@ class SoakConfig:
     ``run``: a run directory (None: one is trained with the tiny backbones first);
     ``serve``: the browser view on, and a client polling it (and ``/metrics``) every
     ``poll_every`` s; ``clips``: alert clips kept within ``clips_max_bytes``; ``mqtt``:
-    publish to a broker of the soak's own (where ``mosquitto`` is installed)."""
+    publish to a broker of the soak's own (where ``mosquitto`` is installed); ``threshold``:
+    every camera's alert threshold (a soak needs each loop's event to alert, to exercise
+    the alert outputs; a weakly trained run may need it lower than watch's 0.5)."""
 
     minutes: float = 20.0
     sample_every: float = 60.0
@@ -129,6 +131,7 @@ class SoakConfig:
     clips: bool = True
     clips_max_bytes: int = 24_000_000   # a few clips at 320x240 (2-10 MB each): retention runs in minutes
     mqtt: bool = True
+    threshold: float = 0.5
     limits: GrowthLimits = GrowthLimits()
     notes: str = ""
 
@@ -176,7 +179,8 @@ class SoakCounter:
     def __init__(self, names: Sequence[str]) -> None:
         self.lock = threading.Lock()
         self.counts = {n: {"records": 0, "dropped_steps": 0, "alerts": 0, "stalls": 0, "reconnects": 0,
-                           "ended": 0, "max_latency_s": 0.0, "last_record_wall": None} for n in names}
+                           "ended": 0, "max_latency_s": 0.0, "last_record_wall": None, "alert_peaks_t": []}
+                       for n in names}
 
     def handle(self, event: Event) -> None:
         c = self.counts.get(event.source)
@@ -189,6 +193,8 @@ class SoakCounter:
                 c["last_record_wall"] = event.wall_time
             elif isinstance(event, AlertEvent) and event.type == ALERT_START:
                 c["alerts"] += 1
+            elif isinstance(event, AlertEvent):   # its end: where its peak was, on the stream's clock
+                c["alert_peaks_t"].append(round(event.peak_t, 2))
             elif isinstance(event, StatusEvent):
                 if event.type == DROPPED_STEPS:
                     c["dropped_steps"] += int(event.detail.get("count", 0))
@@ -201,7 +207,7 @@ class SoakCounter:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self.lock:
-            return {n: dict(c) for n, c in self.counts.items()}
+            return {n: {k: list(v) if isinstance(v, list) else v for k, v in c.items()} for n, c in self.counts.items()}
 
     def close(self) -> None:
         pass
@@ -560,7 +566,7 @@ def run_soak(out: Path, cfg: SoakConfig = SoakConfig(), work: Path | None = None
         sampler = Sampler(counter, go, stop, cfg.sample_every, cfg.minutes * 60)
         clips = ClipConfig(dir=str(parts.clips), max_bytes=cfg.clips_max_bytes) if parts.clips else None
         config = WatchConfig(snapshots=str(snapshots) if snapshots else None, frames=cfg.serve,
-                             alerts=AlertConfig(), clips=clips)
+                             alerts=AlertConfig(threshold=cfg.threshold), clips=clips)
         mqtt = MqttConfig(host="127.0.0.1", port=parts.broker.port, topic_prefix=parts.broker.prefix,
                           client_id="avar-soak") if parts.broker else None
         outputs = WatchOutputs(out=str(events), serve=f"127.0.0.1:{port}" if port else None,
@@ -614,7 +620,7 @@ def report(cfg: SoakConfig, samples: list[dict[str, Any]], counter: SoakCounter,
     for (name, c), cam in zip(counts.items(), parts.cameras):
         per_stream[name] = {
             "url": cam.url, "records": c["records"], "metrics_steps_scored": scraped.get(name),
-            "dropped_steps": c["dropped_steps"], "alerts": c["alerts"],
+            "dropped_steps": c["dropped_steps"], "alerts": c["alerts"], "alert_peaks_t": c["alert_peaks_t"],
             "stalls": c["stalls"], "reconnects": c["reconnects"], "max_latency_s": c["max_latency_s"],
             "records_per_interval": intervals.get(name, []), "camera_loops": cam.loops,
             "camera_connections": cam.connections,

@@ -131,3 +131,26 @@ def xd_grid_fused_run(xd_standin_grid: dict) -> Path:
                                                             split=SplitConfig(split_file=str(xd_standin_grid["split"])),
                                                             progress=False), data=data)
     return rundir
+
+
+@pytest.hookimpl(optionalhook=True)   # pytest-xdist's hook: unknown in a run without it
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - pytest-xdist's hook
+    """When an xdist worker dies, say how: its exit status (a negative one is the signal
+    that killed it), which xdist itself does not report ("node down: Not properly
+    terminated")."""
+    if not error:
+        return
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    if popen is None:
+        return
+    try:
+        code = popen.wait(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not fail the session
+        code = repr(exc)
+    if isinstance(code, int) and code < 0:
+        import signal
+        code = f"{code} ({signal.Signals(-code).name})"
+    reporter = node.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"[{node.gateway.id}] worker pid {popen.pid} exited with status {code}")
+

@@ -23,7 +23,7 @@ from extract.decode import decode_clip
 from extract.decode_workers import Decoded
 from extract.feature_extractor import FeatureExtractor, worker_transform
 from extract.hw_decode import (HW_KINDS, HardwareDecoder, as_software_layout, decode_mode, device_error,
-                               resolve_decode)
+                               on_device, resolve_decode)
 from tests.extract_harness import CLI_TINY, extract_here, make_dataset
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -130,6 +130,24 @@ def test_the_cache_records_the_decode_mode_as_a_description(tmp_path: Path) -> N
     from cache_schema.info import cache_info, format_cache_info
 
     assert "decode     sw (the last run's video decoder" in format_cache_info(cache_info(sw, clips=False))
+
+
+def test_a_cuda_decoder_decodes_on_the_backbones_gpu_not_gpu_0() -> None:
+    """Under torchrun each rank's backbones run on ``cuda:LOCAL_RANK``; FFmpeg's CUDA
+    decoder given no device opens GPU 0, so every rank decoded there. ``on_device`` gives
+    the decoder the backbones' index; an explicit device, another kind, software and a
+    device without an index are left as they were."""
+    import torch
+
+    cuda = HardwareDecoder("cuda")
+    assert on_device(cuda, "cuda:3") == HardwareDecoder("cuda", "3")
+    assert on_device(cuda, torch.device("cuda", 1)) == HardwareDecoder("cuda", "1")
+    assert on_device(HardwareDecoder("cuda", keep_on_device=True), "cuda:2") == HardwareDecoder("cuda", "2", True)
+    assert on_device(HardwareDecoder("cuda", "0"), "cuda:3") == HardwareDecoder("cuda", "0")   # the user's own
+    for device in ("cuda", "cpu", "auto", torch.device("cpu")):
+        assert on_device(cuda, device) == cuda
+    assert on_device(HardwareDecoder("vaapi"), "cuda:1") == HardwareDecoder("vaapi")
+    assert on_device(None, "cuda:1") is None
 
 
 def test_an_unknown_mode_is_invalid_input() -> None:

@@ -161,6 +161,12 @@ def test_flags_the_file_sets_are_refused_beside_it(tmp_path: Path) -> None:
     result = _cli(str(tmp_path), "udp://127.0.0.1:9", "--mqtt-user", "avar", "--clip-pre", "3")
     assert result.exit_code == 2 and "--mqtt-user, --clip-pre given without" in result.output, result.output
     assert "(--clips, --mqtt)" in result.output, result.output
+    # a token (or a page's host name) with nothing served to ask it of
+    result = _cli(str(tmp_path), "udp://127.0.0.1:9", "--token", "t0ken-for-nothing", "--serve-name", "cams.local")
+    assert result.exit_code == 2, result.output
+    assert "--token, --serve-name given without the option they belong to (--serve, --serve or --metrics)" \
+        in result.output, result.output
+    assert "t0ken-for-nothing" not in result.output
     # named as the user types them, not by their parameter names
     result = _cli("--config", str(cfg), "--metrics", "127.0.0.1:9109", "--serve-name", "cams.local")
     assert result.exit_code == 2 and "--metrics (the file's outputs.metrics.address)" in result.output, result.output

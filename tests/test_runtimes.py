@@ -260,3 +260,70 @@ def test_predict_on_another_runtime_than_the_cache_was_extracted_on(synthetic_ru
         probs[runtime] = record["probs"]
     assert probs[TORCH].keys() == probs[EXPORTED[-1]].keys()
     assert all(abs(probs[TORCH][k] - probs[EXPORTED[-1]][k]) < 1e-3 for k in probs[TORCH]), probs
+
+
+@pytest.mark.skipif(OPENVINO not in installed_runtimes(), reason="OpenVINO is not installed (pip install -e '.[openvino]')")
+def test_openvino_runs_without_sending_its_telemetry(tmp_path: Path) -> None:
+    """``import openvino`` sends a usage event to Google Analytics by default: it writes a
+    client id under ``~/intel`` and forks a child off a background thread to post it.
+    The backbones' OpenVINO session imports it without its telemetry: in a fresh process
+    whose home is empty, a model compiles and runs, nothing is written in the home, no
+    thread or child process is left, and ``openvino_telemetry`` imports again after."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, threading, multiprocessing, numpy as np\n"
+        "from extract.backbones.runtimes.sessions import import_openvino\n"
+        "ov = import_openvino()\n"
+        "from openvino import opset13 as ops\n"
+        "x = ops.parameter([2, 3], np.float32)\n"
+        "model = ov.Model([ops.relu(x)], [x])\n"
+        "out = ov.Core().compile_model(model, 'CPU')(np.array([[-1, 2, -3], [4, -5, 6]], np.float32))[0]\n"
+        "assert out.tolist() == [[0, 2, 0], [4, 0, 6]], out\n"
+        "import openvino_telemetry\n"                   # importable again for whoever wants it
+        "print(threading.active_count(), len(multiprocessing.active_children()))\n"
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "CI": "", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("CI")                                       # the telemetry stays off in CI by itself: not the case tested
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "0"], result.stdout
+    assert list(home.iterdir()) == [], list(home.rglob("*"))
+
+
+@pytest.mark.skipif(OPENVINO not in installed_runtimes(), reason="OpenVINO is not installed (pip install -e '.[openvino]')")
+def test_an_openvino_session_freed_on_another_thread_leaves_signals_deliverable(tmp_path: Path) -> None:
+    """OpenVINO's CPU plugin gives the thread that first compiles a model an alternate
+    signal stack, and frees it with its Core, on whichever thread frees that. A session
+    made on the main thread and freed on another left the main thread's alternate stack
+    in freed memory, and the next signal handled there killed the process with SIGSEGV
+    (an xdist worker "not properly terminated" with no kernel message, about one suite
+    run in three). In a fresh process: a session made here and freed on a thread, the
+    heap churned, then 200 signals with a Python handler: the process lives."""
+    import subprocess
+    import sys
+
+    script = (
+        "import gc, os, signal, threading, numpy as np\n"
+        "from extract.backbones.runtimes.sessions import OpenVinoSession, import_openvino\n"
+        "ov = import_openvino()\n"
+        "from openvino import opset13 as ops\n"
+        f"path = {str(tmp_path / 'relu.xml')!r}\n"
+        "x = ops.parameter([2, 3], np.float32)\n"
+        "ov.save_model(ov.Model([ops.relu(x)], [x]), path)\n"
+        "held = [OpenVinoSession(path, 1, 'fp32')]\n"
+        "assert held[0](np.ones((2, 3), np.float32)).tolist() == [[1, 1, 1], [1, 1, 1]]\n"
+        "freer = threading.Thread(target=lambda: (held.clear(), gc.collect()))\n"
+        "freer.start(); freer.join()\n"
+        "junk = [bytearray(20000) for _ in range(2000)]\n"   # the freed stack's memory reused
+        "signal.signal(signal.SIGUSR1, lambda *a: None)\n"
+        "for _ in range(200):\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "print('alive')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "alive", (result.returncode, result.stderr[-2000:])

@@ -11,9 +11,12 @@ run); ONNX Runtime's CPU provider computes fp32.
 
 from __future__ import annotations
 
+import functools
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -46,14 +49,49 @@ class OnnxRuntimeSession:
         return self.session.run(None, {self.input: x})[0]
 
 
+def import_openvino() -> ModuleType:
+    """``openvino``, with its telemetry left out.
+
+    Why: ``import openvino`` imports its model converter, which by default sends a usage
+    event to Google Analytics (from a child process forked off a background thread) and
+    writes a client id under ``~/intel``, unless the user once ran ``opt_in_out
+    --opt_out``. An operator's camera box must not call out of the process, and forking
+    a process full of FFmpeg and torch threads is unsafe. Where ``openvino_telemetry``
+    cannot be imported, OpenVINO uses its own no-op stub; it is made unimportable for
+    the length of this import only."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    blocked = "openvino_telemetry" not in sys.modules
+    if blocked:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        import openvino
+    finally:
+        if blocked and sys.modules.get("openvino_telemetry", 0) is None:
+            del sys.modules["openvino_telemetry"]
+    return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def openvino_core() -> object:
+    """The process's one OpenVINO ``Core``, never freed.
+
+    Why: the CPU plugin gives the thread that first compiles a model an alternate signal
+    stack of its own, and frees it when the Core goes, putting back the previous stack
+    on whichever thread frees it. A Core freed on another thread therefore left the
+    compiling thread's alternate stack pointing at freed memory, and the next signal
+    handled on that thread (SIGCHLD of a decode worker, SIGTERM) killed the process with
+    SIGSEGV: the test workers that died "with no kernel message" late in the suite.
+    OpenVINO means a Core to be shared by an application anyway."""
+    return import_openvino().Core()
+
+
 class OpenVinoSession:
     """An OpenVINO model compiled for the CPU at ``precision``; one inference at a time
     (its request's output buffer is reused, so the result is copied out)."""
 
     def __init__(self, path: Path, threads: int, precision: str) -> None:
-        import openvino as ov
-
-        core = ov.Core()
+        core = openvino_core()
         # no pinning: torch (the other backbone, the head) and the decode workers share these
         # cores, and threads pinned to them cannot move away from torch's spinning ones
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
@@ -78,4 +116,4 @@ def open_session(runtime: str, path: Path, precision: str) -> Session:
     raise ValueError(f"{runtime!r} runs no exported model")
 
 
-__all__ = ["OnnxRuntimeSession", "OpenVinoSession", "Session", "open_session"]
+__all__ = ["OnnxRuntimeSession", "OpenVinoSession", "Session", "import_openvino", "open_session", "openvino_core"]
