@@ -231,7 +231,8 @@ def synth_stream(out: str, seconds: float, event_at: float | None, event_seconds
               help=PRECISION_HELP)
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default="sw", show_default=True, help=DECODE_HELP)
 @runtime_option
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per backbone batch.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
+              help="Clips per backbone batch (on a GPU the frames per forward pass follow its free memory, logged).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Decoding processes.")
 @click.option("--clip-timeout", default=300.0, show_default=True, type=float, help="Seconds before a clip's decoding is given up (the backbones run later, on batches; a clip's length is checked against its packets first).")
 @click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
