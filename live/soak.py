@@ -34,14 +34,9 @@ scoring fails.
 from __future__ import annotations
 
 import contextlib
-import functools
-import getpass
 import json
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -56,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from apply.predictor import PredictConfig
-from cache_schema import InvalidInput, check_output_file, cpu_model, die_with_parent, write_json, write_text
+from cache_schema import InvalidInput, check_output_file, cpu_model, write_json
 from synth.live_stream import StreamEvent, StreamPlan, write_stream
 from synth.loop_camera import LoopingCamera
 
@@ -65,6 +60,7 @@ from .clips import ClipConfig
 from .command import WatchOutputs, watch_command
 from .events import (ALERT_START, DROPPED_STEPS, ENDED, RECONNECTED, STALLED, AlertEvent, Event, ScoreRecord,
                      StatusEvent)
+from .mosquitto import MOSQUITTO, Mosquitto, free_port
 from .mqtt import MqttConfig
 from .sources import parse_source
 from .watch import WatchConfig
@@ -317,40 +313,22 @@ class WebhookReceiver:
         self.server.server_close()
 
 
-MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
-
-
 class Broker:
-    """A ``mosquitto`` of the soak's own on a free loopback port: a child process that dies
-    with this one and is terminated on exit; and a paho subscriber on ``{prefix}/#``
-    counting the messages the watch published (retained discovery messages included)."""
+    """A ``mosquitto`` of the soak's own (``live.mosquitto``: a loopback port, a child
+    process that dies with this one, stopped on exit) and a paho subscriber on
+    ``{prefix}/#`` counting the messages the watch published (retained discovery
+    messages included)."""
 
     def __init__(self, folder: Path, prefix: str) -> None:
-        assert MOSQUITTO is not None
-        self.port, self.prefix, self.received = free_port(), prefix, 0
-        folder.mkdir(parents=True, exist_ok=True)
-        self.conf = write_text(folder / "mosquitto.conf", f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                                                          f"persistence false\nuser {getpass.getuser()}\n")
-        self.proc: subprocess.Popen | None = None
+        self.mosquitto = Mosquitto(folder, persistence=False)
+        self.port, self.prefix, self.received = self.mosquitto.port, prefix, 0
         self.client: Any = None
 
     def __enter__(self) -> Broker:
         import paho.mqtt.client as mqtt
 
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL,
-                                     preexec_fn=functools.partial(die_with_parent, os.getpid()))
+        self.mosquitto.start()
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port} "
-                                           f"(exit {self.proc.poll()})") from None
-                    time.sleep(0.05)
             subscribed = threading.Event()
             self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="avar-soak-subscriber")
             self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{self.prefix}/#", qos=1)
@@ -372,14 +350,7 @@ class Broker:
         if self.client is not None:
             self.client.disconnect()
             self.client.loop_stop()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
+        self.mosquitto.stop()
 
 class Sampler(threading.Thread):
     """Samples the process every ``every`` seconds from ``go`` (the watch's first event:
@@ -506,12 +477,6 @@ def write_clips(work: Path, cfg: SoakConfig) -> list[Path]:
         write_stream(path, plan, realtime=False)
         clips.append(path)
     return clips
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -1,79 +1,27 @@
 """A real MQTT broker and subscriber for the tests: Debian's ``mosquitto`` started on a
-free loopback port as a child of the test (it dies with it), and a paho subscriber that
-keeps every message with its arrival time. Used by tests/test_live_mqtt.py and
+free loopback port as a child of the test (``live.mosquitto``: it dies with it), and a
+paho subscriber that keeps every message with its arrival time. Used by tests/test_live_mqtt.py and
 tests/test_live_deploy.py; a module that uses them imports paho with
 ``pytest.importorskip`` first and marks its tests ``needs_broker``."""
 
 from __future__ import annotations
 
-import functools
-import getpass
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from cache_schema import die_with_parent
+from live.mosquitto import MOSQUITTO, Mosquitto, free_port  # noqa: F401 - free_port: the tests' too
 
-MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="no mosquitto here (looked on PATH and in /usr/sbin): "
                                                             "`.ci/run` installs Debian's mosquitto")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    """A mosquitto of its own on ``127.0.0.1:port``, a child of this process (it dies with
-    it), persistent sessions saved every second into ``folder``."""
-
-    def __init__(self, folder: Path, users: dict[str, str] | None = None) -> None:
-        self.folder, self.port = folder, free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        self.conf = folder / "mosquitto.conf"
-        access = "allow_anonymous true\n"
-        if users:                    # only these users, with these passwords (mosquitto_passwd's hashes)
-            passwords = folder / "passwords"
-            passwords.write_text("")
-            for user, password in users.items():
-                subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", str(passwords),
-                                user, password], check=True, capture_output=True)
-            access = f"allow_anonymous false\npassword_file {passwords}\n"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{access}persistence true\n"
-                             f"persistence_location {folder}/\nautosave_interval 1\nlog_dest stderr\n"
-                             f"user {getpass.getuser()}\n")
-        self.log = folder / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log,
-                                         preexec_fn=functools.partial(die_with_parent, os.getpid()))
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-2000:]
-                time.sleep(0.02)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(10)
+# The tests' broker is the library's (live/mosquitto.py), persistent: killed and started
+# again, it keeps the subscribers' sessions and the retained messages.
+Broker = Mosquitto
 
 
 class Collector:

@@ -25,7 +25,8 @@ from pathlib import Path
 import av
 import pytest
 
-from live.soak import MOSQUITTO, GrowthLimits
+from live.mosquitto import MOSQUITTO
+from live.soak import GrowthLimits
 from tests.test_documented_commands import documents
 
 pytestmark = pytest.mark.usefixtures("one_thread")
