@@ -262,7 +262,9 @@ class MetricsServer:
 
         from .web import token_given
 
-        if not token_given(self.token, request.headers.get("Authorization", ""), request.query.get("token", "")):
+        # the header only: a scraper sends it (Prometheus' authorization setting), and a token in a URL
+        # ends up in proxies' and servers' access logs
+        if not token_given(self.token, request.headers.get("Authorization", "")):
             return web.Response(status=401, text="401: /metrics needs the token: 'Authorization: Bearer TOKEN'\n",
                                 headers={"WWW-Authenticate": 'Bearer realm="avar metrics"'})
         return metrics_response(self.metrics)

@@ -187,6 +187,7 @@ def test_metrics_on_a_port_of_their_own(predictor, files: dict[str, Path]) -> No
     url = server.start()
     try:
         assert _get(url)[0] == 401
+        assert _get(f"{url}?token={TOKEN}")[0] == 401       # the header only, never the token in the URL
         status, text = _get(url, TOKEN)
         assert status == 200
         assert _samples(text)[("avar_steps_scored_total", (("camera", "cam"),))] == 0   # there before any step
