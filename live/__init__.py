@@ -13,11 +13,14 @@ arriving. The parts, in the order media flows through them:
 * ``clip_buffer`` / ``clips``: each camera's recent packets, and a clip of every alert;
 * ``events`` / ``sinks``: what is emitted, and where it goes (JSON lines, webhook,
   snapshots; the browser view subscribes to the same hub);
-* ``mqtt``: the events on an MQTT broker, with Home Assistant discovery;
+* ``outputs``: where the events go, as the flags or a config file describe it;
+* ``mqtt``: the events on an MQTT broker, with Home Assistant discovery (``mosquitto``:
+  a broker of our own on loopback, for ``bench soak`` and the tests);
 * ``metrics``: Prometheus counters per camera (``/metrics``);
 * ``watch``: the loop that ties them together;
 * ``config_file``: ``watch --config``, named cameras and outputs in one YAML file;
-* ``redact``: credentials out of every text that can reach an output.
+* ``redact``: credentials out of every text that can reach an output;
+* ``soak``: ``cli.py bench soak``, a long watch of looping loopback cameras.
 """
 
 from .alerts import AlertConfig, AlertTracker
@@ -26,6 +29,7 @@ from .config_file import CameraConfig, DeployConfig, load_config
 from .events import AlertEvent, EventHub, FrameEvent, ScoreRecord, Sink, StatusEvent
 from .metrics import MetricsConfig, MetricsServer, WatchMetrics
 from .mqtt import MqttConfig, MqttSink
+from .outputs import WatchOutputs
 from .redact import SecretFilter, redact_text, redact_url
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink
 from .sources import SourceSpec, parse_source
@@ -34,5 +38,5 @@ from .watch import WatchConfig, WatchSummary, load_watch_predictor, run_watch
 __all__ = ["AlertConfig", "AlertEvent", "AlertTracker", "CameraConfig", "ClipConfig", "ClipRecorder", "DeployConfig",
            "EventHub", "FrameEvent", "JsonLinesSink", "MetricsConfig", "MetricsServer", "MqttConfig", "MqttSink",
            "OutputFailed", "ScoreRecord", "SecretFilter", "Sink", "SnapshotWriter", "SourceSpec", "StatusEvent",
-           "WatchConfig", "WatchMetrics", "WatchSummary", "WebhookSink", "load_config", "load_watch_predictor",
+           "WatchConfig", "WatchMetrics", "WatchOutputs", "WatchSummary", "WebhookSink", "load_config", "load_watch_predictor",
            "parse_source", "redact_text", "redact_url", "run_watch"]

@@ -24,7 +24,8 @@ from .clips import ClipConfig, check_clips_dir
 from .config_file import DeployConfig, flag_spelled, load_config, refuse_flags_beside
 from .events import EventHub, Sink
 from .metrics import MetricsConfig, MetricsServer, WatchMetrics
-from .mqtt import MqttConfig, MqttSink, mqtt_config_from_flags
+from .mqtt import MqttSink, mqtt_config_from_flags
+from .outputs import WatchOutputs
 from .redact import install_secret_filter, url_secrets
 from .sinks import JsonLinesSink, OutputFailed, SnapshotWriter, WebhookSink, check_webhook_url
 from .sources import SourceSpec, parse_source
@@ -40,23 +41,6 @@ DEPENDENT_FLAGS = {("mqtt",): ("mqtt_prefix", "mqtt_user", "mqtt_password_file",
                    ("clips",): ("clip_pre", "clip_post", "clips_max_bytes", "clips_max_age"),
                    ("serve", "metrics_address"): ("token", "token_file"),
                    ("serve",): ("serve_names",)}
-
-
-@dataclass(frozen=True)
-class WatchOutputs:
-    """Where events go: ``out`` (JSON lines appended; None: standard output), ``webhook``
-    (alert events POSTed), and extra sinks (the browser view)."""
-
-    out: str | None = None
-    webhook: str | None = None
-    webhook_timeout: float = 5.0
-    webhook_retries: int = 3
-    serve: str | None = None        # HOST:PORT of the browser view
-    token: str | None = None
-    token_file: str | None = None
-    serve_names: tuple[str, ...] = ()   # host names the browser view answers to besides its address
-    metrics: str | None = None      # HOST:PORT of /metrics on a port of its own (with --serve it is on that port too)
-    mqtt: MqttConfig | None = None      # publish to this MQTT broker (live/mqtt.py), checked when made
 
 
 def watch_command(rundir: str | Path, sources: Sequence[str | SourceSpec], config: WatchConfig,
@@ -158,17 +142,9 @@ def watch_config_command(deploy: DeployConfig, config: WatchConfig = WatchConfig
         if not camera.enabled:
             logger.info("camera %s: disabled in %s; not opened", camera.name, deploy.path)
     specs = [camera.spec(realtime=deploy.realtime) for camera in deploy.enabled]
-    serve = deploy.serve
-    outputs = WatchOutputs(out=deploy.jsonl, serve=serve.address if serve else None,
-                           token=serve.token if serve else None, serve_names=serve.names if serve else (),
-                           metrics=deploy.metrics.address if deploy.metrics else None, mqtt=deploy.mqtt,
-                           **({"webhook": deploy.webhook.url, "webhook_timeout": deploy.webhook.timeout,
-                               "webhook_retries": deploy.webhook.retries} if deploy.webhook else {}))
-    if deploy.metrics is not None and deploy.metrics.address is None and serve is None:
-        logger.warning("%s: outputs.metrics has no address and there is no outputs.serve: /metrics is off",
-                       deploy.path)
-    watch = dataclasses.replace(config, snapshots=deploy.snapshots, clips=deploy.clips, frames=serve is not None, window=None)
-    return watch_command(deploy.run, specs, watch, dataclasses.replace(predict, device=deploy.device), outputs,
+    watch = dataclasses.replace(config, snapshots=deploy.snapshots, clips=deploy.clips,
+                                frames=deploy.outputs.serve is not None, window=None)
+    return watch_command(deploy.run, specs, watch, dataclasses.replace(predict, device=deploy.device), deploy.outputs,
                          realtime=deploy.realtime, extra_sinks=extra_sinks, stop=stop)
 
 

@@ -20,6 +20,7 @@ dataclasses; ``secrets`` holds every substituted value, for the log filter
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import urllib.parse
@@ -36,12 +37,14 @@ from cache_schema import InvalidInput, MissingInput
 from .alerts import AlertConfig
 from .clips import ClipConfig
 from .mqtt import MqttConfig
+from .outputs import WatchOutputs
 from .redact import SECRET_QUERY_KEYS, redact_text, url_secrets
 from .sources import SourceSpec, parse_source
 
-__all__ = ["CAMERA_NAME", "FILE_FLAGS", "CameraConfig", "ConfigFile", "DeployConfig", "MetricsSettings",
-           "ServeSettings", "WebhookSettings", "config_schema", "flag_spelled", "load_config",
-           "refuse_flags_beside", "schema_text"]
+__all__ = ["CAMERA_NAME", "FILE_FLAGS", "CameraConfig", "ConfigFile", "DeployConfig", "config_schema", "flag_spelled",
+           "load_config", "refuse_flags_beside", "schema_text"]
+
+logger = logging.getLogger(__name__)
 
 CAMERA_NAME = r"^[A-Za-z0-9_-]{1,64}$"   # safe in file names, MQTT topics, metric labels and URLs
 SECRET = re.compile(r"\{(AVAR_[A-Z0-9_]+)\}")
@@ -226,40 +229,19 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
-class WebhookSettings:
-    url: str = field(repr=False)
-    timeout: float = 5.0
-    retries: int = 3
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    address: str = "127.0.0.1:8080"
-    token: str | None = field(default=None, repr=False)
-    names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    address: str | None = None
-
-
-@dataclass(frozen=True)
 class DeployConfig:
-    """A config file, checked, its secrets substituted and its paths made absolute."""
+    """A config file, checked, its secrets substituted and its paths made absolute: the
+    cameras, where events go (``outputs``, as the flags of a one-off run give them) and
+    the snapshots and clips, which the watch itself writes."""
 
     path: Path
     run: Path
     device: str = "auto"
     realtime: bool = False
     cameras: tuple[CameraConfig, ...] = ()
-    jsonl: str | None = None
+    outputs: WatchOutputs = WatchOutputs()
     snapshots: str | None = None
     clips: ClipConfig | None = None
-    webhook: WebhookSettings | None = None
-    mqtt: MqttConfig | None = None
-    serve: ServeSettings | None = None
-    metrics: MetricsSettings | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
     @property
@@ -517,14 +499,18 @@ def _deploy(path: Path, m: ConfigFile, secrets: frozenset[str]) -> DeployConfig:
             window=c.window if "window" in given else d.window,
             audio=c.audio if c.audio is not None else d.audio))
     o = m.outputs
+    if o.metrics is not None and o.metrics.address is None and o.serve is None:
+        logger.warning("%s: outputs.metrics has no address and there is no outputs.serve: /metrics is off", path)
+    webhook = {} if o.webhook is None else {"webhook": o.webhook.url, "webhook_timeout": o.webhook.timeout,
+                                            "webhook_retries": o.webhook.retries}
+    serve = {} if o.serve is None else {"serve": o.serve.address, "token": o.serve.token,
+                                        "serve_names": tuple(o.serve.names)}
+    outputs = WatchOutputs(out=_resolve(base, o.jsonl), mqtt=None if o.mqtt is None else MqttConfig(**o.mqtt.model_dump()),
+                           metrics=o.metrics.address if o.metrics is not None else None, **webhook, **serve)
     return DeployConfig(
         path=path, run=Path(_resolve(base, m.run) or m.run), device=m.device, realtime=m.realtime,
-        cameras=tuple(cameras), jsonl=_resolve(base, o.jsonl), snapshots=_resolve(base, o.snapshots),
+        cameras=tuple(cameras), outputs=outputs, snapshots=_resolve(base, o.snapshots),
         clips=None if o.clips is None else ClipConfig(**{**o.clips.model_dump(), "dir": _resolve(base, o.clips.dir)}),
-        webhook=None if o.webhook is None else WebhookSettings(**o.webhook.model_dump()),
-        mqtt=None if o.mqtt is None else MqttConfig(**o.mqtt.model_dump()),
-        serve=None if o.serve is None else ServeSettings(o.serve.address, o.serve.token, tuple(o.serve.names)),
-        metrics=None if o.metrics is None else MetricsSettings(**o.metrics.model_dump()),
         secrets=secrets)
 
 

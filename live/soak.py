@@ -57,7 +57,8 @@ from synth.loop_camera import LoopingCamera
 
 from .alerts import AlertConfig
 from .clips import ClipConfig
-from .command import WatchOutputs, watch_command
+from .command import watch_command
+from .outputs import WatchOutputs
 from .events import (ALERT_START, DROPPED_STEPS, ENDED, RECONNECTED, STALLED, AlertEvent, Event, ScoreRecord,
                      StatusEvent)
 from .mosquitto import MOSQUITTO, Mosquitto, free_port

@@ -117,8 +117,8 @@ def test_secrets_come_from_the_environment_a_file_or_the_credentials_folder(tmp_
     deploy = load_config(cfg, env)
     camera, = deploy.cameras
     assert camera.url == "rtsp://admin:from-a-file@10.0.0.2/s?token=from-systemd"
-    assert deploy.serve is not None and deploy.serve.token == "from-systemd"
-    assert deploy.mqtt is not None and deploy.mqtt.password == "mqtt-from-env"
+    assert deploy.outputs.serve is not None and deploy.outputs.token == "from-systemd"
+    assert deploy.outputs.mqtt is not None and deploy.outputs.mqtt.password == "mqtt-from-env"
     assert {"from-a-file", "from-systemd", "mqtt-from-env"} <= deploy.secrets
     assert deploy.run == tmp_path / "run"                       # relative to the file's folder
     for shown in (repr(deploy), repr(camera), str(camera.spec()), repr(camera.spec())):
@@ -147,8 +147,12 @@ def test_the_example_file_is_valid(tmp_path: Path) -> None:
     assert (front.threshold, front.cooldown, back.threshold, back.cooldown, back.audio) == (0.7, 5.0, 0.5, 10.0, False)
     # every output section is live, each a component's own config
     assert deploy.clips is not None and deploy.clips.dir == str(tmp_path / "clips")
-    assert deploy.mqtt is not None and deploy.mqtt.password == "m" and "m" in deploy.secrets
-    assert deploy.metrics is not None and deploy.metrics.address is None
+    assert deploy.outputs.mqtt is not None and deploy.outputs.mqtt.password == "m" and "m" in deploy.secrets
+    # metrics: {address: null} is /metrics on the serve port, which serves it whenever it is on
+    assert deploy.outputs.serve is not None and deploy.outputs.metrics is None
+    assert deploy.outputs.out == str(tmp_path / "events.jsonl")
+    assert (deploy.outputs.webhook, deploy.outputs.webhook_timeout, deploy.outputs.webhook_retries) == \
+        ("http://127.0.0.1:8080/hook", 5.0, 3)
 
 
 def test_flags_the_file_sets_are_refused_beside_it(tmp_path: Path) -> None:
