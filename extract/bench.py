@@ -30,7 +30,7 @@ from .datasets import Manifest, ManifestRow
 from .pipeline import Decoded, ExtractConfig, FeatureExtractor, load_extract_backbones, run_extract
 from .backbones import VideoTransform
 from .decode_workers import iter_decoded
-from .hw_decode import HW_KINDS, SOFTWARE, decode_mode, device_error, resolve_decode
+from .hw_decode import HW_KINDS, SOFTWARE, decode_mode, device_error, on_device, resolve_decode
 
 GRID_VIDEO_S = 600.0
 GRID_STEP_S = 0.6667  # XD-Violence's snippet: 16 frames at 24 fps
@@ -308,7 +308,7 @@ def measure_decode_only(paths: list[Path], cfg: ExtractConfig, data_config: dict
     """Clips per second through the decode workers alone (``cfg.workers`` processes, the
     worker transform applied, no backbone): what decoding can feed the backbones. The
     decoded batches are appended to ``keep`` where given (the backbone-only row's input)."""
-    decoder = resolve_decode(cfg.decode)
+    decoder = on_device(resolve_decode(cfg.decode), cfg.device)   # the GPU the run's backbones use
     transform = VideoTransform(data_config)
     rows = [ManifestRow(p.name, p) for p in paths]
     t0 = time.perf_counter()

@@ -149,7 +149,10 @@ def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - pytest-xdist's h
         code = repr(exc)
     if isinstance(code, int) and code < 0:
         import signal
-        code = f"{code} ({signal.Signals(-code).name})"
+        try:
+            code = f"{code} ({signal.Signals(-code).name})"
+        except ValueError:    # a signal without a name (a real-time one)
+            pass
     reporter = node.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"[{node.gateway.id}] worker pid {popen.pid} exited with status {code}")

@@ -49,6 +49,9 @@ class OnnxRuntimeSession:
         return self.session.run(None, {self.input: x})[0]
 
 
+_OPENVINO_LOCK = threading.RLock()   # the import and the one Core: made once, whichever thread asks first
+
+
 def import_openvino() -> ModuleType:
     """``openvino``, with its telemetry left out.
 
@@ -59,20 +62,20 @@ def import_openvino() -> ModuleType:
     a process full of FFmpeg and torch threads is unsafe. Where ``openvino_telemetry``
     cannot be imported, OpenVINO uses its own no-op stub; it is made unimportable for
     the length of this import only."""
-    if "openvino" in sys.modules:
-        return sys.modules["openvino"]
-    blocked = "openvino_telemetry" not in sys.modules
-    if blocked:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import raises ImportError
-    try:
-        import openvino
-    finally:
-        if blocked and sys.modules.get("openvino_telemetry", 0) is None:
-            del sys.modules["openvino_telemetry"]
-    return openvino
+    with _OPENVINO_LOCK:     # one thread imports; another never sees it half imported
+        if "openvino" in sys.modules:
+            return sys.modules["openvino"]
+        blocked = "openvino_telemetry" not in sys.modules
+        if blocked:
+            sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import raises ImportError
+        try:
+            import openvino
+        finally:
+            if blocked and sys.modules.get("openvino_telemetry", 0) is None:
+                del sys.modules["openvino_telemetry"]
+        return openvino
 
 
-@functools.lru_cache(maxsize=1)
 def openvino_core() -> object:
     """The process's one OpenVINO ``Core``, never freed.
 
@@ -83,6 +86,12 @@ def openvino_core() -> object:
     handled on that thread (SIGCHLD of a decode worker, SIGTERM) killed the process with
     SIGSEGV: the test workers that died "with no kernel message" late in the suite.
     OpenVINO means a Core to be shared by an application anyway."""
+    with _OPENVINO_LOCK:     # two threads asking at once must not make (and then free) a second Core
+        return _shared_core()
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_core() -> object:
     return import_openvino().Core()
 
 
