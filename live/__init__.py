@@ -20,7 +20,8 @@ arriving. The parts, in the order media flows through them:
 * ``watch``: the loop that ties them together;
 * ``config_file``: ``watch --config``, named cameras and outputs in one YAML file;
 * ``redact``: credentials out of every text that can reach an output;
-* ``soak``: ``cli.py bench soak``, a long watch of looping loopback cameras.
+* ``soak``: ``cli.py bench soak``, a long watch of looping loopback cameras
+  (``webhook_receiver``: a loopback receiver of its webhook, and the tests').
 """
 
 from .alerts import AlertConfig, AlertTracker

@@ -42,7 +42,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,13 +57,14 @@ from synth.loop_camera import LoopingCamera
 from .alerts import AlertConfig
 from .clips import ClipConfig
 from .command import watch_command
-from .outputs import WatchOutputs
 from .events import (ALERT_START, DROPPED_STEPS, ENDED, RECONNECTED, STALLED, AlertEvent, Event, ScoreRecord,
                      StatusEvent)
 from .mosquitto import MOSQUITTO, Mosquitto, free_port
 from .mqtt import MqttConfig
+from .outputs import WatchOutputs
 from .sources import parse_source
 from .watch import WatchConfig
+from .webhook_receiver import WebhookReceiver
 
 __all__ = ["GrowthLimits", "SoakConfig", "build_soak_run", "read_process", "run_soak", "soak_summary"]
 
@@ -279,39 +279,6 @@ class PagePoller(threading.Thread):
             if ids and self.get(f"/api/sources/{ids[0]}/frame.jpg") is not None:
                 self.ok += 1
             self.scrape()
-
-
-class WebhookReceiver:
-    """An HTTP server on loopback that takes the webhook's POSTs (one thread, one request
-    at a time, so that it adds no threads of its own to the samples) and counts them."""
-
-    def __init__(self) -> None:
-        receiver = self
-        self.received = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-                receiver.received += 1
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                       name="soak-webhook", daemon=True)
-
-    def __enter__(self) -> WebhookReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.thread.join(timeout=10)
-        self.server.server_close()
 
 
 class Broker:

@@ -35,7 +35,7 @@ from synth.live_stream import StreamEvent, StreamPlan  # noqa: E402
 from tests.loopback_rtsp import LoopbackRtspServer  # noqa: E402
 from tests.mqtt_broker import Broker, Collector, free_port, needs_broker  # noqa: E402
 from tests.test_documented_commands import documents  # noqa: E402
-from tests.webhook_receiver import WebhookReceiver  # noqa: E402
+from live.webhook_receiver import WebhookReceiver  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def test_one_watch_with_every_output_of_a_config_file(xd_grid_run: Path, tmp_pat
     sub = Collector(broker.port, ("avar/#", "homeassistant/#"), username=("avar", MQTT_SECRET))
     proc = None
     try:
-        with LoopbackRtspServer(plan) as cam, WebhookReceiver() as hook:
+        with LoopbackRtspServer(plan) as cam, WebhookReceiver(keep=True) as hook:
             cfg = deploy / "cameras.yml"
             cfg.write_text(f"""run: {xd_grid_run}
 device: cpu

@@ -27,7 +27,7 @@ from live import EventHub, JsonLinesSink, WatchConfig, load_watch_predictor, par
 from live.redact import SecretFilter, redact_text, redact_url, url_secrets
 from synth.live_stream import StreamEvent, StreamPlan
 from tests.loopback_rtsp import LoopbackRtspServer
-from tests.webhook_receiver import WebhookReceiver
+from live.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,7 +145,7 @@ def test_no_output_of_a_watch_holds_a_password(xd_grid_run: Path, tmp_path: Path
     plan = StreamPlan(seconds=7.0, seed=3, audio=True, size=(64, 48), event=StreamEvent(1.0, 4.0))
     out, snaps = tmp_path / "events.jsonl", tmp_path / "snaps"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    with LoopbackRtspServer(plan) as cam, WebhookReceiver() as hook:
+    with LoopbackRtspServer(plan) as cam, WebhookReceiver(keep=True) as hook:
         live_url = cam.url.replace("rtsp://", f"rtsp://admin:{SECRET}@") + f"?token={TOKEN}"
         dead_url = f"rtsp://admin:{DEAD_SECRET}@127.0.0.1:{port}/stream"
         common = ["--stall-timeout", "1", "--duration", "6.5"]

@@ -132,6 +132,20 @@ def _wait(what: str, check: Callable[[], object], timeout: float, every: float =
         time.sleep(every)
 
 
+def _loaded_clip_player(browser, scope) -> object:
+    """The displayed clip player under ``scope`` (an element, or the page), its clip
+    loaded: its duration is known and over 2 s, else the player's MediaError is named."""
+    from selenium.webdriver.common.by import By
+
+    player = _wait("the clip's player", lambda: [v for v in scope.find_elements(By.CSS_SELECTOR, "video.clip")
+                                                 if v.is_displayed()], 5)[0]
+    browser.execute_script("arguments[0].preload = 'auto'; arguments[0].load();", player)
+    duration = _wait("the clip to load in the player", lambda: browser.execute_script(
+        "const v = arguments[0]; return v.error ? -v.error.code : (v.readyState >= 1 ? v.duration : 0);", player), 10)
+    assert duration > 2.0, f"the player could not load the clip (MediaError code {-duration})"
+    return player
+
+
 def test_page_shows_tiles_moving_timeline_and_the_alert(browser, live_feed) -> None:
     from selenium.webdriver.common.by import By
 
@@ -174,12 +188,7 @@ def test_page_shows_tiles_moving_timeline_and_the_alert(browser, live_feed) -> N
     assert "end 4.5 s" in item.find_element(By.CSS_SELECTOR, ".times").text
     assert not item.find_element(By.CSS_SELECTOR, ".open").is_displayed()
     # Its clip plays in the list, beside the heard/seen badge (the screenshot shows both).
-    player = _wait("the clip's player", lambda: [v for v in item.find_elements(By.CSS_SELECTOR, "video.clip")
-                                                 if v.is_displayed()], 5)[0]
-    browser.execute_script("arguments[0].preload = 'auto'; arguments[0].load();", player)
-    duration = _wait("the clip to load in the player", lambda: browser.execute_script(
-        "const v = arguments[0]; return v.error ? -v.error.code : (v.readyState >= 1 ? v.duration : 0);", player), 10)
-    assert duration > 2.0, f"the player could not load the clip (MediaError code {-duration})"
+    player = _loaded_clip_player(browser, item)
     browser.execute_script("const v = arguments[0]; v.muted = true; v.currentTime = 1.0; v.play();", player)
     _wait("the clip to play", lambda: browser.execute_script(    # decoded frames of the event, shown
         "const v = arguments[0]; if (v.currentTime >= 1.5) { v.pause(); return v.videoWidth > 0; }", player), 10)
@@ -295,12 +304,7 @@ def test_page_follows_a_real_watch_of_a_generated_stream(browser, xd_grid_run: P
         api = json.loads(response.read())["alerts"]
     _wait("the event stream to carry the alert's end", lambda: any(e.get("type") == "alert_end" for e in sse), 5)
     assert api[0]["clip"] and api[0]["clip_url"]                                    # --clips: its player loads it
-    player = _wait("the clip's player", lambda: [v for v in browser.find_elements(By.CSS_SELECTOR, "#alerts video.clip")
-                                                 if v.is_displayed()], 5)[0]
-    browser.execute_script("arguments[0].preload = 'auto'; arguments[0].load();", player)
-    duration = _wait("the clip to load in the player", lambda: browser.execute_script(
-        "const v = arguments[0]; return v.error ? -v.error.code : (v.readyState >= 1 ? v.duration : 0);", player), 10)
-    assert duration > 2.0, f"the player could not load the clip (MediaError code {-duration})"
+    player = _loaded_clip_player(browser, browser.find_element(By.ID, "alerts"))
     browser.execute_script("arguments[0].currentTime = 2.0;", player)   # a frame of the event, decoded
     _wait("a frame of the clip in the player", lambda: browser.execute_script(
         "const v = arguments[0]; return !v.seeking && v.readyState >= 2 && v.videoWidth > 0;", player), 10)
